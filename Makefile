@@ -1,0 +1,33 @@
+# Two commands a fresh machine needs (nothing but Python 3.11 installed):
+#   make repro   bootstrap the environment, then run the pipeline (dvc repro)
+#   make test    bootstrap the environment, then run the test suite
+# Bootstrapping installs uv, the system OpenGL (EGL) libraries MuJoCo renders
+# with when they are missing, and the locked Python environment in .venv.
+
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+export DVC_NO_ANALYTICS := 1
+export UV_LINK_MODE := copy
+
+.PHONY: bootstrap sysdeps repro test bench clean-venv
+
+bootstrap: sysdeps .venv/.synced
+
+sysdeps:
+	@ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || { \
+	  echo "installing MuJoCo's headless OpenGL libraries (libegl1 libgl1-mesa-dri)"; \
+	  apt-get update -qq && apt-get install -y -qq libegl1 libgl1-mesa-dri; }
+
+.venv/.synced: pyproject.toml uv.lock
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --locked
+	@touch $@
+
+repro: bootstrap
+	$(UV) run --locked dvc repro
+
+test: bootstrap
+	$(UV) run --locked pytest
+
+clean-venv:
+	rm -rf .venv

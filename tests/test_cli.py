@@ -1,0 +1,45 @@
+"""The semore command line: --help on every stage, clean errors for bad params."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import STAGES, build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_has_help(stage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([stage, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"semore {stage}" in out and "--help" in out
+
+
+def test_top_level_help_lists_every_stage() -> None:
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, cwd=ROOT, check=True)
+    for stage in STAGES:
+        assert stage in result.stdout
+
+
+def test_bad_params_exit_2_with_message_and_no_traceback(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("collect:\n  episodes_per_task: -3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--params", str(params), "validate"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 2
+    assert "collect.episodes_per_task = -3" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_prints_effective_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--params", str(ROOT / "params.yaml"), "validate", "--section", "flow"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("flow:") and "backend:" in out
+    assert main(["--params", str(ROOT / "params.yaml"), "validate", "--section", "nope"]) == 2

@@ -1,0 +1,45 @@
+"""Atomic, deterministic writing and the episode file round trip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.io import atomic_path, npz_bytes, write_npz_atomic
+
+
+def test_npz_bytes_are_deterministic_and_loadable(tmp_path: Path) -> None:
+    arrays = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.array("hello")}
+    first = npz_bytes(arrays)
+    assert first == npz_bytes(dict(reversed(list(arrays.items()))))
+    write_npz_atomic(tmp_path / "x.npz", arrays)
+    with np.load(tmp_path / "x.npz", allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["b"], arrays["b"])
+        assert str(npz["a"]) == "hello"
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_atomic_path_replaces_folders(tmp_path: Path) -> None:
+    target = tmp_path / "folder"
+    target.mkdir()
+    (target / "stale").write_text("x")
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "fresh").write_text("y")
+    assert sorted(p.name for p in target.iterdir()) == ["fresh"]
+
+
+def test_object_arrays_are_refused() -> None:
+    with pytest.raises(TypeError, match="dtype object"):
+        npz_bytes({"x": np.array([{"a": 1}], dtype=object)})
