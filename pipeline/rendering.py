@@ -27,11 +27,25 @@ class RenderingUnavailableError(UserError, RuntimeError):
 
 
 def setup_headless_rendering() -> str:
-    """Default ``MUJOCO_GL`` (and PyOpenGL's platform) to ``egl`` unless the user chose one; return it."""
+    """Default ``MUJOCO_GL`` (and PyOpenGL's platform) to ``egl`` unless the user chose one; return it.
+
+    Also imports ``triton`` (when installed) before any GL context exists: importing it
+    after Mesa's EGL context was created segfaults the process (Triton's bundled LLVM
+    clashes with the LLVM Mesa's llvmpipe already loaded), and torchvision,
+    ``torch._dynamo`` and transformers' generation all import it lazily.
+    """
     backend = os.environ.setdefault("MUJOCO_GL", "egl")
     if backend in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    _preload_triton()
     return backend
+
+
+def _preload_triton() -> None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # CPU-only torch builds ship without triton: nothing to clash with
+        pass
 
 
 def check_rendering(size: int = 16) -> None:
