@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import Section
 
@@ -12,19 +12,25 @@ class PolicyParams(Section):
     """The behaviour policy that drives the environment while frames are recorded."""
 
     kind: Literal["random", "noisy", "checkpoint"] = Field(
-        "random",
+        "noisy",
         description="'random': uniform in the action box; 'noisy': temporally correlated (Ornstein-Uhlenbeck) exploration; 'checkpoint': an actor saved by the finetune stage.",
     )
-    checkpoint: str | None = Field(None, description="Path of the actor checkpoint when kind is 'checkpoint'.")
-    noise_scale: float = Field(0.3, ge=0.0, le=10.0, description="Std of the exploration noise, in units of the action range.")
-    noise_theta: float = Field(0.15, ge=0.0, le=1.0, description="Mean reversion rate of the OU noise per step ('noisy').")
+    checkpoint: str | None = Field(None, description="Folder of the actor checkpoint (finetune stage output) when kind is 'checkpoint'.")
+    noise_scale: float = Field(0.3, ge=0.0, le=10.0, description="Stationary std of the OU noise ('noisy'), in normalised action units (the action box mapped to [-1, 1]).")
+    noise_theta: float = Field(0.15, gt=0.0, le=1.0, description="Mean reversion rate of the OU noise per agent step ('noisy'); 1 gives white noise.")
+
+    @model_validator(mode="after")
+    def _checkpoint_needs_path(self) -> "PolicyParams":
+        if self.kind == "checkpoint" and not self.checkpoint:
+            raise ValueError("kind 'checkpoint' needs checkpoint: the folder of an actor saved by the finetune stage (e.g. data/finetune/actor)")
+        return self
 
 
 class CollectParams(Section):
     """Parameters of the collect stage (one DVC stage per task)."""
 
     tasks: list[str] = Field(
-        ["cartpole-swingup"],
+        ["cartpole-swingup", "cheetah-run"],
         min_length=1,
         description="dm_control 'domain-task' names or gymnasium MuJoCo ids (e.g. HalfCheetah-v5). Drives dvc.yaml's foreach; not a tracked param of each stage.",
     )
@@ -32,7 +38,10 @@ class CollectParams(Section):
     episode_steps: int = Field(100, ge=2, le=100_000, description="Agent steps per episode (after action repeat); reaching it is a time-limit truncation.")
     action_repeat: int = Field(2, ge=1, le=100, description="Simulator steps per agent step; only the last frame of each repeat is rendered.")
     image_size: int = Field(84, ge=16, le=1024, description="Rendered frames are image_size x image_size RGB.")
-    camera: int | str = Field(0, description="Camera id or name (dm_control); gymnasium uses its own tracking camera when 0.")
+    camera: int | str = Field(
+        0,
+        description="Model camera id (>= 0) or name; -1 is the free camera (gymnasium: the env's default view). Camera 0 of a gymnasium model without cameras means that default view; gymnasium locomotion models' camera 0 is their tracking camera.",
+    )
     render_mode: Literal["fast", "faithful"] = Field(
         "fast",
         description="'fast' switches off MuJoCo shadows, reflections and skybox (about 6x faster on CPU); 'faithful' renders the scene as designed.",
@@ -41,5 +50,14 @@ class CollectParams(Section):
     segmentation: bool = Field(True, description="Record per-pixel geom ids per frame; needed by simulator flow and annotation.")
     policy: PolicyParams = PolicyParams()
     seed: int = Field(0, ge=0, description="Base seed; episode i of a task uses a seed derived from (seed, task, i).")
-    workers: int = Field(1, ge=1, le=256, description="Worker processes; results do not depend on it.")
-    preview_episodes: int = Field(1, ge=0, description="Episodes per task written as a GIF preview for people to look at.")
+    workers: int = Field(2, ge=1, le=256, description="Worker processes (1: collect in the calling process); the output bytes do not depend on it.")
+    preview_episodes: int = Field(1, ge=0, le=100, description="Episodes per task shown in preview.gif (RGB | depth | segmentation side by side) for people to look at; 0: no preview.")
+
+    @field_validator("camera")
+    @classmethod
+    def _camera_id(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < -1:
+            raise ValueError("a camera id is >= 0, or -1 for the free camera")
+        if isinstance(value, str) and not value:
+            raise ValueError("a camera name must not be empty")
+        return value

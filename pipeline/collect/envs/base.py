@@ -1,0 +1,222 @@
+"""The pixel environment interface shared by every simulator backend.
+
+A backend wraps one simulator's task (dm_control suite, gymnasium MuJoCo) and exposes its
+``mujoco.MjModel`` / ``mujoco.MjData``; this base class adds what the pipeline needs on
+top: action repeat, the agent-step time limit (recorded as truncation, never as
+termination), and rendering of the frame plus the simulator's truth for it.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from pipeline.collect.render import SceneRenderer
+
+
+@dataclass
+class StepResult:
+    """What the environment shows after ``reset`` or one agent ``step``.
+
+    Attributes:
+        frame: (H, W, 3) uint8 RGB, row 0 at the top.
+        reward: reward summed over the action repeat (0.0 after reset).
+        discount: product of the simulator's discounts over the repeat (0.0 at a true terminal).
+        terminated: the task reached a terminal state (the episode cannot continue).
+        truncated: the episode was cut by the time limit (``episode_steps`` agent steps) or ended
+            by the simulator without a terminal state; never set together with ``terminated``.
+        qpos, qvel: (nq,), (nv,) float64 MuJoCo state at this frame.
+        body_pos, body_quat: (nbody, 3) m, (nbody, 4) (w, x, y, z) float64 world poses
+            (MuJoCo ``xpos`` / ``xquat``) at this frame.
+        camera_extrinsics: (4, 4) float64 world_from_camera, OpenCV axes (x right, y down, z forward).
+        camera_intrinsics: (3, 3) float64 K in pixels, pixel centres at integer coordinates.
+        depth: (H, W) float32 z-depth in metres, or None when not asked for.
+        segmentation: (H, W) int32 geom id per pixel (-1: background), or None when not asked for.
+    """
+
+    frame: np.ndarray
+    reward: float
+    discount: float
+    terminated: bool
+    truncated: bool
+    qpos: np.ndarray
+    qvel: np.ndarray
+    body_pos: np.ndarray
+    body_quat: np.ndarray
+    camera_extrinsics: np.ndarray
+    camera_intrinsics: np.ndarray
+    depth: np.ndarray | None = None
+    segmentation: np.ndarray | None = None
+
+    @property
+    def done(self) -> bool:
+        """The episode is over (terminated or truncated): call ``reset`` next."""
+        return self.terminated or self.truncated
+
+
+class PixelEnv(abc.ABC):
+    """A MuJoCo task rendered to pixels, with action repeat and a time limit in agent steps.
+
+    Subclasses set ``suite``, ``task``, ``model``, ``data``, ``action_low``, ``action_high``
+    and ``physics_timestep`` (seconds of simulated time per backend step), call
+    :meth:`_init_rendering`, and implement :meth:`_reset_physics` and :meth:`_step_physics`.
+    """
+
+    suite: str
+    task: str
+    camera: int | str  # as requested (make_env's ``camera``)
+    model: mujoco.MjModel
+    data: mujoco.MjData
+    action_low: np.ndarray  # (A,) float32
+    action_high: np.ndarray  # (A,) float32
+    physics_timestep: float
+
+    def __init__(self, *, action_repeat: int, episode_steps: int, seed: int) -> None:
+        if action_repeat < 1:
+            raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+        if episode_steps < 1:
+            raise ValueError(f"episode_steps must be >= 1, got {episode_steps}")
+        self.action_repeat = action_repeat
+        self.episode_steps = episode_steps
+        self._next_seed: int | None = seed
+        self._steps = 0
+        self._done = True
+        self._renderer: SceneRenderer | None = None
+
+    # -- backend hooks -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _reset_physics(self, seed: int | None) -> None:
+        """Start a new episode; ``seed`` reseeds the task's randomness (None: continue its stream)."""
+
+    @abc.abstractmethod
+    def _step_physics(self, action: np.ndarray) -> tuple[float, float, bool, bool]:
+        """One backend step; returns (reward, discount, terminated, ended_without_terminal).
+
+        On return ``data``'s position-dependent fields (xpos, cam_xpos, ...) must match ``qpos``.
+        """
+
+    def _close_backend(self) -> None:
+        """Release the backend's resources."""
+
+    # -- shared machinery -----------------------------------------------------------------------
+    def _init_rendering(self, image_size: int, camera: int | mujoco.MjvCamera, render_mode: str, depth: bool, segmentation: bool) -> None:
+        """Create the renderer; ``camera`` is a model camera id or a free ``MjvCamera``."""
+        self.image_size = image_size
+        self.render_mode = render_mode
+        self.camera_id = camera if isinstance(camera, int) else -1
+        self._renderer = SceneRenderer(self.model, image_size, camera, render_mode, depth, segmentation)
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.action_low.shape[0])
+
+    @property
+    def control_timestep(self) -> float:
+        """Seconds of simulated time per agent step (backend step x action repeat)."""
+        return self.physics_timestep * self.action_repeat
+
+    @property
+    def body_names(self) -> list[str]:
+        return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_BODY, i) or f"body{i}" for i in range(self.model.nbody)]
+
+    @property
+    def camera_name(self) -> str:
+        """Name of the model camera rendered, or ``"free"``."""
+        return camera_names(self.model)[self.camera_id] if self.camera_id >= 0 else "free"
+
+    @property
+    def geom_names(self) -> list[str]:
+        return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_GEOM, i) or f"geom{i}" for i in range(self.model.ngeom)]
+
+    @property
+    def geom_body(self) -> np.ndarray:
+        """(ngeom,) int32 body id of each geom (maps segmentation ids to bodies)."""
+        return np.asarray(self.model.geom_bodyid, dtype=np.int32).copy()
+
+    def reset(self, seed: int | None = None) -> StepResult:
+        """Start an episode. ``seed`` fixes its initial state; None continues the env's seed stream
+        (the first reset without a seed uses ``make_env``'s ``seed``)."""
+        if seed is None:
+            seed, self._next_seed = self._next_seed, None
+        self._reset_physics(seed)
+        self._steps = 0
+        self._done = False
+        return self._observe(0.0, 1.0, False, False)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Apply ``action`` (A,) in env units for ``action_repeat`` backend steps; render the last state."""
+        if self._done:
+            raise RuntimeError("step() called on a finished episode (or before reset()); call reset() first")
+        action = np.asarray(action)
+        if action.shape != self.action_low.shape:
+            raise ValueError(f"{self.task}: action has shape {action.shape}, expected {self.action_low.shape}")
+        reward, discount, terminated, ended = 0.0, 1.0, False, False
+        for _ in range(self.action_repeat):
+            r, d, terminated, ended = self._step_physics(action)
+            reward += r
+            discount *= d
+            if terminated or ended:
+                break
+        self._steps += 1
+        truncated = not terminated and (ended or self._steps >= self.episode_steps)
+        self._done = terminated or truncated
+        return self._observe(reward, discount, terminated, truncated)
+
+    def _observe(self, reward: float, discount: float, terminated: bool, truncated: bool) -> StepResult:
+        assert self._renderer is not None, "backend did not call _init_rendering"
+        frame = self._renderer.render(self.data)
+        data = self.data
+        return StepResult(
+            frame=frame.rgb,
+            reward=float(reward),
+            discount=float(discount),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+            qpos=data.qpos.copy(),
+            qvel=data.qvel.copy(),
+            body_pos=data.xpos.copy(),
+            body_quat=data.xquat.copy(),
+            camera_extrinsics=frame.extrinsics,
+            camera_intrinsics=frame.intrinsics,
+            depth=frame.depth,
+            segmentation=frame.segmentation,
+        )
+
+    def close(self) -> None:
+        """Free the renderer's OpenGL context and the backend (call it: EGL contexts complain at exit otherwise)."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._close_backend()
+
+    def __enter__(self) -> "PixelEnv":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def camera_names(model: mujoco.MjModel) -> list[str]:
+    return [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) or f"camera{i}" for i in range(model.ncam)]
+
+
+def resolve_camera(model: mujoco.MjModel, camera: int | str, task: str) -> int:
+    """Model camera id of ``camera`` (an id, a name, or -1 for the free camera).
+
+    Raises:
+        CameraError: no such camera; the message lists the model's cameras.
+    """
+    from pipeline.collect.errors import CameraError
+
+    names = camera_names(model)
+    choices = ", ".join(f"{i} ({n!r})" for i, n in enumerate(names)) or "none"
+    if isinstance(camera, str):
+        camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        if camera_id < 0:
+            raise CameraError(f"collect.camera = {camera!r}: task {task} has no camera of that name; its cameras are {choices}, or -1 for the free camera")
+        return camera_id
+    if not -1 <= camera < model.ncam:
+        raise CameraError(f"collect.camera = {camera}: task {task} has {model.ncam} camera(s): {choices}; use one of them or -1 for the free camera")
+    return int(camera)

@@ -1,0 +1,76 @@
+"""dm_control suite backend: tasks named ``domain-task`` (cheetah-run, ball_in_cup-catch, ...).
+
+The suite's own time limit is disabled (``time_limit=inf``): the pipeline's ``episode_steps``
+sets the limit, counted in agent steps, and reports it as truncation. Each ``reset(seed)``
+reseeds the task's ``RandomState``, so an episode depends on its seed only (not on the
+episodes run before it in the same process).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from pipeline.collect.envs.base import PixelEnv, resolve_camera
+
+SUITE = "dm_control"
+
+
+def task_names() -> list[str]:
+    """Every suite task as ``domain-task``, sorted."""
+    from dm_control import suite
+
+    return sorted(f"{domain}-{task}" for domain, task in suite.ALL_TASKS)
+
+
+class DmControlEnv(PixelEnv):
+    """A dm_control suite task (see :func:`pipeline.collect.make_env` for the arguments)."""
+
+    suite = SUITE
+
+    def __init__(self, task: str, *, image_size: int, camera: int | str, action_repeat: int, render_mode: str, depth: bool, segmentation: bool, episode_steps: int, seed: int) -> None:
+        super().__init__(action_repeat=action_repeat, episode_steps=episode_steps, seed=seed)
+        from dm_control import suite
+
+        # dm_control's XML compiler warns through absl about deprecated attributes at every load.
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        domain, _, task_name = task.partition("-")
+        self.task = task
+        self.camera = camera
+        self._env = suite.load(domain, task_name, task_kwargs={"random": seed, "time_limit": float("inf")})
+        physics = self._env.physics
+        self.model = physics.model.ptr
+        self.data = physics.data.ptr
+        spec = self._env.action_spec()
+        self.action_low = np.asarray(np.broadcast_to(spec.minimum, spec.shape), dtype=np.float32).copy()
+        self.action_high = np.asarray(np.broadcast_to(spec.maximum, spec.shape), dtype=np.float32).copy()
+        self.physics_timestep = float(self._env.control_timestep())
+        try:
+            camera_id = resolve_camera(self.model, camera, task)
+            free = None
+            if camera_id < 0:
+                import mujoco
+
+                free = mujoco.MjvCamera()
+                mujoco.mjv_defaultFreeCamera(self.model, free)
+            self._init_rendering(image_size, free if free is not None else camera_id, render_mode, depth, segmentation)
+        except BaseException:
+            self._close_backend()
+            raise
+
+    def _reset_physics(self, seed: int | None) -> None:
+        if seed is not None:
+            # dm_control tasks draw every random choice from task.random (a RandomState).
+            self._env.task._random = np.random.RandomState(seed)
+        self._env.reset()
+
+    def _step_physics(self, action: np.ndarray) -> tuple[float, float, bool, bool]:
+        # dm_control's (legacy) physics step leaves positions consistent with qpos.
+        timestep = self._env.step(action)
+        discount = 1.0 if timestep.discount is None else float(timestep.discount)
+        terminated = timestep.last() and discount == 0.0
+        ended = timestep.last() and not terminated
+        return float(timestep.reward or 0.0), discount, terminated, ended
+
+    def _close_backend(self) -> None:
+        self._env.close()

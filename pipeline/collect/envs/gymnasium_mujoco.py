@@ -1,0 +1,81 @@
+"""gymnasium MuJoCo backend: environments by id (HalfCheetah-v5, Hopper-v5, ...).
+
+The unwrapped environment is used: gymnasium's ``TimeLimit`` is replaced by the pipeline's
+``episode_steps`` (truncation), and gymnasium's own renderer by :class:`SceneRenderer`.
+``terminated`` (e.g. an unhealthy Hopper) is a true terminal. Camera ``-1`` is gymnasium's
+default free camera (its ``default_camera_config``); camera ``0`` of a model without cameras
+falls back to it.
+"""
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from pipeline.collect.envs.base import PixelEnv, resolve_camera
+
+SUITE = "gymnasium"
+
+
+def task_names() -> list[str]:
+    """Registered gymnasium ids whose environment runs on the ``mujoco`` bindings, sorted."""
+    import gymnasium as gym
+
+    names = []
+    for env_id, spec in gym.registry.items():
+        entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
+        if entry.startswith("gymnasium.envs.mujoco.") and "mujoco_py" not in entry:
+            names.append(env_id)
+    return sorted(names)
+
+
+class GymnasiumEnv(PixelEnv):
+    """A gymnasium MuJoCo environment (see :func:`pipeline.collect.make_env` for the arguments)."""
+
+    suite = SUITE
+
+    def __init__(self, task: str, *, image_size: int, camera: int | str, action_repeat: int, render_mode: str, depth: bool, segmentation: bool, episode_steps: int, seed: int) -> None:
+        super().__init__(action_repeat=action_repeat, episode_steps=episode_steps, seed=seed)
+        import gymnasium as gym
+
+        self.task = task
+        self.camera = camera
+        self._wrapped = gym.make(task, disable_env_checker=True)
+        self._env = self._wrapped.unwrapped
+        self.model = self._env.model
+        self.data = self._env.data
+        space = self._env.action_space
+        self.action_low = np.asarray(space.low, dtype=np.float32).copy()
+        self.action_high = np.asarray(space.high, dtype=np.float32).copy()
+        self.physics_timestep = float(self._env.dt)
+        try:
+            if camera == 0 and self.model.ncam == 0:
+                camera = -1
+            camera_id = resolve_camera(self.model, camera, task)
+            self._init_rendering(image_size, self._free_camera() if camera_id < 0 else camera_id, render_mode, depth, segmentation)
+        except BaseException:
+            self._close_backend()
+            raise
+
+    def _free_camera(self) -> mujoco.MjvCamera:
+        """gymnasium's default view: a free camera with the env's ``default_camera_config``."""
+        camera = mujoco.MjvCamera()
+        mujoco.mjv_defaultFreeCamera(self.model, camera)
+        config = getattr(self._env.mujoco_renderer, "default_cam_config", None) or {}
+        for key, value in config.items():
+            if isinstance(value, np.ndarray):
+                getattr(camera, key)[:] = value
+            else:
+                setattr(camera, key, value)
+        return camera
+
+    def _reset_physics(self, seed: int | None) -> None:
+        self._env.reset(seed=seed)
+
+    def _step_physics(self, action: np.ndarray) -> tuple[float, float, bool, bool]:
+        _, reward, terminated, truncated, _ = self._env.step(action)
+        # gymnasium's mj_step leaves xpos/cam_xpos one substep behind qpos; bring them level.
+        mujoco.mj_forward(self.model, self.data)
+        return float(reward), 0.0 if terminated else 1.0, bool(terminated), bool(truncated and not terminated)
+
+    def _close_backend(self) -> None:
+        self._wrapped.close()

@@ -1,0 +1,16 @@
+"""User-fixable errors of the collect stage (all :class:`pipeline.errors.UserError`: exit 2, no traceback)."""
+from __future__ import annotations
+
+from pipeline.errors import UserError
+
+
+class UnknownTaskError(UserError, ValueError):
+    """A task name that no environment backend knows; the message lists the valid names."""
+
+
+class CameraError(UserError, ValueError):
+    """A camera id or name the task's model does not have."""
+
+
+class PolicyError(UserError, ValueError):
+    """A behaviour policy that cannot drive the task (bad checkpoint, wrong action size, ...)."""

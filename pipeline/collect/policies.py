@@ -1,0 +1,258 @@
+"""Behaviour policies that drive an environment while the collect stage records it.
+
+Interface: ``reset(rng, first)`` at the start of an episode, then ``act(result) -> action``
+after every frame (``result`` is the env's :class:`StepResult`; the action is (A,) float32
+in env units, inside ``[action_low, action_high]``). A new policy is one class and one line
+in :data:`POLICIES`.
+
+* ``random``: uniform in the action box.
+* ``noisy``: an Ornstein-Uhlenbeck process in normalised action units (the box mapped to
+  [-1, 1]): ``x[t+1] = (1 - theta) * x[t] + sigma * eps``, ``eps ~ N(0, 1)``, with ``sigma``
+  chosen so the stationary std of ``x`` is ``noise_scale``; ``x[0]`` is drawn from the
+  stationary law. Actions are ``clip(x, -1, 1)`` mapped to the box: smooth, temporally
+  correlated exploration (``theta = 1`` gives white noise).
+* ``checkpoint``: an actor saved by the finetune stage with :func:`models.checkpoint.save_module`.
+  Its ``config.json`` meta holds ``task``, ``action_dim``, ``frame_stack``, ``image_size`` and
+  ``action_repeat``; the module has ``act(obs) -> actions`` mapping a uint8 tensor
+  (B, 3 * frame_stack, H, W) (oldest frame first; channels R, G, B per frame) to deterministic
+  actions in [-1, 1] of shape (B, A). The policy keeps the frame stack itself (at reset it
+  holds ``frame_stack`` copies of the first frame) and rescales actions to the box.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
+
+import numpy as np
+
+from pipeline.collect.errors import PolicyError
+from pipeline.config.collect import PolicyParams
+
+if TYPE_CHECKING:
+    from pipeline.collect.envs.base import StepResult
+
+log = logging.getLogger(__name__)
+
+#: Keys the finetune stage writes into the actor checkpoint's meta.
+CHECKPOINT_META_KEYS = ("task", "action_dim", "frame_stack", "image_size", "action_repeat")
+
+
+class Policy(Protocol):
+    name: str
+
+    def reset(self, rng: np.random.Generator, first: "StepResult") -> None: ...
+
+    def act(self, result: "StepResult") -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description recorded in each episode's meta (no absolute paths)."""
+        ...
+
+
+class _BoxPolicy:
+    def __init__(self, low: np.ndarray, high: np.ndarray) -> None:
+        self.low = np.asarray(low, dtype=np.float32)
+        self.high = np.asarray(high, dtype=np.float32)
+
+    def _to_box(self, unit: np.ndarray) -> np.ndarray:
+        """Map normalised actions in [-1, 1] to the action box (float32)."""
+        unit = np.clip(np.asarray(unit, dtype=np.float64), -1.0, 1.0)
+        action = self.low + (unit + 1.0) * 0.5 * (self.high.astype(np.float64) - self.low)
+        return np.clip(action.astype(np.float32), self.low, self.high)
+
+
+class RandomPolicy(_BoxPolicy):
+    """Uniform random actions in the box."""
+
+    name = "random"
+
+    def __init__(self, params: PolicyParams, low: np.ndarray, high: np.ndarray, **_: Any) -> None:
+        super().__init__(low, high)
+        self._rng = np.random.default_rng(0)
+
+    def reset(self, rng: np.random.Generator, first: "StepResult") -> None:
+        self._rng = rng
+
+    def act(self, result: "StepResult") -> np.ndarray:
+        return self._to_box(self._rng.uniform(-1.0, 1.0, size=self.low.shape))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.name}
+
+
+class NoisyPolicy(_BoxPolicy):
+    """Ornstein-Uhlenbeck exploration (module docstring)."""
+
+    name = "noisy"
+
+    def __init__(self, params: PolicyParams, low: np.ndarray, high: np.ndarray, **_: Any) -> None:
+        super().__init__(low, high)
+        self.scale = float(params.noise_scale)
+        self.theta = float(params.noise_theta)
+        # Stationary variance of x[t+1] = a x[t] + s eps is s^2 / (1 - a^2).
+        self.sigma = self.scale * float(np.sqrt(1.0 - (1.0 - self.theta) ** 2))
+        self._rng = np.random.default_rng(0)
+        self._x = np.zeros(self.low.shape)
+
+    def reset(self, rng: np.random.Generator, first: "StepResult") -> None:
+        self._rng = rng
+        self._x = rng.normal(0.0, self.scale, size=self.low.shape)
+
+    def act(self, result: "StepResult") -> np.ndarray:
+        action = self._to_box(self._x)
+        self._x = (1.0 - self.theta) * self._x + self.sigma * self._rng.normal(size=self.low.shape)
+        return action
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.name, "noise_scale": self.scale, "noise_theta": self.theta}
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The meta of an actor checkpoint folder; raises :class:`PolicyError` if it is not one."""
+    from models.checkpoint import read_checkpoint_config
+
+    try:
+        record = read_checkpoint_config(path)
+    except FileNotFoundError as exc:
+        raise PolicyError(f"collect.policy.checkpoint = {str(path)!r}: {exc}") from None
+    except ValueError as exc:
+        raise PolicyError(f"collect.policy.checkpoint = {str(path)!r}: unreadable config.json ({exc})") from None
+    meta = record.get("meta") or {}
+    missing = [k for k in CHECKPOINT_META_KEYS if k not in meta]
+    if missing:
+        raise PolicyError(
+            f"collect.policy.checkpoint = {str(path)!r}: its meta lacks {', '.join(missing)}; "
+            "expected an actor checkpoint written by the finetune stage"
+        )
+    return meta
+
+
+def check_checkpoint(path: str | Path, *, task: str, action_dim: int, image_size: int, action_repeat: int, camera: int | str | None = None, render_mode: str | None = None) -> dict[str, Any]:
+    """Check that the actor at ``path`` can drive ``task``; return its meta.
+
+    Raises:
+        PolicyError: not an actor checkpoint, action size or image size mismatch (both named).
+    """
+    meta = read_checkpoint_meta(path)
+    if int(meta["action_dim"]) != action_dim:
+        raise PolicyError(
+            f"collect.policy.checkpoint = {str(path)!r} outputs {meta['action_dim']} action dims "
+            f"(trained on {meta['task']}), but task {task} takes {action_dim}; use an actor trained on {task}"
+        )
+    if int(meta["image_size"]) != image_size:
+        raise PolicyError(
+            f"collect.policy.checkpoint = {str(path)!r} sees {meta['image_size']}x{meta['image_size']} frames, "
+            f"but collect.image_size is {image_size}; set collect.image_size to {meta['image_size']}"
+        )
+    if meta["task"] != task:
+        log.warning("actor checkpoint %s was trained on %s, collecting %s with it", path, meta["task"], task)
+    if int(meta["action_repeat"]) != action_repeat:
+        log.warning("actor checkpoint %s was trained with action_repeat %s, collecting with %s", path, meta["action_repeat"], action_repeat)
+    for key, value in (("camera", camera), ("render_mode", render_mode)):
+        if value is not None and key in meta and meta[key] != value:
+            log.warning("actor checkpoint %s was trained with %s %r, collecting with %r", path, key, meta[key], value)
+    return meta
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch on ``n`` threads: fixed thread counts keep CPU results identical across runs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class CheckpointPolicy(_BoxPolicy):
+    """A deterministic actor loaded from a finetune checkpoint (module docstring)."""
+
+    name = "checkpoint"
+
+    def __init__(self, params: PolicyParams, low: np.ndarray, high: np.ndarray, *, task: str, image_size: int, action_repeat: int, camera: int | str | None = None, render_mode: str | None = None) -> None:
+        super().__init__(low, high)
+        import torch
+
+        from models.checkpoint import WEIGHTS_FILE, load_module
+
+        if params.checkpoint is None:
+            raise PolicyError("collect.policy.kind is 'checkpoint' but collect.policy.checkpoint is not set; set it to the finetune stage's actor folder")
+        self.path = Path(params.checkpoint)
+        self.meta = check_checkpoint(
+            self.path, task=task, action_dim=int(self.low.shape[0]), image_size=image_size, action_repeat=action_repeat, camera=camera, render_mode=render_mode
+        )
+        self.frame_stack = int(self.meta["frame_stack"])
+        try:
+            module, _ = load_module(self.path, map_location="cpu")
+        except (ImportError, AttributeError, TypeError, RuntimeError, OSError) as exc:
+            raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: cannot load the actor ({type(exc).__name__}: {exc})") from exc
+        if not callable(getattr(module, "act", None)):
+            raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: {type(module).__name__} has no act(obs) method")
+        self.module = module.eval()
+        self.weights_sha256 = file_sha256(self.path / WEIGHTS_FILE)
+        self._torch = torch
+        self._frames: list[np.ndarray] = []
+        self._fresh = False
+
+    def reset(self, rng: np.random.Generator, first: "StepResult") -> None:
+        self._frames = [first.frame] * self.frame_stack
+        self._fresh = True  # the next act() sees ``first`` itself
+
+    def act(self, result: "StepResult") -> np.ndarray:
+        if not self._fresh:
+            self._frames = self._frames[1:] + [result.frame]
+        self._fresh = False
+        stack = np.concatenate([f.transpose(2, 0, 1) for f in self._frames], axis=0)[None]
+        torch = self._torch
+        with _torch_threads(1), torch.inference_mode():
+            out = self.module.act(torch.from_numpy(np.ascontiguousarray(stack)))
+        unit = out.detach().cpu().double().numpy().reshape(-1)
+        if unit.shape != self.low.shape:
+            raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: act() returned {unit.shape[0]} action dims, expected {self.low.shape[0]}")
+        return self._to_box(unit)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.name,
+            "checkpoint": str(self.path),
+            "weights_sha256": self.weights_sha256,
+            "checkpoint_task": self.meta["task"],
+            "frame_stack": self.frame_stack,
+        }
+
+
+#: ``collect.policy.kind`` -> policy class.
+POLICIES: dict[str, type] = {
+    "random": RandomPolicy,
+    "noisy": NoisyPolicy,
+    "checkpoint": CheckpointPolicy,
+}
+
+
+def make_policy(
+    params: PolicyParams, low: np.ndarray, high: np.ndarray, *, task: str, image_size: int, action_repeat: int, camera: int | str | None = None, render_mode: str | None = None
+) -> Policy:
+    """Build the behaviour policy ``params.kind`` for an action box ``[low, high]`` (A,) float32.
+
+    ``task``, ``image_size``, ``action_repeat`` (and ``camera``, ``render_mode`` when given) are
+    checked against a checkpoint's meta: sizes must match, the rest only warns.
+    """
+    try:
+        cls = POLICIES[params.kind]
+    except KeyError:
+        raise PolicyError(f"collect.policy.kind = {params.kind!r}: expected one of {', '.join(POLICIES)}") from None
+    return cls(params, low, high, task=task, image_size=image_size, action_repeat=action_repeat, camera=camera, render_mode=render_mode)

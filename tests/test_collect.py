@@ -1,0 +1,247 @@
+"""The collect stage: schema round trip, determinism, truncation, camera truth, resuming."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.collect import collect_task, collector, make_env
+from pipeline.collect.camera import project, unproject
+from pipeline.collect.collector import episode_seed, record_episode
+from pipeline.collect.policies import make_policy
+from pipeline.config.collect import CollectParams, PolicyParams
+from pipeline.episodes import Episode, list_episodes, load_episode, save_episode
+
+
+def small(**overrides) -> CollectParams:
+    base = dict(tasks=["cartpole-swingup"], episodes_per_task=2, episode_steps=12, action_repeat=2, image_size=32, workers=1, preview_episodes=1)
+    base.update(overrides)
+    return CollectParams(**base)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_episode_schema_round_trip(tmp_path: Path) -> None:
+    params = small()
+    with make_env("cartpole-swingup", image_size=32, action_repeat=2, depth=True, segmentation=True, episode_steps=12) as env:
+        policy = make_policy(params.policy, env.action_low, env.action_high, task="cartpole-swingup", image_size=32, action_repeat=2)
+        episode = record_episode(env, policy, index=3, seed=7)
+        nq, nv, nbody, ngeom = env.model.nq, env.model.nv, env.model.nbody, env.model.ngeom
+    assert episode.frames.shape == (13, 32, 32, 3) and episode.frames.dtype == np.uint8
+    assert episode.actions.shape == (12, 1) and episode.qpos.shape == (13, nq) and episode.qvel.shape == (13, nv)
+    assert episode.body_pos.shape == (13, nbody, 3) and episode.body_quat.shape == (13, nbody, 4)
+    assert episode.depth.shape == (13, 32, 32) and episode.segmentation.shape == (13, 32, 32)
+    assert episode.geom_body.shape == (ngeom,)
+    assert len(episode.meta.body_names) == nbody and len(episode.meta.geom_names) == ngeom
+    assert (episode.frames[-1] != episode.frames[0]).any(), "the cart should move"
+    path = tmp_path / "episode_000003.npz"
+    save_episode(path, episode)
+    loaded = load_episode(path)
+    assert loaded.meta == episode.meta
+    for name, value in episode.to_arrays().items():
+        if name != "meta":
+            np.testing.assert_array_equal(getattr(loaded, name), value, err_msg=name)
+            assert getattr(loaded, name).dtype == value.dtype, name
+    # Stored actions are inside the box and recorded in env units.
+    assert np.all(loaded.actions >= np.array(loaded.meta.action_low, np.float32))
+    assert np.all(loaded.actions <= np.array(loaded.meta.action_high, np.float32))
+
+
+def test_same_params_same_bytes_for_any_worker_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = small()
+    one = collect_task("cartpole-swingup", params, tmp_path / "one", workers=1)
+    two = collect_task("cartpole-swingup", params, tmp_path / "two", workers=2)
+    # Episodes recorded in spawned helpers (the calling process only coordinates).
+    monkeypatch.setattr(collector, "MAIN_PROCESS_RECORDS", False)
+    helpers = collect_task("cartpole-swingup", params, tmp_path / "helpers", workers=3)
+    assert one == two == helpers
+    files = folder_bytes(tmp_path / "one")
+    assert sorted(files) == ["episode_000000.npz", "episode_000001.npz", "index.json", "preview.gif"]
+    assert files == folder_bytes(tmp_path / "two")
+    assert files == folder_bytes(tmp_path / "helpers")
+    # Different episodes really differ, and the index says what each file holds.
+    a, b = (load_episode(p) for p in list_episodes(tmp_path / "one"))
+    assert a.meta.seed == episode_seed(0, "cartpole-swingup", 0) != b.meta.seed
+    assert not np.array_equal(a.qpos[0], b.qpos[0])
+    index = json.loads(files["index.json"])
+    assert [row["file"] for row in index["episodes"]] == ["episode_000000.npz", "episode_000001.npz"]
+    assert index["episodes"][1]["seed"] == b.meta.seed and index["episodes"][1]["length"] == 12
+    assert index["episodes"][0]["policy"] == "noisy" and index["episodes"][0]["task"] == "cartpole-swingup"
+    # Another base seed gives other episodes.
+    other = collect_task("cartpole-swingup", small(seed=1, episodes_per_task=1, preview_episodes=0), tmp_path / "other")
+    assert other[0].seed != one[0].seed
+    assert not (tmp_path / "other" / "preview.gif").exists()
+
+
+def test_rerun_keeps_finished_episodes_and_redoes_changed_ones(tmp_path: Path) -> None:
+    out = tmp_path / "eps"
+    params = small(episodes_per_task=3, depth=False, segmentation=False, preview_episodes=0)
+    collect_task("cartpole-swingup", params, out)
+    reference = folder_bytes(out)
+    first = out / "episode_000000.npz"
+    stamp = first.stat().st_mtime_ns
+    (out / "episode_000001.npz").unlink()  # lost
+    (out / "episode_000002.npz").write_bytes(reference["episode_000002.npz"][:500])  # corrupt
+    (out / ".episode_000003.npz.x1y2.tmp").write_bytes(b"half")  # a killed write
+    collect_task("cartpole-swingup", params, out)
+    assert first.stat().st_mtime_ns == stamp, "a finished episode was recorded again"
+    assert folder_bytes(out) == reference
+    # Fewer episodes: extra files go. Other content params: everything is recorded again.
+    collect_task("cartpole-swingup", params.model_copy(update={"episodes_per_task": 1}), out)
+    assert sorted(p.name for p in out.iterdir()) == ["episode_000000.npz", "index.json"]
+    collect_task("cartpole-swingup", params.model_copy(update={"episodes_per_task": 1, "image_size": 24}), out)
+    assert load_episode(first).frames.shape[1:] == (24, 24, 3)
+
+
+def test_time_limit_is_truncation_not_termination(tmp_path: Path) -> None:
+    params = small(episode_steps=5, depth=False, segmentation=False, preview_episodes=0, episodes_per_task=1)
+    (meta,) = collect_task("cartpole-swingup", params, tmp_path)
+    episode = load_episode(tmp_path / "episode_000000.npz")
+    assert meta.length == 5 and meta.truncated and not meta.terminated
+    assert episode.truncated.tolist() == [False, False, False, False, True]
+    assert not episode.terminated.any()
+    assert np.all(episode.discounts == 1.0)
+
+
+def test_true_terminal_is_termination_not_truncation() -> None:
+    # An unhealthy Hopper terminates (gymnasium's `terminated`); random actions get there fast.
+    with make_env("Hopper-v5", image_size=16, action_repeat=4, episode_steps=200, seed=0) as env:
+        rng = np.random.default_rng(0)
+        result = env.reset(seed=0)
+        steps = 0
+        while not result.done:
+            result = env.step(rng.uniform(env.action_low, env.action_high).astype(np.float32))
+            steps += 1
+        assert result.terminated and not result.truncated and result.discount == 0.0
+        assert steps < 200
+        with pytest.raises(RuntimeError, match="reset"):
+            env.step(np.zeros(env.action_low.shape, np.float32))
+
+
+def _check_sphere_reprojection(episode: Episode, geom: int, radius: float) -> None:
+    """Project the sphere's body position into every frame: it lands on the pixels segmentation
+    labels as that geom, and depth there unprojects onto the sphere's surface."""
+    body = int(episode.geom_body[geom])
+    checked = 0
+    for t in range(episode.frames.shape[0]):
+        mask = episode.segmentation[t] == geom
+        if mask.sum() < 4:
+            continue
+        extrinsics, intrinsics = episode.camera_extrinsics[t], episode.camera_intrinsics
+        centre = episode.body_pos[t, body]
+        (u, v), z = project(centre, extrinsics, intrinsics)
+        rows, cols = np.nonzero(mask)
+        assert np.hypot(cols.mean() - u, rows.mean() - v) < 1.5, (t, (u, v), (cols.mean(), rows.mean()))
+        assert mask[int(round(v)), int(round(u))], "the projected centre is not on the sphere's pixels"
+        assert z > 0 and abs(episode.depth[t][int(round(v)), int(round(u))] - (z - radius)) < 0.25 * radius + 2e-3
+        surface = unproject(episode.depth[t], extrinsics, intrinsics, np.stack([cols, rows], axis=1))
+        distance = np.linalg.norm(surface - centre, axis=1)
+        np.testing.assert_allclose(distance, radius, atol=0.05 * radius + 1e-3)
+        checked += 1
+    assert checked >= 3, "the sphere was visible in too few frames to check anything"
+
+
+def test_camera_pose_and_depth_reproject_onto_segmentation(tmp_path: Path) -> None:
+    # dm_control, a model camera: the ball of ball_in_cup.
+    params = small(episode_steps=10, image_size=48, episodes_per_task=1, preview_episodes=0)
+    collect_task("ball_in_cup-catch", params, tmp_path / "cup")
+    episode = load_episode(tmp_path / "cup" / "episode_000000.npz")
+    ball = episode.meta.geom_names.index("ball")
+    assert episode.meta.extra["camera_name"] == "cam0"
+    _check_sphere_reprojection(episode, ball, radius=0.025)
+
+
+def test_free_camera_pose_and_depth_match_the_scene() -> None:
+    # gymnasium Reacher has no model camera: its default free camera, posed from the OpenGL camera.
+    with make_env("Reacher-v5", image_size=48, depth=True, segmentation=True, episode_steps=6, seed=3) as env:
+        assert env.camera_name == "free"
+        ground = env.geom_names.index("ground")
+        rng = np.random.default_rng(0)
+        result = env.reset(seed=3)
+        for _ in range(3):
+            K, pose, seg = result.camera_intrinsics, result.camera_extrinsics, result.segmentation
+            points = unproject(result.depth, pose, K)
+            # Every pixel of the ground plane unprojects onto the plane.
+            plane_z = env.data.geom_xpos[ground][2]
+            np.testing.assert_allclose(points[seg == ground][:, 2], plane_z, atol=2e-3)
+            # Every pixel of another geom unprojects inside that geom's bounding sphere.
+            for geom in set(np.unique(seg).tolist()) - {-1, ground}:
+                distance = np.linalg.norm(points[seg == geom] - env.data.geom_xpos[geom], axis=1)
+                assert distance.max() < env.model.geom_rbound[geom] + 2e-3, env.geom_names[geom]
+                uv, _ = project(env.data.geom_xpos[geom], pose, K)
+                assert 0 <= uv[0] < 48 and 0 <= uv[1] < 48
+            result = env.step(rng.uniform(env.action_low, env.action_high).astype(np.float32))
+
+
+def test_gymnasium_half_cheetah_episode(tmp_path: Path) -> None:
+    params = small(episode_steps=6, image_size=32, episodes_per_task=1, preview_episodes=1)
+    (meta,) = collect_task("HalfCheetah-v5", params, tmp_path)
+    episode = load_episode(tmp_path / "episode_000000.npz")
+    assert meta.suite == "gymnasium" and meta.length == 6 and meta.truncated
+    assert meta.extra["camera_name"] == "track"  # the model's tracking camera
+    assert meta.control_timestep == pytest.approx(0.05 * 2)  # frame_skip 5 x 0.01 s x action repeat
+    assert episode.actions.shape == (6, 6) and episode.qpos.shape == (7, 9)
+    assert np.isfinite(episode.rewards).all() and episode.rewards.std() > 0
+    assert (episode.segmentation >= 0).any() and (tmp_path / "preview.gif").stat().st_size > 0
+
+
+def test_fast_mode_changes_pixels_only() -> None:
+    frames = {}
+    for mode in ("fast", "faithful"):
+        with make_env("cheetah-run", image_size=32, render_mode=mode, depth=True, segmentation=True, seed=1) as env:
+            frames[mode] = env.reset(seed=1)
+    fast, faithful = frames["fast"], frames["faithful"]
+    assert not np.array_equal(fast.frame, faithful.frame)
+    np.testing.assert_array_equal(fast.segmentation, faithful.segmentation)
+    np.testing.assert_array_equal(fast.depth, faithful.depth)
+    # Skybox off: background pixels are black in fast mode only (but for anti-aliased edges).
+    background = fast.segmentation < 0
+    assert background.sum() > 100
+    assert (fast.frame[background].max(axis=1) == 0).mean() > 0.9
+    assert (faithful.frame[background].max(axis=1) > 0).all()
+
+
+def test_env_api_reset_seed_and_action_checks() -> None:
+    with make_env("cartpole-swingup", image_size=16, episode_steps=3, action_repeat=3) as env:
+        assert env.action_low.dtype == np.float32 and env.action_low.shape == (1,)
+        a = env.reset(seed=5)
+        b = env.reset(seed=5)
+        c = env.reset(seed=6)
+        np.testing.assert_array_equal(a.qpos, b.qpos)
+        assert not np.array_equal(a.qpos, c.qpos)
+        with pytest.raises(ValueError, match="shape"):
+            env.step(np.zeros(2, np.float32))
+        result = env.step(np.ones(1, np.float32))
+        assert result.frame.shape == (16, 16, 3) and result.depth is None and result.segmentation is None
+        assert env.control_timestep == pytest.approx(0.01 * 3)
+
+
+def test_scene_renderer_matches_mujoco_renderer() -> None:
+    """Our one-pass depth + segmentation equals mujoco.Renderer's separate passes, pixel for pixel."""
+    import mujoco
+
+    from pipeline.collect.render import FAST_MODE_OFF
+
+    with make_env("finger-spin", image_size=40, depth=True, segmentation=True, seed=2) as env:
+        ours = env.reset(seed=2)
+        reference = mujoco.Renderer(env.model, 40, 40)
+        try:
+            for flag in FAST_MODE_OFF:
+                reference.scene.flags[flag] = 0
+            reference.update_scene(env.data, camera=0)
+            rgb = reference.render()
+            reference.enable_depth_rendering()
+            depth = reference.render()
+            reference.disable_depth_rendering()
+            reference.enable_segmentation_rendering()
+            ids = reference.render()
+        finally:
+            reference.close()
+    np.testing.assert_array_equal(ours.frame, rgb)
+    np.testing.assert_array_equal(ours.depth, depth)
+    np.testing.assert_array_equal(ours.segmentation, np.where(ids[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), ids[..., 0], -1))
+    assert len(np.unique(ours.segmentation)) > 3
