@@ -1,0 +1,171 @@
+"""The dataset card (``README.md``): the Hub's YAML header plus documentation and provenance.
+
+The header is built with huggingface_hub's :class:`DatasetCardData`: ``configs``
+(data files per split, so the Hub viewer and ``load_dataset(<repo or folder>)``
+find the shards), ``dataset_info.features`` (one explicit schema), license,
+task categories, tags and size category. The body documents every field, its
+shape, dtype and units, and the full provenance.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from pipeline.encode.schema import FEATURES_YAML, FIELD_DOCS, JSON_DOCS, SHARD_GLOB, sanitize_task
+
+TASK_CATEGORIES = ["reinforcement-learning", "robotics", "image-feature-extraction"]
+_SIZE_BOUNDS = [
+    (1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+]
+
+
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` value for ``n`` samples."""
+    for bound, name in _SIZE_BOUNDS:
+        if n < bound:
+            return name
+    return "n>1B" if n < 10_000_000_000 else "n>10B"
+
+
+def card_data(name: str, license_id: str, splits: dict[str, dict[str, Any]], tasks: list[str]) -> "DatasetCardData":  # noqa: F821
+    """The YAML header. ``splits``: split -> {"samples": int, ...}; only splits with samples are listed."""
+    from huggingface_hub import DatasetCardData
+
+    present = [s for s, info in splits.items() if info["samples"] > 0]
+    total = sum(splits[s]["samples"] for s in present)
+    return DatasetCardData(
+        pretty_name=name,
+        license=license_id,
+        task_categories=TASK_CATEGORIES,
+        tags=["webdataset", "semore", "clip", "optical-flow", "vision-language", "mujoco", *sorted({sanitize_task(t).lower() for t in tasks})],
+        size_categories=[size_category(total)],
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"{s}/{SHARD_GLOB}"} for s in present]}],
+        dataset_info={
+            "features": copy.deepcopy(FEATURES_YAML),
+            "splits": [
+                {"name": s, "num_bytes": sum(x["bytes"] for x in splits[s]["shards"]), "num_examples": splits[s]["samples"]}
+                for s in present
+            ],
+        },
+    )
+
+
+def _find(tree: Any, key: str) -> Any:
+    """The first string value under ``key`` anywhere in a nested JSON tree (upstream metas nest differently)."""
+    if isinstance(tree, dict):
+        if isinstance(tree.get(key), str):
+            return tree[key]
+        for value in tree.values():
+            found = _find(value, key)
+            if found is not None:
+                return found
+    elif isinstance(tree, list):
+        for value in tree:
+            found = _find(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def card_body(name: str, splits: dict[str, dict[str, Any]], shapes: dict[str, str], provenance: dict[str, Any]) -> str:
+    """Markdown body. ``shapes`` maps H, W, D, A to their values (as text) for the field table."""
+    present = [s for s, info in splits.items() if info["samples"] > 0]
+    clip = provenance["clip"]
+    tasks = provenance["tasks"]
+    sizes = ", ".join(f"{k} = {v}" for k, v in shapes.items())
+    random_note = (
+        "\n> **Warning: the CLIP model had random weights** (`random_init: true` in the provenance below): the "
+        "`clipimage` / `cliptext` targets carry no semantics. Rebuild with real weights for research use.\n"
+        if clip["random_init"] else ""
+    )
+    split_rows = [[s, str(splits[s]["episodes"]), str(splits[s]["samples"]), str(len(splits[s]["shards"]))] for s in present]
+    field_rows = [[f"`{f}`", shape, dtype, meaning] for f, (shape, dtype, meaning) in FIELD_DOCS.items()]
+    json_rows = [[f"`{k}`", t, meaning] for k, (t, meaning) in JSON_DOCS.items()]
+    task_lines = []
+    for task, info in tasks.items():
+        collect, flow, annotate = info.get("collect", {}), info.get("flow", {}), info.get("annotate", {})
+        flow_model = _find(flow, "model")
+        task_lines.append(
+            f"- **{task}**: {len(info['episodes'])} episodes (train {info['splits'].get('train', [])}, "
+            f"validation {info['splits'].get('validation', [])}); suite {collect.get('suite')}, policy {collect.get('policy')}, "
+            f"action repeat {collect.get('action_repeat')}, image {collect.get('image_size')} px, render mode {collect.get('render_mode')}; "
+            f"flow backend {_find(flow, 'backend')}{f' (model {flow_model})' if flow_model else ''}; "
+            f"annotation backend {annotate.get('backend')} (model {annotate.get('model')}, every {annotate.get('every_k')} frames)"
+        )
+    prompts = sorted({str(info.get("annotate", {}).get("prompt")) for info in tasks.values()})
+    weights = clip["weights"]
+    last_train = max(len(splits.get("train", {}).get("shards", [])) - 1, 0)
+    return f"""# {name}
+
+Frames of simulated continuous-control tasks with everything the
+Semore (VLM-guided semantic and motion representations) pretraining pipeline knows about each of them: the RGB
+frame, the optical flow to the next frame and its validity mask, the CLIP embedding of the frame,
+the CLIP embeddings of what a vision-language model (VLM) reads from it (a caption and the key
+objects), and the agent's action, reward, discount and physics state. One
+[WebDataset](https://github.com/webdataset/webdataset) sample per frame; train and validation are
+split by episode, never by frame; the samples of an episode are contiguous and in step order.
+{random_note}
+## Loading
+
+```python
+from datasets import load_dataset
+ds = load_dataset("webdataset", data_files={{"train": "train/{SHARD_GLOB}", "validation": "validation/{SHARD_GLOB}"}}, split="train")
+# or, from this folder or its Hub repo (uses the card's configs and features):
+# ds = load_dataset("<user>/<repo>", split="train")
+
+import webdataset as wds
+samples = wds.WebDataset("train/shard-{{000000..{last_train:06d}}}.tar", shardshuffle=False).decode()
+```
+
+`.npy` fields decode with `numpy.load`; `json` with `json.loads`. Loading with
+`data_files` infers the schema from the first samples; pass
+`features=pipeline.encode.hf_features()` (the `dataset_info.features` of this card) when those
+samples may lack key objects. `stats.json` holds per-field
+statistics (count, mean, std, min, max) per split for normalisation, the shard list with SHA-256
+hashes, and the provenance below.
+
+## Splits
+
+{_table(["split", "episodes", "samples", "shards"], split_rows)}
+
+## Fields
+
+Sample key: `<task>__ep<episode:06d>__<step:06d>` (task sanitised to `[A-Za-z0-9_-]`, no dots).
+Sizes: {sizes}.
+
+{_table(["field", "shape", "dtype", "meaning and units"], field_rows)}
+
+### `json` keys
+
+{_table(["key", "type", "meaning and units"], json_rows)}
+
+## Provenance
+
+- Tasks:
+{chr(10).join("  " + line for line in task_lines)}
+- VLM prompt(s): {"; ".join(f"`{p}`" for p in prompts)}
+- CLIP: open_clip `{clip["model"]}`, weights `{clip["weights_param"]}` ({"RANDOM INIT" if clip["random_init"] else "sha256 " + str(weights.get("sha256"))}),
+  embedding size {clip["embed_dim"]}, preprocessing {clip["preprocess"]["resize_mode"]} resize to {clip["preprocess"]["size"]}
+  ({clip["preprocess"]["interpolation"]}), mean {clip["preprocess"]["mean"]}, std {clip["preprocess"]["std"]}; {clip["precision"]}.
+- Made by `semore encode` with the params below (the `encode` and `weights` sections of params.yaml).
+
+```json
+{json.dumps(provenance, indent=2, sort_keys=True)}
+```
+"""
+
+
+def build_card(name: str, license_id: str, splits: dict[str, dict[str, Any]], shapes: dict[str, str], provenance: dict[str, Any]) -> "DatasetCard":  # noqa: F821
+    """The full card (YAML header + body) as a huggingface_hub :class:`DatasetCard`."""
+    from huggingface_hub import DatasetCard
+
+    data = card_data(name, license_id, splits, list(provenance["tasks"]))
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{card_body(name, splits, shapes, provenance)}")
