@@ -1,0 +1,157 @@
+"""Benchmark of the annotate stage: frames/s of each backend, against a bare loop doing the same core work.
+
+Episodes of a real task are recorded first (not timed). Then, for each backend, the
+stage (``annotate_task``: episode loading, cache, schema parsing, JSON outputs,
+metrics) is timed on every ``--every-k``-th frame, next to a bare loop measured in the
+same run that does only the backend's core work on the same frames:
+
+* ``simulator``: bare = segmentation -> visible bodies, and qpos/qvel -> ``mj_forward``
+  -> contacts, per frame (episodes already in memory); stage = ``backend: simulator``.
+* ``transformers`` (the tiny random VLM saved to a folder; CPU unless CUDA is present):
+  bare = processor + ``generate`` in batches of ``--batch-size``, no retries; stage =
+  ``backend: transformers`` with ``max_retries: 0`` (so both generate once per frame).
+* ``openai`` (a chat-completions server on 127.0.0.1 answering a canned valid
+  annotation): bare = PNG encode + ``requests.post`` on a thread pool of the same size;
+  stage = ``backend: openai`` with a cold cache; also the warm-cache rerun.
+
+    .venv/bin/python bench/bench_annotate.py [--task cartpole-swingup] [--episodes 2] [--steps 100] [--every-k 1] [--torch-threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from annotate_support import ChatServer, collect_episodes  # noqa: E402  (also loads triton before any EGL context)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="cartpole-swingup")
+    parser.add_argument("--episodes", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--size", type=int, default=84)
+    parser.add_argument("--every-k", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--backends", default="simulator,transformers,openai")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch CPU threads (a tiny model on a shared 2-core machine runs best on 1)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import requests
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+
+    from pipeline.annotate.openai_backend import png_data_url
+    from pipeline.annotate.runner import annotate_task, annotated_steps
+    from pipeline.annotate.truth import model_entities, visible_entities
+    from pipeline.config import parse_params
+    from pipeline.episodes import list_episodes, load_episode
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_annotate_"))
+    episodes_dir = collect_episodes(tmp / "episodes", args.task, args.episodes, args.steps, args.size)
+    episodes = [load_episode(p) for p in list_episodes(episodes_dir)]
+    frames = [ep.frames[t] for ep in episodes for t in annotated_steps(ep.length, args.every_k)]
+    n = len(frames)
+    rows: list[tuple[str, float, str, float]] = []
+
+    def params(**annotate: Any):
+        return parse_params({"annotate": {"every_k": args.every_k, **annotate}, "weights": {"cache_dir": str(tmp / "w")}})
+
+    def stage(name: str, p: Any) -> float:
+        out = tmp / f"out-{name}-{time.monotonic_ns()}"
+        return timed(lambda: annotate_task(episodes_dir, out, out / "metrics.json", p))
+
+    wanted = args.backends.split(",")
+    if "simulator" in wanted:
+        from pipeline.collect import make_env
+        import mujoco
+
+        def bare_simulator() -> None:
+            env = make_env(args.task, image_size=8)
+            for ep in episodes:
+                entities = model_entities(ep.meta.body_names, ep.meta.geom_names, ep.geom_body)
+                for t in annotated_steps(ep.length, args.every_k):
+                    visible_entities(ep.segmentation[t], ep.geom_body, entities, 4)
+                    env.data.qpos[:], env.data.qvel[:] = ep.qpos[t], ep.qvel[t]
+                    mujoco.mj_forward(env.model, env.data)
+                    [(env.data.contact.geom1[i], env.data.contact.geom2[i]) for i in range(env.data.ncon)]
+            env.close()
+
+        bare = timed(bare_simulator)
+        rows.append(("simulator (physics: true)", n / stage("sim", params(backend="simulator")), "segmentation + mj_forward + contacts", n / bare))
+        rows.append(("simulator (physics: false)", n / stage("simnp", params(backend="simulator", physics=False)), "segmentation + mj_forward + contacts", n / bare))
+
+    if "transformers" in wanted:
+        from PIL import Image
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from pipeline.annotate.tiny_vlm import save_tiny_vlm
+        from pipeline.device import select_device
+
+        folder = save_tiny_vlm(tmp / "tiny-vlm")
+        device = select_device("auto")
+        model = AutoModelForImageTextToText.from_pretrained(folder).to(device).eval()
+        processor = AutoProcessor.from_pretrained(folder)
+        processor.tokenizer.padding_side = "left"
+        prompt = params().annotate.prompt.format(task=args.task)
+        text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}], add_generation_prompt=True, tokenize=False)
+
+        def bare_generate() -> None:
+            with torch.inference_mode():
+                for i in range(0, n, args.batch_size):
+                    chunk = frames[i : i + args.batch_size]
+                    inputs = processor(images=[Image.fromarray(f) for f in chunk], text=[text] * len(chunk), padding=True, return_tensors="pt").to(device)
+                    out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+                    processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+        bare_generate()  # warm-up (first calls are slow)
+        bare = timed(bare_generate)
+        p = params(backend="transformers", model=str(folder), batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_retries=0, cache_dir=str(tmp / "cache-tf"))
+        rows.append((f"transformers (tiny VLM, {device.type}, batch {args.batch_size})", n / stage("tf", p), "processor + generate", n / bare))
+
+    if "openai" in wanted:
+        with ChatServer() as server:
+            url = f"{server.base_url}/chat/completions"
+            session = requests.Session()
+
+            def post(frame: Any) -> None:
+                body = {"model": server.model, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": png_data_url(frame)}}]}]}
+                session.post(url, json=body, timeout=60).json()
+
+            def bare_http() -> None:
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    list(pool.map(post, frames))
+
+            bare = timed(bare_http)
+            p = params(backend="openai", model=server.model, base_url=server.base_url, concurrency=args.concurrency, cache_dir=str(tmp / "cache-http"))
+            cold = stage("http", p)
+            warm = stage("http2", p)
+        rows.append((f"openai (local canned server, {args.concurrency} in flight)", n / cold, "PNG + requests.post pool", n / bare))
+        rows.append(("openai, rerun (all from the cache)", n / warm, "PNG + requests.post pool", n / bare))
+
+    print(f"\n{args.task}: {n} frames ({args.episodes} episodes x {args.steps} steps, every {args.every_k}, {args.size}x{args.size}), torch threads {torch.get_num_threads()}")
+    print(f"{'backend':<52} {'stage fr/s':>11} {'bare fr/s':>10} {'ratio':>6}  bare loop")
+    for name, stage_fps, bare_name, bare_fps in rows:
+        print(f"{name:<52} {stage_fps:>11.1f} {bare_fps:>10.1f} {stage_fps / bare_fps:>6.2f}  {bare_name}")
+
+
+if __name__ == "__main__":
+    main()

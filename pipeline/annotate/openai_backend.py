@@ -1,0 +1,229 @@
+"""Annotate through an OpenAI-compatible chat-completions server (vLLM, Ollama, llama.cpp, ...).
+
+Each frame is one ``POST {base_url}/chat/completions`` with the prompt and the
+frame as a base64 PNG ``image_url``. Requests run on a bounded thread pool
+(``annotate.concurrency``), each with a timeout (``annotate.timeout_s``) and up
+to ``annotate.max_retries`` retries with exponential backoff
+(``annotate.retry_backoff_s`` x 2^attempt, at most 30 s) after a timeout, a
+connection error, HTTP 408/429/5xx, a malformed response or an answer that does
+not match the schema. Retries after an invalid answer sample at
+``annotate.retry_temperature`` (the first try is greedy).
+
+The API key is read from the environment variable named by
+``annotate.api_key_env`` (sent as ``Authorization: Bearer``; may be unset for a
+local server). Before any frame, ``GET {base_url}/models`` checks that the
+server answers, accepts the key and serves ``annotate.model``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+import requests
+
+from pipeline.annotate.base import Backend, FrameItem, FrameResult, result_from_text
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.config import AnnotateParams, WeightsParams
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+#: HTTP statuses worth retrying: the server may answer later.
+RETRY_STATUSES = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
+
+
+def png_data_url(image: Any) -> str:
+    """A ``data:image/png;base64,...`` URL of an (H, W, 3) uint8 RGB frame."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def message_text(content: Any) -> str:
+    """The text of a chat message ``content``: a string, or a list of parts (OpenAI's newer format)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text", ""), str))
+    raise TypeError(f"message content is a {type(content).__name__}")
+
+
+class OpenAIBackend(Backend):
+    """Frames to an OpenAI-compatible server, ``concurrency`` requests in flight."""
+
+    name = "openai"
+
+    def __init__(self, params: "AnnotateParams", weights: "WeightsParams") -> None:
+        self.base_url = params.base_url.rstrip("/")
+        self.model = params.model
+        self.model_key = params.model
+        self.concurrency = params.concurrency
+        self.timeout_s = params.timeout_s
+        self.max_retries = params.max_retries
+        self.backoff_s = params.retry_backoff_s
+        self.max_tokens = params.max_new_tokens
+        self.retry_temperature = params.retry_temperature
+        key = os.environ.get(params.api_key_env, "").strip()
+        self.headers = {"Content-Type": "application/json"}
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self._api_key_env = params.api_key_env
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        #: chat-completions requests sent (all frames, all attempts).
+        self.requests_sent = 0
+        self._preflight()
+
+    # -- setup ---------------------------------------------------------------
+    def _preflight(self) -> None:
+        """Fail before any work when the server is absent, refuses the key, or lacks the model."""
+        url = f"{self.base_url}/models"
+        fix = (
+            "start the server (e.g. `vllm serve <model>` or `ollama serve`) or set annotate.base_url; "
+            "or use annotate.backend: simulator or transformers"
+        )
+        try:
+            response = self._session().get(url, headers=self.headers, timeout=min(self.timeout_s, 30.0))
+        except requests.RequestException as exc:
+            raise UserError(f"annotate.base_url = {self.base_url!r}: no server answers ({type(exc).__name__}: {exc}).\n  Fix: {fix}.") from None
+        if response.status_code in (401, 403):
+            raise UserError(
+                f"annotate.base_url = {self.base_url!r} refused the API key (HTTP {response.status_code}).\n"
+                f"  Fix: put the key in the environment variable {self._api_key_env} (annotate.api_key_env)."
+            )
+        try:
+            served = sorted(m["id"] for m in response.json()["data"]) if response.ok else None
+        except (ValueError, KeyError, TypeError):
+            served = None
+        if served is None:
+            log.warning("annotate: %s did not list its models (HTTP %s); not checking annotate.model", url, response.status_code)
+        elif self.model not in served:
+            raise UserError(
+                f"annotate.model = {self.model!r} is not served at {self.base_url} (served: {', '.join(served) or 'none'}).\n"
+                f"  Fix: set annotate.model to one of the served models."
+            )
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    # -- one frame -------------------------------------------------------------
+    def _payload(self, item: FrameItem, image_url: str, temperature: float, seed: int) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": item.prompt},
+                        {"type": "image_url", "image_url": {"url": image_url}},
+                    ],
+                }
+            ],
+            "max_tokens": self.max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+        }
+
+    def _annotate_one(self, item: FrameItem) -> FrameResult:
+        """Query one frame with retries; always returns a result (ok, or failed with the reason)."""
+        url = f"{self.base_url}/chat/completions"
+        image_url = png_data_url(item.image)
+        session = self._session()
+        failure: FrameResult | None = None
+        invalid_answers = 0
+        calls = 0
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+                if self._stop.wait(delay):
+                    break
+            temperature = self.retry_temperature if invalid_answers else 0.0
+            payload = self._payload(item, image_url, temperature, seed=attempt)
+            calls += 1
+            with self._lock:
+                self.requests_sent += 1
+            try:
+                response = session.post(url, json=payload, headers=self.headers, timeout=self.timeout_s)
+            except requests.Timeout:
+                failure = self._transport(item, None, f"request timed out after {self.timeout_s:g} s", calls)
+                continue
+            except requests.RequestException as exc:
+                failure = self._transport(item, None, f"request failed: {type(exc).__name__}: {exc}", calls)
+                continue
+            text = response.text
+            if response.status_code != 200:
+                failure = self._transport(item, text[:2000] or None, f"HTTP {response.status_code} from the server", calls)
+                if response.status_code in RETRY_STATUSES:
+                    continue
+                break  # 400/404/...: the request itself is wrong, retrying cannot help
+            try:
+                content = message_text(response.json()["choices"][0]["message"]["content"])
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                failure = self._transport(item, text[:2000] or None, f"malformed chat-completions response: {type(exc).__name__}: {exc}", calls)
+                continue
+            result = result_from_text(item, content, calls)
+            if result.status == "ok":
+                return result
+            invalid_answers += 1
+            failure = result
+        assert failure is not None
+        if failure.calls != calls:
+            failure = FrameResult(item, failure.status, None, failure.raw, failure.error, failure.final, calls)
+        if failure.final:
+            log.debug("annotate: %s/%d/%d invalid after %d tries: %s", item.task, item.episode, item.step, calls, failure.error)
+        return failure
+
+    @staticmethod
+    def _transport(item: FrameItem, raw: str | None, error: str, calls: int) -> FrameResult:
+        return FrameResult(item, "failed", None, raw, error, final=False, calls=calls)
+
+    # -- many frames -----------------------------------------------------------
+    def annotate(self, items: Iterable[FrameItem]) -> Iterator[FrameResult]:
+        source = iter(items)
+        self._stop.clear()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="annotate-http")
+        pending: set[Future[FrameResult]] = set()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < 2 * self.concurrency:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                    else:
+                        pending.add(pool.submit(self._annotate_one, item))
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: (f.result().item.episode, f.result().item.step)):
+                    yield future.result()
+        finally:
+            if pending:  # interrupted: stop retrying, drop queued frames, don't wait for requests in flight
+                self._stop.set()
+            pool.shutdown(wait=not pending, cancel_futures=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()

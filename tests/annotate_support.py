@@ -1,0 +1,203 @@
+"""Test support for the annotate stage: a real chat-completions server on 127.0.0.1, and tiny real episodes.
+
+It speaks the protocol the ``openai`` annotate backend uses: ``GET /v1/models``
+and ``POST /v1/chat/completions`` with a text part and a base64 PNG
+``image_url`` part. Each request's frame is decoded from the PNG; a ``plan``
+callable maps (frame pixels, how many times this frame was asked before,
+request body) to what the server does: answer with content, sleep first,
+return an HTTP error, send a malformed body, or drop the connection.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import numpy as np
+
+try:  # Triton's LLVM must load before Mesa's (an EGL context): the other order segfaults (see the report)
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
+VALID_ANSWER = json.dumps(
+    {
+        "caption": "A cart with a pole on a rail.",
+        "objects": [
+            {"name": "cart", "description": "the cart on the rail", "box": [10, 20, 30, 28]},
+            {"name": "pole", "description": "the pole hinged on the cart", "box": None},
+        ],
+        "motion": "The cart moves right.",
+    }
+)
+
+
+@dataclass
+class Action:
+    """What the server does with one request.
+
+    kind: ``answer`` (200 with ``content``), ``status`` (HTTP ``code`` with a JSON error body),
+    ``malformed`` (200 with ``body`` as is), ``drop`` (close the connection without a response).
+    ``delay_s`` is slept before acting.
+    """
+
+    kind: str = "answer"
+    content: str = VALID_ANSWER
+    code: int = 500
+    body: str = "{not json"
+    delay_s: float = 0.0
+
+
+Plan = Callable[[np.ndarray, int, dict[str, Any]], Action]
+
+
+def frame_of(body: dict[str, Any]) -> np.ndarray:
+    """The (H, W, 3) uint8 frame of a chat-completions request body."""
+    from PIL import Image
+
+    for part in body["messages"][0]["content"]:
+        if part["type"] == "image_url":
+            data = part["image_url"]["url"].split(",", 1)[1]
+            return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+    raise ValueError("no image in the request")
+
+
+def pixels_digest(frame: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(frame).tobytes()).hexdigest()
+
+
+class ChatServer:
+    """Start with :meth:`start` (``port=0`` picks a free one); :meth:`stop` closes it; usable as a context manager."""
+
+    def __init__(self, model: str = "test-vlm", plan: Plan | None = None, port: int = 0, stop_after: int | None = None) -> None:
+        self.model = model
+        self.plan: Plan = plan or (lambda frame, seen, body: Action())
+        self.port = port
+        self.stop_after = stop_after  # drop every chat request after this many (the server "goes away")
+        self.chat_calls = 0
+        self.calls_by_frame: Counter[str] = Counter()
+        self.bodies: list[dict[str, Any]] = []
+        self.auth_headers: list[str | None] = []
+        self.gone = False
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "ChatServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def _send(self, code: int, body: str) -> None:
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/v1/models":
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": server.model, "object": "model"}]}))
+                else:
+                    self._send(404, json.dumps({"error": {"message": "not found"}}))
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._send(404, json.dumps({"error": {"message": "not found"}}))
+                    return
+                frame = frame_of(body)
+                digest = pixels_digest(frame)
+                with server._lock:
+                    server.chat_calls += 1
+                    gone = server.gone or (server.stop_after is not None and server.chat_calls > server.stop_after)
+                    if gone and not server.gone:  # stop listening too: new connections are refused
+                        server.gone = True
+                        threading.Thread(target=server.stop, daemon=True).start()
+                    if not gone:
+                        seen = server.calls_by_frame[digest]
+                        server.calls_by_frame[digest] += 1
+                        server.bodies.append(body)
+                        server.auth_headers.append(self.headers.get("Authorization"))
+                if gone:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                action = server.plan(frame, seen, body)
+                if action.delay_s:
+                    time.sleep(action.delay_s)
+                if action.kind == "answer":
+                    reply = {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "model": server.model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": action.content}, "finish_reason": "stop"}],
+                    }
+                    self._send(200, json.dumps(reply))
+                elif action.kind == "status":
+                    self._send(action.code, json.dumps({"error": {"message": f"scripted {action.code}"}}))
+                elif action.kind == "malformed":
+                    self._send(200, action.body)
+                elif action.kind == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                else:
+                    raise ValueError(action.kind)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:  # a client that timed out and left
+                pass
+
+        self._httpd = Server(("127.0.0.1", self.port), Handler)
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening; requests on connections still open are dropped."""
+        self.gone = True
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+
+    def __enter__(self) -> "ChatServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def collect_episodes(out_dir: Any, task: str = "cartpole-swingup", episodes: int = 2, steps: int = 20, size: int = 48) -> Any:
+    """Record a few small real episodes (with segmentation) of ``task`` into ``out_dir``; return it."""
+    from pipeline.collect import collect_task
+    from pipeline.config import CollectParams
+
+    params = CollectParams(
+        tasks=[task], episodes_per_task=episodes, episode_steps=steps, image_size=size, workers=1, preview_episodes=0,
+        depth=False, segmentation=True,
+    )
+    collect_task(task, params, out_dir, workers=1)
+    return out_dir
