@@ -1,0 +1,154 @@
+"""The dual-path semantic-motion backbone: stacked RGB frames in, one fused feature vector out.
+
+Input ``obs``: ``(B, 3 * frame_stack, H, W)``, uint8 or float in [0, 255], RGB, oldest frame
+first (channels ``3i:3i+3`` are frame ``i``; the last three are the current frame). The module
+normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
+
+* Semantic path: a conv trunk over the **current frame** only (appearance: what is in the frame).
+* Motion path: a conv trunk over the **whole stack** (how it moves), optionally with the optical
+  flow between the last two frames as two extra input channels (``flow_input=True``, for
+  comparison; the online agent then has to compute flow too).
+* Interaction: after the layers listed in ``interaction_layers`` the paths exchange information
+  (``interaction_kind``: ``gated`` 1x1-conv gated exchange, or ``attention`` cross-attention over
+  pooled tokens; registry :data:`models.interaction.INTERACTIONS`). ``interaction=False`` turns it
+  off (ablation): the two trunks are then independent.
+* Each path ends in a vector (``path_dim`` = ``feature_dim``): pooled map -> Linear -> LayerNorm.
+  The fused vector is ``LayerNorm(Linear(cat(semantic, motion)))``, size ``feature_dim``, float32:
+  what the SAC stage consumes.
+
+Trunks are DrQ-v2-like (3x3 convs, ``channels`` wide, the first with stride 2) but padded, so the
+spatial maps stay aligned with the image (``ceil(H / 2)`` x ``ceil(W / 2)``) for the flow decoder.
+All constructor arguments are JSON-able, so :mod:`models.checkpoint` can rebuild the module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from models.interaction import INTERACTIONS
+
+
+@dataclass
+class PathOutputs:
+    """What :meth:`DualPathBackbone.forward_paths` returns (all float32).
+
+    Attributes:
+        semantic: (B, feature_dim) semantic-path vector (the CLIP projection heads read it).
+        motion: (B, feature_dim) motion-path vector.
+        fused: (B, feature_dim) fused vector (``forward`` returns this; the reward head reads it).
+        semantic_map: (B, channels, h, w) last semantic feature map, h = ceil(H / 2).
+        motion_map: (B, channels, h, w) last motion feature map (the flow decoder reads it).
+    """
+
+    semantic: Tensor
+    motion: Tensor
+    fused: Tensor
+    semantic_map: Tensor
+    motion_map: Tensor
+
+
+def _trunk(in_channels: int, channels: int, depth: int) -> nn.ModuleList:
+    layers = [nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)]
+    layers += [nn.Conv2d(channels, channels, 3, stride=1, padding=1) for _ in range(depth - 1)]
+    return nn.ModuleList(layers)
+
+
+class DualPathBackbone(nn.Module):
+    """Semantic + motion conv paths with optional information exchange; see the module docstring.
+
+    Args:
+        frame_stack: frames k in the input stack (input channels 3k).
+        image_size: input height = width in pixels.
+        feature_dim: size of the fused vector (and of each path's vector).
+        channels: conv width of each path.
+        depth: conv layers per path (the first has stride 2).
+        interaction: let the paths exchange information (False: independent paths, ablation).
+        interaction_kind: ``gated`` or ``attention`` (see :mod:`models.interaction`).
+        interaction_layers: 0-based conv layers after which the paths exchange; None: after every
+            layer but the first (layers 1 .. depth-1).
+        flow_input: the motion path also takes the flow between the last two frames (2 channels,
+            pixels) as input; ``forward`` then needs ``flow``.
+        pool: average-pooling kernel applied to the last maps before the vector projection
+            (keeps the Linear layers small: 32 x 21 x 21 inputs at 84 px with pool 2).
+    """
+
+    def __init__(
+        self,
+        frame_stack: int = 3,
+        image_size: int = 84,
+        feature_dim: int = 64,
+        channels: int = 32,
+        depth: int = 4,
+        interaction: bool = True,
+        interaction_kind: str = "gated",
+        interaction_layers: list[int] | None = None,
+        flow_input: bool = False,
+        pool: int = 2,
+    ) -> None:
+        super().__init__()
+        if frame_stack < 1 or depth < 1 or image_size < 4 or feature_dim < 1 or channels < 1 or pool < 1:
+            raise ValueError(f"bad backbone sizes: frame_stack={frame_stack}, depth={depth}, image_size={image_size}, feature_dim={feature_dim}, channels={channels}, pool={pool}")
+        if interaction_kind not in INTERACTIONS:
+            raise ValueError(f"interaction_kind={interaction_kind!r}: expected one of {sorted(INTERACTIONS)}")
+        self.frame_stack = frame_stack
+        self.image_size = image_size
+        self.feature_dim = feature_dim
+        self.channels = channels
+        self.depth = depth
+        self.flow_input = flow_input
+        self.interaction = interaction
+        layers = list(range(1, depth)) if interaction_layers is None else sorted(set(int(i) for i in interaction_layers))
+        if any(i < 0 or i >= depth for i in layers):
+            raise ValueError(f"interaction_layers={interaction_layers}: each must be in [0, {depth - 1}]")
+        self.interaction_layers = layers if interaction else []
+
+        self.semantic_trunk = _trunk(3, channels, depth)
+        self.motion_trunk = _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth)
+        self.exchange = nn.ModuleDict({str(i): INTERACTIONS[interaction_kind](channels) for i in self.interaction_layers})
+
+        self.map_size = (image_size + 1) // 2
+        self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+        pooled = self.map_size // pool
+        if pooled < 1:
+            raise ValueError(f"pool={pool} is larger than the {self.map_size}px feature map of a {image_size}px image")
+        flat = channels * pooled * pooled
+        self.semantic_head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim))
+        self.motion_head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim))
+        self.fuse = nn.Sequential(nn.Linear(2 * feature_dim, feature_dim), nn.LayerNorm(feature_dim))
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _check(self, obs: Tensor, flow: Tensor | None) -> None:
+        expected = (3 * self.frame_stack, self.image_size, self.image_size)
+        if obs.dim() != 4 or tuple(obs.shape[1:]) != expected:
+            raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (B, {expected[0]}, {expected[1]}, {expected[2]}) (frame_stack={self.frame_stack} RGB frames, oldest first)")
+        if self.flow_input:
+            if flow is None:
+                raise ValueError("this backbone was built with flow_input=True: pass flow (B, 2, H, W) in pixels")
+            if tuple(flow.shape) != (obs.shape[0], 2, self.image_size, self.image_size):
+                raise ValueError(f"flow has shape {tuple(flow.shape)}; expected ({obs.shape[0]}, 2, {self.image_size}, {self.image_size})")
+
+    def forward_paths(self, obs: Tensor, flow: Tensor | None = None) -> PathOutputs:
+        """Run both paths; see :class:`PathOutputs` for shapes. ``flow`` only with ``flow_input``."""
+        self._check(obs, flow)
+        x = obs.float() / 255.0 - 0.5
+        s = x[:, -3:]
+        m = torch.cat([x, flow.float()], dim=1) if self.flow_input and flow is not None else x
+        for i in range(self.depth):
+            s = F.relu(self.semantic_trunk[i](s))
+            m = F.relu(self.motion_trunk[i](m))
+            if str(i) in self.exchange:
+                s, m = self.exchange[str(i)](s, m)
+        semantic = self.semantic_head(self.pool(s).flatten(1))
+        motion = self.motion_head(self.pool(m).flatten(1))
+        fused = self.fuse(torch.cat([semantic, motion], dim=1))
+        return PathOutputs(semantic=semantic, motion=motion, fused=fused, semantic_map=s, motion_map=m)
+
+    def forward(self, obs: Tensor, flow: Tensor | None = None) -> Tensor:
+        """(B, 3k, H, W) pixels in [0, 255] -> (B, feature_dim) float32 fused features."""
+        return self.forward_paths(obs, flow).fused

@@ -1,0 +1,77 @@
+"""Pretraining heads on top of :class:`models.backbone.DualPathBackbone`, and the full model.
+
+* ``clip_image``: semantic vector -> MLP -> (B, clip_dim), aligned to the frame's CLIP image embedding.
+* ``clip_caption`` / ``clip_objects``: semantic vector -> MLP -> (B, clip_dim), aligned to the CLIP
+  text embeddings of the frame's VLM caption and key-objects text (annotated frames only).
+* ``flow``: motion feature map -> light conv decoder -> (B, 2, H, W) optical flow between the
+  last two frames of the stack, pixels (channel 0 = dx right, 1 = dy down).
+* ``reward``: fused vector -> MLP -> (B,) reward of the transition into the current frame.
+
+Only the backbone is needed online; the heads exist for pretraining.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from models.backbone import DualPathBackbone
+
+#: Head names, in the order :meth:`PretrainModel.forward` returns them.
+HEADS = ("clip_image", "clip_caption", "clip_objects", "flow", "reward")
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+
+class FlowDecoder(nn.Module):
+    """(B, C, h, w) motion map -> (B, 2, H, W) flow in pixels: two 3x3 convs, bilinear upsampling."""
+
+    def __init__(self, channels: int, image_size: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, 2, 3, padding=1)
+
+    def forward(self, motion_map: Tensor) -> Tensor:
+        x = self.conv2(F.relu(self.conv1(motion_map)))
+        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+
+
+class PretrainModel(nn.Module):
+    """Backbone + every pretraining head; constructed from JSON-able kwargs (checkpointable).
+
+    Args:
+        backbone: kwargs of :class:`DualPathBackbone`.
+        clip_dim: size D of the CLIP embeddings (image and text) the projection heads predict.
+        head_hidden: hidden width of the MLP heads.
+    """
+
+    def __init__(self, backbone: dict[str, Any], clip_dim: int, head_hidden: int = 256) -> None:
+        super().__init__()
+        self.backbone = DualPathBackbone(**backbone)
+        self.clip_dim = clip_dim
+        d = self.backbone.feature_dim
+        self.clip_image = mlp(d, head_hidden, clip_dim)
+        self.clip_caption = mlp(d, head_hidden, clip_dim)
+        self.clip_objects = mlp(d, head_hidden, clip_dim)
+        self.flow = FlowDecoder(self.backbone.channels, self.backbone.image_size)
+        self.reward = mlp(d, head_hidden, 1)
+
+    def forward(self, obs: Tensor, flow: Tensor | None = None) -> dict[str, Tensor]:
+        """Every head's prediction (float32), plus ``fused`` (B, feature_dim).
+
+        Returns a dict: ``clip_image``, ``clip_caption``, ``clip_objects`` (B, clip_dim);
+        ``flow`` (B, 2, H, W) pixels; ``reward`` (B,); ``fused`` (B, feature_dim).
+        """
+        paths = self.backbone.forward_paths(obs, flow)
+        return {
+            "clip_image": self.clip_image(paths.semantic),
+            "clip_caption": self.clip_caption(paths.semantic),
+            "clip_objects": self.clip_objects(paths.semantic),
+            "flow": self.flow(paths.motion_map),
+            "reward": self.reward(paths.fused).squeeze(1),
+            "fused": paths.fused,
+        }

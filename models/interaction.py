@@ -1,0 +1,71 @@
+"""Information exchange between the semantic and motion paths (unsupervised).
+
+Each module maps ``(s, m)`` -> ``(s', m')`` for two feature maps of the same shape
+``(B, C, h, w)``, as residual updates: ``s' = s + f(s, m)`` and ``m' = m + g(s, m)``.
+A new kind is one class and one line in :data:`INTERACTIONS`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class GatedExchange(nn.Module):
+    """Gated feature exchange: each path adds a 1x1-conv message from the other, scaled by a
+    sigmoid gate computed from both (per pixel and channel). Cheap: 4 C x C 1x1 convs (+2 for gates)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.to_semantic = nn.Conv2d(channels, channels, 1)
+        self.to_motion = nn.Conv2d(channels, channels, 1)
+        self.gate_semantic = nn.Conv2d(2 * channels, channels, 1)
+        self.gate_motion = nn.Conv2d(2 * channels, channels, 1)
+        # Start mostly closed (sigmoid(-2) ~ 0.12) so each path first learns its own task.
+        nn.init.constant_(self.gate_semantic.bias, -2.0)
+        nn.init.constant_(self.gate_motion.bias, -2.0)
+
+    def forward(self, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        both = torch.cat([s, m], dim=1)
+        s_new = s + torch.sigmoid(self.gate_semantic(both)) * self.to_semantic(m)
+        m_new = m + torch.sigmoid(self.gate_motion(both)) * self.to_motion(s)
+        return s_new, m_new
+
+
+class CrossAttentionExchange(nn.Module):
+    """Cross-attention over pooled tokens: each path's tokens (maps average-pooled to a
+    ``tokens`` x ``tokens`` grid) attend to the other path's tokens; the result is upsampled
+    back to the map and added with a learned per-path scale (starting at 0, ReZero-style)."""
+
+    def __init__(self, channels: int, tokens: int = 7, heads: int = 4) -> None:
+        super().__init__()
+        heads = heads if channels % heads == 0 else 1
+        self.tokens = tokens
+        self.norm_s = nn.LayerNorm(channels)
+        self.norm_m = nn.LayerNorm(channels)
+        self.attend_s = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.attend_m = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.scale_s = nn.Parameter(torch.zeros(1))
+        self.scale_m = nn.Parameter(torch.zeros(1))
+
+    def _tokens(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+        pooled = F.adaptive_avg_pool2d(x, self.tokens)  # (B, C, t, t)
+        return norm(pooled.flatten(2).transpose(1, 2))  # (B, t*t, C)
+
+    def _back(self, tokens: Tensor, like: Tensor) -> Tensor:
+        b, c = like.shape[:2]
+        grid = tokens.transpose(1, 2).reshape(b, c, self.tokens, self.tokens)
+        return F.interpolate(grid, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        ts, tm = self._tokens(s, self.norm_s), self._tokens(m, self.norm_m)
+        from_m, _ = self.attend_s(ts, tm, tm, need_weights=False)
+        from_s, _ = self.attend_m(tm, ts, ts, need_weights=False)
+        return s + self.scale_s * self._back(from_m, s), m + self.scale_m * self._back(from_s, m)
+
+
+#: ``interaction_kind`` -> module class (constructed with the channel count).
+INTERACTIONS: dict[str, type[nn.Module]] = {
+    "gated": GatedExchange,
+    "attention": CrossAttentionExchange,
+}

@@ -1,0 +1,184 @@
+"""The pretrain stage end to end: dataset -> trained backbone, metrics, loss curves.
+
+Outputs (written by rank 0 only, each atomically):
+
+* ``<out>/backbone/``: :class:`models.backbone.DualPathBackbone` (``models.checkpoint`` format),
+  what the finetune stage loads; ``<out>/model/``: the backbone with every head
+  (:class:`models.heads.PretrainModel`).
+* ``<metrics>``: JSON, final loss per term (mean over the last tenth of the steps) and the probe R^2
+  of the pretrained backbone and of the same backbone at its random initialisation.
+* ``<plots>/loss_<term>.csv``: ``step,<term>`` per optimiser step (DVC plots, x = step).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import distributed as dist
+
+from models.checkpoint import save_module
+from models.heads import PretrainModel
+from pipeline.config import PretrainParams
+from pipeline.device import select_device
+from pipeline.errors import UserError
+from pipeline.io import atomic_path, write_json_atomic
+from pipeline.pretrain.data import DatasetInfo, inspect_dataset, make_loader
+from pipeline.pretrain.losses import TERMS, term_weights
+from pipeline.pretrain.probe import probe
+from pipeline.pretrain.trainer import DistContext, distributed_context, make_optimizer, train
+
+log = logging.getLogger(__name__)
+
+BACKBONE_DIR = "backbone"
+MODEL_DIR = "model"
+
+
+def backbone_config(params: PretrainParams, info: DatasetInfo) -> dict[str, Any]:
+    """The JSON-able kwargs of :class:`DualPathBackbone` for these params and this dataset."""
+    return {
+        "frame_stack": params.frame_stack,
+        "image_size": info.image_size,
+        "feature_dim": params.feature_dim,
+        "channels": params.channels,
+        "depth": params.depth,
+        "interaction": params.interaction,
+        "interaction_kind": params.interaction_kind,
+        "flow_input": params.flow_input,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN / inf float replaced by None (JSON has no NaN; DVC would reject it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def final_losses(history: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each term over the last tenth of the steps (at least one), NaN-free steps only."""
+    tail = history[-max(1, len(history) // 10):]
+    out: dict[str, float] = {}
+    for name in ("total", *TERMS):
+        values = [r[name] for r in tail if name in r and not math.isnan(r[name])]
+        if values:
+            out[name] = float(np.mean(values))
+    return out
+
+
+def write_curves(folder: str | Path, history: list[dict[str, float]]) -> None:
+    """One ``loss_<term>.csv`` (``step,<term>``) per term, steps where the term had no target left out."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for name in ("total", *TERMS):
+            rows = [(r["step"], r[name]) for r in history if name in r and not math.isnan(r[name])]
+            if not rows:
+                continue
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(["step", name])
+            writer.writerows((int(s), repr(float(v))) for s, v in rows)
+            (tmp / f"loss_{name}.csv").write_text(buffer.getvalue())
+
+
+def pretrain(dataset: str | Path, out: str | Path, metrics_path: str | Path, plots_dir: str | Path, params: PretrainParams) -> dict[str, Any] | None:
+    """Train the backbone on ``dataset`` and write every output; returns the metrics (rank 0) or None."""
+    info = inspect_dataset(dataset)
+    device = select_device(params.device, param_key="pretrain.device")
+    ctx = distributed_context(device)
+    if device.type == "cuda" and ctx.distributed:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _pretrain(info, Path(out), Path(metrics_path), Path(plots_dir), params, device, ctx)
+    finally:
+        if ctx.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _pretrain(info: DatasetInfo, out: Path, metrics_path: Path, plots_dir: Path, params: PretrainParams, device: torch.device, ctx: DistContext) -> dict[str, Any] | None:
+    if params.batch_size % ctx.world_size:
+        raise UserError(f"pretrain.batch_size = {params.batch_size} does not split evenly over {ctx.world_size} processes; make it a multiple of pretrain.nproc")
+    config = backbone_config(params, info)
+    seed_everything(params.seed)
+    model_config = {"backbone": config, "clip_dim": info.clip_dim, "head_hidden": params.head_hidden}
+    model = PretrainModel(**model_config)
+    initial_backbone = copy.deepcopy(model.backbone)  # the "random weights" baseline of the probe
+    model.to(device)
+    log.info(
+        "backbone: %d parameters, fused features %d, %d-frame stacks of %dpx; %d process(es), device %s",
+        model.backbone.num_parameters, params.feature_dim, params.frame_stack, info.image_size, ctx.world_size, device,
+    )
+    loader = make_loader(
+        info.train_shards,
+        params.frame_stack,
+        params.batch_size // ctx.world_size,
+        workers=params.workers,
+        seed=params.seed,
+        shuffle_buffer=params.shuffle_buffer,
+        repeat=True,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward)
+    if not any(w > 0 for w in weights.values()):
+        raise UserError("every pretrain.weight_* is 0: set at least one loss weight above 0")
+    optimizer = make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
+    history = train(
+        model, loader, steps=params.steps, optimizer=optimizer, weights=weights, clip_loss=params.clip_loss,
+        temperature=params.temperature, device=device, ctx=ctx, flow_input=params.flow_input, grad_clip=params.grad_clip,
+    )
+    if not ctx.is_main:
+        return None
+
+    probe_args = dict(alpha=params.probe_alpha, max_per_task=params.probe_max_per_task, flow_input=params.flow_input)
+    trained = probe(model.backbone, info.train_shards, info.validation_shards, params.frame_stack, device, **probe_args)
+    baseline = probe(initial_backbone.to(device), info.train_shards, info.validation_shards, params.frame_stack, device, **probe_args)
+    log.info("probe R^2 (state from frozen features): pretrained %.3f, random weights %.3f", trained["r2"], baseline["r2"])
+
+    metrics = finite_or_none({
+        "loss": final_losses(history),
+        "probe_r2": {"pretrained": trained["r2"], "random": baseline["r2"]},
+        "probe_r2_per_task": {"pretrained": trained["per_task"], "random": baseline["per_task"]},
+        "feature_dim": params.feature_dim,
+        "backbone_parameters": model.backbone.num_parameters,
+        "steps": params.steps,
+        "samples_seen": params.steps * params.batch_size,
+        "processes": ctx.world_size,
+        "probe_alpha": {"pretrained": trained["alpha"], "random": baseline["alpha"]},
+    })
+    meta = {
+        "stage": "pretrain",
+        "input": f"obs (B, {3 * params.frame_stack}, {info.image_size}, {info.image_size}) RGB pixels in [0, 255], oldest frame first",
+        "output": f"(B, {params.feature_dim}) float32 fused features",
+        "clip_dim": info.clip_dim,
+        "params": params.model_dump(mode="json"),
+        "probe_r2": metrics["probe_r2"],
+        "final_loss": metrics["loss"],
+    }
+    model.cpu()
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        save_module(tmp / BACKBONE_DIR, model.backbone, config, meta)
+        save_module(tmp / MODEL_DIR, model, model_config, meta)
+    write_json_atomic(metrics_path, metrics)
+    write_curves(plots_dir, history)
+    log.info("wrote %s (backbone/, model/), %s, %s", out, metrics_path, plots_dir)
+    return metrics

@@ -1,0 +1,114 @@
+"""The dual-path backbone and its heads: shapes, dtypes, path separation, checkpoints."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.backbone import DualPathBackbone
+from models.checkpoint import load_module, save_module
+from models.heads import PretrainModel
+
+TINY = dict(frame_stack=3, image_size=16, feature_dim=8, channels=4, depth=3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _obs(batch: int = 2, k: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3 * k, size, size), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("kind", ["gated", "attention"])
+@pytest.mark.parametrize("interaction", [True, False])
+def test_shapes_and_dtypes_through_every_head(kind: str, interaction: bool) -> None:
+    torch.manual_seed(0)
+    model = PretrainModel(backbone={**TINY, "interaction": interaction, "interaction_kind": kind}, clip_dim=12, head_hidden=16)
+    obs = _obs()
+    paths = model.backbone.forward_paths(obs)
+    assert paths.semantic.shape == paths.motion.shape == paths.fused.shape == (2, 8)
+    assert paths.semantic_map.shape == paths.motion_map.shape == (2, 4, 8, 8)
+    out = model(obs)
+    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "flow": (2, 2, 16, 16), "reward": (2,), "fused": (2, 8)}
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    assert all(v.dtype == torch.float32 for v in out.values())
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_uint8_and_float_pixels_give_the_same_features() -> None:
+    torch.manual_seed(0)
+    backbone = DualPathBackbone(**TINY)
+    obs = _obs()
+    assert torch.allclose(backbone(obs), backbone(obs.float()), atol=1e-6)
+    assert backbone.feature_dim == 8 and backbone(obs).dtype == torch.float32
+
+
+def test_odd_image_size_and_84px_default() -> None:
+    torch.manual_seed(0)
+    odd = PretrainModel(backbone={**TINY, "image_size": 15}, clip_dim=4, head_hidden=8)
+    assert odd(_obs(size=15))["flow"].shape == (2, 2, 15, 15)
+    default = DualPathBackbone()
+    assert default(_obs(batch=1, size=84)).shape == (1, 64)
+    assert default.num_parameters < 3_000_000  # small enough for CPU
+
+
+def test_flow_input_is_required_and_used() -> None:
+    torch.manual_seed(0)
+    backbone = DualPathBackbone(**TINY, flow_input=True)
+    obs = _obs()
+    with pytest.raises(ValueError, match="flow_input=True"):
+        backbone(obs)
+    flow = torch.zeros(2, 2, 16, 16)
+    a = backbone(obs, flow)
+    b = backbone(obs, flow + 3.0)
+    assert a.shape == (2, 8) and not torch.allclose(a, b)
+
+
+def test_bad_obs_shape_is_named() -> None:
+    backbone = DualPathBackbone(**TINY)
+    with pytest.raises(ValueError, match=r"expected \(B, 9, 16, 16\)"):
+        backbone(_obs(k=2))
+
+
+def test_interaction_switch_separates_the_paths() -> None:
+    """The semantic path sees only the current frame unless the paths exchange information."""
+    obs = _obs()
+    changed = obs.clone()
+    changed[:, :6] = 255 - changed[:, :6]  # older frames only
+    for interaction, should_differ in ((False, False), (True, True)):
+        torch.manual_seed(0)
+        backbone = DualPathBackbone(**TINY, interaction=interaction)
+        a, b = backbone.forward_paths(obs), backbone.forward_paths(changed)
+        assert torch.allclose(a.semantic, b.semantic) is not should_differ
+        assert not torch.allclose(a.motion, b.motion)
+
+
+def test_backbone_checkpoint_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    config = {**TINY, "interaction_kind": "attention"}
+    backbone = DualPathBackbone(**config)
+    save_module(tmp_path / "backbone", backbone, config, {"stage": "pretrain"})
+    loaded, meta = load_module(tmp_path / "backbone")
+    assert isinstance(loaded, DualPathBackbone) and meta == {"stage": "pretrain"}
+    obs = _obs()
+    assert torch.equal(loaded(obs), backbone(obs))
+    assert json.loads((tmp_path / "backbone" / "config.json").read_text())["config"] == config
+
+
+def test_full_model_checkpoint_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    config = {"backbone": TINY, "clip_dim": 6, "head_hidden": 8}
+    model = PretrainModel(**config)
+    save_module(tmp_path / "model", model, config)
+    loaded, _ = load_module(tmp_path / "model")
+    obs = _obs()
+    for key, value in model(obs).items():
+        assert torch.equal(loaded(obs)[key], value), key

@@ -1,0 +1,136 @@
+"""The pretrain shard loader: frame stacking at read time, targets, splitting over workers and ranks."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from pipeline.pretrain.data import DatasetError, StackedFrames, find_shards, inspect_dataset, make_loader
+from pipeline.pretrain.synthetic import write_synthetic_dataset
+
+STEPS = 9  # 10 frames per episode
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    # 2 tasks x 3 episodes x 10 frames; shards of 7 samples, so episodes cross shard boundaries
+    return write_synthetic_dataset(tmp_path_factory.mktemp("ds"), episodes=3, steps=STEPS, size=16, clip_dim=8, shard_maxcount=7, annotate_every=4)
+
+
+def raw_frames(dataset: Path, split: str = "train") -> dict[str, dict]:
+    """key -> decoded fields, read straight from the tars (independent of the loader)."""
+    out = {}
+    for sample in wds.DataPipeline(wds.SimpleShardList(find_shards(dataset, split)), wds.tarfile_to_samples()):
+        out[sample["__key__"]] = {
+            "rgb": np.asarray(Image.open(io.BytesIO(sample["rgb.png"])).convert("RGB")),
+            "flow": np.load(io.BytesIO(sample["flow.npy"])),
+            "json": json.loads(sample["json"]),
+            "url": sample["__url__"],
+        }
+    return out
+
+
+def key(task: str, episode: int, step: int) -> str:
+    return f"{task}__ep{episode:06d}__{step:06d}"
+
+
+def test_inspect_dataset(dataset: Path) -> None:
+    info = inspect_dataset(dataset)
+    assert (info.image_size, info.clip_dim) == (16, 8)
+    assert len(info.train_shards) == 6 and len(info.validation_shards) == 3  # 40 and 20 samples, 7 per shard
+
+
+def test_frames_are_stacked_oldest_first_with_targets_of_the_last_transition(dataset: Path) -> None:
+    raw = raw_frames(dataset)
+    samples = {s["key"]: s for s in StackedFrames(find_shards(dataset, "train"), frame_stack=3)}
+    assert samples.keys() == raw.keys()
+    checked_inside = checked_start = checked_boundary = 0
+    for k, s in samples.items():
+        task, ep, step = k.split("__")[0], int(k.split("__ep")[1][:6]), int(k[-6:])
+        assert s["obs"].shape == (9, 16, 16) and s["obs"].dtype == np.uint8
+        assert s["flow"].dtype == np.float32 and s["flow_valid"].dtype == bool
+        assert s["clip_image"].shape == (8,) and s["clip_text"].shape == (2, 8)
+        assert s["text_valid"] == (step % 4 == 0)
+        np.testing.assert_array_equal(s["obs"][6:], raw[k]["rgb"].transpose(2, 0, 1))
+        prev = key(task, ep, step - 1)
+        if step >= 2 and raw[key(task, ep, step - 2)]["url"] == raw[k]["url"]:
+            # inside an episode and a shard: frames t-2, t-1, t; flow and reward of t-1 -> t
+            np.testing.assert_array_equal(s["obs"][:3], raw[key(task, ep, step - 2)]["rgb"].transpose(2, 0, 1))
+            np.testing.assert_array_equal(s["obs"][3:6], raw[prev]["rgb"].transpose(2, 0, 1))
+            np.testing.assert_array_equal(s["flow"], raw[prev]["flow"].astype(np.float32))
+            assert s["flow_valid"].all() and s["reward_valid"]
+            assert s["reward"] == pytest.approx(raw[prev]["json"]["reward"])
+            checked_inside += 1
+        elif step == 0:
+            # episode start: the first frame repeated, no flow or reward target
+            for i in range(3):
+                np.testing.assert_array_equal(s["obs"][3 * i : 3 * i + 3], s["obs"][6:])
+            assert not s["flow_valid"].any() and not s["reward_valid"]
+            checked_start += 1
+        elif raw[prev]["url"] != raw[k]["url"]:
+            # an episode continuing from the previous shard starts over (repeat the first available frame)
+            np.testing.assert_array_equal(s["obs"][:3], s["obs"][6:])
+            assert not s["reward_valid"]
+            checked_boundary += 1
+    assert checked_inside > 10 and checked_start == 4 and checked_boundary >= 1
+
+
+def test_fewer_shards_than_workers_neither_hangs_nor_raises(tmp_path: Path) -> None:
+    ds = write_synthetic_dataset(tmp_path / "one", tasks=("a",), episodes=2, steps=STEPS, validation_episodes=1, size=16, clip_dim=4)
+    shards = find_shards(ds, "train")
+    assert len(shards) == 1
+    # one pass with 2 workers: every sample exactly once
+    loader = make_loader(shards, 2, batch_size=4, workers=2, repeat=False)
+    keys = [k for batch in loader for k in batch["key"]]
+    assert Counter(keys) == Counter(key("a", 0, t) for t in range(STEPS + 1))
+    # training streams are endless, even with more consumers than shards
+    loader = make_loader(shards, 2, batch_size=4, workers=2, repeat=True, shuffle_buffer=8, rank=1, world_size=2)
+    batches = [b for _, b in zip(range(6), loader, strict=False)]
+    assert all(b["obs"].shape == (4, 6, 16, 16) and b["obs"].dtype == torch.uint8 for b in batches)
+
+
+def test_ranks_and_workers_partition_the_data(dataset: Path) -> None:
+    shards = find_shards(dataset, "train")
+    everything = Counter(s["key"] for s in StackedFrames(shards, 3))
+    per_rank = []
+    for rank in range(2):
+        loader = make_loader(shards, 3, batch_size=5, workers=2, repeat=False, rank=rank, world_size=2, shuffle_buffer=10)
+        per_rank.append(Counter(k for b in loader for k in b["key"]))
+    assert per_rank[0] + per_rank[1] == everything
+    assert not (per_rank[0].keys() & per_rank[1].keys())
+
+
+def test_shuffled_stream_is_deterministic_given_the_seed(dataset: Path) -> None:
+    shards = find_shards(dataset, "train")
+
+    def keys(seed: int) -> list[str]:
+        loader = make_loader(shards, 3, batch_size=4, workers=2, seed=seed, shuffle_buffer=16, repeat=True)
+        return [k for _, b in zip(range(15), loader, strict=False) for k in b["key"]]
+
+    first = keys(0)
+    assert first == keys(0)
+    assert first != keys(1)
+    assert len(set(first)) > 30  # shuffled across the buffer, repeating after one pass of 40
+
+
+def test_missing_dataset_and_bad_samples_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="run the encode stage"):
+        inspect_dataset(tmp_path / "nothing")
+    (tmp_path / "bad" / "train").mkdir(parents=True)
+    (tmp_path / "bad" / "validation").mkdir(parents=True)
+    for split in ("train", "validation"):
+        with tarfile.open(tmp_path / "bad" / split / "shard-000000.tar", "w") as tar:
+            data = b"{}"
+            info = tarfile.TarInfo("x__ep000000__000000.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DatasetError, match=r"lacks .*rgb\.png.*rerun `semore encode`"):
+        inspect_dataset(tmp_path / "bad")
