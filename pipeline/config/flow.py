@@ -11,11 +11,27 @@ from pipeline.config.base import DeviceName, Section
 class FlowParams(Section):
     backend: Literal["simulator", "dis", "ptlflow"] = Field(
         "simulator",
-        description="'simulator': exact flow from depth, segmentation and poses; 'dis': OpenCV DIS (no weights); 'ptlflow': any ptlflow model (RAFT).",
+        description="'simulator': exact flow from depth, segmentation and poses (needs collect.depth and collect.segmentation); 'dis': OpenCV DIS (no weights); 'ptlflow': any ptlflow model (RAFT).",
     )
-    model: str = Field("raft_small", description="ptlflow model name (backend 'ptlflow').")
-    weights: str = Field("things", description="ptlflow checkpoint: a tag (things, sintel, ...), a local file, or 'random'.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Frame pairs per forward pass.")
-    device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    fp16: bool = Field(True, description="Half precision on CUDA (ignored on CPU).")
-    previews: int = Field(4, ge=0, description="Colour-wheel flow images written per task for people to look at.")
+    model: str = Field("raft_small", description="ptlflow model name (backend 'ptlflow'), e.g. raft_small, raft, rapidflow.")
+    weights: str = Field(
+        "things",
+        description="ptlflow checkpoint (backend 'ptlflow'): a tag of the model (things, sintel, ...), a local file, a name in weights.cache_dir, or 'random'.",
+    )
+    batch_size: int = Field(32, ge=1, le=4096, description="Frame pairs per forward pass (ptlflow, dis); batches span episode boundaries.")
+    device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (backend 'ptlflow').")
+    fp16: bool = Field(True, description="Half precision (autocast) on CUDA (ignored on CPU).")
+    min_size: int = Field(
+        128,
+        ge=0,
+        le=4096,
+        description="ptlflow: frames whose shorter side is below this are upsampled (bilinear) to it for the model, and the flow is resized back to frame pixels. RAFT models need 128 (their coarsest correlation level is 1/64 of the input); 0 keeps the frame size.",
+    )
+    dis_preset: Literal["ultrafast", "fast", "medium"] = Field("medium", description="OpenCV DIS preset (backend 'dis').")
+    occlusion_tolerance: float = Field(
+        0.03,
+        gt=0.0,
+        le=1.0,
+        description="Simulator flow: a moved point counts as visible in frame t+1 when that frame's depth near its target agrees within this fraction of its depth.",
+    )
+    previews: int = Field(4, ge=0, le=1000, description="Colour-wheel flow images (beside their frames) written per task for people to look at.")

@@ -1,0 +1,155 @@
+"""Flow stage throughput against the bare backend, per backend, measured in the same run.
+
+    .venv/bin/python bench/bench_flow.py [--task cheetah-run] [--episodes 2] [--steps 50] [--size 84]
+        [--backends simulator,dis,ptlflow:raft_small,ptlflow:rapidflow] [--batch 32] [--repeats 2] [--device auto]
+
+Records episodes with the collect stage (depth and segmentation on) into bench/out/flow/, then for
+each backend prints pairs/s of:
+
+* bare: the backend's computation alone on data already in memory - the simulator's exact flow
+  on loaded arrays, DIS on frames in memory, a ptlflow model's forward pass on input tensors
+  already on the device at the model's input size (``flow.min_size`` applied);
+* stage: ``run_flow`` on the episode files - loading, the backend, float16 conversion, the
+  end-point error against exact flow, photometric error, previews and the atomic writes;
+
+and the ratio stage / bare (goal >= 0.9). ptlflow models use random weights (the speed does not
+depend on them). The best of ``--repeats`` runs is kept for each figure.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Load triton (through torchvision / torch._dynamo, as ptlflow does) before MuJoCo renders: after an
+# EGL (Mesa llvmpipe) render, loading triton's bundled LLVM segfaults.
+try:
+    import triton  # noqa: E402, F401
+except ImportError:
+    pass
+
+from pipeline.rendering import setup_headless_rendering  # noqa: E402
+
+setup_headless_rendering()
+
+from pipeline.config import CollectParams, FlowParams, WeightsParams  # noqa: E402
+from pipeline.episodes import list_episodes, load_episode  # noqa: E402
+from pipeline.flow.base import FlowBackend  # noqa: E402
+from pipeline.flow.dis import DISBackend  # noqa: E402
+from pipeline.flow.runner import run_flow  # noqa: E402
+from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "flow"
+
+
+def collect(task: str, episodes: int, steps: int, size: int) -> Path:
+    from pipeline.collect import collect_task
+
+    folder = OUT / "episodes" / f"{task}-{episodes}x{steps}-{size}px"
+    params = CollectParams(
+        tasks=[task], episodes_per_task=episodes, episode_steps=steps, image_size=size, action_repeat=2,
+        depth=True, segmentation=True, workers=1, preview_episodes=0,
+    )
+    collect_task(task, params, folder, workers=1)  # keeps finished episodes on a rerun
+    return folder
+
+
+def best_rates(pairs: int, runs: list, repeats: int) -> list[float]:
+    """Best pairs/s of each ``run()`` over ``repeats`` rounds; the runs alternate within a round
+    so that a change in the machine's load hits them alike."""
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, spent in zip(runs, times):
+            start = time.perf_counter()
+            run()
+            spent.append(time.perf_counter() - start)
+    return [pairs / min(spent) for spent in times]
+
+
+def bare_runner(backend: FlowBackend, paths: list[Path], batch: int):
+    """A closure running the backend's computation alone on data already in memory."""
+    if isinstance(backend, SimulatorBackend):
+        episodes = [load_episode(p, SIMULATOR_FIELDS) for p in paths]
+        return lambda: [backend.episode_flow(e) for e in episodes]
+    frames = np.concatenate([load_episode(p, ["frames"]).frames for p in paths])
+    first, second = frames[:-1], frames[1:]  # pairs as many as the episodes hold (one bogus pair per boundary, same count)
+    first, second = first[: len(first) - (len(paths) - 1)], second[: len(second) - (len(paths) - 1)]
+    if isinstance(backend, DISBackend):
+        return lambda: [backend.pairs_flow(first[i : i + batch], second[i : i + batch]) for i in range(0, len(first), batch)]
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.flow.ptlflow_backend import to_ptlflow_images
+
+    size = backend.input_size(*frames.shape[1:3])
+    inputs = []
+    for i in range(0, len(first), batch):
+        a = torch.from_numpy(first[i : i + batch]).to(backend.device)
+        b = torch.from_numpy(second[i : i + batch]).to(backend.device)
+        images = to_ptlflow_images(a, b)
+        if size != tuple(frames.shape[1:3]):
+            images = F.interpolate(images.flatten(0, 1), size=size, mode="bilinear", align_corners=False).unflatten(0, (-1, 2))
+        inputs.append(images)
+
+    def run() -> None:
+        for images in inputs:
+            backend.forward(images)
+        if backend.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def make(spec: str, batch: int, device: str) -> tuple[FlowBackend, FlowParams]:
+    if spec.startswith("ptlflow:"):
+        from pipeline.flow.ptlflow_backend import PtlflowBackend
+
+        params = FlowParams(backend="ptlflow", model=spec.split(":", 1)[1], weights="random", batch_size=batch, device=device)
+        return PtlflowBackend.from_params(params, WeightsParams()), params
+    params = FlowParams(backend=spec, batch_size=batch, device=device)
+    backend = SimulatorBackend.from_params(params, WeightsParams()) if spec == "simulator" else DISBackend.from_params(params, WeightsParams())
+    return backend, params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="cheetah-run")
+    parser.add_argument("--episodes", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--size", type=int, default=84)
+    parser.add_argument("--backends", default="simulator,dis,ptlflow:raft_small,ptlflow:rapidflow")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    folder = collect(args.task, args.episodes, args.steps, args.size)
+    paths = list_episodes(folder)
+    pairs = sum(len(load_episode(p, ["frames"]).frames) - 1 for p in paths)
+    print(f"{args.task}: {len(paths)} episodes, {pairs} pairs at {args.size}x{args.size}, batch {args.batch}")
+    print(f"{'backend':<22} {'bare pairs/s':>13} {'stage pairs/s':>14} {'ratio':>7}")
+    for spec in args.backends.split(","):
+        backend, params = make(spec, args.batch, args.device)
+        bare = bare_runner(backend, paths, args.batch)
+        bare()  # warm-up (first ptlflow calls are slow)
+        out = OUT / "stage" / spec.replace(":", "-")
+
+        def stage() -> None:
+            shutil.rmtree(out, ignore_errors=True)  # no reuse of finished outputs
+            run_flow(folder, out, out.with_suffix(".json"), params, WeightsParams(), backend=backend)
+
+        bare_rate, stage_rate = best_rates(pairs, [bare, stage], args.repeats)
+        print(f"{spec:<22} {bare_rate:>13.1f} {stage_rate:>14.1f} {stage_rate / bare_rate:>7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

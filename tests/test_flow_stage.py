@@ -1,0 +1,189 @@
+"""The flow stage end to end on synthetic episode files: outputs, metrics, previews, reruns, errors, CLI."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.cli import main as cli_main
+from pipeline.config import FlowParams, WeightsParams
+from pipeline.episodes import Episode, episode_filename, save_episode
+from pipeline.errors import UserError
+from pipeline.flow.base import FlowResult
+from pipeline.flow.dis import DISBackend
+from pipeline.flow.runner import run_flow
+from pipeline.flow.simulator import SimulatorBackend
+from test_flow_backends import quat_z, synthetic_episode
+
+SIZE = 40
+
+
+def moving_scene(steps: int, seed: int) -> Episode:
+    """A wall drifting right and a near square spinning and sliding left in front of it."""
+    n = steps + 1
+    rng = np.random.default_rng(seed)
+    pos = np.zeros((n, 3, 3))
+    quat = np.tile(np.array([1.0, 0, 0, 0]), (n, 3, 1))
+    drift = rng.uniform(0.02, 0.04)
+    for t in range(n):
+        pos[t, 1] = [drift * t, 0.0, 3.0]
+        pos[t, 2] = [0.1 - 0.03 * t, 0.02 * t, 1.5]
+        quat[t, 2] = quat_z(math.radians(3.0 * t))
+    return synthetic_episode(SIZE, pos, quat, [(10.0, 10.0), (0.25, 0.25)])
+
+
+def write_episodes(folder: Path, lengths: list[int], drop_truth: bool = False) -> list[Path]:
+    paths = []
+    for i, steps in enumerate(lengths):
+        episode = moving_scene(steps, seed=i)
+        if drop_truth:
+            episode.depth = episode.segmentation = None
+        path = folder / episode_filename(i)
+        save_episode(path, episode)
+        paths.append(path)
+    return paths
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Counting(SimulatorBackend):
+    """The simulator backend, counting the episodes it computes (and failing on request)."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        super().__init__()
+        self.calls = 0
+        self.fail_on = fail_on
+
+    def episode_flow(self, episode: Episode) -> FlowResult:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise KeyboardInterrupt
+        return super().episode_flow(episode)
+
+
+def test_simulator_stage_writes_the_documented_outputs_deterministically(tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [3, 5])
+    params = FlowParams(backend="simulator", previews=3)
+    metrics = run_flow(episodes, tmp_path / "a", tmp_path / "a.json", params, WeightsParams())
+
+    with np.load(tmp_path / "a" / "episode_000001.npz", allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["flow", "meta", "valid"]
+        flow, valid, meta = npz["flow"], npz["valid"], json.loads(npz["meta"].item())
+    assert flow.shape == (5, 2, SIZE, SIZE) and flow.dtype == np.float16
+    assert valid.shape == (5, SIZE, SIZE) and valid.dtype == np.bool_
+    assert meta["source"]["backend"]["backend"] == "simulator" and meta["pairs"] == 5
+    assert "channel 0 = dx (right" in meta["format"]
+    assert 0.5 < valid.mean() < 1.0  # occlusions and pixels leaving the image are masked
+    truth = SimulatorBackend().episode_flow(moving_scene(5, seed=1))
+    np.testing.assert_allclose(flow.astype(np.float32), truth.flow, atol=0.02)  # float16 of the exact flow
+    np.testing.assert_array_equal(valid, truth.valid)
+
+    assert metrics == json.loads((tmp_path / "a.json").read_text())
+    assert metrics["pairs"] == 8 and metrics["episodes"] == 2 and metrics["backend"] == "simulator"
+    assert metrics["epe"]["mean"] < 0.01  # itself, up to float16 rounding
+    assert metrics["epe_zero_flow"]["mean"] > 0.5
+    assert metrics["photometric"]["flow"]["mean"] < 0.5 * metrics["photometric"]["zero_flow"]["mean"]
+    previews = sorted(p.name for p in (tmp_path / "a" / "previews").glob("*.png"))
+    assert previews == ["episode_000000_pair00000.png", "episode_000001_pair00001.png", "episode_000001_pair00004.png"]  # pairs 0, 4, 7 of 8
+
+    run_flow(episodes, tmp_path / "b", tmp_path / "b.json", params, WeightsParams())
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_dis_stage_batches_across_episodes_and_scores_against_exact_flow(tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [2, 4, 1])
+    params = FlowParams(backend="dis", batch_size=3, previews=2)
+    metrics = run_flow(episodes, tmp_path / "out", tmp_path / "m.json", params, WeightsParams())
+    alone = DISBackend("medium", batch_size=1)
+    for i, steps in enumerate([2, 4, 1]):
+        with np.load(tmp_path / "out" / episode_filename(i)) as npz:
+            expected = alone.episode_flow(moving_scene(steps, seed=i))
+            np.testing.assert_array_equal(npz["flow"], expected.flow.astype(np.float16))
+            np.testing.assert_array_equal(npz["valid"], expected.valid)
+    assert metrics["backend"] == "dis" and metrics["pairs"] == 7
+    assert metrics["epe"]["mean"] < 0.6 * metrics["epe_zero_flow"]["mean"]
+    assert metrics["photometric"]["flow"]["mean"] < metrics["photometric"]["zero_flow"]["mean"]
+    # previews show the exact flow beside the estimate: 4 tiles instead of 3
+    image = next((tmp_path / "out" / "previews").glob("*.png"))
+    import cv2
+
+    assert cv2.imread(str(image)).shape[1] > 4 * cv2.imread(str(image)).shape[0] * 0.9
+
+
+def test_frames_only_episodes_work_with_dis_and_have_no_epe(tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [2], drop_truth=True)
+    metrics = run_flow(episodes, tmp_path / "out", tmp_path / "m.json", FlowParams(backend="dis"), WeightsParams())
+    assert metrics["epe"] is None and metrics["exact_valid_fraction"] is None
+    assert metrics["photometric"]["flow"]["pixels"] > 0
+
+
+def test_simulator_backend_without_depth_fails_before_any_output(tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [2])
+    write_episodes(tmp_path / "bare", [2], drop_truth=True)
+    (tmp_path / "bare" / episode_filename(0)).rename(episodes / episode_filename(1))
+    with pytest.raises(UserError, match=r"(?s)episode_000001.npz: the episode has no depth and segmentation.*collect\.depth: true and collect\.segmentation: true"):
+        run_flow(episodes, tmp_path / "out", tmp_path / "m.json", FlowParams(), WeightsParams())
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_rerun_keeps_finished_episodes_and_an_interrupt_leaves_no_partial_file(tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [2, 2, 2])
+    out, metrics = tmp_path / "out", tmp_path / "m.json"
+    params = FlowParams(previews=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_flow(episodes, out, metrics, params, WeightsParams(), backend=Counting(fail_on=2))
+    assert sorted(p.name for p in out.iterdir() if p.name != "previews") == ["episode_000000.npz"]  # nothing half-written
+    assert not metrics.exists()
+
+    def inodes() -> dict[str, int]:  # an atomic rewrite gives a file a new inode
+        return {p.name: p.stat().st_ino for p in sorted(out.glob("episode_*.npz"))}
+
+    kept = inodes()["episode_000000.npz"]
+    first = run_flow(episodes, out, metrics, params, WeightsParams())
+    after = inodes()
+    assert after["episode_000000.npz"] == kept and len(after) == 3  # episode 0 was kept, 1 and 2 computed
+
+    (out / "episode_000007.npz").write_bytes(b"stale")
+    assert run_flow(episodes, out, metrics, params, WeightsParams()) == first
+    assert inodes() == after  # nothing recomputed
+    assert not (out / "episode_000007.npz").exists()
+
+    run_flow(episodes, out, metrics, FlowParams(previews=1, occlusion_tolerance=0.2), WeightsParams())
+    # another backend record: all recomputed (each new file is created while the old one still exists)
+    assert all(inode != after[name] for name, inode in inodes().items())
+
+
+def test_no_episodes_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no episode_\*\.npz files; run the collect stage first"):
+        run_flow(tmp_path / "empty", tmp_path / "out", tmp_path / "m.json", FlowParams(), WeightsParams())
+
+
+def test_cli_runs_the_stage_and_reports_bad_input_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [2])
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"flow": {"backend": "simulator", "previews": 1}}))
+    argv = ["--params", str(params_file), "flow", "--episodes", str(episodes), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m" / "flow.json")]
+    assert cli_main(argv) == 0
+    assert json.loads((tmp_path / "m" / "flow.json").read_text())["pairs"] == 2
+    assert (tmp_path / "out" / "episode_000000.npz").is_file()
+
+    write_episodes(tmp_path / "bare", [2], drop_truth=True)
+    argv[argv.index(str(episodes))] = str(tmp_path / "bare")
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "collect.depth: true" in err and "Traceback" not in err
