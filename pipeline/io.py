@@ -6,6 +6,7 @@ stage (or a DVC cache) would read.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -95,3 +96,16 @@ def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool = True) -> bytes:
 def write_npz_atomic(target: str | Path, arrays: Mapping[str, np.ndarray], compress: bool = True) -> None:
     """Write ``arrays`` as a deterministic ``.npz`` at ``target``, atomically."""
     write_bytes_atomic(target, npz_bytes(arrays, compress=compress))
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, or of a folder (relative names and contents of its files, sorted)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

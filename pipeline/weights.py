@@ -20,7 +20,6 @@ records in its outputs.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Literal
 
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +74,6 @@ def is_offline(offline_param: bool = False) -> bool:
     """True when downloads must not be attempted (param, ``SEMORE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``)."""
     env = any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("SEMORE_OFFLINE", "HF_HUB_OFFLINE"))
     return offline_param or env
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, or of a folder (relative names and contents of its files, sorted)."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_name(source: str) -> str:

@@ -20,7 +20,6 @@ in :data:`POLICIES`.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from pipeline.collect.errors import PolicyError
 from pipeline.config.collect import PolicyParams
+from pipeline.io import sha256_of
 
 if TYPE_CHECKING:
     from pipeline.collect.envs.base import StepResult
@@ -157,12 +157,6 @@ def check_checkpoint(path: str | Path, *, task: str, action_dim: int, image_size
     return meta
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -203,7 +197,7 @@ class CheckpointPolicy(_BoxPolicy):
         if not callable(getattr(module, "act", None)):
             raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: {type(module).__name__} has no act(obs) method")
         self.module = module.eval()
-        self.weights_sha256 = file_sha256(self.path / WEIGHTS_FILE)
+        self.weights_sha256 = sha256_of(self.path / WEIGHTS_FILE)
         self._torch = torch
         self._frames: list[np.ndarray] = []
         self._fresh = False

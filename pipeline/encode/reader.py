@@ -8,7 +8,6 @@ SHA-256. A problem raises :class:`DatasetError` naming the shard and the key.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -20,6 +19,7 @@ import numpy as np
 
 from pipeline.encode.schema import FIELDS, JSON_DOCS, SHARD_GLOB, SPLITS, TEXT_ROWS, parse_key
 from pipeline.errors import UserError
+from pipeline.io import sha256_of
 
 
 class DatasetError(UserError, ValueError):
@@ -148,12 +148,6 @@ def _check_decoded(sample: dict[str, Any], where: str, dims: dict[str, int]) -> 
         raise DatasetError(f"{where}: json.annotation must have exactly the keys {sorted(annotation_keys)}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def validate_dataset(folder: str | Path, *, decode: bool = True, check_hashes: bool = True) -> DatasetCheck:
@@ -203,7 +197,7 @@ def validate_dataset(folder: str | Path, *, decode: bool = True, check_hashes: b
                 count += 1
             if count != info["samples"]:
                 raise DatasetError(f"{path}: {count} samples, stats.json lists {info['samples']}; the shard is truncated or stale")
-            if check_hashes and _sha256(path) != info["sha256"]:
+            if check_hashes and sha256_of(path) != info["sha256"]:
                 raise DatasetError(f"{path}: SHA-256 differs from stats.json; the shard is corrupt or was modified; pull or rebuild the dataset")
             samples[split] += count
             shards[split].append(path)

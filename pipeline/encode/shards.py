@@ -6,12 +6,12 @@ the order given; shard boundaries from ``maxcount`` / ``maxsize`` only.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.encode.schema import SHARD_PATTERN
+from pipeline.io import sha256_of
 
 #: Fixed tar member metadata (mtime in seconds since the epoch; an int: a float adds a PAX header per member).
 TAR_MTIME = 0
@@ -33,12 +33,6 @@ class ShardInfo:
         return asdict(self)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_shards(samples: Iterable[dict[str, Any]], folder: str | Path, *, maxcount: int, maxsize_bytes: float) -> list[ShardInfo]:
@@ -81,5 +75,5 @@ def write_shards(samples: Iterable[dict[str, Any]], folder: str | Path, *, maxco
     shards = []
     for fname, count in counts:
         path = Path(fname)
-        shards.append(ShardInfo(path.name, count, path.stat().st_size, _sha256(path)))
+        shards.append(ShardInfo(path.name, count, path.stat().st_size, sha256_of(path)))
     return shards

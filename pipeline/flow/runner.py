@@ -39,7 +39,7 @@ from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend
 from pipeline.flow.visualize import preview_image, write_png
 from pipeline.io import dumps_json, write_json_atomic, write_npz_atomic
 from pipeline.logs import progress
-from pipeline.weights import sha256_of
+from pipeline.io import sha256_of
 
 log = logging.getLogger(__name__)
 
