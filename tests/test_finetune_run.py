@@ -1,0 +1,159 @@
+"""Finetune stage, end to end on a real dm_control task: outputs, determinism, resuming, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from models.backbone import DualPathBackbone
+from models.checkpoint import load_module, save_module
+from pipeline.cli import main
+from pipeline.config.finetune import FinetuneParams
+from pipeline.finetune import trainer
+from pipeline.finetune.encoder import BackboneError, build_encoder, read_spec
+from pipeline.finetune.sac import SAC
+
+BACKBONE = dict(frame_stack=2, image_size=24, feature_dim=8, channels=4, depth=2)
+# 10 agent steps per episode, 3 episodes; updates start after the first episode.
+TINY = dict(
+    task="cartpole-swingup", frames=120, action_repeat=4, episode_frames=40, seed_frames=40, batch_size=8,
+    hidden_dim=16, eval_every_frames=40, eval_episodes=1, checkpoint_every_frames=40, device="cpu", threads=1,
+)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrain-stage output folder holding a (randomly initialised) backbone checkpoint."""
+    root = tmp_path_factory.mktemp("pretrain")
+    torch.manual_seed(123)
+    save_module(root / "backbone", DualPathBackbone(**BACKBONE), BACKBONE, {"note": "test"})
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(tmp: Path, backbone: Path, name: str, **overrides) -> trainer.FinetuneResult:
+    params = FinetuneParams(**{**TINY, "checkpoint_dir": str(tmp / "ckpt"), **overrides})
+    return trainer.finetune(params, backbone, tmp / name / "out", tmp / name / "metrics.json", tmp / name / "plots")
+
+
+def test_stage_cli_runs_a_short_finetune_and_writes_everything(tmp_path: Path, backbone: Path) -> None:
+    params = {"finetune": {**TINY, "checkpoint_dir": str(tmp_path / "ckpt")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out, metrics_path, plots = tmp_path / "finetune", tmp_path / "metrics" / "finetune.json", tmp_path / "plots"
+    rc = main(["--params", str(tmp_path / "params.yaml"), "finetune", "--backbone", str(backbone), "--out", str(out), "--metrics", str(metrics_path), "--plots", str(plots)])
+    assert rc == 0
+
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["task"] == "cartpole-swingup" and metrics["encoder_init"] == "pretrained"
+    assert metrics["frames"] == 120 and metrics["episodes"] == 3
+    assert metrics["updates"] == 21  # one per agent step from frame 40 (step 10) to 120 (step 30)
+    assert metrics["eval"]["frames"] == 120 and metrics["eval"]["episodes"] == 1
+    assert 0.0 <= metrics["eval"]["return_mean"] <= 10.0  # cartpole rewards are in [0, 1] per frame
+    evals = (plots / "eval.csv").read_text().splitlines()
+    assert evals[0] == "frames,return_std,return_min,return_max,return_mean"
+    assert [row.split(",")[0] for row in evals[1:]] == ["0", "40", "80", "120"]
+    assert len((plots / "train.csv").read_text().splitlines()) == 1 + 3
+    assert (plots / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "eval_video.gif").read_bytes()[:6] == b"GIF89a"
+
+    # The actor is what the collect stage's checkpoint policy loads.
+    policy, meta = load_module(out / "actor")
+    assert {"task": "cartpole-swingup", "action_dim": 1, "frame_stack": 2, "image_size": 24, "action_repeat": 4}.items() <= meta.items()
+    obs = torch.randint(0, 256, (3, 6, 24, 24), dtype=torch.uint8)
+    action = policy.act(obs)
+    assert action.shape == (3, 1) and action.abs().max() <= 1.0
+
+
+def test_interrupted_run_resumes_to_the_same_state(tmp_path: Path, backbone: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = run(tmp_path / "a", backbone, "straight")
+
+    # Interrupt the second run after its checkpoint at frame 80 (the 15th update happens at frame 96).
+    real_update = SAC.update
+    calls = {"n": 0}
+
+    def interrupted(self: SAC, batch: dict) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real_update(self, batch)
+
+    monkeypatch.setattr(SAC, "update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", backbone, "resumed")
+    assert not (tmp_path / "b" / "resumed" / "out").exists()  # nothing half-written
+    (checkpoint,) = (tmp_path / "b" / "ckpt").iterdir()
+    assert json.loads((checkpoint / "run.json").read_text())["frame"] == 80
+    monkeypatch.setattr(SAC, "update", real_update)
+
+    resumed = run(tmp_path / "b", backbone, "resumed")
+    assert resumed.timing["env_frames"] == 40  # only the last episode was run again
+    assert resumed.metrics == straight.metrics
+    assert resumed.evals == straight.evals and resumed.episodes == straight.episodes
+    a, b = tmp_path / "a" / "straight" / "out", tmp_path / "b" / "resumed" / "out"
+    assert (a / "actor" / "model.safetensors").read_bytes() == (b / "actor" / "model.safetensors").read_bytes()
+    assert (a / "eval_video.gif").read_bytes() == (b / "eval_video.gif").read_bytes()
+    for name in ("eval.csv", "train.csv", "learning_curve.png"):  # same params, same bytes
+        assert (a.parent / "plots" / name).read_bytes() == (b.parent / "plots" / name).read_bytes(), name
+    assert (a.parent / "metrics.json").read_bytes() == (b.parent / "metrics.json").read_bytes()
+
+    # More frames continue the same run; a finished run rerun redoes no training.
+    again = run(tmp_path / "b", backbone, "again")
+    assert again.timing["env_frames"] == 0 and again.metrics == straight.metrics
+
+
+def test_encoder_init_modes_are_one_param_apart(backbone: Path) -> None:
+    spec = read_spec(backbone)
+    assert spec.frame_stack == 2 and spec.image_size == 24 and spec.folder == backbone / "backbone"
+    saved, _ = load_module(backbone / "backbone")
+    pretrained = build_encoder(spec, "pretrained")
+    torch.manual_seed(0)
+    scratch = build_encoder(spec, "scratch")
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(pretrained.state_dict()[name], tensor)
+    assert not all(torch.equal(scratch.state_dict()[k], v) for k, v in saved.state_dict().items())
+    assert type(scratch) is type(saved) and scratch.feature_dim == saved.feature_dim
+
+
+def test_frozen_run_keeps_the_backbone_weights(tmp_path: Path, backbone: Path) -> None:
+    run(tmp_path, backbone, "frozen", encoder_init="frozen", frames=80, video=False)
+    policy, meta = load_module(tmp_path / "frozen" / "out" / "actor")
+    saved, _ = load_module(backbone / "backbone")
+    assert meta["encoder_init"] == "frozen"
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(policy.encoder.state_dict()[name], tensor)
+    assert not (tmp_path / "frozen" / "out" / "eval_video.gif").exists()
+
+
+def test_missing_backbone_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BackboneError, match="run the pretrain stage first"):
+        read_spec(tmp_path / "nothing")
+    (tmp_path / "params.yaml").write_text("finetune: {frames: 8}\n")
+    rc = main(["--params", str(tmp_path / "params.yaml"), "finetune", "--backbone", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p")])
+    assert rc == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_params_are_rejected() -> None:
+    with pytest.raises(ValueError, match="log_std_min"):
+        FinetuneParams(log_std_min=2.0, log_std_max=1.0)
+    with pytest.raises(ValueError, match="episode_frames"):
+        FinetuneParams(action_repeat=8, episode_frames=4)
+
+
+def test_run_key_ignores_frames_but_not_what_changes_the_result(backbone: Path) -> None:
+    spec = read_spec(backbone)
+    base = FinetuneParams(**TINY)
+    assert trainer.run_key(base, spec) == trainer.run_key(base.model_copy(update={"frames": 10_000, "device": "cuda"}), spec)
+    assert trainer.run_key(base, spec) != trainer.run_key(base.model_copy(update={"encoder_init": "scratch"}), spec)
+    assert trainer.run_key(base, spec) != trainer.run_key(base.model_copy(update={"seed": 1}), spec)
+    assert np.all([trainer.derive_seed(0, "train_env", i) != trainer.derive_seed(0, "eval_env", i) for i in range(5)])
