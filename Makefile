@@ -8,6 +8,9 @@ PYTHON ?= python3
 UV := $(PYTHON) -m uv
 export DVC_NO_ANALYTICS := 1
 export UV_LINK_MODE := copy
+# Write .pyc files: every DVC stage is a fresh process, and torch/open_clip imports are
+# several times slower without them.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: bootstrap sysdeps repro test bench clean-venv
 

@@ -22,6 +22,14 @@ log = logging.getLogger("semore")
 #: Sub-command name -> stage module. A new stage is one module and one line here.
 STAGES: dict[str, str] = {
     "validate": "stages.validate",
+    "collect": "stages.collect",
+    "annotate": "stages.annotate",
+    "flow": "stages.flow",
+    "encode": "stages.encode",
+    "push": "stages.push",
+    "pull": "stages.pull",
+    "pretrain": "stages.pretrain",
+    "finetune": "stages.finetune",
 }
 
 
