@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="the encode stage's output folder (train/ and validation/ shards)")
+    parser.add_argument(
+        "--dataset", required=True,
+        help="the encode stage's output folder (train/ and validation/ shards), or a Hub dataset id (user/name) published with `semore push`",
+    )
     parser.add_argument("--out", required=True, help="output folder: backbone/ and model/ checkpoints")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
     parser.add_argument("--plots", required=True, help="folder for the loss curves (CSV)")
@@ -46,10 +49,11 @@ def _relaunch(args: argparse.Namespace, nproc: int) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
+    from pipeline.encode import resolve_dataset
     from pipeline.pretrain.run import pretrain
     from pipeline.pretrain.trainer import launched_by_torchrun
 
     if params.pretrain.nproc > 1 and not launched_by_torchrun():
         _relaunch(args, params.pretrain.nproc)
         return
-    pretrain(args.dataset, args.out, args.metrics, args.plots, params.pretrain)
+    pretrain(resolve_dataset(args.dataset), args.out, args.metrics, args.plots, params.pretrain)

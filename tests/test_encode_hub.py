@@ -131,7 +131,7 @@ def test_pull_of_a_corrupt_repo_leaves_no_dataset(dataset: Path, tmp_path: Path)
 
 def test_resolve_dataset(dataset: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert resolve_dataset(dataset) == dataset
-    with pytest.raises(HubError, match="no such folder, and not a Hub dataset id"):
+    with pytest.raises(HubError, match=r"no such folder \(run the encode stage first.*and not a Hub dataset id"):
         resolve_dataset(str(tmp_path / "nope" / "deeper" / "x y"))
     with pytest.raises(HubError, match="download of alice/not-cached failed"):  # offline and not cached
         resolve_dataset("alice/not-cached", cache_dir=tmp_path / "hub")

@@ -92,7 +92,11 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     rc, out = run_stage(tmp_path, tmp_path / "no-dataset", write_params(tmp_path / "p.yaml", **TINY))
     assert rc == 2
     err = capsys.readouterr().err
-    assert "no-dataset/train: no shard-*.tar files; run the encode stage first" in err and "Traceback" not in err
+    assert "no-dataset': no such folder (run the encode stage first" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    rc, out = run_stage(tmp_path, tmp_path / "empty", write_params(tmp_path / "p.yaml", **TINY))
+    assert rc == 2
+    assert "empty/train: no shard-*.tar files; run the encode stage first" in capsys.readouterr().err
     assert not (out / "pretrain").exists() and not (out / "metrics.json").exists()
 
 

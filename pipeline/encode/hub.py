@@ -158,7 +158,10 @@ def resolve_dataset(spec: str | Path, *, revision: str | None = None, cache_dir:
         return local
     text = str(spec)
     if not (text.startswith("hf://") or _REPO_ID_RE.match(text)):
-        raise HubError(f"dataset {text!r}: no such folder, and not a Hub dataset id (user/name or hf://datasets/user/name)")
+        raise HubError(
+            f"dataset {text!r}: no such folder (run the encode stage first: semore encode), "
+            "and not a Hub dataset id (user/name or hf://datasets/user/name)"
+        )
     repo_id = check_repo_id(text)
     from huggingface_hub import snapshot_download
 
