@@ -20,7 +20,7 @@ class PretrainParams(Section):
     head_hidden: int = Field(256, ge=8, le=8192, description="Hidden width of the projection and reward MLP heads.")
     # Training.
     batch_size: int = Field(16, ge=1, description="Global batch (split evenly over DDP processes).")
-    steps: int = Field(50, ge=1, description="Optimiser steps.")
+    steps: int = Field(300, ge=1, description="Optimiser steps (300 is enough on the default data for the probe to beat random weights).")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="Optimiser.")
     lr: float = Field(3e-4, gt=0, le=1.0, description="Learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled with adamw).")
