@@ -30,7 +30,11 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from annotate_support import ChatServer, collect_episodes  # noqa: E402  (also loads triton before any EGL context)
+from pipeline.rendering import setup_headless_rendering  # noqa: E402
+
+setup_headless_rendering()  # before anything opens an EGL context (it preloads triton)
+
+from annotate_support import ChatServer, collect_episodes  # noqa: E402
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -26,7 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import open_clip  # noqa: E402,F401  (imports triton before anything could open an EGL context)
+from pipeline.rendering import setup_headless_rendering  # noqa: E402
+
+setup_headless_rendering()  # before anything opens an EGL context (it preloads triton)
 
 
 def bare_tar_read(shards: list[Path]) -> int:

@@ -124,7 +124,6 @@ def main() -> None:
     setup_headless_rendering()
     setup_logging("WARNING")
     logging.getLogger("pipeline.finetune.trainer").setLevel(logging.INFO)
-    import torch._dynamo  # noqa: F401  (before any EGL context: see pipeline.finetune.trainer)
 
     from pipeline.device import select_device
     from pipeline.finetune.encoder import build_encoder, read_spec

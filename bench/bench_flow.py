@@ -29,13 +29,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Load triton (through torchvision / torch._dynamo, as ptlflow does) before MuJoCo renders: after an
-# EGL (Mesa llvmpipe) render, loading triton's bundled LLVM segfaults.
-try:
-    import triton  # noqa: E402, F401
-except ImportError:
-    pass
-
 from pipeline.rendering import setup_headless_rendering  # noqa: E402
 
 setup_headless_rendering()

@@ -23,11 +23,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-try:  # Triton's LLVM must load before Mesa's (an EGL context): the other order segfaults (see the report)
-    import triton  # noqa: F401
-except ImportError:
-    pass
-
 VALID_ANSWER = json.dumps(
     {
         "caption": "A cart with a pole on a rail.",

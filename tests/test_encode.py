@@ -7,9 +7,6 @@ import json
 import re
 from pathlib import Path
 
-# open_clip imports torch._dynamo and triton; triton must be loaded before dm_control opens EGL
-# (Mesa's LLVM and triton's clash: segfault), so load it while the test modules are collected.
-import open_clip  # noqa: F401
 import numpy as np
 import pytest
 

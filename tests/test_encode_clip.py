@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import open_clip  # noqa: F401  (load triton before any EGL user; see tests/test_encode.py)
 import numpy as np
+import open_clip
 import pytest
 import torch
 

@@ -8,7 +8,6 @@ import shutil
 import tarfile
 from pathlib import Path
 
-import open_clip  # noqa: F401  (load triton before any EGL user; see tests/test_encode.py)
 import numpy as np
 import pytest
 

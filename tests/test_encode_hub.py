@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import open_clip  # noqa: F401  (load triton before any EGL user; see tests/test_encode.py)
 import pytest
 import yaml
 

@@ -14,14 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Mesa's llvmpipe (MuJoCo's EGL rendering on CPU) and triton's bundled LLVM clash: loading triton
-# (torchvision -> torch._dynamo -> triton, as ptlflow does) after a MuJoCo render in the same process
-# segfaults, while the other order works. Load it at collection time, before any test renders.
-try:
-    import triton  # noqa: F401
-except ImportError:  # no triton in this torch build: nothing to clash with
-    pass
-
 from pipeline.config import FlowParams, WeightsParams
 from pipeline.episodes import Episode, EpisodeMeta
 from pipeline.errors import UserError

@@ -5,9 +5,6 @@ import hashlib
 import json
 from pathlib import Path
 
-# torch's optimisers import triton (through torch._dynamo); triton's LLVM and Mesa's (EGL, used by
-# dm_control in the probe test) crash when triton comes second: load it while tests are collected.
-import torch._dynamo  # noqa: F401
 import pytest
 import torch
 import yaml

@@ -307,11 +307,7 @@ def finetune(params: FinetuneParams, backbone: str | Path, out_dir: str | Path, 
     Outputs: ``out_dir/actor/`` (a :class:`models.actor.PixelPolicy` checkpoint), ``out_dir/eval_video.gif``
     (when ``video``), ``metrics_path`` (JSON) and ``plots_dir/`` (eval.csv, train.csv, learning_curve.png).
     """
-    # torch imports triton lazily (torch._dynamo, first touched by the optimisers); triton's LLVM
-    # segfaults when loaded after Mesa's llvmpipe EGL context exists, so load it before any env.
-    import torch._dynamo  # noqa: F401
-
-    from pipeline.collect import make_env
+    from pipeline.collect import make_env  # sets up headless rendering (and preloads triton) first
 
     p = params
     if p.threads:
