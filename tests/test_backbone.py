@@ -13,13 +13,7 @@ from models.heads import PretrainModel
 TINY = dict(frame_stack=3, image_size=16, feature_dim=8, channels=4, depth=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _obs(batch: int = 2, k: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:

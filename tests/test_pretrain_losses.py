@@ -15,13 +15,7 @@ TINY = dict(frame_stack=3, image_size=16, feature_dim=8, channels=4, depth=2)
 CLIP_DIM = 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_batch(batch: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:

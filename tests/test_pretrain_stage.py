@@ -20,12 +20,7 @@ from pipeline.encode.synthetic import write_synthetic_inputs
 TINY = {"channels": 4, "depth": 2, "feature_dim": 8, "head_hidden": 16, "batch_size": 8, "steps": 6, "workers": 0, "shuffle_buffer": 16, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
