@@ -5,7 +5,9 @@
 # with when they are missing, and the locked Python environment in .venv.
 
 PYTHON ?= python3
-UV := $(PYTHON) -m uv
+# uv from PATH when there is one (also inside an activated .venv, which has no pip);
+# otherwise as a module of $(PYTHON), installed with pip on first use.
+UV := $(or $(shell command -v uv 2>/dev/null),$(PYTHON) -m uv)
 export DVC_NO_ANALYTICS := 1
 export UV_LINK_MODE := copy
 # Write .pyc files: every DVC stage is a fresh process, and torch/open_clip imports are
@@ -22,7 +24,7 @@ sysdeps:
 	  apt-get update -qq && apt-get install -y -qq libegl1 libgl1-mesa-dri; }
 
 .venv/.synced: pyproject.toml uv.lock
-	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --locked
 	@touch $@
 
