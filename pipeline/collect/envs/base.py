@@ -34,6 +34,8 @@ class StepResult:
         camera_intrinsics: (3, 3) float64 K in pixels, pixel centres at integer coordinates.
         depth: (H, W) float32 z-depth in metres, or None when not asked for.
         segmentation: (H, W) int32 geom id per pixel (-1: background), or None when not asked for.
+        obs: (3k, H, W) uint8 frame stack, oldest frame first, when the env is wrapped in
+            :class:`pipeline.collect.envs.wrappers.FrameStack`; None otherwise.
     """
 
     frame: np.ndarray
@@ -49,6 +51,7 @@ class StepResult:
     camera_intrinsics: np.ndarray
     depth: np.ndarray | None = None
     segmentation: np.ndarray | None = None
+    obs: np.ndarray | None = None
 
     @property
     def done(self) -> bool:
