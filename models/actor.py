@@ -5,38 +5,24 @@
 * :class:`PixelPolicy`: encoder + actor in one module, constructible from JSON-able kwargs, so
   :mod:`models.checkpoint` can save and rebuild it. ``act(obs)`` maps a uint8 frame stack to
   deterministic actions; the collect stage's ``checkpoint`` policy loads it.
+* :class:`ActorMeta`: the checkpoint's ``meta`` (task, sizes, action repeat), declared once for
+  its writer (the finetune stage) and its reader (the collect stage).
 """
 from __future__ import annotations
 
-import importlib
 import math
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models.checkpoint import CheckpointError, resolve_class
+from models.layers import mlp, orthogonal_init
+
 #: Default encoder of :class:`PixelPolicy`: the pretrained dual-path backbone.
 DEFAULT_ENCODER = "models.backbone:DualPathBackbone"
-
-
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, hidden_depth: int) -> nn.Sequential:
-    """``hidden_depth`` (Linear, ReLU) layers of width ``hidden_dim``, then a Linear to ``out_dim``."""
-    layers: list[nn.Module] = []
-    width = in_dim
-    for _ in range(hidden_depth):
-        layers += [nn.Linear(width, hidden_dim), nn.ReLU(inplace=True)]
-        width = hidden_dim
-    layers.append(nn.Linear(width, out_dim))
-    return nn.Sequential(*layers)
-
-
-def orthogonal_init(module: nn.Module) -> None:
-    """Orthogonal weights, zero biases for every Linear (the usual init of pixel SAC heads)."""
-    if isinstance(module, nn.Linear):
-        nn.init.orthogonal_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 class Actor(nn.Module):
@@ -79,15 +65,62 @@ class Actor(nn.Module):
         return torch.tanh(self(features)[0])
 
 
-def import_class(path: str) -> type:
-    """``'package.module:ClassName'`` -> the class."""
-    module_name, _, qualname = path.partition(":")
-    if not qualname:
-        raise ValueError(f"{path!r}: expected 'package.module:ClassName'")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+@dataclass(frozen=True)
+class ActorMeta:
+    """The declaration of an actor checkpoint's ``meta`` (in its ``config.json``): what the finetune
+    stage writes beside a :class:`PixelPolicy` and what the collect stage's ``checkpoint`` policy
+    reads back to drive an environment with it.
+
+    Attributes:
+        task: the environment the actor was trained on (``domain-task`` or a gymnasium id).
+        action_dim: A, the size of ``act``'s output.
+        frame_stack: k, frames per observation (``act`` takes 3k channels, oldest frame first).
+        image_size: H = W of the frames, pixels.
+        action_repeat: simulator steps per agent step during training.
+        camera, render_mode: the rendering it was trained with (None: not recorded).
+    """
+
+    task: str
+    action_dim: int
+    frame_stack: int
+    image_size: int
+    action_repeat: int
+    camera: int | str | None = None
+    render_mode: str | None = None
+
+    #: Keys a reader cannot do without, in the order errors list them.
+    REQUIRED: ClassVar[tuple[str, ...]] = ("task", "action_dim", "frame_stack", "image_size", "action_repeat")
+
+    def to_meta(self, **provenance: Any) -> dict[str, Any]:
+        """The ``meta`` dict to save: these fields plus any JSON-able ``provenance`` keys."""
+        clash = set(provenance) & {f.name for f in fields(self)}
+        if clash:
+            raise ValueError(f"provenance keys {sorted(clash)} would overwrite ActorMeta fields")
+        return {**asdict(self), **provenance}
+
+    @classmethod
+    def missing_keys(cls, meta: Mapping[str, Any]) -> list[str]:
+        """The :attr:`REQUIRED` keys ``meta`` lacks (empty when it is an actor checkpoint's meta)."""
+        return [k for k in cls.REQUIRED if k not in meta]
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "ActorMeta":
+        """Parse a checkpoint's ``meta``; extra (provenance) keys are ignored.
+
+        Raises:
+            CheckpointError: a required key is missing or not a number where one is expected.
+        """
+        missing = cls.missing_keys(meta)
+        if missing:
+            raise CheckpointError(f"the meta lacks {', '.join(missing)}; expected an actor checkpoint written by the finetune stage")
+        try:
+            return cls(
+                task=str(meta["task"]), action_dim=int(meta["action_dim"]), frame_stack=int(meta["frame_stack"]),
+                image_size=int(meta["image_size"]), action_repeat=int(meta["action_repeat"]),
+                camera=meta.get("camera"), render_mode=meta.get("render_mode"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the meta has a malformed size ({exc}); expected an actor checkpoint written by the finetune stage") from None
 
 
 class PixelPolicy(nn.Module):
@@ -96,13 +129,14 @@ class PixelPolicy(nn.Module):
     Args:
         encoder_config: kwargs of the encoder class (JSON-able).
         actor_config: kwargs of :class:`Actor` (JSON-able).
-        encoder_class: ``'package.module:ClassName'`` of the encoder; it must expose
-            ``feature_dim`` and map (B, 3k, H, W) pixels in [0, 255] to (B, feature_dim).
+        encoder_class: ``'package.module:ClassName'`` of the encoder, one that
+            :func:`models.checkpoint.resolve_class` allows; it must expose ``feature_dim`` and map
+            (B, 3k, H, W) pixels in [0, 255] to (B, feature_dim).
     """
 
     def __init__(self, encoder_config: dict[str, Any], actor_config: dict[str, Any], encoder_class: str = DEFAULT_ENCODER) -> None:
         super().__init__()
-        self.encoder = import_class(encoder_class)(**encoder_config)
+        self.encoder = resolve_class(encoder_class)(**encoder_config)
         self.actor = Actor(**actor_config)
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.actor import mlp, orthogonal_init
+from models.layers import mlp, orthogonal_init
 
 
 class Critic(nn.Module):

@@ -7,7 +7,8 @@
   last two frames of the stack, pixels (channel 0 = dx right, 1 = dy down).
 * ``reward``: fused vector -> MLP -> (B,) reward of the transition into the current frame.
 
-Only the backbone is needed online; the heads exist for pretraining.
+Only the backbone is needed online; the heads exist for pretraining. Each head's name (a key of
+:meth:`PretrainModel.forward`'s dict) is also the name of its pretraining loss term.
 """
 from __future__ import annotations
 
@@ -17,13 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from models.backbone import DualPathBackbone
-
-#: Head names, in the order :meth:`PretrainModel.forward` returns them.
-HEADS = ("clip_image", "clip_caption", "clip_objects", "flow", "reward")
-
-
-def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+from models.layers import mlp
 
 
 class FlowDecoder(nn.Module):

@@ -2,14 +2,18 @@
 
 ``act(obs)``: uint8 (B, 3 * frame_stack, H, W), oldest frame first -> (B, action_dim) in [-1, 1].
 It must be importable by module path (``models.checkpoint.load_module`` rebuilds it by name,
-also inside spawned worker processes).
+also inside spawned worker processes), and it is registered with
+``models.checkpoint.register_checkpoint_class``: a checkpoint may only build allowed classes.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from models.checkpoint import register_checkpoint_class
 
+
+@register_checkpoint_class
 class TinyActor(nn.Module):
     """Mean colour of each stacked frame -> linear -> tanh. Different frames give different actions."""
 

@@ -10,8 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.actor import import_class
-from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_module, read_checkpoint_config
+from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, build_module, load_module, read_checkpoint_config, resolve_class
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,8 +58,12 @@ def resolve_backbone(path: str | Path) -> Path:
 def read_spec(path: str | Path) -> EncoderSpec:
     """Read the backbone checkpoint's config (not its weights) into an :class:`EncoderSpec`."""
     folder = resolve_backbone(path)
-    record = read_checkpoint_config(folder)
-    config = dict(record.get("config", {}))
+    try:
+        record = read_checkpoint_config(folder)
+        resolve_class(record["class"])  # refuse a class outside the allow-list before any work
+    except CheckpointError as exc:
+        raise BackboneError(f"--backbone: {exc}") from None
+    config = dict(record["config"])
     missing = [k for k in ("frame_stack", "image_size") if k not in config]
     if missing:
         raise BackboneError(f"{folder}/{CONFIG_FILE}: the encoder config lacks {', '.join(missing)}; the finetune stage needs them to build its observations")
@@ -73,12 +76,15 @@ def read_spec(path: str | Path) -> EncoderSpec:
 def build_encoder(spec: EncoderSpec, encoder_init: str) -> nn.Module:
     """The encoder for ``encoder_init``: 'pretrained' / 'frozen' load the weights, 'scratch' builds
     the same architecture with torch's current RNG (seed it first). Freezing is the agent's job."""
-    if encoder_init == "scratch":
-        encoder = import_class(spec.class_path)(**spec.config)
-    elif encoder_init in ("pretrained", "frozen"):
-        encoder, _ = load_module(spec.folder)
-    else:
+    if encoder_init not in ("pretrained", "scratch", "frozen"):
         raise ValueError(f"encoder_init={encoder_init!r}: expected 'pretrained', 'scratch' or 'frozen'")
+    try:
+        if encoder_init == "scratch":
+            encoder = build_module(spec.class_path, spec.config, source=spec.folder / CONFIG_FILE)
+        else:
+            encoder, _ = load_module(spec.folder)
+    except CheckpointError as exc:
+        raise BackboneError(f"--backbone: {exc}") from None
     if not hasattr(encoder, "feature_dim"):
         raise BackboneError(f"{spec.folder}: {spec.class_path} has no attribute feature_dim; the SAC heads need the size of its output")
     log.info("encoder %s (%s) from %s: %d parameters, input %d x %dpx frames", spec.class_path, encoder_init, spec.folder, sum(p.numel() for p in encoder.parameters()), spec.frame_stack, spec.image_size)
