@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Keys the finetune stage writes into the actor checkpoint's meta.
-CHECKPOINT_META_KEYS = ("task", "action_dim", "frame_stack", "image_size", "action_repeat")
-
-
 class Policy(Protocol):
     name: str
 
@@ -112,6 +108,7 @@ class NoisyPolicy(_BoxPolicy):
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """The meta of an actor checkpoint folder; raises :class:`PolicyError` if it is not one."""
+    from models.actor import ActorMeta
     from models.checkpoint import read_checkpoint_config
 
     try:
@@ -121,7 +118,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     except ValueError as exc:
         raise PolicyError(f"collect.policy.checkpoint = {str(path)!r}: unreadable config.json ({exc})") from None
     meta = record.get("meta") or {}
-    missing = [k for k in CHECKPOINT_META_KEYS if k not in meta]
+    missing = ActorMeta.missing_keys(meta)
     if missing:
         raise PolicyError(
             f"collect.policy.checkpoint = {str(path)!r}: its meta lacks {', '.join(missing)}; "
@@ -181,7 +178,7 @@ class CheckpointPolicy(_BoxPolicy):
         super().__init__(low, high)
         import torch
 
-        from models.checkpoint import WEIGHTS_FILE, load_module
+        from models.checkpoint import WEIGHTS_FILE, CheckpointError, load_module
 
         if params.checkpoint is None:
             raise PolicyError("collect.policy.kind is 'checkpoint' but collect.policy.checkpoint is not set; set it to the finetune stage's actor folder")
@@ -192,7 +189,7 @@ class CheckpointPolicy(_BoxPolicy):
         self.frame_stack = int(self.meta["frame_stack"])
         try:
             module, _ = load_module(self.path, map_location="cpu")
-        except (ImportError, AttributeError, TypeError, RuntimeError, OSError) as exc:
+        except (CheckpointError, ImportError, AttributeError, TypeError, RuntimeError, OSError) as exc:
             raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: cannot load the actor ({type(exc).__name__}: {exc})") from exc
         if not callable(getattr(module, "act", None)):
             raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: {type(module).__name__} has no act(obs) method")
