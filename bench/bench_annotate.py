@@ -1,7 +1,7 @@
 """Benchmark of the annotate stage: frames/s of each backend, against a bare loop doing the same core work.
 
 Episodes of a real task are recorded first (not timed). Then, for each backend, the
-stage (``annotate_task``: episode loading, cache, schema parsing, JSON outputs,
+stage (``pipeline.annotate.run.run``: episode loading, cache, schema parsing, JSON outputs,
 metrics) is timed on every ``--every-k``-th frame, next to a bare loop measured in the
 same run that does only the backend's core work on the same frames:
 
@@ -34,7 +34,7 @@ from pipeline.rendering import setup_headless_rendering  # noqa: E402
 
 setup_headless_rendering()  # before anything opens an EGL context (it preloads triton)
 
-from annotate_support import ChatServer, collect_episodes  # noqa: E402
+from support.annotate import ChatServer, collect_episodes, save_tiny_vlm  # noqa: E402
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -64,7 +64,8 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
 
     from pipeline.annotate.openai_backend import png_data_url
-    from pipeline.annotate.runner import annotate_task, annotated_steps
+    from pipeline.annotate.run import run as annotate
+    from pipeline.annotate.schema import annotated_steps
     from pipeline.annotate.truth import model_entities, visible_entities
     from pipeline.config import parse_params
     from pipeline.episodes import list_episodes, load_episode
@@ -81,7 +82,7 @@ def main() -> None:
 
     def stage(name: str, p: Any) -> float:
         out = tmp / f"out-{name}-{time.monotonic_ns()}"
-        return timed(lambda: annotate_task(episodes_dir, out, out / "metrics.json", p))
+        return timed(lambda: annotate(episodes_dir, out, p.annotate, p.weights, metrics=out / "metrics.json"))
 
     wanted = args.backends.split(",")
     if "simulator" in wanted:
@@ -107,7 +108,6 @@ def main() -> None:
         from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from pipeline.annotate.tiny_vlm import save_tiny_vlm
         from pipeline.device import select_device
 
         folder = save_tiny_vlm(tmp / "tiny-vlm")

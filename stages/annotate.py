@@ -29,8 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    from pipeline.annotate.runner import annotate_task
+    from pipeline.annotate.run import run as annotate
 
-    summary = annotate_task(args.episodes, args.out, args.metrics, params)
-    m = summary.metrics
-    print(f"annotate {m['task']}: {m['frames']} frames, {m['ok']} ok, {m['failed']} failed -> {args.out}")
+    summary = annotate(args.episodes, args.out, params.annotate, params.weights, metrics=args.metrics)
+    print(summary.line())

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotate_support import collect_episodes
+from support.annotate import annotate, collect_episodes
 from pipeline.annotate.accuracy import AccuracyCounts, EntityMatcher, name_words
 from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.base import FrameItem, FrameResult
-from pipeline.annotate.runner import annotate_task, annotated_steps
-from pipeline.annotate.schema import Annotation, AnnotationError, parse_annotation
+from pipeline.annotate.schema import Annotation, AnnotationError, annotated_steps, parse_annotation
 from pipeline.annotate.truth import Entity, model_entities, scene_truths, visible_entities
 from pipeline.cli import main
 from pipeline.config import parse_params
@@ -128,7 +127,7 @@ def test_accuracy_counts_named_unknown_and_missed(episodes: Path) -> None:
 # -- the simulator backend end to end ------------------------------------------------------------------
 def test_simulator_backend_end_to_end(episodes: Path, tmp_path: Path) -> None:
     p = params(tmp_path, every_k=7)
-    summary = annotate_task(episodes, tmp_path / "out", tmp_path / "metrics.json", p)
+    summary = annotate(episodes, tmp_path / "out", tmp_path / "metrics.json", p)
     files = sorted((tmp_path / "out").glob("*.json"))
     assert [f.name for f in files] == ["episode_000000.json", "episode_000001.json"]
     doc = json.loads(files[0].read_text())
@@ -161,7 +160,7 @@ def test_simulator_velocities_follow_the_physics(episodes: Path, tmp_path: Path)
     dx = np.diff(episode.body_pos[:, cart, 0])
     t = int(np.argmax(np.abs(dx))) + 1
     p = params(tmp_path, every_k=1, physics=False)
-    annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p)
+    annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     record = json.loads((tmp_path / "out" / "episode_000000.json").read_text())["records"][t]
     cart_desc = next(o["description"] for o in record["annotation"]["objects"] if o["name"] == "cart")
     # the camera looks along +y at the cart-pole: world +x is image right
@@ -170,7 +169,7 @@ def test_simulator_velocities_follow_the_physics(episodes: Path, tmp_path: Path)
 
 def test_same_params_same_bytes(episodes: Path, tmp_path: Path) -> None:
     for run in ("a", "b"):
-        annotate_task(episodes, tmp_path / run, tmp_path / f"{run}.json", params(tmp_path, every_k=10))
+        annotate(episodes, tmp_path / run, tmp_path / f"{run}.json", params(tmp_path, every_k=10))
     for f in sorted((tmp_path / "a").glob("*.json")):
         assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
@@ -182,7 +181,7 @@ def test_simulator_needs_segmentation(episodes: Path, tmp_path: Path) -> None:
     episode.segmentation = None
     save_episode(bare / "episode_000000.npz", episode)
     with pytest.raises(UserError, match="collect.segmentation: true"):
-        annotate_task(bare, tmp_path / "out", tmp_path / "m.json", params(tmp_path))
+        annotate(bare, tmp_path / "out", tmp_path / "m.json", params(tmp_path))
     assert not (tmp_path / "out").exists()
 
 

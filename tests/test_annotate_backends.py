@@ -8,12 +8,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pytest
 
-from annotate_support import VALID_ANSWER, Action, ChatServer, collect_episodes, pixels_digest
+from support.annotate import VALID_ANSWER, Action, ChatServer, annotate, collect_episodes, pixels_digest, save_tiny_vlm
 from pipeline.annotate.base import FrameItem, FrameResult
 from pipeline.annotate.openai_backend import OpenAIBackend
-from pipeline.annotate.runner import AnnotateIncomplete, annotate_task
+from pipeline.annotate.run import AnnotateIncomplete
 from pipeline.annotate.schema import Annotation
-from pipeline.annotate.tiny_vlm import save_tiny_vlm
 from pipeline.config import parse_params
 from pipeline.episodes import list_episodes, load_episode
 from pipeline.errors import UserError
@@ -62,25 +61,14 @@ def check_record(record: dict[str, Any]) -> None:
 
 
 # -- in-process transformers ---------------------------------------------------------------------------
-@pytest.fixture()
-def one_torch_thread() -> Iterator[None]:
-    """A tiny model generates fastest on one thread, and the test machine is shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-vlm")
 
 
-def test_transformers_backend_end_to_end(episodes: Path, tiny_vlm: Path, tmp_path: Path, one_torch_thread: None) -> None:
+def test_transformers_backend_end_to_end(episodes: Path, tiny_vlm: Path, tmp_path: Path, torch_one_thread: None) -> None:
     p = params(tmp_path, backend="transformers", model=str(tiny_vlm), device="cpu", every_k=10, batch_size=4, max_new_tokens=24, max_retries=1)
-    summary = annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p)
+    summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     recs = records(tmp_path / "out")
     assert sorted(recs) == [(e, t) for e in (0, 1) for t in (0, 10, 20)]
     for record in recs.values():
@@ -98,19 +86,19 @@ def test_transformers_backend_end_to_end(episodes: Path, tiny_vlm: Path, tmp_pat
 
     # Rerun: everything from the cache, nothing generated, same bytes.
     before = {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()}
-    again = annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p)
+    again = annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     assert (again.backend_frames, again.cache_hits) == (0, 6)
     assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == before
 
 
-def test_transformers_random_model_and_bad_folder(episodes: Path, tmp_path: Path, one_torch_thread: None) -> None:
+def test_transformers_random_model_and_bad_folder(episodes: Path, tmp_path: Path, torch_one_thread: None) -> None:
     p = params(tmp_path, backend="transformers", model="random", device="cpu", every_k=20, max_new_tokens=8, max_retries=0)
-    annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p)
+    annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     doc = json.loads((tmp_path / "out" / "episode_000001.json").read_text())
     assert doc["weights"]["random_init"] is True and [r["step"] for r in doc["records"]] == [0, 20]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="cannot be loaded as an image-text-to-text model"):
-        annotate_task(episodes, tmp_path / "out2", tmp_path / "m2.json", params(tmp_path, backend="transformers", model=str(tmp_path / "empty")))
+        annotate(episodes, tmp_path / "out2", tmp_path / "m2.json", params(tmp_path, backend="transformers", model=str(tmp_path / "empty")))
     assert not (tmp_path / "out2").exists()
 
 
@@ -148,7 +136,7 @@ def test_http_backend_faults_then_resume(episodes: Path, frame_ids: dict[str, tu
     with ChatServer(plan=fault_plan(frame_ids)) as server:
         p = http_params(tmp_path, server, api_key_env="SEMORE_TEST_KEY", timeout_s=TIMEOUT)
         with pytest.raises(AnnotateIncomplete, match="4 of 10 frames failed"):
-            annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p)
+            annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
         port = server.port
     assert set(server.auth_headers) == {"Bearer sk-test"}
     recs = records(tmp_path / "out")
@@ -172,7 +160,7 @@ def test_http_backend_faults_then_resume(episodes: Path, frame_ids: dict[str, tu
 
     # The server comes back healthy on the same port: only the 4 unreachable frames are asked again.
     with ChatServer(port=port) as healthy:
-        summary = annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, healthy))
+        summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, healthy))
     assert healthy.chat_calls == 4
     assert {frame_ids[d] for d in healthy.calls_by_frame} == {(0, 15), (1, 10), (1, 15), (1, 20)}
     assert summary.cache_hits == 6
@@ -181,12 +169,12 @@ def test_http_backend_faults_then_resume(episodes: Path, frame_ids: dict[str, tu
 
     # Cache hit on rerun: zero backend calls.
     with ChatServer(port=port) as idle:
-        again = annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, idle))
+        again = annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, idle))
     assert idle.chat_calls == 0 and again.cache_hits == 10 and again.backend_frames == 0
 
 
 def _frame(body: dict[str, Any]) -> np.ndarray:
-    from annotate_support import frame_of
+    from support.annotate import frame_of
 
     return frame_of(body)
 
@@ -195,7 +183,7 @@ def test_http_server_goes_away_mid_run(episodes: Path, frame_ids: dict[str, tupl
     with ChatServer(stop_after=4) as server:
         p = http_params(tmp_path, server, concurrency=2)
         with pytest.raises(AnnotateIncomplete):
-            annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p)
+            annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
         port = server.port
     recs = records(tmp_path / "out")
     assert len(recs) == 10
@@ -204,7 +192,7 @@ def test_http_server_goes_away_mid_run(episodes: Path, frame_ids: dict[str, tupl
     done = {k for k, r in recs.items() if r["status"] == "ok"}
     assert len(done) == 4  # exactly the answered requests
     with ChatServer(port=port) as back:
-        annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, back))
+        annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, back))
     asked = {frame_ids[d] for d in back.calls_by_frame}
     assert back.chat_calls == 6 and asked.isdisjoint(done)  # finished frames are not redone
     assert all(r["status"] == "ok" for r in records(tmp_path / "out").values())
@@ -221,11 +209,11 @@ def test_interrupt_keeps_finished_frames(episodes: Path, frame_ids: dict[str, tu
     with ChatServer() as server:
         p = http_params(tmp_path, server)
         with pytest.raises(KeyboardInterrupt):
-            annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p, backend=Interrupted(p.annotate, p.weights))
+            annotate(episodes, tmp_path / "out", tmp_path / "m.json", p, backend=Interrupted(p.annotate, p.weights))
         assert not any(f.name.startswith(".") for f in (tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
         first = server.chat_calls
     with ChatServer(port=server.port) as again:
-        annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, again))
+        annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, again))
     assert first >= 3 and again.chat_calls == 10 - 3
 
 
@@ -233,9 +221,9 @@ def test_http_preflight_errors(tmp_path: Path, episodes: Path) -> None:
     with ChatServer(model="served-vlm") as server:
         p = params(tmp_path, backend="openai", model="other-vlm", base_url=server.base_url)
         with pytest.raises(UserError, match="not served.*served-vlm"):
-            annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p)
+            annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
         port = server.port
     p = params(tmp_path, backend="openai", model="served-vlm", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
     with pytest.raises(UserError, match="no server answers"):
-        annotate_task(episodes, tmp_path / "out", tmp_path / "m.json", p)
+        annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     assert server.chat_calls == 0 and not (tmp_path / "out").exists()

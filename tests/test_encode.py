@@ -258,7 +258,7 @@ def test_card_header_parses_and_documents_everything(dataset: Path) -> None:
 
 def test_really_collected_episodes(tmp_path: Path) -> None:
     """collect -> flow (simulator) -> annotate (simulator) -> encode, with the upstream libraries."""
-    from pipeline.annotate import annotate_task
+    from pipeline.annotate.run import run as annotate
     from pipeline.collect import collect_task
     from pipeline.flow import run_flow
 
@@ -271,7 +271,7 @@ def test_really_collected_episodes(tmp_path: Path) -> None:
     episodes, flow, notes = tmp_path / "episodes", tmp_path / "flow", tmp_path / "annotations"
     collect_task(task, params.collect, episodes / task)
     run_flow(episodes / task, flow / task, tmp_path / "m" / "flow.json", params.flow, params.weights)
-    annotate_task(episodes / task, notes / task, tmp_path / "m" / "annotate.json", params)
+    annotate(episodes / task, notes / task, params.annotate, params.weights, metrics=tmp_path / "m" / "annotate.json")
     out = tmp_path / "dataset"
     summary = build_dataset(episodes, flow, notes, out, params.encode, params.weights)
     check = validate_dataset(out)

@@ -113,7 +113,7 @@ def test_nproc_relaunches_the_same_command_under_torchrun(tmp_path: Path, datase
 
 def test_probe_beats_the_random_backbone_on_collected_episodes(tmp_path: Path) -> None:
     """collect (dm_control) -> flow (simulator) -> annotate (simulator) -> encode -> pretrain."""
-    from pipeline.annotate import annotate_task
+    from pipeline.annotate.run import run as annotate
     from pipeline.collect import collect_task
     from pipeline.config import parse_params
     from pipeline.flow import run_flow
@@ -127,7 +127,7 @@ def test_probe_beats_the_random_backbone_on_collected_episodes(tmp_path: Path) -
     episodes, flow, notes = tmp_path / "episodes", tmp_path / "flow", tmp_path / "annotations"
     collect_task(task, params.collect, episodes / task)
     run_flow(episodes / task, flow / task, tmp_path / "m" / "flow.json", params.flow, params.weights)
-    annotate_task(episodes / task, notes / task, tmp_path / "m" / "annotate.json", params)
+    annotate(episodes / task, notes / task, params.annotate, params.weights, metrics=tmp_path / "m" / "annotate.json")
     build_dataset(episodes, flow, notes, tmp_path / "dataset", params.encode, params.weights)
 
     pretrain = {"channels": 8, "depth": 2, "feature_dim": 16, "head_hidden": 32, "batch_size": 16, "steps": 300, "lr": 1e-3,

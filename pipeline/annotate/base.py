@@ -10,25 +10,28 @@ A new backend is one module with a :class:`Backend` subclass and one line in
 """
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
 import numpy as np
 
-from pipeline.annotate.schema import Annotation, AnnotationError, parse_annotation
+from pipeline.annotate.schema import Annotation, AnnotationError, AnnotationRecord, parse_annotation
+from pipeline.registry import Registry
 
 if TYPE_CHECKING:
     from pipeline.annotate.truth import SceneTruth
     from pipeline.config import AnnotateParams, WeightsParams
 
-#: Backend name (the ``annotate.backend`` param) -> "module:Class", imported on use.
-BACKENDS: dict[str, str] = {
-    "simulator": "pipeline.annotate.simulator:SimulatorBackend",
-    "transformers": "pipeline.annotate.transformers_backend:TransformersBackend",
-    "openai": "pipeline.annotate.openai_backend:OpenAIBackend",
-}
+#: Backend name (the ``annotate.backend`` param) -> its :class:`Backend` class, imported on use.
+BACKENDS: "Registry[type[Backend]]" = Registry(
+    "annotate.backend",
+    {
+        "simulator": "pipeline.annotate.simulator:SimulatorBackend",
+        "transformers": "pipeline.annotate.transformers_backend:TransformersBackend",
+        "openai": "pipeline.annotate.openai_backend:OpenAIBackend",
+    },
+)
 
 Status = Literal["ok", "failed"]
 
@@ -73,15 +76,9 @@ class FrameResult:
     final: bool = True
     calls: int = 1
 
-    def record(self) -> dict[str, Any]:
-        """The output record of this frame (see docs/ARCHITECTURE.md, annotate)."""
-        return {
-            "step": self.item.step,
-            "status": self.status,
-            "annotation": self.annotation.to_json() if self.annotation is not None else None,
-            "raw": self.raw,
-            "error": self.error,
-        }
+    def record(self) -> AnnotationRecord:
+        """The output record of this frame (see :class:`pipeline.annotate.schema.AnnotationRecord`)."""
+        return AnnotationRecord(step=self.item.step, status=self.status, annotation=self.annotation, raw=self.raw, error=self.error)
 
 
 def result_from_text(item: FrameItem, raw: str, calls: int = 1) -> FrameResult:
@@ -131,12 +128,6 @@ class Backend(ABC):
         self.close()
 
 
-def backend_class(name: str) -> type[Backend]:
-    """The backend class registered under ``name`` (imports its module)."""
-    module_name, _, cls_name = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module_name), cls_name)
-
-
 def create_backend(params: "AnnotateParams", weights: "WeightsParams") -> Backend:
     """Build the backend chosen by ``params.backend``; setup problems raise ``UserError`` before any work."""
-    return backend_class(params.backend)(params, weights)
+    return BACKENDS.get(params.backend)(params, weights)

@@ -103,14 +103,13 @@ class AnnotationCache:
         """Store a final result atomically; non-final failures are not cached. True if written."""
         if self.root is None or not result.final:
             return False
-        record = result.record()
         entry = {
             "version": CACHE_VERSION,
             "key": result.item.key,
-            "status": record["status"],
-            "annotation": record["annotation"],
-            "raw": record["raw"],
-            "error": record["error"],
+            "status": result.status,
+            "annotation": result.annotation.to_json() if result.annotation is not None else None,
+            "raw": result.raw,
+            "error": result.error,
         }
         path = self.path(result.item.key)
         if path.parent not in self._dirs:

@@ -1,4 +1,8 @@
-"""The structured answer of every annotate backend, and the parser from model text to it.
+"""The annotate stage's formats: a backend's answer, the parser from model text to it, and the output file.
+
+This module is the one definition of both; the annotate stage writes its files
+through :class:`AnnotationFile` and every reader (the encode stage) opens them
+with :func:`read_annotation_file`, which validates a file once, on open.
 
 An annotation is a JSON object::
 
@@ -13,15 +17,22 @@ pixel edges (the box covers columns ``x0 .. x1 - 1``), a VLM may give floats.
 :func:`parse_annotation` is tolerant of how models wrap JSON (code fences,
 prose before or after, several candidate objects) and strict on the schema:
 missing or unknown keys, wrong types, empty names or malformed boxes are errors.
+
+An output file (``episode_<i:06d>.json``) is :class:`AnnotationFile`: the run's
+header (task, episode, backend, model, prompt, every_k, weights) and one
+:class:`AnnotationRecord` per annotated frame, steps 0, k, 2k, ... <= T, sorted.
 """
 from __future__ import annotations
 
 import json
 import math
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
 
 
 class AnnotationError(ValueError):
@@ -122,3 +133,105 @@ def parse_annotation(text: str) -> Annotation:
         except ValidationError as exc:
             first_error = first_error or _describe(exc)
     raise AnnotationError(f"JSON does not match the annotation schema: {first_error}")
+
+
+# -- the output file -------------------------------------------------------------------------------
+class AnnotationFileError(UserError, ValueError):
+    """An annotation file that is missing, unreadable or not in this module's format; the message names it and the fix."""
+
+
+def output_filename(episode: int) -> str:
+    """The annotation file name of episode ``episode``: ``episode_<i:06d>.json``."""
+    return f"episode_{episode:06d}.json"
+
+
+def annotated_steps(length: int, every_k: int) -> list[int]:
+    """Frames annotated in an episode of ``length`` agent steps (``length + 1`` frames): 0, k, 2k, ... <= length."""
+    return list(range(0, length + 1, every_k))
+
+
+class AnnotationRecord(BaseModel):
+    """One annotated frame: an ``ok`` annotation, or a failure with its reason (and the model's raw answer)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    step: int = Field(ge=0, description="frame index in the episode (0..T)")
+    status: Literal["ok", "failed"]
+    annotation: Annotation | None
+    raw: str | None = Field(description="the model's answer text (null for the simulator and transport failures without a body)")
+    error: str | None = Field(description="why the frame failed (null when ok)")
+
+    @model_validator(mode="after")
+    def _status_agrees(self) -> "AnnotationRecord":
+        if self.status == "ok" and (self.annotation is None or self.error is not None):
+            raise ValueError(f"step {self.step}: status 'ok' needs an annotation and no error")
+        if self.status == "failed" and (self.annotation is not None or not self.error):
+            raise ValueError(f"step {self.step}: status 'failed' needs an error and no annotation")
+        return self
+
+
+class AnnotationFile(BaseModel):
+    """One episode's annotation file (docs/ARCHITECTURE.md, annotate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    task: str = Field(min_length=1)
+    episode: int = Field(ge=0)
+    backend: str = Field(min_length=1)
+    model: str
+    prompt: str
+    every_k: int = Field(ge=1)
+    weights: dict[str, Any] | None = Field(description="ResolvedWeights.provenance() of the model, null for weightless backends")
+    records: list[AnnotationRecord]
+
+    @model_validator(mode="after")
+    def _steps_sorted(self) -> "AnnotationFile":
+        steps = [r.step for r in self.records]
+        if steps != sorted(set(steps)):
+            raise ValueError(f"record steps {steps[:8]}{' ...' if len(steps) > 8 else ''} are not sorted and unique")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready file body (what :func:`pipeline.io.write_json_atomic` writes)."""
+        return self.model_dump(mode="json")
+
+
+def read_annotation_file(path: str | Path, length: int | None = None, frame_size: tuple[int, int] | None = None) -> AnnotationFile:
+    """Open and validate one annotation file.
+
+    Args:
+        path: ``data/annotations/<task>/episode_<i:06d>.json``.
+        length: the episode's T (agent steps), when known: the records must then be
+            exactly the frames 0, k, 2k, ... <= T of its ``every_k``.
+        frame_size: (H, W) of the episode's frames, when known: every box must lie in the image.
+
+    Raises:
+        AnnotationFileError: missing or unreadable file, or content that does not follow
+            this format (the message names the file, the field and the fix).
+    """
+    path = Path(path)
+    fix = f"Fix: rerun the annotate stage for this task (semore annotate --episodes data/episodes/<task> --out {path.parent})."
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise AnnotationFileError(f"{path}: no such annotation file.\n  {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnnotationFileError(f"{path}: unreadable annotation file ({type(exc).__name__}: {exc}).\n  {fix}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AnnotationFileError(f"{path}: not JSON ({exc}).\n  {fix}") from None
+    context = {"frame_size": frame_size} if frame_size is not None else None
+    try:
+        doc = AnnotationFile.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise AnnotationFileError(f"{path}: not an annotation file of this pipeline ({_describe(exc)}).\n  {fix}") from None
+    if length is not None:
+        expected = annotated_steps(length, doc.every_k)
+        steps = [r.step for r in doc.records]
+        if steps != expected:
+            raise AnnotationFileError(
+                f"{path}: records at steps {steps[:6]}{' ...' if len(steps) > 6 else ''}, expected every "
+                f"{doc.every_k}th frame of an episode of {length} steps ({len(expected)} records).\n  {fix}"
+            )
+    return doc

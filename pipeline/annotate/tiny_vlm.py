@@ -13,8 +13,6 @@ vocabulary of the JSON words an annotation uses.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 #: Words of the tokenizer's vocabulary (plus the special tokens below).
 VOCAB_WORDS = (
     '{ } [ ] : , " null caption objects name description box motion '
@@ -91,12 +89,3 @@ def build_tiny_vlm(seed: int = SEED) -> tuple["object", "object"]:  # noqa: UP03
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, processor
-
-
-def save_tiny_vlm(folder: str | Path, seed: int = SEED) -> Path:
-    """Build the tiny model and ``save_pretrained`` it (model + processor) into ``folder``; return it."""
-    folder = Path(folder)
-    model, processor = build_tiny_vlm(seed)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder

@@ -1,4 +1,4 @@
-"""Test support for the annotate stage: a real chat-completions server on 127.0.0.1, and tiny real episodes.
+"""Test support for the annotate stage: a real chat-completions server on 127.0.0.1, tiny real episodes, a tiny VLM folder.
 
 It speaks the protocol the ``openai`` annotate backend uses: ``GET /v1/models``
 and ``POST /v1/chat/completions`` with a text part and a base64 PNG
@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -196,3 +197,22 @@ def collect_episodes(out_dir: Any, task: str = "cartpole-swingup", episodes: int
     )
     collect_task(task, params, out_dir, workers=1)
     return out_dir
+
+
+def save_tiny_vlm(folder: str | Path, seed: int | None = None) -> Path:
+    """The library's tiny random VLM (:func:`pipeline.annotate.tiny_vlm.build_tiny_vlm`) saved with
+    ``save_pretrained`` (model + processor) into ``folder``: a local model folder for ``annotate.model``."""
+    from pipeline.annotate.tiny_vlm import SEED, build_tiny_vlm
+
+    folder = Path(folder)
+    model, processor = build_tiny_vlm(SEED if seed is None else seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def annotate(episodes: Any, out: Any, metrics: Any, params: Any, backend: Any = None) -> Any:
+    """:func:`pipeline.annotate.run.run` with a whole :class:`pipeline.config.Params` (its annotate and weights sections)."""
+    from pipeline.annotate.run import run
+
+    return run(episodes, out, params.annotate, params.weights, metrics=metrics, backend=backend)
