@@ -27,7 +27,8 @@ def run(args: argparse.Namespace, params: Params) -> None:
     for chatty in ("absl", "OpenGL.acceleratesupport"):  # start-up notices of dm_control / PyOpenGL
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
-    from pipeline.collect import collect_task, list_tasks
+    from pipeline.collect import list_tasks
+    from pipeline.collect.run import run as collect
     from pipeline.errors import UserError
 
     if args.list_tasks:
@@ -35,4 +36,5 @@ def run(args: argparse.Namespace, params: Params) -> None:
         return
     if not args.task or not args.out:
         raise UserError("semore collect needs --task TASK and --out FOLDER (or --list-tasks)")
-    collect_task(args.task, params.collect, args.out, workers=args.workers)
+    summary = collect(args.task, args.out, params.collect, workers=args.workers)
+    print(summary.line())

@@ -11,6 +11,13 @@ policy draws from a generator seeded with that seed, so an episode depends only 
 params, the task and ``i``: not on the worker that ran it or on the episodes run before it
 in the same process. The bytes are therefore identical for any ``workers``.
 
+Scheduling: ``workers: 1`` records in the calling process. Otherwise a spawned
+``ProcessPoolExecutor`` of ``workers`` processes (never more than there are episodes to record)
+does: its initializer builds each worker's env and policy once, every episode is one submitted
+job, and results are taken with ``as_completed``. Bad input (task, camera, policy checkpoint,
+disk space) is found in the calling process before any worker starts. A worker dies with the
+calling process, even when that is SIGKILLed (see :func:`die_with_parent`).
+
 Resuming: an episode file that already exists, passes its zip CRC check and was recorded
 with the same content fingerprint (the params that shape an episode, the policy and its
 weights' hash, the schema and simulator versions) is kept, so a rerun after an interrupt
@@ -20,14 +27,17 @@ by a killed run are removed.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import hashlib
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 import threading
 import time
 import zipfile
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +45,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.collect.disk import FrameLayout, check_disk_space
 from pipeline.collect.envs import PixelEnv, make_env, resolve_task
 from pipeline.collect.policies import Policy, make_policy
 from pipeline.config.collect import CollectParams
@@ -45,7 +56,6 @@ from pipeline.logs import progress
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.json"
 PREVIEW_FILE = "preview.gif"
 
 #: Params that shape an episode's content (``tasks``, ``episodes_per_task``, ``workers`` and
@@ -149,19 +159,18 @@ def record_episode(env: PixelEnv, policy: Policy, *, index: int, seed: int, extr
 
 @dataclass(frozen=True)
 class _Job:
-    task: str
+    """One episode to record: its index, its seed and the file it goes to."""
+
     index: int
     seed: int
-    params: CollectParams
     path: str
-    extra: dict[str, Any]
 
 
 class _Recorder:
     """One environment and policy, reused across the episodes a process records."""
 
-    def __init__(self, task: str, params: CollectParams) -> None:
-        self.key = (task, params)
+    def __init__(self, task: str, params: CollectParams, extra: dict[str, Any] | None = None) -> None:
+        self.extra = extra or {}
         self.env = make_env(task, **_env_kwargs(params))
         try:
             self.policy = _make_policy(params, self.env, task)
@@ -170,7 +179,7 @@ class _Recorder:
             raise
 
     def run(self, job: _Job) -> EpisodeMeta:
-        episode = record_episode(self.env, self.policy, index=job.index, seed=job.seed, extra=job.extra)
+        episode = record_episode(self.env, self.policy, index=job.index, seed=job.seed, extra=self.extra)
         save_episode(job.path, episode)
         return episode.meta
 
@@ -178,7 +187,40 @@ class _Recorder:
         self.env.close()
 
 
+# --- worker processes -------------------------------------------------------------------------
+# Spawned, not forked (EGL contexts do not survive a fork). Each worker builds its env and policy
+# once, in the pool's initializer, and records the episodes it is given with them.
+
 _worker_recorder: _Recorder | None = None
+_worker_error: BaseException | None = None
+
+#: Linux ``prctl`` option: the signal the kernel sends this process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> str:
+    """Make this process end when ``parent_pid`` (its parent) dies, even by SIGKILL; return how.
+
+    On Linux the kernel does it: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``. Elsewhere a daemon thread
+    polls the parent pid every 0.5 s and exits the process when it changes. Either way, a parent
+    already gone when this runs ends the process at once.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        how = "prctl"
+    else:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+        how = "watch"
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    return how
 
 
 def _close_worker_recorder() -> None:
@@ -188,26 +230,47 @@ def _close_worker_recorder() -> None:
         _worker_recorder = None
 
 
-def _worker_warm_up(task: str, params: CollectParams) -> None:
-    """Build the worker's env and policy before it is given episodes."""
-    global _worker_recorder
-    if _worker_recorder is None or _worker_recorder.key != (task, params):
-        _close_worker_recorder()
-        _worker_recorder = _Recorder(task, params)
+def _worker_init(task: str, params: CollectParams, extra: dict[str, Any], parent_pid: int) -> None:
+    """Pool initializer: tie the worker's life to the parent's, build its env and policy.
+
+    A failure is kept and raised by the first :func:`_worker_run`, so it reaches the caller as
+    itself (an initializer's exception would only break the pool).
+    """
+    global _worker_recorder, _worker_error
+    die_with_parent(parent_pid)
+    try:
+        _worker_recorder = _Recorder(task, params, extra)
         atexit.register(_close_worker_recorder)
+    except Exception as exc:  # noqa: BLE001 - re-raised by _worker_run
+        _worker_error = exc
 
 
 def _worker_run(job: _Job) -> EpisodeMeta:
-    """Entry point of a worker process: record ``job`` with the process's cached recorder."""
-    _worker_warm_up(job.task, job.params)
-    assert _worker_recorder is not None
+    """Record ``job`` with the worker's recorder."""
+    if _worker_error is not None:
+        raise _worker_error
+    assert _worker_recorder is not None, "_worker_init did not run"
     return _worker_recorder.run(job)
 
 
-def _worker_init() -> None:
-    from pipeline.rendering import setup_headless_rendering
-
-    setup_headless_rendering()
+def _record_in_pool(task: str, params: CollectParams, extra: dict[str, Any], jobs: list[_Job], workers: int) -> Iterator[EpisodeMeta]:
+    """Record ``jobs`` on ``workers`` spawned processes; yield each episode's meta as it finishes."""
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(task, params, extra, os.getpid()),
+    )
+    finished = False
+    try:
+        futures = [pool.submit(_worker_run, job) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()  # a worker's error surfaces here
+        finished = True
+    finally:
+        # On an error or an interrupt, queued episodes are cancelled and nothing waits for the
+        # running ones (their workers end with this process at the latest).
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _reusable(path: Path, task: str, index: int, seed: int, fingerprint: str) -> EpisodeMeta | None:
@@ -244,9 +307,10 @@ def _remove_leftovers(out_dir: Path, count: int) -> None:
 def collect_task(task: str, params: CollectParams, out_dir: str | Path, workers: int | None = None) -> list[EpisodeMeta]:
     """Record ``params.episodes_per_task`` episodes of ``task`` into ``out_dir``; return their metas.
 
-    Everything is validated before any episode is recorded: the task name, the camera, the
-    policy (a checkpoint's action size and image size against the task). See the module
-    docstring for the output layout, determinism and resuming.
+    Everything is validated in this process before any worker starts or any episode is recorded:
+    the task name, the camera, the policy (a checkpoint's action size and image size against the
+    task) and the free disk space. See the module docstring for the output layout, determinism
+    and resuming.
 
     Args:
         task: a name from :func:`pipeline.collect.list_tasks`.
@@ -255,7 +319,8 @@ def collect_task(task: str, params: CollectParams, out_dir: str | Path, workers:
         workers: worker processes (default ``params.workers``); 1 records in this process.
 
     Raises:
-        UserError: bad task, camera, policy or output folder (the message names the fix).
+        UserError: bad task, camera, policy or output folder, or a disk too small (the message
+            names the fix).
     """
     out_dir = Path(out_dir)
     workers = params.workers if workers is None else workers
@@ -264,24 +329,18 @@ def collect_task(task: str, params: CollectParams, out_dir: str | Path, workers:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a folder; remove it or choose another path")
     resolve_task(task)
-    # Helpers start (and import, and build their env) while this process builds and checks its
-    # own env and policy: process start-up takes seconds, as long as an episode on a loaded machine.
-    helpers = _Helpers(task, params, min(workers, params.episodes_per_task) - 1)
-    recorder = None
+    recorder = _Recorder(task, params)  # validates the camera and the policy against the task
     try:
-        recorder = _Recorder(task, params)  # validates the camera and the policy against the task
         description = recorder.policy.describe()
         versions = simulator_versions()
         content = {name: getattr(params, name) for name in CONTENT_PARAMS}
         fingerprint = hashlib.sha256(
             dumps_json({"schema_version": SCHEMA_VERSION, "params": content, "policy": description, "versions": versions}).encode()
         ).hexdigest()[:16]
-        extra = {"fingerprint": fingerprint, "policy": description, "versions": versions}
+        recorder.extra = extra = {"fingerprint": fingerprint, "policy": description, "versions": versions}
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(out_dir, params.episodes_per_task)
-        metas: dict[int, EpisodeMeta] = {}
         jobs: list[_Job] = []
+        metas: dict[int, EpisodeMeta] = {}
         for index in range(params.episodes_per_task):
             seed = episode_seed(params.seed, task, index)
             path = out_dir / episode_filename(index)
@@ -289,21 +348,31 @@ def collect_task(task: str, params: CollectParams, out_dir: str | Path, workers:
             if meta is not None:
                 metas[index] = meta
             else:
-                jobs.append(_Job(task, index, seed, params, str(path), extra))
+                jobs.append(_Job(index, seed, str(path)))
+        workers = min(workers, len(jobs)) or 1
+        env = recorder.env
+        layout = FrameLayout(params.image_size, params.depth, params.segmentation, env.model.nq, env.model.nv, env.model.nbody, env.action_dim)
+        needed = check_disk_space(out_dir, layout, task=task, episodes=len(jobs), frames_per_episode=params.episode_steps + 1, workers=workers)
         if metas:
             log.info("%s: keeping %d finished episode(s), recording %d", task, len(metas), len(jobs))
+        if jobs:
+            log.info("%s: recording %d episode(s) on %d process(es), about %.1f MB on disk", task, len(jobs), workers, needed / 1e6)
 
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out_dir, params.episodes_per_task)
+        if workers > 1:
+            recorder.close()  # the workers build their own; free this process's GL context first
+            recorder = None
+            recorded = _record_in_pool(task, params, extra, jobs, workers)
+        else:
+            recorded = (recorder.run(job) for job in jobs)
         with progress(desc=f"collect {task}", total=len(jobs), unit="episode") as bar:
-            for meta in helpers.run(recorder, jobs):
+            for meta in recorded:
                 metas[meta.episode] = meta
                 bar.update()
-    except BaseException:
-        helpers.close(block=False)
-        raise
     finally:
         if recorder is not None:
             recorder.close()
-    helpers.close(block=True)
 
     ordered = [metas[i] for i in range(params.episodes_per_task)]
     write_index(out_dir, ordered)
@@ -318,80 +387,3 @@ def collect_task(task: str, params: CollectParams, out_dir: str | Path, workers:
     frames = sum(m.length + 1 for m in ordered)
     log.info("%s: %d episodes, %d frames in %s", task, len(ordered), frames, out_dir)
     return ordered
-
-
-#: Whether the calling process records episodes too, beside its spawned helpers (tests turn it
-#: off to force every episode through a helper process).
-MAIN_PROCESS_RECORDS = True
-
-
-class _Helpers:
-    """``count`` spawned worker processes that record episodes beside the calling process.
-
-    Each helper first builds its env (a warm-up call, started at construction), then takes one
-    job at a time, the next as soon as it finishes (from a done-callback); the calling process
-    takes the next job after each of its own, so ``workers = N`` means N processes recording and
-    short runs never wait for helpers still starting. Spawned, not forked: EGL contexts do not
-    survive a fork.
-    """
-
-    def __init__(self, task: str, params: CollectParams, count: int) -> None:
-        self.count = max(0, count)
-        self._pool: ProcessPoolExecutor | None = None
-        self._warm_ups: list[Future[None]] = []
-        if self.count:
-            self._pool = ProcessPoolExecutor(max_workers=self.count, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
-            self._warm_ups = [self._pool.submit(_worker_warm_up, task, params) for _ in range(self.count)]
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._queue: deque[_Job] = deque()
-        self._submitted: list[Future[EpisodeMeta]] = []
-
-    def _feed(self, _: Future[Any] | None = None) -> None:
-        with self._lock:
-            if self._stopping.is_set() or not self._queue or self._pool is None:
-                return
-            future = self._pool.submit(_worker_run, self._queue.popleft())
-            self._submitted.append(future)
-        future.add_done_callback(self._feed)
-
-    def run(self, recorder: _Recorder, jobs: list[_Job]) -> Iterator[EpisodeMeta]:
-        """Record ``jobs`` here and on the helpers; yield each episode's meta as it finishes."""
-        self._queue.extend(jobs)
-        if self._pool is None:
-            while self._queue:
-                yield recorder.run(self._queue.popleft())
-            return
-        for warm_up in self._warm_ups:
-            warm_up.add_done_callback(self._feed)  # runs at once if the helper is already warm
-        reported: set[Future[EpisodeMeta]] = set()
-        while True:
-            with self._lock:
-                pending = [f for f in self._submitted if f not in reported]
-                job = self._queue.popleft() if self._queue and (MAIN_PROCESS_RECORDS or self._helpers_gone()) else None
-            if job is not None:
-                yield recorder.run(job)
-            elif pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    reported.add(future)
-                    yield future.result()  # a helper's error surfaces here
-                continue
-            elif not self._queue:
-                break
-            else:
-                time.sleep(0.05)  # helpers still starting: their warm-up callbacks take the queued jobs
-            for future in [f for f in pending if f.done()]:
-                reported.add(future)
-                yield future.result()
-
-    def _helpers_gone(self) -> bool:
-        """Every warm-up has finished and nothing runs on the helpers: their pool cannot take jobs."""
-        return all(w.done() for w in self._warm_ups) and all(f.done() for f in self._submitted)
-
-    def close(self, block: bool) -> None:
-        """Stop the helpers; ``block=False`` (errors, interrupts) does not wait for running calls."""
-        self._stopping.set()
-        if self._pool is not None:
-            self._pool.shutdown(wait=block, cancel_futures=True)
-            self._pool = None

@@ -14,3 +14,7 @@ class CameraError(UserError, ValueError):
 
 class PolicyError(UserError, ValueError):
     """A behaviour policy that cannot drive the task (bad checkpoint, wrong action size, ...)."""
+
+
+class DiskSpaceError(UserError, OSError):
+    """The output disk cannot hold the collect run (estimated before anything is recorded)."""

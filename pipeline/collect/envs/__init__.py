@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+from types import ModuleType
 
 from pipeline.collect.envs.base import PixelEnv, StepResult
 from pipeline.collect.errors import UnknownTaskError
@@ -24,10 +25,16 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _backend(suite: str) -> ModuleType:
+    """The backend module of ``suite``, imported after headless rendering is set up (the backends
+    import mujoco, which reads ``MUJOCO_GL`` once, at import)."""
+    setup_headless_rendering()
+    return importlib.import_module(BACKENDS[suite][0])
+
+
 @functools.cache
 def _suite_tasks(suite: str) -> frozenset[str]:
-    setup_headless_rendering()  # the backends import mujoco
-    return frozenset(importlib.import_module(BACKENDS[suite][0]).task_names())
+    return frozenset(_backend(suite).task_names())
 
 
 def list_tasks() -> list[str]:
@@ -94,9 +101,7 @@ def make_env(
         raise ValueError(f"render_mode {render_mode!r}: expected 'fast' or 'faithful'")
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    setup_headless_rendering()
-    module, class_name = BACKENDS[suite]
-    env_class = getattr(importlib.import_module(module), class_name)
+    env_class = getattr(_backend(suite), BACKENDS[suite][1])
     return env_class(
         task,
         image_size=image_size,

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import mujoco
 import numpy as np
 
-from pipeline.collect.render import SceneRenderer
+if TYPE_CHECKING:  # mujoco is imported by the backends, after make_env set up headless rendering
+    import mujoco
+
+    from pipeline.collect.render import SceneRenderer
 
 
 @dataclass
@@ -106,6 +109,8 @@ class PixelEnv(abc.ABC):
     # -- shared machinery -----------------------------------------------------------------------
     def _init_rendering(self, image_size: int, camera: int | mujoco.MjvCamera, render_mode: str, depth: bool, segmentation: bool) -> None:
         """Create the renderer; ``camera`` is a model camera id or a free ``MjvCamera``."""
+        from pipeline.collect.render import SceneRenderer
+
         self.image_size = image_size
         self.render_mode = render_mode
         self.camera_id = camera if isinstance(camera, int) else -1
@@ -122,6 +127,8 @@ class PixelEnv(abc.ABC):
 
     @property
     def body_names(self) -> list[str]:
+        import mujoco
+
         return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_BODY, i) or f"body{i}" for i in range(self.model.nbody)]
 
     @property
@@ -131,6 +138,8 @@ class PixelEnv(abc.ABC):
 
     @property
     def geom_names(self) -> list[str]:
+        import mujoco
+
         return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_GEOM, i) or f"geom{i}" for i in range(self.model.ngeom)]
 
     @property
@@ -202,6 +211,8 @@ class PixelEnv(abc.ABC):
 
 
 def camera_names(model: mujoco.MjModel) -> list[str]:
+    import mujoco
+
     return [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) or f"camera{i}" for i in range(model.ncam)]
 
 
@@ -211,6 +222,8 @@ def resolve_camera(model: mujoco.MjModel, camera: int | str, task: str) -> int:
     Raises:
         CameraError: no such camera; the message lists the model's cameras.
     """
+    import mujoco
+
     from pipeline.collect.errors import CameraError
 
     names = camera_names(model)

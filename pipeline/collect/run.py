@@ -1,0 +1,58 @@
+"""The collect stage's entry: ``run(task, out, section) -> CollectSummary``."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.collect.collector import collect_task
+from pipeline.config.collect import CollectParams
+from pipeline.stage import StageSummary
+
+
+@dataclass(frozen=True)
+class CollectSummary(StageSummary):
+    """What one collect run wrote.
+
+    Attributes:
+        task: the task recorded.
+        episodes: episode files in the folder (kept from an earlier run or recorded now).
+        frames: frames over all its episodes (each episode has length + 1 frames).
+        mean_return: mean episode return.
+        terminated: episodes that ended at a true terminal (the rest were truncated).
+        seconds: wall-clock seconds of this run.
+    """
+
+    task: str
+    episodes: int
+    frames: int
+    mean_return: float
+    terminated: int
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"collect {self.task}: {self.episodes} episodes, {self.frames} frames, mean return {self.mean_return:.2f}, "
+            f"{self.terminated} terminated, {self.seconds:.1f} s -> {self.out}"
+        )
+
+
+def run(task: str, out: str | Path, section: CollectParams, *, workers: int | None = None) -> CollectSummary:
+    """Record ``section.episodes_per_task`` episodes of ``task`` into ``out``
+    (see :func:`pipeline.collect.collector.collect_task`; ``workers`` overrides ``section.workers``).
+
+    Raises:
+        UserError: bad task, camera, policy, output folder or too little disk space.
+    """
+    start = time.perf_counter()
+    metas = collect_task(task, section, out, workers=workers)
+    return CollectSummary(
+        stage="collect",
+        out=str(out),
+        task=task,
+        episodes=len(metas),
+        frames=sum(m.length + 1 for m in metas),
+        mean_return=float(sum(m.episode_return for m in metas) / len(metas)),
+        terminated=sum(bool(m.terminated) for m in metas),
+        seconds=round(time.perf_counter() - start, 3),
+    )
