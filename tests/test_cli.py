@@ -38,6 +38,22 @@ def test_bad_params_exit_2_with_message_and_no_traceback(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("encode:\n  seed: 1.0e+30\n", "encode.seed = 1e+30"),
+        ("collect:\n  workers: true\n", "collect.workers = True"),
+        ("annotate:\n  timeout_s: .inf\n", "annotate.timeout_s = inf"),
+    ],
+)
+def test_loose_params_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    assert main(["--params", str(params), "validate"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
 def test_validate_prints_effective_section(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--params", str(ROOT / "params.yaml"), "validate", "--section", "flow"]) == 0
     out = capsys.readouterr().out

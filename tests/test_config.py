@@ -1,12 +1,18 @@
 """params.yaml validation: every kind of bad input names the key, the value and what is allowed."""
 from __future__ import annotations
 
+import math
+import typing
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
 from pipeline.config import Params, ParamsError, load_params, parse_params
+from pipeline.config.base import SEED_LIMIT, Section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +77,103 @@ def test_sections_are_immutable() -> None:
     params = Params()
     with pytest.raises(Exception):
         params.collect.seed = 3  # type: ignore[misc]
+
+
+# --- strict values (issue 18: `true` and "2" were integers, .inf a timeout, 1e30 a seed) ---------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"collect": {"episodes_per_task": True}}, ["collect.episodes_per_task = True", "valid integer", "not a boolean"]),
+        ({"flow": {"batch_size": "2"}}, ["flow.batch_size = '2'", "valid integer", "drop the quotes"]),
+        ({"pretrain": {"steps": 300.0}}, ["pretrain.steps = 300.0", "valid integer", "not a float"]),
+        ({"collect": {"camera": True}}, ["collect.camera = True", "valid integer", "not a boolean", "valid string"]),
+        ({"annotate": {"timeout_s": math.inf}}, ["annotate.timeout_s = inf", "finite number"]),
+        ({"annotate": {"timeout_s": math.nan}}, ["annotate.timeout_s = nan", "finite number"]),
+        ({"finetune": {"encoder_lr": math.inf}}, ["finetune.encoder_lr = inf", "finite number"]),
+        ({"encode": {"val_fraction": True}}, ["encode.val_fraction = True", "finite number", "not a boolean"]),
+        ({"collect": {"depth": 1}}, ["collect.depth = 1", "true or false", "not an integer"]),
+        ({"weights": {"offline": "yes"}}, ["weights.offline = 'yes'", "true or false", "not a string"]),
+        ({"encode": {"seed": 1e30}}, ["encode.seed = 1e+30", "valid integer", "not a float"]),
+        ({"encode": {"seed": SEED_LIMIT}}, [f"encode.seed = {SEED_LIMIT}", "from 0 to 4294967295"]),
+        ({"pretrain": {"seed": -1}}, ["pretrain.seed = -1", "from 0 to 4294967295"]),
+    ],
+)
+def test_strict_values_are_refused_with_key_value_and_allowed(raw: dict, expected: list[str]) -> None:
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    message = str(info.value)
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+@pytest.mark.parametrize("text", ["1e30", "1.0e+30", "10000000000000000000000000000000"])
+def test_huge_seed_in_params_file_is_refused_before_any_stage(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(f"encode:\n  seed: {text}\n")
+    with pytest.raises(ParamsError, match=r"encode\.seed = ") as info:
+        load_params(path)
+    if text == "1e30":  # PyYAML (YAML 1.1) reads it as the string '1e30': the message says so
+        assert "write it out in digits" in str(info.value)
+
+
+def test_seed_limit_is_what_numpy_accepts() -> None:
+    params = parse_params({s: {"seed": SEED_LIMIT - 1} for s in ("collect", "encode", "pretrain", "finetune")})
+    np.random.seed(params.encode.seed)
+    np.random.seed(params.pretrain.seed)
+    with pytest.raises(ValueError):
+        np.random.seed(SEED_LIMIT)
+
+
+def test_lenient_where_yaml_needs_it(tmp_path: Path) -> None:
+    """Integers stand for floats, and YAML 1.1's string '1e-3' (no dot) is read as a number."""
+    path = tmp_path / "params.yaml"
+    path.write_text("finetune:\n  lr: 1e-3\n  gamma: 1\ncollect:\n  camera: track\n")
+    params = load_params(path)
+    assert params.finetune.lr == 0.001 and isinstance(params.finetune.lr, float)
+    assert params.finetune.gamma == 1.0
+    assert params.collect.camera == "track"
+
+
+def _leaf_fields(model: type[Section], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any, bool]]:
+    """(key path, default, whether a string is a valid value) of every non-section field, recursively."""
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            yield from _leaf_fields(field.annotation, (*prefix, name))
+        else:
+            yield (*prefix, name), field.default, str in typing.get_args(field.annotation)
+
+
+def _nested(path: tuple[str, ...], value: Any) -> dict:
+    raw: Any = value
+    for part in reversed(path):
+        raw = {part: raw}
+    return raw
+
+
+def _junk_for(default: Any) -> list[Any]:
+    if isinstance(default, bool):
+        return [1, "true"]
+    if isinstance(default, int):
+        return [True, "2", 2.0]
+    if isinstance(default, float):
+        return [True, math.inf, -math.inf, math.nan]
+    return []
+
+
+LEAVES = list(_leaf_fields(Params))
+
+
+def test_every_number_and_switch_is_strict() -> None:
+    """Every bool, int and float field of every section refuses the junk lax pydantic took."""
+    checked = 0
+    for path, default, takes_str in LEAVES:
+        for junk in _junk_for(default):
+            if takes_str and isinstance(junk, str):
+                continue  # e.g. collect.camera: "2" is a camera name
+            with pytest.raises(ParamsError) as info:
+                parse_params(_nested(path, junk))
+            assert f"{'.'.join(path)} = {junk!r}" in str(info.value)
+            checked += 1
+    assert checked > 100  # the sweep really covered the sections

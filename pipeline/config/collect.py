@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config.base import Section
+from pipeline.config.base import Bool, Float, Int, Section, Seed
 
 
 class PolicyParams(Section):
@@ -16,8 +16,8 @@ class PolicyParams(Section):
         description="'random': uniform in the action box; 'noisy': temporally correlated (Ornstein-Uhlenbeck) exploration; 'checkpoint': an actor saved by the finetune stage.",
     )
     checkpoint: str | None = Field(None, description="Folder of the actor checkpoint (finetune stage output) when kind is 'checkpoint'.")
-    noise_scale: float = Field(0.3, ge=0.0, le=10.0, description="Stationary std of the OU noise ('noisy'), in normalised action units (the action box mapped to [-1, 1]).")
-    noise_theta: float = Field(0.15, gt=0.0, le=1.0, description="Mean reversion rate of the OU noise per agent step ('noisy'); 1 gives white noise.")
+    noise_scale: Float = Field(0.3, ge=0.0, le=10.0, description="Stationary std of the OU noise ('noisy'), in normalised action units (the action box mapped to [-1, 1]).")
+    noise_theta: Float = Field(0.15, gt=0.0, le=1.0, description="Mean reversion rate of the OU noise per agent step ('noisy'); 1 gives white noise.")
 
     @model_validator(mode="after")
     def _checkpoint_needs_path(self) -> "PolicyParams":
@@ -34,11 +34,11 @@ class CollectParams(Section):
         min_length=1,
         description="dm_control 'domain-task' names or gymnasium MuJoCo ids (e.g. HalfCheetah-v5). Drives dvc.yaml's foreach; not a tracked param of each stage.",
     )
-    episodes_per_task: int = Field(4, ge=1, le=100_000, description="Episodes recorded per task.")
-    episode_steps: int = Field(100, ge=2, le=100_000, description="Agent steps per episode (after action repeat); reaching it is a time-limit truncation.")
-    action_repeat: int = Field(2, ge=1, le=100, description="Simulator steps per agent step; only the last frame of each repeat is rendered.")
-    image_size: int = Field(84, ge=16, le=1024, description="Rendered frames are image_size x image_size RGB.")
-    camera: int | str = Field(
+    episodes_per_task: Int = Field(4, ge=1, le=100_000, description="Episodes recorded per task.")
+    episode_steps: Int = Field(100, ge=2, le=100_000, description="Agent steps per episode (after action repeat); reaching it is a time-limit truncation.")
+    action_repeat: Int = Field(2, ge=1, le=100, description="Simulator steps per agent step; only the last frame of each repeat is rendered.")
+    image_size: Int = Field(84, ge=16, le=1024, description="Rendered frames are image_size x image_size RGB.")
+    camera: Int | str = Field(
         0,
         description="Model camera id (>= 0) or name; -1 is the free camera (gymnasium: the env's default view). Camera 0 of a gymnasium model without cameras means that default view; gymnasium locomotion models' camera 0 is their tracking camera.",
     )
@@ -46,12 +46,12 @@ class CollectParams(Section):
         "fast",
         description="'fast' switches off MuJoCo shadows, reflections and skybox (about 6x faster on CPU); 'faithful' renders the scene as designed.",
     )
-    depth: bool = Field(True, description="Record a z-depth image (metres) per frame; needed by the simulator flow backend.")
-    segmentation: bool = Field(True, description="Record per-pixel geom ids per frame; needed by simulator flow and annotation.")
+    depth: Bool = Field(True, description="Record a z-depth image (metres) per frame; needed by the simulator flow backend.")
+    segmentation: Bool = Field(True, description="Record per-pixel geom ids per frame; needed by simulator flow and annotation.")
     policy: PolicyParams = PolicyParams()
-    seed: int = Field(0, ge=0, description="Base seed; episode i of a task uses a seed derived from (seed, task, i).")
-    workers: int = Field(2, ge=1, le=256, description="Worker processes (1: collect in the calling process); the output bytes do not depend on it.")
-    preview_episodes: int = Field(1, ge=0, le=100, description="Episodes per task shown in preview.gif (RGB | depth | segmentation side by side) for people to look at; 0: no preview.")
+    seed: Seed = Field(0, description="Base seed; episode i of a task uses a seed derived from (seed, task, i).")
+    workers: Int = Field(2, ge=1, le=256, description="Worker processes (1: collect in the calling process); the output bytes do not depend on it.")
+    preview_episodes: Int = Field(1, ge=0, le=100, description="Episodes per task shown in preview.gif (RGB | depth | segmentation side by side) for people to look at; 0: no preview.")
 
     @field_validator("camera")
     @classmethod

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config.base import DeviceName, Section
+from pipeline.config.base import Bool, DeviceName, Float, Int, Section
 
 
 class FlowParams(Section):
@@ -18,20 +18,20 @@ class FlowParams(Section):
         "things",
         description="ptlflow checkpoint (backend 'ptlflow'): a tag of the model (things, sintel, ...), a local file, a name in weights.cache_dir, or 'random'.",
     )
-    batch_size: int = Field(32, ge=1, le=4096, description="Frame pairs per forward pass (ptlflow, dis); batches span episode boundaries.")
+    batch_size: Int = Field(32, ge=1, le=4096, description="Frame pairs per forward pass (ptlflow, dis); batches span episode boundaries.")
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (backend 'ptlflow').")
-    fp16: bool = Field(True, description="Half precision (autocast) on CUDA (ignored on CPU).")
-    min_size: int = Field(
+    fp16: Bool = Field(True, description="Half precision (autocast) on CUDA (ignored on CPU).")
+    min_size: Int = Field(
         128,
         ge=0,
         le=4096,
         description="ptlflow: frames whose shorter side is below this are upsampled (bilinear) to it for the model, and the flow is resized back to frame pixels. RAFT models need 128 (their coarsest correlation level is 1/64 of the input); 0 keeps the frame size.",
     )
     dis_preset: Literal["ultrafast", "fast", "medium"] = Field("medium", description="OpenCV DIS preset (backend 'dis').")
-    occlusion_tolerance: float = Field(
+    occlusion_tolerance: Float = Field(
         0.03,
         gt=0.0,
         le=1.0,
         description="Simulator flow: a moved point counts as visible in frame t+1 when that frame's depth near its target agrees within this fraction of its depth.",
     )
-    previews: int = Field(4, ge=0, le=1000, description="Colour-wheel flow images (beside their frames) written per task for people to look at.")
+    previews: Int = Field(4, ge=0, le=1000, description="Colour-wheel flow images (beside their frames) written per task for people to look at.")

@@ -5,38 +5,38 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config.base import DeviceName, Section
+from pipeline.config.base import Bool, DeviceName, Float, Int, Section, Seed
 
 
 class PretrainParams(Section):
     # The backbone (models/backbone.py); the image size and CLIP dimension come from the dataset.
-    frame_stack: int = Field(3, ge=2, le=16, description="Consecutive RGB frames stacked as the backbone's input.")
-    feature_dim: int = Field(64, ge=8, le=4096, description="Size of the fused feature vector the SAC stage consumes (and of each path's vector).")
-    channels: int = Field(32, ge=4, le=1024, description="Conv width of each path.")
-    depth: int = Field(4, ge=1, le=16, description="Conv layers per path (the first has stride 2).")
-    interaction: bool = Field(True, description="Let the semantic and motion paths exchange information (off for ablation).")
+    frame_stack: Int = Field(3, ge=2, le=16, description="Consecutive RGB frames stacked as the backbone's input.")
+    feature_dim: Int = Field(64, ge=8, le=4096, description="Size of the fused feature vector the SAC stage consumes (and of each path's vector).")
+    channels: Int = Field(32, ge=4, le=1024, description="Conv width of each path.")
+    depth: Int = Field(4, ge=1, le=16, description="Conv layers per path (the first has stride 2).")
+    interaction: Bool = Field(True, description="Let the semantic and motion paths exchange information (off for ablation).")
     interaction_kind: Literal["gated", "attention"] = Field("gated", description="'gated': gated 1x1-conv feature exchange; 'attention': cross-attention over pooled tokens.")
-    flow_input: bool = Field(False, description="Also feed the flow between the last two frames to the motion path (comparison only: the online agent would need flow too).")
-    head_hidden: int = Field(256, ge=8, le=8192, description="Hidden width of the projection and reward MLP heads.")
+    flow_input: Bool = Field(False, description="Also feed the flow between the last two frames to the motion path (comparison only: the online agent would need flow too).")
+    head_hidden: Int = Field(256, ge=8, le=8192, description="Hidden width of the projection and reward MLP heads.")
     # Training.
-    batch_size: int = Field(16, ge=1, description="Global batch (split evenly over DDP processes).")
-    steps: int = Field(300, ge=1, description="Optimiser steps (300 is enough on the default data for the probe to beat random weights).")
+    batch_size: Int = Field(16, ge=1, description="Global batch (split evenly over DDP processes).")
+    steps: Int = Field(300, ge=1, description="Optimiser steps (300 is enough on the default data for the probe to beat random weights).")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="Optimiser.")
-    lr: float = Field(3e-4, gt=0, le=1.0, description="Learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled with adamw).")
-    grad_clip: float = Field(0.0, ge=0, description="Clip the global gradient norm to this (0: off).")
+    lr: Float = Field(3e-4, gt=0, le=1.0, description="Learning rate.")
+    weight_decay: Float = Field(0.0, ge=0, description="Weight decay (decoupled with adamw).")
+    grad_clip: Float = Field(0.0, ge=0, description="Clip the global gradient norm to this (0: off).")
     clip_loss: Literal["cosine", "infonce"] = Field("cosine", description="CLIP alignment: 1 - cosine, or InfoNCE over the global batch.")
-    temperature: float = Field(0.1, gt=0, le=10, description="InfoNCE temperature.")
-    weight_clip_image: float = Field(1.0, ge=0, description="Weight of the semantic vs CLIP image embedding term.")
-    weight_clip_text: float = Field(1.0, ge=0, description="Weight of each semantic vs CLIP text (caption, key objects) term.")
-    weight_flow: float = Field(1.0, ge=0, description="Weight of the flow end-point error (pixels).")
-    weight_reward: float = Field(0.1, ge=0, description="Weight of the reward squared error.")
+    temperature: Float = Field(0.1, gt=0, le=10, description="InfoNCE temperature.")
+    weight_clip_image: Float = Field(1.0, ge=0, description="Weight of the semantic vs CLIP image embedding term.")
+    weight_clip_text: Float = Field(1.0, ge=0, description="Weight of each semantic vs CLIP text (caption, key objects) term.")
+    weight_flow: Float = Field(1.0, ge=0, description="Weight of the flow end-point error (pixels).")
+    weight_reward: Float = Field(0.1, ge=0, description="Weight of the reward squared error.")
     # Data.
-    workers: int = Field(1, ge=0, le=64, description="DataLoader worker processes per training process (0: read in the main process).")
-    shuffle_buffer: int = Field(256, ge=0, description="Samples in each reader's shuffle buffer (0: no shuffling).")
+    workers: Int = Field(1, ge=0, le=64, description="DataLoader worker processes per training process (0: read in the main process).")
+    shuffle_buffer: Int = Field(256, ge=0, description="Samples in each reader's shuffle buffer (0: no shuffling).")
     # Probe and scale-out.
-    probe_alpha: float = Field(0.0, ge=0, description="Ridge penalty of the linear probe on standardised features (0: chosen per task by leave-one-episode-out error on the train split).")
-    probe_max_per_task: int = Field(5000, ge=0, description="Frames per task and split the probe reads at most (0: all).")
-    nproc: int = Field(1, ge=1, le=1024, description="Processes: > 1 relaunches the stage under torchrun with DDP (gloo on CPU, nccl on CUDA).")
+    probe_alpha: Float = Field(0.0, ge=0, description="Ridge penalty of the linear probe on standardised features (0: chosen per task by leave-one-episode-out error on the train split).")
+    probe_max_per_task: Int = Field(5000, ge=0, description="Frames per task and split the probe reads at most (0: all).")
+    nproc: Int = Field(1, ge=1, le=1024, description="Processes: > 1 relaunches the stage under torchrun with DDP (gloo on CPU, nccl on CUDA).")
     device: DeviceName = Field("auto")
-    seed: int = Field(0, ge=0)
+    seed: Seed = Field(0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline.config.base import OnMissing, Section
+from pipeline.config.base import Bool, OnMissing, Section
 
 
 class WeightsParams(Section):
@@ -23,7 +23,7 @@ class WeightsParams(Section):
         "~/.cache/semore/weights",
         description="Folder searched for weights by name, and where downloads are stored.",
     )
-    offline: bool = Field(
+    offline: Bool = Field(
         False,
         description="Never download, even when the network is reachable (HF_HUB_OFFLINE=1 or SEMORE_OFFLINE=1 do the same).",
     )
