@@ -47,6 +47,11 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     ],
 )
 def test_bad_value_names_key_value_and_allowed(raw: dict, expected: list[str]) -> None:
+    _assert_refused(raw, expected)
+
+
+def _assert_refused(raw: dict, expected: list[str]) -> None:
+    """``raw`` raises ParamsError whose message holds every fragment of ``expected``."""
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
     message = str(info.value)
@@ -101,11 +106,7 @@ def test_sections_are_immutable() -> None:
     ],
 )
 def test_strict_values_are_refused_with_key_value_and_allowed(raw: dict, expected: list[str]) -> None:
-    with pytest.raises(ParamsError) as info:
-        parse_params(raw)
-    message = str(info.value)
-    for fragment in expected:
-        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    _assert_refused(raw, expected)
 
 
 @pytest.mark.parametrize("text", ["1e30", "1.0e+30", "10000000000000000000000000000000"])
