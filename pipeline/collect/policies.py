@@ -12,11 +12,13 @@ in :data:`POLICIES`.
   stationary law. Actions are ``clip(x, -1, 1)`` mapped to the box: smooth, temporally
   correlated exploration (``theta = 1`` gives white noise).
 * ``checkpoint``: an actor saved by the finetune stage with :func:`models.checkpoint.save_module`.
-  Its ``config.json`` meta holds ``task``, ``action_dim``, ``frame_stack``, ``image_size`` and
-  ``action_repeat``; the module has ``act(obs) -> actions`` mapping a uint8 tensor
+  Its ``config.json`` meta is declared by :class:`models.actor.ActorMeta` (``task``,
+  ``action_dim``, ``frame_stack``, ``image_size``, ``action_repeat``, ...); the module has ``act(obs) -> actions`` mapping a uint8 tensor
   (B, 3 * frame_stack, H, W) (oldest frame first; channels R, G, B per frame) to deterministic
-  actions in [-1, 1] of shape (B, A). The policy keeps the frame stack itself (at reset it
-  holds ``frame_stack`` copies of the first frame) and rescales actions to the box.
+  actions in [-1, 1] of shape (B, A). The policy keeps the frame stack itself
+  (:class:`~pipeline.collect.envs.wrappers.FrameStacker`: at reset it holds ``frame_stack``
+  copies of the first frame) and maps actions to the box with
+  :func:`~pipeline.collect.envs.wrappers.scale_action`, the conventions of every stage.
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import numpy as np
 
+from pipeline.collect.envs.wrappers import FrameStacker, scale_action
 from pipeline.collect.errors import PolicyError
 from pipeline.config.collect import PolicyParams
 from pipeline.io import sha256_of
 
 if TYPE_CHECKING:
+    from models.actor import ActorMeta
     from pipeline.collect.envs.base import StepResult
 
 log = logging.getLogger(__name__)
@@ -54,10 +58,8 @@ class _BoxPolicy:
         self.high = np.asarray(high, dtype=np.float32)
 
     def _to_box(self, unit: np.ndarray) -> np.ndarray:
-        """Map normalised actions in [-1, 1] to the action box (float32)."""
-        unit = np.clip(np.asarray(unit, dtype=np.float64), -1.0, 1.0)
-        action = self.low + (unit + 1.0) * 0.5 * (self.high.astype(np.float64) - self.low)
-        return np.clip(action.astype(np.float32), self.low, self.high)
+        """Map normalised actions in [-1, 1] to the action box (float32): :func:`scale_action`."""
+        return scale_action(unit, self.low, self.high)
 
 
 class RandomPolicy(_BoxPolicy):
@@ -106,10 +108,11 @@ class NoisyPolicy(_BoxPolicy):
         return {"kind": self.name, "noise_scale": self.scale, "noise_theta": self.theta}
 
 
-def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """The meta of an actor checkpoint folder; raises :class:`PolicyError` if it is not one."""
+def read_checkpoint_meta(path: str | Path) -> "ActorMeta":
+    """The meta of an actor checkpoint folder (:class:`models.actor.ActorMeta`, the one declaration
+    its writer and this reader share); raises :class:`PolicyError` if it is not one."""
     from models.actor import ActorMeta
-    from models.checkpoint import read_checkpoint_config
+    from models.checkpoint import CheckpointError, read_checkpoint_config
 
     try:
         record = read_checkpoint_config(path)
@@ -117,43 +120,38 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise PolicyError(f"collect.policy.checkpoint = {str(path)!r}: {exc}") from None
     except ValueError as exc:
         raise PolicyError(f"collect.policy.checkpoint = {str(path)!r}: unreadable config.json ({exc})") from None
-    meta = record.get("meta") or {}
-    missing = ActorMeta.missing_keys(meta)
-    if missing:
-        raise PolicyError(
-            f"collect.policy.checkpoint = {str(path)!r}: its meta lacks {', '.join(missing)}; "
-            "expected an actor checkpoint written by the finetune stage"
-        )
-    return meta
+    try:
+        return ActorMeta.from_meta(record.get("meta") or {})
+    except CheckpointError as exc:
+        raise PolicyError(f"collect.policy.checkpoint = {str(path)!r}: {exc}") from None
 
 
-def check_checkpoint(path: str | Path, *, task: str, action_dim: int, image_size: int, action_repeat: int, camera: int | str | None = None, render_mode: str | None = None) -> dict[str, Any]:
+def check_checkpoint(path: str | Path, *, task: str, action_dim: int, image_size: int, action_repeat: int, camera: int | str | None = None, render_mode: str | None = None) -> "ActorMeta":
     """Check that the actor at ``path`` can drive ``task``; return its meta.
 
     Raises:
         PolicyError: not an actor checkpoint, action size or image size mismatch (both named).
     """
     meta = read_checkpoint_meta(path)
-    if int(meta["action_dim"]) != action_dim:
+    if meta.action_dim != action_dim:
         raise PolicyError(
-            f"collect.policy.checkpoint = {str(path)!r} outputs {meta['action_dim']} action dims "
-            f"(trained on {meta['task']}), but task {task} takes {action_dim}; use an actor trained on {task}"
+            f"collect.policy.checkpoint = {str(path)!r} outputs {meta.action_dim} action dims "
+            f"(trained on {meta.task}), but task {task} takes {action_dim}; use an actor trained on {task}"
         )
-    if int(meta["image_size"]) != image_size:
+    if meta.image_size != image_size:
         raise PolicyError(
-            f"collect.policy.checkpoint = {str(path)!r} sees {meta['image_size']}x{meta['image_size']} frames, "
-            f"but collect.image_size is {image_size}; set collect.image_size to {meta['image_size']}"
+            f"collect.policy.checkpoint = {str(path)!r} sees {meta.image_size}x{meta.image_size} frames, "
+            f"but collect.image_size is {image_size}; set collect.image_size to {meta.image_size}"
         )
-    if meta["task"] != task:
-        log.warning("actor checkpoint %s was trained on %s, collecting %s with it", path, meta["task"], task)
-    if int(meta["action_repeat"]) != action_repeat:
-        log.warning("actor checkpoint %s was trained with action_repeat %s, collecting with %s", path, meta["action_repeat"], action_repeat)
+    if meta.task != task:
+        log.warning("actor checkpoint %s was trained on %s, collecting %s with it", path, meta.task, task)
+    if meta.action_repeat != action_repeat:
+        log.warning("actor checkpoint %s was trained with action_repeat %s, collecting with %s", path, meta.action_repeat, action_repeat)
     for key, value in (("camera", camera), ("render_mode", render_mode)):
-        if value is not None and key in meta and meta[key] != value:
-            log.warning("actor checkpoint %s was trained with %s %r, collecting with %r", path, key, meta[key], value)
+        trained = getattr(meta, key)
+        if value is not None and trained is not None and trained != value:
+            log.warning("actor checkpoint %s was trained with %s %r, collecting with %r", path, key, trained, value)
     return meta
-
-
 
 
 @contextmanager
@@ -186,7 +184,7 @@ class CheckpointPolicy(_BoxPolicy):
         self.meta = check_checkpoint(
             self.path, task=task, action_dim=int(self.low.shape[0]), image_size=image_size, action_repeat=action_repeat, camera=camera, render_mode=render_mode
         )
-        self.frame_stack = int(self.meta["frame_stack"])
+        self.frame_stack = self.meta.frame_stack
         try:
             module, _ = load_module(self.path, map_location="cpu")
         except (CheckpointError, ImportError, AttributeError, TypeError, RuntimeError, OSError) as exc:
@@ -196,18 +194,17 @@ class CheckpointPolicy(_BoxPolicy):
         self.module = module.eval()
         self.weights_sha256 = sha256_of(self.path / WEIGHTS_FILE)
         self._torch = torch
-        self._frames: list[np.ndarray] = []
+        self._stack = FrameStacker(self.frame_stack)
         self._fresh = False
 
     def reset(self, rng: np.random.Generator, first: "StepResult") -> None:
-        self._frames = [first.frame] * self.frame_stack
+        self._stack.reset(first.frame)
         self._fresh = True  # the next act() sees ``first`` itself
 
     def act(self, result: "StepResult") -> np.ndarray:
-        if not self._fresh:
-            self._frames = self._frames[1:] + [result.frame]
+        obs = self._stack.obs() if self._fresh else self._stack.push(result.frame)
         self._fresh = False
-        stack = np.concatenate([f.transpose(2, 0, 1) for f in self._frames], axis=0)[None]
+        stack = obs[None]
         torch = self._torch
         with _torch_threads(1), torch.inference_mode():
             out = self.module.act(torch.from_numpy(np.ascontiguousarray(stack)))
@@ -221,7 +218,7 @@ class CheckpointPolicy(_BoxPolicy):
             "kind": self.name,
             "checkpoint": str(self.path),
             "weights_sha256": self.weights_sha256,
-            "checkpoint_task": self.meta["task"],
+            "checkpoint_task": self.meta.task,
             "frame_stack": self.frame_stack,
         }
 
