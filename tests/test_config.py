@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,13 +138,23 @@ def test_lenient_where_yaml_needs_it(tmp_path: Path) -> None:
     assert params.collect.camera == "track"
 
 
-def _leaf_fields(model: type[Section], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any, bool]]:
-    """(key path, default, whether a string is a valid value) of every non-section field, recursively."""
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The plain types a field's annotation admits: ``Int | str`` -> {int, str}, ``Float | None`` -> {float, NoneType}."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    args = typing.get_args(annotation)
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_kinds(a) for a in args))
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+def _leaf_fields(model: type[Section], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], set[type]]]:
+    """(key path, admitted plain types) of every non-section field of ``model``, recursively."""
     for name, field in model.model_fields.items():
         if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
             yield from _leaf_fields(field.annotation, (*prefix, name))
         else:
-            yield (*prefix, name), field.default, str in typing.get_args(field.annotation)
+            yield (*prefix, name), _scalar_kinds(field.annotation)
 
 
 def _nested(path: tuple[str, ...], value: Any) -> dict:
@@ -153,26 +164,26 @@ def _nested(path: tuple[str, ...], value: Any) -> dict:
     return raw
 
 
-def _junk_for(default: Any) -> list[Any]:
-    if isinstance(default, bool):
-        return [1, "true"]
-    if isinstance(default, int):
-        return [True, "2", 2.0]
-    if isinstance(default, float):
-        return [True, math.inf, -math.inf, math.nan]
-    return []
+def _junk_for(kinds: set[type]) -> list[Any]:
+    """Values lax pydantic coerced into a field of these types, and that must now be refused."""
+    junk: list[Any] = []
+    if bool in kinds:
+        junk += [1, "true"]
+    if int in kinds:
+        junk += [True, 2.0] + ([] if str in kinds else ["2"])  # "2" is a valid camera name
+    if float in kinds:
+        junk += [True, math.inf, -math.inf, math.nan]
+    return junk
 
 
 LEAVES = list(_leaf_fields(Params))
 
 
 def test_every_number_and_switch_is_strict() -> None:
-    """Every bool, int and float field of every section refuses the junk lax pydantic took."""
+    """Every bool, int and float field of every section (optional ones too) refuses the junk lax pydantic took."""
     checked = 0
-    for path, default, takes_str in LEAVES:
-        for junk in _junk_for(default):
-            if takes_str and isinstance(junk, str):
-                continue  # e.g. collect.camera: "2" is a camera name
+    for path, kinds in LEAVES:
+        for junk in _junk_for(kinds):
             with pytest.raises(ParamsError) as info:
                 parse_params(_nested(path, junk))
             assert f"{'.'.join(path)} = {junk!r}" in str(info.value)
