@@ -79,7 +79,7 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path: Pa
         for case, (clip_loss, weights) in enumerate(CASES):
             single = run_training(DistContext(), weights, clip_loss)
             for rank in range(2):
-                state = torch.load(tmp_path / f"state.{case}.{rank}")
+                state = torch.load(tmp_path / f"state.{case}.{rank}", weights_only=True)
                 moved = 0
                 for name, value in single.items():
                     torch.testing.assert_close(state[name], value, atol=1e-5, rtol=1e-5, msg=f"{clip_loss} rank {rank} {name}")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.actor import PixelPolicy
+from models.actor import ActorMeta, PixelPolicy
 from models.checkpoint import save_module
 from pipeline.config.finetune import FinetuneParams
 from pipeline.device import select_device
@@ -362,22 +362,13 @@ def _write_outputs(agent: SAC, spec: EncoderSpec, p: FinetuneParams, action_dim:
     policy = PixelPolicy(**policy_config)
     policy.encoder.load_state_dict(agent.encoder.state_dict())
     policy.actor.load_state_dict(agent.actor.state_dict())
-    meta = {
-        "task": p.task,
-        "action_dim": action_dim,
-        "frame_stack": spec.frame_stack,
-        "image_size": spec.image_size,
-        "action_repeat": p.action_repeat,
-        "camera": p.camera,
-        "render_mode": p.render_mode,
-        "action_low": low.tolist(),
-        "action_high": high.tolist(),
-        "encoder_init": p.encoder_init,
-        "frames": metrics["frames"],
-        "eval_return_mean": metrics["eval"]["return_mean"],
-        "backbone_sha256": spec.sha256,
-        "seed": p.seed,
-    }
+    meta = ActorMeta(
+        task=p.task, action_dim=action_dim, frame_stack=spec.frame_stack, image_size=spec.image_size,
+        action_repeat=p.action_repeat, camera=p.camera, render_mode=p.render_mode,
+    ).to_meta(
+        action_low=low.tolist(), action_high=high.tolist(), encoder_init=p.encoder_init, frames=metrics["frames"],
+        eval_return_mean=metrics["eval"]["return_mean"], backbone_sha256=spec.sha256, seed=p.seed,
+    )
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         save_module(tmp / "actor", policy.cpu(), policy_config, meta)
