@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +16,13 @@ from pipeline.collect import collect_task, make_env
 from pipeline.collect.camera import project, unproject
 from pipeline.collect.collector import episode_seed, record_episode
 from pipeline.collect.policies import make_policy
+from pipeline.collect.run import run as run_collect
 from pipeline.config.collect import CollectParams, PolicyParams
 from pipeline.episodes import Episode, list_episodes, load_episode, save_episode
+
+
+def load_index_metas(folder: Path) -> list:
+    return [load_episode(p).meta for p in list_episodes(folder)]
 
 
 def small(**overrides) -> CollectParams:
@@ -96,7 +106,12 @@ def test_rerun_keeps_finished_episodes_and_redoes_changed_ones(tmp_path: Path) -
 
 def test_time_limit_is_truncation_not_termination(tmp_path: Path) -> None:
     params = small(episode_steps=5, depth=False, segmentation=False, preview_episodes=0, episodes_per_task=1)
-    (meta,) = collect_task("cartpole-swingup", params, tmp_path)
+    summary = run_collect("cartpole-swingup", tmp_path, params)
+    (meta,) = load_index_metas(tmp_path)
+    assert (summary.stage, summary.task, summary.episodes, summary.frames, summary.terminated) == ("collect", "cartpole-swingup", 1, 6, 0)
+    assert summary.mean_return == pytest.approx(meta.episode_return)
+    assert summary.line().startswith("collect cartpole-swingup: 1 episodes, 6 frames")
+    assert set(summary.metrics()) == {"task", "episodes", "frames", "mean_return", "terminated"}
     episode = load_episode(tmp_path / "episode_000000.npz")
     assert meta.length == 5 and meta.truncated and not meta.terminated
     assert episode.truncated.tolist() == [False, False, False, False, True]
@@ -242,3 +257,64 @@ def test_scene_renderer_matches_mujoco_renderer() -> None:
     np.testing.assert_array_equal(ours.depth, depth)
     np.testing.assert_array_equal(ours.segmentation, np.where(ids[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), ids[..., 0], -1))
     assert len(np.unique(ours.segmentation)) > 3
+
+
+def _children(pid: int) -> dict[int, str]:
+    """pid -> command line of the live processes whose parent is ``pid`` (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has finished: only its exit status is left to be read
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_main_process_leaves_no_worker_running(tmp_path: Path) -> None:
+    """SIGKILL on `semore collect` mid-run: its spawned workers (mid-episode, episodes far longer
+    than the wait below) must end within seconds instead of finishing their episodes."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "collect:\n  episodes_per_task: 4\n  episode_steps: 20000\n  image_size: 16\n  depth: false\n"
+        "  segmentation: false\n  workers: 2\n  preview_episodes: 0\n"
+    )
+    command = [sys.executable, "-m", "pipeline.cli", "--params", str(params), "collect", "--task", "cartpole-swingup", "--out", str(tmp_path / "out")]
+    main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: dict[int, str] = {}
+        while len(workers) < 2 and time.monotonic() < deadline and main.poll() is None:
+            workers = {pid: cmd for pid, cmd in _children(main.pid).items() if "spawn_main" in cmd}
+            time.sleep(0.2)
+        assert len(workers) == 2, f"expected 2 spawned workers, found {workers} (exit status {main.poll()})"
+        time.sleep(3.0)  # let them build their envs and start recording
+        assert all(_alive(pid) for pid in workers)
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+        deadline = time.monotonic() + 5.0
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = [pid for pid in workers if _alive(pid)]
+        assert not survivors, f"workers {survivors} outlived the killed main process"
+    finally:
+        if main.poll() is None:
+            main.kill()
+        try:
+            os.killpg(main.pid, signal.SIGKILL)  # anything left of the session (only if the test failed)
+        except ProcessLookupError:
+            pass

@@ -8,9 +8,13 @@ import torch
 
 from models.checkpoint import save_module
 from pipeline.cli import main
-from pipeline.collect import CameraError, PolicyError, UnknownTaskError, collect_task, list_tasks, make_env
+from pipeline.collect import CameraError, PolicyError, UnknownTaskError, collect_task, collector, disk, list_tasks, make_env
+from pipeline.collect.collector import record_episode
+from pipeline.collect.errors import DiskSpaceError
+from pipeline.collect.policies import make_policy
 from pipeline.config import ParamsError, parse_params
 from pipeline.config.collect import CollectParams, PolicyParams
+from pipeline.episodes import save_episode
 from policy_fixtures import TinyActor
 
 
@@ -109,3 +113,48 @@ def test_output_path_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("not a folder")
     with pytest.raises(Exception, match="exists and is not a folder"):
         collect_task("cartpole-swingup", small(), tmp_path / "out")
+
+
+def _no_pool(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a worker pool was started")
+
+
+def test_bad_input_fails_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector, "ProcessPoolExecutor", _no_pool)
+    save_actor(tmp_path / "actor", action_dim=6)
+    params = small(workers=2, episodes_per_task=2, policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")))
+    with pytest.raises(PolicyError, match="outputs 6 action dims"):
+        collect_task("cartpole-swingup", params, tmp_path / "out")
+    with pytest.raises(CameraError, match="collect.camera = 7"):
+        collect_task("cheetah-run", small(camera=7, workers=2, episodes_per_task=2), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_disk_too_small_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(collector, "ProcessPoolExecutor", _no_pool)
+    monkeypatch.setattr(disk, "free_bytes", lambda path: 20_000_000)
+    huge = small(episodes_per_task=1000, episode_steps=500, image_size=84, depth=True, segmentation=True, workers=2)
+    with pytest.raises(DiskSpaceError) as info:
+        collect_task("cartpole-swingup", huge, tmp_path / "out")
+    message = str(info.value)
+    assert "1000 episode(s) x 501 frames need about" in message and "only 20.0 MB are free" in message
+    assert "collect.episodes_per_task" in message and "--out" in message
+    assert not (tmp_path / "out").exists()
+    # The CLI exits 2 on it; a run that fits in the same space goes ahead.
+    params = tmp_path / "params.yaml"
+    params.write_text("collect:\n  episodes_per_task: 1000\n  episode_steps: 500\n  workers: 1\n")
+    assert main(["--params", str(params), "collect", "--task", "cartpole-swingup", "--out", str(tmp_path / "out")]) == 2
+    assert "need about" in capsys.readouterr().err
+    (meta,) = collect_task("cartpole-swingup", small(), tmp_path / "out")
+    assert meta.length == 4
+
+
+def test_the_disk_estimate_is_not_below_a_real_episode_file(tmp_path: Path) -> None:
+    with make_env("cheetah-run", image_size=32, action_repeat=2, depth=True, segmentation=True, episode_steps=12) as env:
+        policy = make_policy(small().policy, env.action_low, env.action_high, task="cheetah-run", image_size=32, action_repeat=2)
+        episode = record_episode(env, policy, index=0, seed=0)
+        layout = disk.FrameLayout(32, True, True, env.model.nq, env.model.nv, env.model.nbody, env.action_dim)
+    path = tmp_path / "episode_000000.npz"
+    save_episode(path, episode)
+    estimate = layout.bytes_per_frame() * len(episode.frames)
+    assert path.stat().st_size <= estimate <= 20 * path.stat().st_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.collect.collector import collect_task
 from pipeline.config.collect import CollectParams
@@ -20,7 +21,7 @@ class CollectSummary(StageSummary):
         frames: frames over all its episodes (each episode has length + 1 frames).
         mean_return: mean episode return.
         terminated: episodes that ended at a true terminal (the rest were truncated).
-        seconds: wall-clock seconds of this run.
+        seconds: wall-clock seconds of this run (in :meth:`line`, not in :meth:`metrics`).
     """
 
     task: str
@@ -29,6 +30,10 @@ class CollectSummary(StageSummary):
     mean_return: float
     terminated: int
     seconds: float
+
+    def metrics(self) -> dict[str, Any]:
+        """The fields without ``seconds`` (a metrics file stays byte-identical across reruns)."""
+        return {k: v for k, v in super().metrics().items() if k != "seconds"}
 
     def line(self) -> str:
         return (
