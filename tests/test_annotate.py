@@ -11,12 +11,20 @@ from support.annotate import annotate, collect_episodes
 from pipeline.annotate.accuracy import AccuracyCounts, EntityMatcher, name_words
 from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.base import FrameItem, FrameResult
-from pipeline.annotate.schema import Annotation, AnnotationError, annotated_steps, parse_annotation
+from pipeline.annotate.schema import (
+    Annotation,
+    AnnotationError,
+    AnnotationFileError,
+    annotated_steps,
+    parse_annotation,
+    read_annotation_file,
+)
 from pipeline.annotate.truth import Entity, model_entities, scene_truths, visible_entities
 from pipeline.cli import main
 from pipeline.config import parse_params
 from pipeline.episodes import list_episodes, load_episode, save_episode
 from pipeline.errors import UserError
+from pipeline.io import sha256_of
 
 VALID = {"caption": "c", "objects": [{"name": "cart", "description": "d", "box": [1, 2, 3, 4]}], "motion": "m"}
 
@@ -57,6 +65,9 @@ def test_parse_tolerates_wrapping(text: str) -> None:
         ({**VALID, "objects": [{"name": " ", "description": "d", "box": None}]}, "blank"),
         ({**VALID, "objects": [{"name": "a", "description": "d", "box": [1, 2, 3]}]}, "4 numbers"),
         ({**VALID, "objects": [{"name": "a", "description": "d", "box": [5, 2, 3, 4]}]}, "x1 < x0"),
+        ({**VALID, "objects": [{"name": "a", "description": "d", "box": [1, 5, 3, 4]}]}, "y1 < y0"),
+        ({**VALID, "caption": ""}, "caption"),
+        ({**VALID, "caption": " \n\t "}, "caption is blank"),
         ({**VALID, "objects": [{"name": "a", "description": "d", "box": ["1", 2, 3, 4]}]}, "valid number"),
         ({**VALID, "objects": [{"name": "a", "description": "d"}]}, "box"),
     ],
@@ -65,6 +76,19 @@ def test_parse_is_strict_on_the_schema(answer: object, message: str) -> None:
     text = answer if isinstance(answer, str) else json.dumps(answer)
     with pytest.raises(AnnotationError, match=message):
         parse_annotation(text)
+
+
+@pytest.mark.parametrize("box", [[-1, 0, 10, 10], [0, -0.5, 10, 10], [0, 0, 49, 10], [0, 0, 10, 33], [100, 100, 200, 200]])
+def test_boxes_outside_the_frame_are_invalid(box: list[float]) -> None:
+    text = json.dumps({**VALID, "objects": [{"name": "a", "description": "d", "box": box}]})
+    with pytest.raises(AnnotationError, match="outside the 48x32 image"):
+        parse_annotation(text, frame_size=(32, 48))
+    assert parse_annotation(text).objects[0].box == [float(v) for v in box]  # unchecked without a frame size
+
+
+def test_boxes_on_the_frame_edges_are_valid() -> None:
+    text = json.dumps({**VALID, "objects": [{"name": "a", "description": "d", "box": [0, 0, 48, 32]}]})
+    assert parse_annotation(text, frame_size=(32, 48)).objects[0].box == [0.0, 0.0, 48.0, 32.0]
 
 
 # -- truth and name matching ----------------------------------------------------------------------
@@ -135,6 +159,8 @@ def test_simulator_backend_end_to_end(episodes: Path, tmp_path: Path) -> None:
         "task": "cartpole-swingup", "episode": 0, "backend": "simulator", "every_k": 7, "weights": None,
     }
     assert "cartpole-swingup" in doc["prompt"] and "{task}" not in doc["prompt"]
+    first = list_episodes(episodes)[0]
+    assert doc["source"] == {"episode": "episode_000000.npz", "episode_sha256": sha256_of(first)}
     assert [r["step"] for r in doc["records"]] == annotated_steps(20, 7) == [0, 7, 14]
     episode = load_episode(list_episodes(episodes)[0])
     for record in doc["records"]:
@@ -165,6 +191,41 @@ def test_simulator_velocities_follow_the_physics(episodes: Path, tmp_path: Path)
     cart_desc = next(o["description"] for o in record["annotation"]["objects"] if o["name"] == "cart")
     # the camera looks along +y at the cart-pole: world +x is image right
     assert ("to the right" if dx[t - 1] > 0 else "to the left") in cart_desc
+
+
+def test_annotation_files_are_validated_on_open(episodes: Path, tmp_path: Path) -> None:
+    annotate(episodes, tmp_path / "out", tmp_path / "m.json", params(tmp_path, every_k=7))
+    first, second = list_episodes(episodes)
+    path = tmp_path / "out" / "episode_000000.json"
+    doc = read_annotation_file(path, length=20, frame_size=(48, 48), episode=first)
+    assert [r.step for r in doc.records] == [0, 7, 14] and doc.source.episode == first.name
+    # Paired with another episode: both files named.
+    with pytest.raises(AnnotationFileError, match=rf"{path} was computed from another episode than {second}"):
+        read_annotation_file(path, episode=second)
+    # Another episode length, a box outside a smaller frame.
+    with pytest.raises(AnnotationFileError, match="expected every 7th frame of an episode of 30 steps"):
+        read_annotation_file(path, length=30)
+    with pytest.raises(AnnotationFileError, match="outside the 8x8 image"):
+        read_annotation_file(path, frame_size=(8, 8))
+    body = json.loads(path.read_text())
+    broken = tmp_path / "broken.json"
+    for change, message in [
+        (lambda d: d.pop("source"), "source"),
+        (lambda d: d["source"].update(episode_sha256="abc"), "episode_sha256"),
+        (lambda d: d["records"][0].update(status="failed"), "status 'failed' needs an error"),
+        (lambda d: d["records"].reverse(), "not sorted"),
+        (lambda d: d["records"][1]["annotation"].update(caption=" "), "caption is blank"),
+    ]:
+        changed = json.loads(json.dumps(body))
+        change(changed)
+        broken.write_text(json.dumps(changed))
+        with pytest.raises(AnnotationFileError, match=rf"(?s){broken}: not an annotation file.*{message}.*rerun the annotate stage"):
+            read_annotation_file(broken)
+    broken.write_text("{")
+    with pytest.raises(AnnotationFileError, match="not JSON"):
+        read_annotation_file(broken)
+    with pytest.raises(AnnotationFileError, match="no such annotation file"):
+        read_annotation_file(tmp_path / "nothing.json")
 
 
 def test_same_params_same_bytes(episodes: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from support.annotate import VALID_ANSWER, Action, ChatServer, annotate, collect_episodes, pixels_digest, save_tiny_vlm
 from pipeline.annotate.base import FrameItem, FrameResult
 from pipeline.annotate.openai_backend import OpenAIBackend
-from pipeline.annotate.run import AnnotateIncomplete
+from pipeline.annotate.run import AnnotateFailed, AnnotateIncomplete
 from pipeline.annotate.schema import Annotation
 from pipeline.config import parse_params
 from pipeline.episodes import list_episodes, load_episode
@@ -67,7 +67,9 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_transformers_backend_end_to_end(episodes: Path, tiny_vlm: Path, tmp_path: Path, torch_one_thread: None) -> None:
-    p = params(tmp_path, backend="transformers", model=str(tiny_vlm), device="cpu", every_k=10, batch_size=4, max_new_tokens=24, max_retries=1)
+    # A random model's answers are noise: accept any failure rate, and make each failure final after one run.
+    p = params(tmp_path, backend="transformers", model=str(tiny_vlm), device="cpu", every_k=10, batch_size=4, max_new_tokens=24, max_retries=1,
+               max_failure_rate=1.0, max_invalid_runs=1)
     summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     recs = records(tmp_path / "out")
     assert sorted(recs) == [(e, t) for e in (0, 1) for t in (0, 10, 20)]
@@ -92,7 +94,7 @@ def test_transformers_backend_end_to_end(episodes: Path, tiny_vlm: Path, tmp_pat
 
 
 def test_transformers_random_model_and_bad_folder(episodes: Path, tmp_path: Path, torch_one_thread: None) -> None:
-    p = params(tmp_path, backend="transformers", model="random", device="cpu", every_k=20, max_new_tokens=8, max_retries=0)
+    p = params(tmp_path, backend="transformers", model="random", device="cpu", every_k=20, max_new_tokens=8, max_retries=0, max_failure_rate=1.0)
     annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     doc = json.loads((tmp_path / "out" / "episode_000001.json").read_text())
     assert doc["weights"]["random_init"] is True and [r["step"] for r in doc["records"]] == [0, 20]
@@ -158,14 +160,14 @@ def test_http_backend_faults_then_resume(episodes: Path, frame_ids: dict[str, tu
     assert (metrics["ok"], metrics["failed"], metrics["failed_invalid_answer"], metrics["failed_unreachable"]) == (5, 5, 1, 4)
     assert metrics["accuracy"]["named_objects"] == 10 and metrics["accuracy"]["named_in_view"] == 10
 
-    # The server comes back healthy on the same port: only the 4 unreachable frames are asked again.
+    # The server comes back healthy on the same port: only the 4 unreachable frames and the frame whose answer
+    # was invalid (cached as a failure with runs left) are asked again.
     with ChatServer(port=port) as healthy:
         summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, healthy))
-    assert healthy.chat_calls == 4
-    assert {frame_ids[d] for d in healthy.calls_by_frame} == {(0, 15), (1, 10), (1, 15), (1, 20)}
-    assert summary.cache_hits == 6
-    recs = records(tmp_path / "out")
-    assert {k for k, r in recs.items() if r["status"] == "failed"} == {(0, 20)}  # the model's invalid answer stays
+    assert healthy.chat_calls == 5
+    assert {frame_ids[d] for d in healthy.calls_by_frame} == {(0, 15), (0, 20), (1, 10), (1, 15), (1, 20)}
+    assert summary.cache_hits == 5
+    assert all(r["status"] == "ok" for r in records(tmp_path / "out").values())
 
     # Cache hit on rerun: zero backend calls.
     with ChatServer(port=port) as idle:
@@ -227,3 +229,91 @@ def test_http_preflight_errors(tmp_path: Path, episodes: Path) -> None:
     with pytest.raises(UserError, match="no server answers"):
         annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     assert server.chat_calls == 0 and not (tmp_path / "out").exists()
+
+
+# -- invalid answers: the failure-rate limit, and retries across runs ---------------------------------------
+def invalid_for(frames: set[tuple[int, int]], frame_ids: dict[str, tuple[int, int]]):
+    """A server plan: an unparseable answer for ``frames``, a valid one for the others."""
+    return lambda frame, n, body: Action(content=INVALID) if frame_ids[pixels_digest(frame)] in frames else Action()
+
+
+def cache_entries(tmp: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(tmp / "cache")): f.read_bytes() for f in sorted((tmp / "cache").rglob("*.json"))}
+
+
+def test_all_answers_unparseable_exits_nonzero_naming_rate_and_answer(
+    episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    with ChatServer(plan=lambda frame, n, body: Action(content=INVALID)) as server:
+        params_file = tmp_path / "params.yaml"
+        params_file.write_text(
+            "annotate:\n  backend: openai\n  every_k: 5\n  max_retries: 1\n  retry_backoff_s: 0.01\n"
+            f"  model: {server.model}\n  base_url: {server.base_url}\n  cache_dir: {tmp_path / 'cache'}\n"
+        )
+        metrics = tmp_path / "m.json"
+        argv = ["--params", str(params_file), "annotate", "--episodes", str(episodes), "--out", str(tmp_path / "out"), "--metrics", str(metrics)]
+        assert main(argv) == 2  # non-zero: DVC records nothing
+    err = capsys.readouterr().err
+    assert "10 of 10 frames (100.0%)" in err and "annotate.max_failure_rate = 0.05" in err
+    assert repr(INVALID) in err and "no JSON object" in err  # a sample raw answer and why it is invalid
+    assert "Fix:" in err and "Traceback" not in err
+    assert json.loads(metrics.read_text())["failure_rate"] == 1.0  # the metrics still say what happened
+    assert all(r["status"] == "failed" and r["raw"] == INVALID for r in records(tmp_path / "out").values())
+
+
+def test_half_invalid_is_refused_then_a_fixed_server_completes_from_the_cache(
+    episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path
+) -> None:
+    bad = {(0, t) for t in STEPS}  # every frame of episode 0: half the frames
+    with ChatServer(plan=invalid_for(bad, frame_ids)) as server:
+        p = http_params(tmp_path, server, max_retries=0, max_failure_rate=0.25)
+        with pytest.raises(AnnotateFailed, match=r"5 of 10 frames \(50.0%\).*max_failure_rate = 0.25"):
+            annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
+        port = server.port
+    assert {k for k, r in records(tmp_path / "out").items() if r["status"] == "failed"} == bad
+    before = cache_entries(tmp_path)
+    assert len(before) == 10  # the 5 answers and the 5 invalid answers, all cached
+
+    # Fixed: the rerun asks only the 5 failed frames, deletes nothing, and completes the dataset.
+    with ChatServer(port=port) as fixed:
+        summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, fixed, max_retries=0, max_failure_rate=0.25))
+    assert fixed.chat_calls == 5 and {frame_ids[d] for d in fixed.calls_by_frame} == bad
+    assert (summary.ok, summary.failed, summary.cache_hits) == (10, 0, 5)
+    assert all(r["status"] == "ok" for r in records(tmp_path / "out").values())
+    after = cache_entries(tmp_path)
+    assert set(after) == set(before)  # same entries: none deleted, the failed ones overwritten
+    assert sum(after[k] == before[k] for k in before) == 5  # the 5 answers untouched
+    # The rerun samples past the first run's seed.
+    assert {(b["temperature"], b["seed"]) for b in fixed.bodies} == {(0.7, 1)}
+
+
+def test_below_the_limit_passes_with_failures_recorded(episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path) -> None:
+    with ChatServer(plan=invalid_for({(1, 20)}, frame_ids)) as server:
+        summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, server, max_retries=0, max_failure_rate=0.1))
+    assert (summary.failed, summary.failure_rate) == (1, 0.1)  # not above the limit
+    assert records(tmp_path / "out")[(1, 20)]["raw"] == INVALID
+
+
+def test_retry_budget_across_runs_is_bounded_recorded_and_reported(
+    episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path
+) -> None:
+    stubborn = (0, 20)
+    with ChatServer(plan=invalid_for({stubborn}, frame_ids)) as server:
+        p = http_params(tmp_path, server, max_retries=0, max_invalid_runs=2, max_failure_rate=0.0)
+        with pytest.raises(AnnotateFailed, match="the 1 failed frames are asked again") as first:
+            annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
+        assert "used all" not in str(first.value)
+        assert server.chat_calls == 10
+        with pytest.raises(AnnotateFailed, match="1 frames have used all 2 runs.*raise annotate.max_invalid_runs"):
+            annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
+        assert server.chat_calls == 11  # the second run asked only the stubborn frame
+        with pytest.raises(AnnotateFailed, match="used all 2 runs"):
+            annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
+        assert server.chat_calls == 11  # budget spent: the third run asks nothing
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert (metrics["failed"], metrics["failed_invalid_answer"], metrics["failed_retries_exhausted"]) == (1, 1, 1)
+    entries = [json.loads(v) for v in cache_entries(tmp_path).values()]
+    assert sorted((e["status"], e["runs"]) for e in entries if e["status"] == "failed") == [("failed", 2)]  # recorded in the cache
+    assert records(tmp_path / "out")[stubborn]["raw"] == INVALID

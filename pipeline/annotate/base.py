@@ -47,6 +47,8 @@ class FrameItem:
         scene: the simulator's view of this frame (visible bodies, poses, velocities), or
             None when the episode has no segmentation.
         key: cache key (set by the runner; see :mod:`pipeline.annotate.cache`).
+        rerun: earlier runs whose answers for this frame were invalid (0 on the first
+            ask); backends sample a rerun's answers with seeds past those runs' seeds.
     """
 
     task: str
@@ -56,6 +58,12 @@ class FrameItem:
     prompt: str
     scene: "SceneTruth | None" = None
     key: str = ""
+    rerun: int = 0
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of :attr:`image`: boxes of an answer must lie inside it."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,9 @@ class FrameResult:
     ``final`` is False for failures that say nothing about the frame (the server
     was unreachable, timed out, or answered with a broken protocol message): they
     are recorded in this run's outputs but not cached, so a rerun tries again.
-    An invalid answer after all retries is final (and cached): the model's answer.
+    An invalid answer after all retries is final for this run and cached with the
+    number of runs that got one (:attr:`runs`); later runs ask again until
+    ``annotate.max_invalid_runs`` runs have.
     """
 
     item: FrameItem
@@ -76,6 +86,11 @@ class FrameResult:
     final: bool = True
     calls: int = 1
 
+    @property
+    def runs(self) -> int:
+        """Runs that asked for this frame's answer, this one included (``item.rerun + 1``)."""
+        return self.item.rerun + 1
+
     def record(self) -> AnnotationRecord:
         """The output record of this frame (see :class:`pipeline.annotate.schema.AnnotationRecord`)."""
         return AnnotationRecord(step=self.item.step, status=self.status, annotation=self.annotation, raw=self.raw, error=self.error)
@@ -84,7 +99,7 @@ class FrameResult:
 def result_from_text(item: FrameItem, raw: str, calls: int = 1) -> FrameResult:
     """Parse a model answer into an ``ok`` result, or a final ``failed`` one carrying the raw text."""
     try:
-        return FrameResult(item, "ok", parse_annotation(raw), raw, None, True, calls)
+        return FrameResult(item, "ok", parse_annotation(raw, item.frame_size), raw, None, True, calls)
     except AnnotationError as exc:
         return FrameResult(item, "failed", None, raw, f"invalid answer: {exc}", True, calls)
 

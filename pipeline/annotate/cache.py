@@ -5,15 +5,22 @@ with its shape, backend name, model identity, rendered prompt). Params that do
 not change the answer (``every_k``, ``concurrency``, timeouts, ...) are not part
 of it, so changing them re-queries nothing already answered.
 
+An entry holds the result (``ok`` with its annotation, or ``failed`` with the
+model's raw answer and why it is invalid) and ``runs``: how many runs asked for
+it. A failed entry is not the last word: the runner asks again in later runs
+until ``annotate.max_invalid_runs`` runs got invalid answers (entries written
+before ``runs`` existed count as one run).
+
 One small JSON file per entry, ``<cache_dir>/<key[:2]>/<key>.json``, written to
 a temporary sibling and renamed into place: an interrupted run leaves either the
 whole entry or none. Entries are not fsynced (that would cap a run at a few
 hundred frames/s here); instead a reader re-validates every entry (its key, and
-the annotation schema) and treats anything else as a miss, so a file torn by an
+the annotation schema, boxes inside the frame) and treats anything else as a miss, so a file torn by an
 OS crash, or damaged outside this code, is queried again, never served.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +33,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pipeline.annotate.base import FrameItem, FrameResult
-from pipeline.annotate.schema import Annotation
+from pipeline.annotate.schema import Annotation, frame_context
 from pipeline.io import dumps_json
 
 log = logging.getLogger(__name__)
@@ -64,16 +71,18 @@ class AnnotationCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, item: FrameItem) -> FrameResult | None:
-        """The cached result for ``item`` (whose ``key`` is set), or None."""
-        entry = self._read(item.key)
+        """The cached result for ``item`` (whose ``key`` is set), or None; its item's ``rerun`` is the entry's runs - 1."""
+        entry = self._read(item.key, item.frame_size)
         if entry is None:
             self.misses += 1
             return None
         self.hits += 1
-        annotation = Annotation.model_validate(entry["annotation"]) if entry["annotation"] is not None else None
+        context = frame_context(item.frame_size)
+        annotation = Annotation.model_validate(entry["annotation"], context=context) if entry["annotation"] is not None else None
+        item = dataclasses.replace(item, rerun=entry.get("runs", 1) - 1)
         return FrameResult(item, entry["status"], annotation, entry["raw"], entry["error"], final=True, calls=0)
 
-    def _read(self, key: str) -> dict[str, Any] | None:
+    def _read(self, key: str, frame_size: tuple[int, int]) -> dict[str, Any] | None:
         if self.root is None:
             return None
         path = self.path(key)
@@ -90,7 +99,10 @@ class AnnotationCache:
             if (entry["status"] == "ok") != (entry["annotation"] is not None):
                 raise ValueError("status and annotation disagree")
             if entry["annotation"] is not None:
-                Annotation.model_validate(entry["annotation"])
+                Annotation.model_validate(entry["annotation"], context=frame_context(frame_size))
+            runs = entry.get("runs", 1)
+            if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+                raise ValueError(f"runs {runs!r} is not a positive integer")
             for field in ("raw", "error"):
                 if entry[field] is not None and not isinstance(entry[field], str):
                     raise ValueError(f"{field} is not a string")
@@ -110,6 +122,7 @@ class AnnotationCache:
             "annotation": result.annotation.to_json() if result.annotation is not None else None,
             "raw": result.raw,
             "error": result.error,
+            "runs": result.runs,
         }
         path = self.path(result.item.key)
         if path.parent not in self._dirs:

@@ -7,7 +7,9 @@ to ``annotate.max_retries`` retries with exponential backoff
 (``annotate.retry_backoff_s`` x 2^attempt, at most 30 s) after a timeout, a
 connection error, HTTP 408/429/5xx, a malformed response or an answer that does
 not match the schema. Retries after an invalid answer sample at
-``annotate.retry_temperature`` (the first try is greedy).
+``annotate.retry_temperature`` (the first try is greedy); so does every try of a
+later run that asks a frame again after invalid answers (``FrameItem.rerun``),
+with request seeds that continue past the earlier runs' seeds.
 
 The API key is read from the environment variable named by
 ``annotate.api_key_env`` (sent as ``Authorization: Bearer``; may be unset for a
@@ -151,13 +153,14 @@ class OpenAIBackend(Backend):
         failure: FrameResult | None = None
         invalid_answers = 0
         calls = 0
+        first_seed = item.rerun * (self.max_retries + 1)  # a rerun samples past the seeds earlier runs used
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
                 if self._stop.wait(delay):
                     break
-            temperature = self.retry_temperature if invalid_answers else 0.0
-            payload = self._payload(item, image_url, temperature, seed=attempt)
+            temperature = self.retry_temperature if invalid_answers or item.rerun else 0.0
+            payload = self._payload(item, image_url, temperature, seed=first_seed + attempt)
             calls += 1
             with self._lock:
                 self.requests_sent += 1

@@ -13,10 +13,18 @@ backend (caching every answer as it arrives, so an interrupted run resumes where
 stopped), :func:`episode_file` builds the output file, and :class:`Tally` adds the
 episode's counts to the run's.
 
-Failures that say nothing about the frame (server unreachable, timeouts, HTTP
-errors) are recorded in the episode files and then stop the run with an error
-(exit 2) so that DVC does not record the outputs as done; a rerun queries only
-those frames again.
+Two kinds of failure stop the run with an error (exit 2) after every file is
+written, so that DVC records nothing and the next stage never sees the outputs
+as done:
+
+* failures that say nothing about the frame (server unreachable, timeouts, HTTP
+  errors; :class:`AnnotateIncomplete`): not cached, a rerun asks only those frames;
+* more invalid answers than ``annotate.max_failure_rate`` allows
+  (:class:`AnnotateFailed`; the message gives the rate, a sample raw answer and
+  the fix). Invalid answers are cached as failures with the number of runs that
+  got one: a rerun asks those frames again (sampling past the earlier runs'
+  seeds) until ``annotate.max_invalid_runs`` runs have, so a fixed server or
+  model completes the dataset without deleting anything.
 """
 from __future__ import annotations
 
@@ -32,11 +40,11 @@ import numpy as np
 from pipeline.annotate.accuracy import AccuracyCounts
 from pipeline.annotate.base import BACKENDS, Backend, FrameItem, FrameResult, create_backend
 from pipeline.annotate.cache import AnnotationCache, cache_key
-from pipeline.annotate.schema import AnnotationFile, annotated_steps, output_filename
+from pipeline.annotate.schema import AnnotationFile, AnnotationSource, annotated_steps, output_filename
 from pipeline.annotate.truth import TRUTH_FIELDS, SceneTruth, scene_truths
 from pipeline.episodes import EpisodeMeta, list_episodes, load_episode, load_meta
 from pipeline.errors import UserError
-from pipeline.io import write_json_atomic
+from pipeline.io import sha256_of, write_json_atomic
 from pipeline.logs import progress
 from pipeline.stage import StageSummary
 
@@ -48,6 +56,10 @@ log = logging.getLogger(__name__)
 
 class AnnotateIncomplete(UserError):
     """Some frames could not be annotated for reasons outside the frame (server down, timeouts)."""
+
+
+class AnnotateFailed(UserError):
+    """More frames than ``annotate.max_failure_rate`` allows have invalid answers."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,7 @@ class AnnotateSummary(StageSummary):
     failed: int
     failed_invalid_answer: int
     failed_unreachable: int
+    failed_retries_exhausted: int
     failure_rate: float | None
     accuracy: dict[str, Any] | None
     cache_hits: int
@@ -89,15 +102,28 @@ class EpisodeJob:
 
     Attributes:
         meta: the episode's metadata; ``steps``: the annotated frame indices (sorted).
+        source: the episode file's name and SHA-256 (the output file's ``source``).
         scenes: step -> the simulator's view of that frame (empty without segmentation).
-        cached: results read from the cache; ``todo``: frames to send to the backend.
+        cached: results read from the cache (answers, and invalid answers whose runs are
+            used up); ``todo``: frames to send to the backend (new, or invalid with runs left).
     """
 
     meta: EpisodeMeta
     steps: list[int]
+    source: AnnotationSource
     scenes: dict[int, SceneTruth]
     cached: list[FrameResult]
     todo: list[FrameItem]
+
+
+@dataclass(frozen=True)
+class FailureSample:
+    """One invalid answer, shown when a run is refused: where it is, the model's text and why it is invalid."""
+
+    episode: int
+    step: int
+    raw: str | None
+    error: str | None
 
 
 @dataclass
@@ -108,12 +134,15 @@ class Tally:
     ok: int = 0
     failed_invalid: int = 0
     failed_transient: int = 0
+    retries_exhausted: int = 0
     cache_hits: int = 0
     backend_frames: int = 0
     backend_calls: int = 0
     accuracy: AccuracyCounts = field(default_factory=AccuracyCounts)
+    #: The first invalid answer of the run (episode order, then step): shown when the run is refused.
+    sample: FailureSample | None = None
 
-    def add(self, job: EpisodeJob, answered: list[FrameResult], results: list[FrameResult]) -> None:
+    def add(self, job: EpisodeJob, answered: list[FrameResult], results: list[FrameResult], max_invalid_runs: int) -> None:
         """Count one episode: ``answered`` came from the backend, ``results`` are all its frames by step."""
         self.frames += len(results)
         self.cache_hits += len(job.cached)
@@ -124,6 +153,9 @@ class Tally:
                 self.ok += 1
             elif result.final:
                 self.failed_invalid += 1
+                self.retries_exhausted += int(result.runs >= max_invalid_runs)
+                if self.sample is None:
+                    self.sample = FailureSample(result.item.episode, result.item.step, result.raw, result.error)
             else:
                 self.failed_transient += 1
             scene = job.scenes.get(result.item.step)
@@ -173,9 +205,13 @@ def check_inputs(episodes_dir: Path, needs_scene: bool, backend_name: str) -> tu
 
 def prepare_episode(
     path: Path, meta: EpisodeMeta, steps: list[int], backend: Backend, cache: AnnotationCache, prompt: str,
-    with_truth: bool, min_visible_pixels: int,
+    with_truth: bool, min_visible_pixels: int, max_invalid_runs: int,
 ) -> EpisodeJob:
-    """Load one episode's annotated frames (and their simulator truth) and look each up in the cache."""
+    """Load one episode's annotated frames (and their simulator truth) and look each up in the cache.
+
+    A cached invalid answer is asked again (with ``rerun`` set) while fewer than
+    ``max_invalid_runs`` runs have got one; then it is served as the final failure.
+    """
     fields_ = ["frames", *(TRUTH_FIELDS if with_truth else ())]
     try:
         episode = load_episode(path, fields_=fields_)
@@ -191,11 +227,14 @@ def prepare_episode(
         if backend.uses_cache:
             item.key = cache_key(item.image, backend.name, backend.model_key, prompt)
             hit = cache.get(item)
-            if hit is not None:
+            if hit is not None and (hit.status == "ok" or hit.runs >= max_invalid_runs):
                 cached.append(hit)
                 continue
+            if hit is not None:
+                item.rerun = hit.runs
         todo.append(item)
-    return EpisodeJob(meta, steps, scenes, cached, todo)
+    source = AnnotationSource(episode=path.name, episode_sha256=sha256_of(path))
+    return EpisodeJob(meta, steps, source, scenes, cached, todo)
 
 
 def query_backend(backend: Backend, items: list[FrameItem], cache: AnnotationCache, bar: Any) -> list[FrameResult]:
@@ -214,7 +253,7 @@ def query_backend(backend: Backend, items: list[FrameItem], cache: AnnotationCac
 
 def episode_file(job: EpisodeJob, results: list[FrameResult], header: dict[str, Any]) -> AnnotationFile:
     """The output file of one episode from its results (sorted by step)."""
-    return AnnotationFile(**header, episode=job.meta.episode, records=[r.record() for r in results])
+    return AnnotationFile(**header, episode=job.meta.episode, source=job.source, records=[r.record() for r in results])
 
 
 def run(
@@ -236,9 +275,10 @@ def run(
         backend: an already built backend (else one is built from the params and closed at the end).
 
     Raises:
-        UserError: bad inputs or backend setup (before any work), or
-            :class:`AnnotateIncomplete` after writing everything when frames failed for
-            reasons outside the frame (rerun to complete them).
+        UserError: bad inputs or backend setup (before any work); after writing
+            everything, :class:`AnnotateIncomplete` when frames failed for reasons
+            outside the frame (rerun to complete them), or :class:`AnnotateFailed`
+            when the share of invalid answers exceeds ``section.max_failure_rate``.
     """
     episodes_dir, out_dir = Path(episodes), Path(out)
     cls = type(backend) if backend is not None else BACKENDS.get(section.backend)
@@ -247,7 +287,7 @@ def run(
     prompt = section.prompt.format(task=task)
     owned = contextlib.nullcontext(backend) if backend is not None else create_backend(section, weights)
     with owned as active:
-        summary = _annotate_episodes(active, files, metas, have_truth, task, prompt, out_dir, section)
+        summary, sample = _annotate_episodes(active, files, metas, have_truth, task, prompt, out_dir, section)
     if metrics is not None:
         summary.write_metrics(metrics)
     log.info(
@@ -261,12 +301,39 @@ def run(
             f"  Fix: make the backend reachable and rerun; the {summary.ok + summary.failed_invalid_answer} finished frames are cached "
             f"in {section.cache_dir} and will not be queried again."
         )
+    if summary.failure_rate is not None and summary.failure_rate > section.max_failure_rate:
+        raise AnnotateFailed(failure_message(summary, sample, section, out_dir))
     return summary
 
 
+def failure_message(summary: AnnotateSummary, sample: FailureSample | None, section: "AnnotateParams", out_dir: Path) -> str:
+    """Why a run with too many invalid answers is refused: the rate, a sample raw answer, and the fix."""
+    lines = [
+        f"annotate {summary.task}: {summary.failed} of {summary.frames} frames ({summary.failure_rate:.1%}) have no valid "
+        f"annotation, above annotate.max_failure_rate = {section.max_failure_rate:g} ({summary.backend} backend, model {summary.model!r})."
+    ]
+    if sample is not None:
+        raw = sample.raw if sample.raw is not None else "(no answer text)"
+        raw = raw if len(raw) <= 300 else raw[:300] + " ..."
+        lines.append(f"  A sample raw answer (episode {sample.episode}, step {sample.step}): {raw!r}")
+        lines.append(f"  Why it is invalid: {sample.error}")
+    retry_left = summary.failed - summary.failed_retries_exhausted
+    lines.append(
+        "  Fix: make the model answer the prompt with the JSON object it asks for (a chat VLM that follows instructions, "
+        "annotate.prompt, annotate.max_new_tokens), then rerun: "
+        + (f"the {retry_left} failed frames are asked again (up to annotate.max_invalid_runs = {section.max_invalid_runs} runs each), "
+           if retry_left else "")
+        + (f"{summary.failed_retries_exhausted} frames have used all {section.max_invalid_runs} runs (raise annotate.max_invalid_runs to ask them again), "
+           if summary.failed_retries_exhausted else "")
+        + f"answered frames come from the cache ({section.cache_dir}). Or, if this rate is acceptable, raise annotate.max_failure_rate. "
+        f"The failed records are in {out_dir}/episode_*.json."
+    )
+    return "\n".join(lines)
+
+
 def _annotate_episodes(backend: Backend, files: list[Path], metas: list[EpisodeMeta], have_truth: bool, task: str,
-                       prompt: str, out_dir: Path, section: "AnnotateParams") -> AnnotateSummary:
-    """The loop over episodes: prepare, query, write, count; then remove stale files."""
+                       prompt: str, out_dir: Path, section: "AnnotateParams") -> tuple[AnnotateSummary, FailureSample | None]:
+    """The loop over episodes: prepare, query, write, count; then remove stale files. Returns the summary and a sample failure."""
     cache = AnnotationCache(section.cache_dir if backend.uses_cache else None)
     header = {"task": task, "backend": backend.name, "model": backend.model, "prompt": prompt, "every_k": section.every_k,
               "weights": backend.provenance()}
@@ -275,12 +342,14 @@ def _annotate_episodes(backend: Backend, files: list[Path], metas: list[EpisodeM
     bar = progress(total=sum(len(s) for s in steps.values()), desc=f"annotate {task} ({backend.name})", unit="frame")
     try:
         for path, meta in zip(files, metas, strict=True):
-            job = prepare_episode(path, meta, steps[meta.episode], backend, cache, prompt, have_truth, section.min_visible_pixels)
+            job = prepare_episode(
+                path, meta, steps[meta.episode], backend, cache, prompt, have_truth, section.min_visible_pixels, section.max_invalid_runs
+            )
             bar.update(len(job.cached))
             answered = query_backend(backend, job.todo, cache, bar)
             results = sorted(job.cached + answered, key=lambda r: r.item.step)
             write_json_atomic(out_dir / output_filename(meta.episode), episode_file(job, results, header).to_json())
-            tally.add(job, answered, results)
+            tally.add(job, answered, results, section.max_invalid_runs)
     finally:
         bar.close()
 
@@ -290,7 +359,7 @@ def _annotate_episodes(backend: Backend, files: list[Path], metas: list[EpisodeM
             log.info("annotate: removing %s (no such episode any more)", stale)
             stale.unlink()
 
-    return AnnotateSummary(
+    summary = AnnotateSummary(
         stage="annotate",
         out=str(out_dir),
         task=task,
@@ -303,10 +372,12 @@ def _annotate_episodes(backend: Backend, files: list[Path], metas: list[EpisodeM
         failed=tally.failed,
         failed_invalid_answer=tally.failed_invalid,
         failed_unreachable=tally.failed_transient,
+        failed_retries_exhausted=tally.retries_exhausted,
         failure_rate=round(tally.failed / tally.frames, 6) if tally.frames else None,
         accuracy=tally.accuracy.to_json() if have_truth else None,
         cache_hits=tally.cache_hits,
         backend_frames=tally.backend_frames,
         backend_calls=tally.backend_calls,
     )
+    return summary, tally.sample
 

@@ -11,15 +11,20 @@ An annotation is a JSON object::
      "motion": "one short sentence"}
 
 ``box`` is in pixels of the annotated frame: ``x`` along columns (right), ``y``
-along rows (down), ``x0 <= x1`` and ``y0 <= y1``; the simulator writes integer
-pixel edges (the box covers columns ``x0 .. x1 - 1``), a VLM may give floats.
+along rows (down), ``x0 <= x1`` and ``y0 <= y1``, inside the image
+(``0 <= x <= W``, ``0 <= y <= H``, checked when the frame size is known: pass
+``context={"frame_size": (H, W)}`` to pydantic, or ``frame_size`` to the functions
+below); the simulator writes integer pixel edges (the box covers columns
+``x0 .. x1 - 1``), a VLM may give floats. The caption must not be blank.
 
 :func:`parse_annotation` is tolerant of how models wrap JSON (code fences,
 prose before or after, several candidate objects) and strict on the schema:
-missing or unknown keys, wrong types, empty names or malformed boxes are errors.
+missing or unknown keys, wrong types, blank names or captions, and malformed boxes are errors.
 
 An output file (``episode_<i:06d>.json``) is :class:`AnnotationFile`: the run's
-header (task, episode, backend, model, prompt, every_k, weights) and one
+header (task, episode, backend, model, prompt, every_k, weights), the
+:class:`AnnotationSource` (the episode file it was computed from and its SHA-256,
+which readers check against the episode they pair it with) and one
 :class:`AnnotationRecord` per annotated frame, steps 0, k, 2k, ... <= T, sorted.
 """
 from __future__ import annotations
@@ -30,9 +35,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import UserError
+from pipeline.io import sha256_of
 
 
 class AnnotationError(ValueError):
@@ -57,7 +63,7 @@ class KeyObject(BaseModel):
 
     @field_validator("box")
     @classmethod
-    def _box_shape(cls, value: list[float] | None) -> list[float] | None:
+    def _box_shape(cls, value: list[float] | None, info: ValidationInfo) -> list[float] | None:
         if value is None:
             return None
         if len(value) != 4:
@@ -67,6 +73,11 @@ class KeyObject(BaseModel):
         x0, y0, x1, y1 = value
         if x1 < x0 or y1 < y0:
             raise ValueError(f"box {value} has x1 < x0 or y1 < y0")
+        frame_size = (info.context or {}).get("frame_size")
+        if frame_size is not None:
+            height, width = frame_size
+            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                raise ValueError(f"box {value} lies outside the {width}x{height} image (0 <= x <= {width}, 0 <= y <= {height})")
         return value
 
 
@@ -78,6 +89,13 @@ class Annotation(BaseModel):
     caption: str = Field(min_length=1, max_length=2000)
     objects: list[KeyObject] = Field(max_length=100)
     motion: str = Field(max_length=2000)
+
+    @field_validator("caption")
+    @classmethod
+    def _caption_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("caption is blank")
+        return value
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (the ``annotation`` of an output record)."""
@@ -105,6 +123,11 @@ def _candidates(text: str) -> list[Any]:
     return found
 
 
+def frame_context(frame_size: tuple[int, int] | None) -> dict[str, Any] | None:
+    """The pydantic validation context that checks boxes against a (H, W) frame (None: unchecked)."""
+    return {"frame_size": tuple(frame_size)} if frame_size is not None else None
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -114,8 +137,12 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def parse_annotation(text: str) -> Annotation:
+def parse_annotation(text: str, frame_size: tuple[int, int] | None = None) -> Annotation:
     """Extract and validate the annotation held in a model's answer.
+
+    Args:
+        text: the model's answer.
+        frame_size: (H, W) of the annotated frame: boxes outside it are invalid.
 
     Raises:
         AnnotationError: no JSON object in ``text``, or none that matches the schema
@@ -129,7 +156,7 @@ def parse_annotation(text: str) -> Annotation:
     first_error: str | None = None
     for candidate in candidates:
         try:
-            return Annotation.model_validate(candidate)
+            return Annotation.model_validate(candidate, context=frame_context(frame_size))
         except ValidationError as exc:
             first_error = first_error or _describe(exc)
     raise AnnotationError(f"JSON does not match the annotation schema: {first_error}")
@@ -170,6 +197,15 @@ class AnnotationRecord(BaseModel):
         return self
 
 
+class AnnotationSource(BaseModel):
+    """The episode file an annotation file was computed from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    episode: str = Field(min_length=1, description="the episode file's name, e.g. 'episode_000000.npz'")
+    episode_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the episode file (pipeline.io.sha256_of)")
+
+
 class AnnotationFile(BaseModel):
     """One episode's annotation file (docs/ARCHITECTURE.md, annotate)."""
 
@@ -177,6 +213,7 @@ class AnnotationFile(BaseModel):
 
     task: str = Field(min_length=1)
     episode: int = Field(ge=0)
+    source: AnnotationSource
     backend: str = Field(min_length=1)
     model: str
     prompt: str
@@ -196,7 +233,13 @@ class AnnotationFile(BaseModel):
         return self.model_dump(mode="json")
 
 
-def read_annotation_file(path: str | Path, length: int | None = None, frame_size: tuple[int, int] | None = None) -> AnnotationFile:
+def read_annotation_file(
+    path: str | Path,
+    length: int | None = None,
+    frame_size: tuple[int, int] | None = None,
+    episode: str | Path | None = None,
+    episode_sha256: str | None = None,
+) -> AnnotationFile:
     """Open and validate one annotation file.
 
     Args:
@@ -204,10 +247,14 @@ def read_annotation_file(path: str | Path, length: int | None = None, frame_size
         length: the episode's T (agent steps), when known: the records must then be
             exactly the frames 0, k, 2k, ... <= T of its ``every_k``.
         frame_size: (H, W) of the episode's frames, when known: every box must lie in the image.
+        episode: the episode file this annotation file is paired with, when known: its
+            ``source`` must name this file and its SHA-256 (``episode_sha256`` if given,
+            else computed with :func:`pipeline.io.sha256_of`).
 
     Raises:
-        AnnotationFileError: missing or unreadable file, or content that does not follow
-            this format (the message names the file, the field and the fix).
+        AnnotationFileError: missing or unreadable file, content that does not follow
+            this format, or a source other than ``episode`` (the message names the
+            file(s), the field and the fix).
     """
     path = Path(path)
     fix = f"Fix: rerun the annotate stage for this task (semore annotate --episodes data/episodes/<task> --out {path.parent})."
@@ -221,9 +268,8 @@ def read_annotation_file(path: str | Path, length: int | None = None, frame_size
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AnnotationFileError(f"{path}: not JSON ({exc}).\n  {fix}") from None
-    context = {"frame_size": frame_size} if frame_size is not None else None
     try:
-        doc = AnnotationFile.model_validate(data, context=context)
+        doc = AnnotationFile.model_validate(data, context=frame_context(frame_size))
     except ValidationError as exc:
         raise AnnotationFileError(f"{path}: not an annotation file of this pipeline ({_describe(exc)}).\n  {fix}") from None
     if length is not None:
@@ -233,5 +279,13 @@ def read_annotation_file(path: str | Path, length: int | None = None, frame_size
             raise AnnotationFileError(
                 f"{path}: records at steps {steps[:6]}{' ...' if len(steps) > 6 else ''}, expected every "
                 f"{doc.every_k}th frame of an episode of {length} steps ({len(expected)} records).\n  {fix}"
+            )
+    if episode is not None:
+        episode = Path(episode)
+        digest = episode_sha256 if episode_sha256 is not None else sha256_of(episode)
+        if (doc.source.episode, doc.source.episode_sha256) != (episode.name, digest):
+            raise AnnotationFileError(
+                f"{path} was computed from another episode than {episode}: its source is {doc.source.episode} "
+                f"with sha256 {doc.source.episode_sha256[:12]}..., the episode file has sha256 {digest[:12]}....\n  {fix}"
             )
     return doc

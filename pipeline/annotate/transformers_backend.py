@@ -9,7 +9,9 @@ frames are generated ``annotate.batch_size`` at a time, greedy, on
 ``annotate.device`` (CUDA when present, in bfloat16 there). Frames whose answer
 does not match the schema are retried up to ``annotate.max_retries`` times with
 sampling at ``annotate.retry_temperature`` (seeded from the frames' cache keys,
-so reruns repeat), then recorded as failed with the raw text.
+so reruns repeat), then recorded as failed with the raw text. A later run that
+asks such frames again (``FrameItem.rerun``) samples from its first try, with
+seeds past those of the earlier runs.
 
 ``annotate.model: random`` (or weights missing with ``weights.on_missing:
 random``) runs the tiny random model of :mod:`pipeline.annotate.tiny_vlm`: the
@@ -143,9 +145,10 @@ class TransformersBackend(Backend):
     def _annotate_batch(self, batch: list[FrameItem]) -> Iterator[FrameResult]:
         todo = batch
         last: dict[int, FrameResult] = {}
+        first = max(item.rerun for item in batch) * (self.max_retries + 1)  # a rerun samples past earlier runs' seeds
         for attempt in range(self.max_retries + 1):
-            temperature = None if attempt == 0 else self.retry_temperature
-            seed = int(hashlib.sha256(("".join(i.key for i in todo) + str(attempt)).encode()).hexdigest()[:15], 16)
+            temperature = None if first + attempt == 0 else self.retry_temperature
+            seed = int(hashlib.sha256(("".join(i.key for i in todo) + str(first + attempt)).encode()).hexdigest()[:15], 16)
             answers = self._generate(todo, temperature, seed)
             still = []
             for item, raw in zip(todo, answers, strict=True):
