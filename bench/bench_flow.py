@@ -9,7 +9,7 @@ each backend prints pairs/s of:
 * bare: the backend's computation alone on data already in memory - the simulator's exact flow
   on loaded arrays, DIS on frames in memory, a ptlflow model's forward pass on input tensors
   already on the device at the model's input size (``flow.min_size`` applied);
-* stage: ``run_flow`` on the episode files - loading, the backend, float16 conversion, the
+* stage: ``pipeline.flow.run.run`` on the episode files - loading, the backend, float16 conversion, the
   end-point error against exact flow, photometric error, previews and the atomic writes;
 
 and the ratio stage / bare (goal >= 0.9). ptlflow models use random weights (the speed does not
@@ -37,7 +37,7 @@ from pipeline.config import CollectParams, FlowParams, WeightsParams  # noqa: E4
 from pipeline.episodes import list_episodes, load_episode  # noqa: E402
 from pipeline.flow.base import FlowBackend  # noqa: E402
 from pipeline.flow.dis import DISBackend  # noqa: E402
-from pipeline.flow.runner import run_flow  # noqa: E402
+from pipeline.flow.run import run as run_stage  # noqa: E402
 from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "flow"
@@ -138,7 +138,7 @@ def main() -> None:
 
         def stage() -> None:
             shutil.rmtree(out, ignore_errors=True)  # no reuse of finished outputs
-            run_flow(folder, out, out.with_suffix(".json"), params, WeightsParams(), backend=backend)
+            run_stage(folder, out, params, WeightsParams(), backend=backend).write_metrics(out.with_suffix(".json"))
 
         bare_rate, stage_rate = best_rates(pairs, [bare, stage], args.repeats)
         print(f"{spec:<22} {bare_rate:>13.1f} {stage_rate:>14.1f} {stage_rate / bare_rate:>7.2f}", flush=True)

@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    from pipeline.flow import run_flow
+    from pipeline.flow.run import run as run_flow
 
-    run_flow(args.episodes, args.out, args.metrics, params.flow, params.weights)
+    summary = run_flow(args.episodes, args.out, params.flow, params.weights)
+    summary.write_metrics(args.metrics)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode, EpisodeMeta
+from pipeline.episodes import Episode, EpisodeHeader, EpisodeMeta
 from pipeline.errors import UserError
 from pipeline.flow.base import inside_mask, pixel_grid
 from pipeline.flow.dis import DISBackend
@@ -229,12 +229,16 @@ def test_simulator_marks_background_invalid() -> None:
 
 
 def test_simulator_refuses_episodes_without_depth_naming_the_collect_param() -> None:
+    def header(*members: str) -> EpisodeHeader:
+        return EpisodeHeader(Path("ep.npz"), translating_wall(size=8, steps=1).meta, {m: ((2,), np.dtype("f4")) for m in members})
+
     backend = SimulatorBackend()
-    with pytest.raises(UserError, match=r"collect\.depth: true"):
-        backend.check_members({"frames", "segmentation"}, "ep.npz")
+    with pytest.raises(UserError, match=r"ep\.npz: the episode has no depth.*\n.*collect\.depth: true"):
+        backend.check_episode(header("frames", "segmentation"))
     with pytest.raises(UserError, match=r"collect\.depth: true and collect\.segmentation: true"):
-        backend.check_members({"frames"}, "ep.npz")
-    backend.check_members({"frames", "depth", "segmentation"}, "ep.npz")
+        backend.check_episode(header("frames"))
+    backend.check_episode(header("frames", "depth", "segmentation"))
+    DISBackend.check_episode(header("frames"))  # image backends need frames only
 
 
 def test_quaternion_convention_is_wxyz() -> None:

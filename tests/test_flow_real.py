@@ -11,7 +11,7 @@ from pipeline.episodes import list_episodes, load_episode
 from pipeline.flow.base import inside_mask
 from pipeline.flow.dis import DISBackend
 from pipeline.flow.metrics import photometric_error
-from pipeline.flow.runner import run_flow
+from pipeline.flow.run import run
 from pipeline.flow.simulator import SimulatorBackend
 
 
@@ -69,8 +69,8 @@ def test_simulator_mask_keeps_only_pixels_that_land_inside_the_image(cheetah: Pa
 
 
 def test_stage_on_the_real_episode_scores_dis_against_exact_flow(cheetah: Path, tmp_path: Path) -> None:
-    sim = run_flow(cheetah, tmp_path / "sim", tmp_path / "sim.json", FlowParams(backend="simulator", previews=2), WeightsParams())
-    dis = run_flow(cheetah, tmp_path / "dis", tmp_path / "dis.json", FlowParams(backend="dis", previews=2), WeightsParams())
+    sim = run(cheetah, tmp_path / "sim", FlowParams(backend="simulator", previews=2), WeightsParams()).metrics()
+    dis = run(cheetah, tmp_path / "dis", FlowParams(backend="dis", previews=2), WeightsParams()).metrics()
     assert sim["epe"]["mean"] < 0.01 and dis["epe"]["mean"] > 0.05  # DIS is an estimate, the simulator exact
     assert sim["exact_valid_fraction"] == dis["exact_valid_fraction"] == sim["valid_fraction"]
     assert dis["valid_fraction"] > sim["valid_fraction"]  # DIS masks only pixels leaving the image

@@ -15,7 +15,7 @@ from pipeline.episodes import Episode, episode_filename, save_episode
 from pipeline.errors import UserError
 from pipeline.flow.base import FlowResult
 from pipeline.flow.dis import DISBackend
-from pipeline.flow.runner import run_flow
+from pipeline.flow.run import FlowSummary, run
 from pipeline.flow.simulator import SimulatorBackend
 from test_flow_backends import quat_z, synthetic_episode
 
@@ -46,6 +46,14 @@ def write_episodes(folder: Path, lengths: list[int], drop_truth: bool = False) -
         save_episode(path, episode)
         paths.append(path)
     return paths
+
+
+def run_flow(episodes: Path, out: Path, metrics: Path, params: FlowParams, weights: WeightsParams, backend: SimulatorBackend | None = None) -> dict:
+    """The stage as the CLI runs it: :func:`run`, then its metrics written to ``metrics``."""
+    summary = run(episodes, out, params, weights, backend=backend)
+    assert isinstance(summary, FlowSummary) and summary.stage == "flow" and summary.out == str(out)
+    summary.write_metrics(metrics)
+    return summary.metrics()
 
 
 def files(folder: Path) -> dict[str, bytes]:

@@ -1,13 +1,14 @@
 """Optical flow for the motion path: exact simulator flow, OpenCV DIS, and ptlflow models (RAFT).
 
-``run_flow`` is the stage; backends sit behind :class:`FlowBackend` and are
-chosen by ``flow.backend`` through :data:`pipeline.flow.registry.BACKENDS`.
-See :mod:`pipeline.flow.base` for the sign convention and the mask semantics.
+:func:`pipeline.flow.run.run` is the stage; backends sit behind :class:`FlowBackend` and are
+chosen by ``flow.backend`` through :data:`pipeline.flow.registry.BACKENDS`; the output file is
+defined in :mod:`pipeline.flow.files`. See :mod:`pipeline.flow.base` for the sign convention
+and the mask semantics.
 """
 from __future__ import annotations
 
 from pipeline.flow.base import FlowBackend, FlowResult, PairBackend
 from pipeline.flow.registry import BACKENDS, make_backend
-from pipeline.flow.runner import run_flow
+from pipeline.flow.run import FlowSummary, run, run_flow
 
-__all__ = ["BACKENDS", "FlowBackend", "FlowResult", "PairBackend", "make_backend", "run_flow"]
+__all__ = ["BACKENDS", "FlowBackend", "FlowResult", "FlowSummary", "PairBackend", "make_backend", "run", "run_flow"]

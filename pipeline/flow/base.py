@@ -10,18 +10,26 @@ Conventions (every backend, every output):
 * ``valid`` ``(T, H, W)`` bool is true where the flow is defined: the pixel's
   content is still inside frame ``t + 1`` (all backends) and, for the simulator,
   not hidden behind another surface there and not background.
+
+A backend computes whole episodes (:meth:`FlowBackend.episode_flow`); the stage feeds it
+through :meth:`FlowBackend.flows`, a stream of episodes, which a :class:`PairBackend`
+overrides to batch frame pairs across episode boundaries (its only batching path:
+``episode_flow`` is ``flows`` of one episode).
 """
 from __future__ import annotations
 
 import abc
 import functools
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Iterator, TypeVar
 
 import numpy as np
 
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode
+from pipeline.episodes import Episode, EpisodeHeader
+
+K = TypeVar("K")
 
 
 @dataclass
@@ -61,28 +69,56 @@ class FlowBackend(abc.ABC):
         """Build the backend from the ``flow`` and ``weights`` params sections."""
 
     @classmethod
-    def check_members(cls, members: set[str], path: str) -> None:
-        """Raise :class:`~pipeline.errors.UserError` if an episode file with these members lacks what this backend needs.
+    def check_episode(cls, header: EpisodeHeader) -> None:
+        """Raise :class:`~pipeline.errors.UserError` if this (schema-valid) episode lacks what the backend needs.
 
-        Called for every episode before any work; the message names the param to change.
+        Called for every episode before any work; the message names the file and the param to change.
         """
 
     @abc.abstractmethod
     def episode_flow(self, episode: Episode) -> FlowResult:
         """Flow for every consecutive frame pair of ``episode`` (T pairs)."""
 
+    def flows(self, episodes: Iterable[tuple[K, Episode]]) -> Iterator[tuple[K, Episode, FlowResult]]:
+        """``(key, episode, flow)`` for each ``(key, episode)``, in input order, each as soon as it is complete."""
+        for key, episode in episodes:
+            yield key, episode, self.episode_flow(episode)
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready record of the backend and its settings, stored in every output's ``meta``."""
         return {"backend": self.name}
 
 
+@dataclass
+class _Pairs:
+    """One episode's frame pairs on their way through :meth:`PairBackend.flows`."""
+
+    key: Any
+    episode: Episode
+    chunks: list[np.ndarray] = field(default_factory=list)  # computed flow, in pair order
+    sent: int = 0  # pairs handed to the backend so far
+
+    @property
+    def pairs(self) -> int:
+        return len(self.episode.frames) - 1
+
+    @property
+    def queued(self) -> int:
+        return self.pairs - self.sent
+
+    def result(self) -> FlowResult:
+        h, w = self.episode.frames.shape[1:3]
+        flow = np.concatenate(self.chunks) if self.chunks else np.zeros((0, 2, h, w), np.float32)
+        return FlowResult(flow, inside_mask(flow))
+
+
 class PairBackend(FlowBackend):
     """A backend that estimates flow from the two RGB images alone, in batches.
 
-    The stage feeds it pairs from several episodes at once (:attr:`batch_size`
-    pairs per :meth:`pairs_flow` call) so the last batch of an episode is not
-    left half empty. Its validity mask is :func:`inside_mask` of the estimate:
-    image backends do no occlusion reasoning.
+    :meth:`flows` gives it :attr:`batch_size` pairs per :meth:`pairs_flow` call, taken across
+    episode boundaries, so the last batch of an episode is not left half empty (a batch never
+    mixes frame sizes). Its validity mask is :func:`inside_mask` of the estimate: image
+    backends do no occlusion reasoning.
     """
 
     fields: ClassVar[tuple[str, ...]] = ("frames",)
@@ -104,14 +140,47 @@ class PairBackend(FlowBackend):
         """
 
     def episode_flow(self, episode: Episode) -> FlowResult:
-        frames = episode.frames
-        pairs = len(frames) - 1
-        chunks = [
-            self.pairs_flow(frames[i : min(i + self.batch_size, pairs)], frames[i + 1 : min(i + self.batch_size, pairs) + 1])
-            for i in range(0, pairs, self.batch_size)
-        ]
-        flow = np.concatenate(chunks) if chunks else np.zeros((0, 2, *frames.shape[1:3]), np.float32)
-        return FlowResult(flow, inside_mask(flow))
+        ((_, _, result),) = self.flows([(None, episode)])
+        return result
+
+    def flows(self, episodes: Iterable[tuple[K, Episode]]) -> Iterator[tuple[K, Episode, FlowResult]]:
+        waiting: deque[_Pairs] = deque()  # episodes not complete yet, in input order
+        for key, episode in episodes:
+            if waiting and episode.frames.shape[1:] != waiting[-1].episode.frames.shape[1:]:
+                while any(p.queued for p in waiting):  # a batch holds one frame size: finish the previous ones
+                    self._run_batch(waiting)
+            waiting.append(_Pairs(key, episode))
+            while sum(p.queued for p in waiting) >= self.batch_size:
+                self._run_batch(waiting)
+            while waiting and waiting[0].queued == 0:
+                done = waiting.popleft()
+                yield done.key, done.episode, done.result()
+        while any(p.queued for p in waiting):
+            self._run_batch(waiting)
+        for done in waiting:
+            yield done.key, done.episode, done.result()
+
+    def _run_batch(self, waiting: deque[_Pairs]) -> None:
+        """Compute the next (at most :attr:`batch_size`) queued pairs, oldest episode first, and file each slice with its episode."""
+        firsts, seconds, owners = [], [], []
+        room = self.batch_size
+        for item in waiting:
+            take = min(room, item.queued)
+            if take == 0:
+                continue
+            frames, start = item.episode.frames, item.sent
+            firsts.append(frames[start : start + take])
+            seconds.append(frames[start + 1 : start + 1 + take])
+            owners.append((item, take))
+            item.sent += take
+            room -= take
+            if room == 0:
+                break
+        flow = self.pairs_flow(np.concatenate(firsts), np.concatenate(seconds))
+        offset = 0
+        for item, take in owners:
+            item.chunks.append(flow[offset : offset + take])
+            offset += take
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,13 +1,13 @@
 """How right a flow is: end-point error against exact flow, and photometric error of warping.
 
-Errors are accumulated over many episodes with :class:`ErrorStats` in bounded
-memory: exact sum and count below the threshold, and a fine histogram
-(:data:`BIN_WIDTH` wide bins) for the median.
+Each episode is measured on its own (:func:`measure_episode`, vectorised over the episode and
+only at the pixels the metrics count) into a small value; :class:`TaskQuality` adds those up in
+bounded memory: exact sums and counts, and a fine histogram (:data:`BIN_WIDTH` wide bins) for
+the median, so the result does not depend on the order the episodes are added in.
 """
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,20 +32,44 @@ def warp_back(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     u, v = pixel_grid(h, w)
     map_u = u + flow[0].astype(np.float32)
     map_v = v + flow[1].astype(np.float32)
-    out = cv2.remap(image.astype(np.float32), map_u, map_v, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.remap(np.ascontiguousarray(image, dtype=np.float32), map_u, map_v, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(h, w, -1)
 
 
 def photometric_error(first: np.ndarray, second: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Per-pixel mean absolute RGB difference (H, W) float32 (0-255 scale) between frame t and frame t+1 warped back by ``flow``."""
-    diff = np.abs(warp_back(second, flow) - first)
-    return (diff[..., 0] + diff[..., 1] + diff[..., 2]) / np.float32(3)  # faster than a mean over the short axis
+    return _rgb_mean(np.abs(warp_back(second, flow) - first))
 
 
 #: Resolution of the median (pixels for EPE, grey levels for photometric error).
 BIN_WIDTH = 1e-3
 #: Errors at or above this go to one overflow bin (the median is then reported as this bound).
 HIST_MAX = 512.0
+HIST_BINS = int(HIST_MAX / BIN_WIDTH) + 1
+
+
+@dataclass(frozen=True)
+class ErrorSample:
+    """Per-pixel errors of one episode, reduced: what :class:`ErrorStats` accumulates.
+
+    Attributes:
+        count: pixels.
+        total: their sum (float64, numpy's pairwise sum over the pixels in (t, row, column) order).
+        below: pixels with an error below the threshold.
+        bins: (n,) int64 histogram of ``error / BIN_WIDTH`` (the last bin of :data:`HIST_BINS` is the overflow).
+    """
+
+    count: int
+    total: float
+    below: int
+    bins: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray, threshold: float) -> "ErrorSample":
+        """Reduce the errors ``values`` (1-d, >= 0, any float dtype) of the pixels under a mask."""
+        values = np.asarray(values, np.float64)
+        bins = np.bincount(np.minimum((values / BIN_WIDTH).astype(np.int64), HIST_BINS - 1))
+        return cls(int(values.size), float(values.sum()), int((values < threshold).sum()), bins)
 
 
 @dataclass
@@ -57,16 +81,14 @@ class ErrorStats:
     below: int = 0
     #: one partial sum per :meth:`add`, added with ``math.fsum`` (exact, so independent of the order of calls)
     partial_sums: list[float] = field(default_factory=list, repr=False)
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(int(HIST_MAX / BIN_WIDTH) + 1, np.int64), repr=False)
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, np.int64), repr=False)
 
-    def add(self, errors: np.ndarray, mask: np.ndarray) -> None:
-        """Count ``errors`` (any shape, >= 0) where ``mask`` (same shape, bool) is true."""
-        values = np.asarray(errors, np.float64)[mask]
-        self.count += int(values.size)
-        self.partial_sums.append(float(values.sum()))
-        self.below += int((values < self.threshold).sum())
-        counts = np.bincount(np.minimum((values / BIN_WIDTH).astype(np.int64), self.hist.size - 1))
-        self.hist[: counts.size] += counts
+    def add(self, sample: ErrorSample) -> None:
+        """Count one episode's errors (an :class:`ErrorSample` reduced with this threshold)."""
+        self.count += sample.count
+        self.partial_sums.append(sample.total)
+        self.below += sample.below
+        self.hist[: sample.bins.size] += sample.bins
 
     def median(self) -> float | None:
         """Median to within :data:`BIN_WIDTH` (the centre of the bin that holds it)."""
@@ -89,43 +111,100 @@ class ErrorStats:
         }
 
 
-class TaskQuality:
-    """The metrics of one task's flow, accumulated episode by episode (thread-safe, order-independent).
+#: Frame pairs warped at once by :func:`measure_episode` (bounds its memory).
+CHUNK = 64
+#: Pixels below this error count as right (pixels for EPE, grey levels for photometric error).
+THRESHOLD = 1.0
 
-    With exact (simulator) flow: end-point error of the written flow and of zero flow under the
-    exact flow's mask. Always: photometric error (mean absolute RGB difference, 0-255) of frame t+1
-    warped back onto frame t by the flow, and by zero flow, under the exact mask when there is one,
-    else under the flow's own mask.
+
+@dataclass(frozen=True)
+class EpisodeQuality:
+    """The metrics of one episode's flow, reduced (see :func:`measure_episode`)."""
+
+    pairs: int
+    valid: int  # pixels of the written mask
+    pixels: int
+    exact_valid: int  # pixels of the exact mask (0 without simulator truth)
+    exact_pixels: int
+    epe: ErrorSample | None  # None without simulator truth
+    epe_zero: ErrorSample | None
+    photo: ErrorSample | None  # None for an episode without pairs
+    photo_zero: ErrorSample | None
+
+
+def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exact: FlowResult | None) -> EpisodeQuality:
+    """The metrics of one episode's flow, computed only at the pixels they count.
+
+    With exact (simulator) flow: end-point error of ``flow`` and of zero flow under the exact
+    flow's mask. Always: photometric error (mean absolute RGB difference, 0-255) of frame t+1
+    warped back onto frame t by ``flow``, and by zero flow, under the exact mask when there is
+    one, else under ``valid``.
+
+    Args:
+        frames: (T+1, H, W, 3) uint8 RGB.
+        flow: (T, 2, H, W) float, as written (float16 or float32).
+        valid: (T, H, W) bool, as written.
+        exact: the simulator's flow of the same pairs, or None.
     """
+    mask = exact.valid if exact is not None else valid
+    epe = epe_zero = photo = photo_zero = None
+    if exact is not None:
+        exact_at = _at(exact.flow, mask)
+        epe = ErrorSample.of(end_point_error(_at(flow, mask), exact_at).ravel(), THRESHOLD)
+        epe_zero = ErrorSample.of(np.hypot(exact_at[0], exact_at[1]).ravel(), THRESHOLD)
+    if len(flow):
+        errors, errors_zero = [], []
+        for start in range(0, len(flow), CHUNK):  # bounded memory for long episodes and large frames
+            stop = min(start + CHUNK, len(flow))
+            images = frames[start : stop + 1].astype(np.float32)
+            warped = np.stack([warp_back(images[t + 1], flow[start + t]) for t in range(stop - start)])  # frame t as the flow predicts it
+            where = mask[start:stop]
+            first = images[:-1][where]
+            errors.append(_rgb_mean(np.abs(warped[where] - first)))
+            errors_zero.append(_rgb_mean(np.abs(images[1:][where] - first)))  # zero flow: frame t+1 itself
+        photo = ErrorSample.of(np.concatenate(errors), THRESHOLD)
+        photo_zero = ErrorSample.of(np.concatenate(errors_zero), THRESHOLD)
+    return EpisodeQuality(
+        pairs=len(flow),
+        valid=int(valid.sum()),
+        pixels=int(valid.size),
+        exact_valid=int(exact.valid.sum()) if exact is not None else 0,
+        exact_pixels=int(exact.valid.size) if exact is not None else 0,
+        epe=epe,
+        epe_zero=epe_zero,
+        photo=photo,
+        photo_zero=photo_zero,
+    )
+
+
+def _at(flow: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The vectors of ``flow`` (T, 2, H, W) at the pixels of ``mask`` (T, H, W), as a (2, P, 1) field (in (t, row, column) order)."""
+    return np.stack([flow[:, 0][mask], flow[:, 1][mask]])[..., None]
+
+
+def _rgb_mean(diff: np.ndarray) -> np.ndarray:
+    """(..., 3) float32 -> (...) float32 mean over the channels."""
+    return (diff[..., 0] + diff[..., 1] + diff[..., 2]) / np.float32(3)  # faster than a mean over the short axis
+
+
+class TaskQuality:
+    """The metrics of one task's flow: :class:`EpisodeQuality` values added in any order give the same summary."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.epe, self.epe_zero = ErrorStats(1.0), ErrorStats(1.0)
-        self.photo, self.photo_zero = ErrorStats(1.0), ErrorStats(1.0)
+        self.epe, self.epe_zero = ErrorStats(THRESHOLD), ErrorStats(THRESHOLD)
+        self.photo, self.photo_zero = ErrorStats(THRESHOLD), ErrorStats(THRESHOLD)
         self.pairs = self.valid = self.pixels = self.exact_valid = self.exact_pixels = 0
 
-    def add(self, frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exact: FlowResult | None) -> None:
-        """Add one episode: ``frames`` (T+1, H, W, 3) uint8, ``flow`` (T, 2, H, W) as written, ``valid`` (T, H, W)."""
-        mask = exact.valid if exact is not None else valid
-        epe = end_point_error(flow, exact.flow) if exact is not None else None
-        epe_zero = np.hypot(exact.flow[:, 0], exact.flow[:, 1]) if exact is not None else None
-        photo = np.stack([photometric_error(frames[t], frames[t + 1], flow[t]) for t in range(len(flow))]) if len(flow) else None
-        # zero flow: frame t+1 itself is the prediction of frame t
-        if len(flow):
-            diff = np.abs(frames[1:].astype(np.float32) - frames[:-1])
-            photo_zero = (diff[..., 0] + diff[..., 1] + diff[..., 2]) / np.float32(3)
-        with self._lock:
-            self.pairs += len(flow)
-            self.valid += int(valid.sum())
-            self.pixels += valid.size
-            if exact is not None:
-                self.exact_valid += int(exact.valid.sum())
-                self.exact_pixels += exact.valid.size
-                self.epe.add(epe, mask)
-                self.epe_zero.add(epe_zero, mask)
-            if photo is not None:
-                self.photo.add(photo, mask)
-                self.photo_zero.add(photo_zero, mask)
+    def add(self, episode: EpisodeQuality) -> None:
+        """Add one episode's reduced metrics."""
+        self.pairs += episode.pairs
+        self.valid += episode.valid
+        self.pixels += episode.pixels
+        self.exact_valid += episode.exact_valid
+        self.exact_pixels += episode.exact_pixels
+        for stats, sample in ((self.epe, episode.epe), (self.epe_zero, episode.epe_zero), (self.photo, episode.photo), (self.photo_zero, episode.photo_zero)):
+            if sample is not None:
+                stats.add(sample)
 
     def summary(self, backend: dict[str, Any], episodes: int) -> dict[str, Any]:
         """The metrics JSON (see docs/ARCHITECTURE.md, flow)."""

@@ -3,22 +3,23 @@ from __future__ import annotations
 
 from pipeline.config import FlowParams, WeightsParams
 from pipeline.flow.base import FlowBackend
-from pipeline.flow.dis import DISBackend
-from pipeline.flow.ptlflow_backend import PtlflowBackend
-from pipeline.flow.simulator import SimulatorBackend
+from pipeline.registry import Registry
 
-#: ``flow.backend`` value -> backend class (heavy libraries are imported when one is built).
-BACKENDS: dict[str, type[FlowBackend]] = {
-    "simulator": SimulatorBackend,
-    "dis": DISBackend,
-    "ptlflow": PtlflowBackend,
-}
+#: ``flow.backend`` value -> backend class, imported when asked for (ptlflow imports torch and every model).
+BACKENDS: Registry[type[FlowBackend]] = Registry(
+    "flow.backend",
+    {
+        "simulator": "pipeline.flow.simulator:SimulatorBackend",
+        "dis": "pipeline.flow.dis:DISBackend",
+        "ptlflow": "pipeline.flow.ptlflow_backend:PtlflowBackend",
+    },
+)
 
 
 def make_backend(params: FlowParams, weights: WeightsParams) -> FlowBackend:
-    """Build the backend named by ``params.backend``."""
-    try:
-        cls = BACKENDS[params.backend]
-    except KeyError:
-        raise ValueError(f"flow.backend = {params.backend!r}: known backends are {', '.join(BACKENDS)}") from None
-    return cls.from_params(params, weights)
+    """Build the backend named by ``params.backend``.
+
+    Raises:
+        pipeline.registry.UnknownEntryError: an unknown name (the message lists the valid ones).
+    """
+    return BACKENDS.get(params.backend).from_params(params, weights)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode
+from pipeline.episodes import Episode, EpisodeHeader
 from pipeline.errors import UserError
 from pipeline.flow.base import FlowBackend, FlowResult, pixel_grid
 
@@ -43,11 +43,6 @@ SIMULATOR_FIELDS = (
 
 class MissingSimulatorDataError(UserError, ValueError):
     """The episode was collected without depth or segmentation."""
-
-
-def has_simulator_data(episode: Episode) -> bool:
-    """True when ``episode`` holds depth and segmentation (what exact flow needs)."""
-    return episode.depth is not None and episode.segmentation is not None
 
 
 def quat_to_matrix(quat: np.ndarray) -> np.ndarray:
@@ -174,8 +169,9 @@ class SimulatorBackend(FlowBackend):
         return cls(params.occlusion_tolerance)
 
     @classmethod
-    def check_members(cls, members: set[str], path: str) -> None:
-        missing = [name for name in ("depth", "segmentation") if name not in members]
+    def check_episode(cls, header: EpisodeHeader) -> None:
+        missing = [name for name in ("depth", "segmentation") if not header.has(name)]
+        path = header.path
         if missing:
             keys = " and ".join(f"collect.{name}: true" for name in missing)
             raise MissingSimulatorDataError(

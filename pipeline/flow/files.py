@@ -1,0 +1,84 @@
+"""The flow file: what the flow stage writes for each episode and the encode stage reads.
+
+``<out>/episode_<i:06d>.npz`` (the same name as its episode), written atomically with
+deterministic bytes (:func:`pipeline.io.write_npz_atomic`):
+
+* ``flow`` (T, 2, H, W) float16: forward flow t -> t+1 in pixels, channel 0 dx (right), channel 1 dy (down);
+  finite everywhere, 0 where ``valid`` is false for the simulator backend;
+* ``valid`` (T, H, W) bool: where the flow is defined (see :mod:`pipeline.flow.base`);
+* ``meta`` () str: JSON, :func:`flow_meta`: ``format``, ``source`` (``backend``: the backend record
+  with its weights' provenance, ``episode_sha256``: SHA-256 of the episode file's bytes,
+  ``format_version``), ``episode`` (the episode file's name), ``pairs`` (T), ``height``,
+  ``width`` and ``valid_fraction``.
+
+``meta.source.episode_sha256`` ties the file to the exact episode it was computed from: the
+flow stage recomputes a file whose hash names another episode, and a reader should refuse it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io import dumps_json, write_npz_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT = (
+    "flow (T, 2, H, W) float16: forward flow from frame t to t+1 in pixels, channel 0 = dx (right, +u), "
+    "channel 1 = dy (down, +v); valid (T, H, W) bool: the pixel's content is inside frame t+1 "
+    "(and, for the simulator backend, not background and not occluded there)"
+)
+#: Bumped when the meaning or computation of the output changes, so older outputs are recomputed.
+FORMAT_VERSION = 1
+#: Largest finite float16 magnitude: flow beyond it cannot be stored.
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+_READ_ERRORS = (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def flow_source(backend: dict[str, Any], episode_sha256: str) -> dict[str, Any]:
+    """``meta.source``: what a flow file was computed from (a rerun keeps a file only when this is equal)."""
+    return {"backend": backend, "episode_sha256": episode_sha256, "format_version": FORMAT_VERSION}
+
+
+def flow_meta(source: dict[str, Any], episode_name: str, flow16: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
+    """The ``meta`` JSON of a flow file (see the module docstring)."""
+    return {
+        "format": FORMAT,
+        "source": source,
+        "episode": episode_name,
+        "pairs": int(len(flow16)),
+        "height": int(flow16.shape[2]),
+        "width": int(flow16.shape[3]),
+        "valid_fraction": round(float(valid.mean()), 6) if valid.size else None,
+    }
+
+
+def write_flow(path: str | Path, flow16: np.ndarray, valid: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write one flow file atomically (same arrays and meta, same bytes)."""
+    write_npz_atomic(path, {"flow": flow16, "valid": valid, "meta": np.array(dumps_json(meta))})
+
+
+def read_flow_meta(path: str | Path) -> dict[str, Any] | None:
+    """The ``meta`` of a flow file; None when it is missing or unreadable (logged)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return json.loads(npz["meta"].item())
+    except _READ_ERRORS as exc:
+        log.warning("%s: unreadable (%s: %s)", path, type(exc).__name__, exc)
+        return None
+
+
+def read_flow(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(flow, valid)`` of a flow file: (T, 2, H, W) float16 and (T, H, W) bool."""
+    with np.load(path, allow_pickle=False) as npz:
+        return npz["flow"], npz["valid"]
