@@ -76,8 +76,11 @@ SCHEMA: dict[str, tuple[tuple[int | str | None, ...], type]] = {
     "depth": (("T+1", "H", "W"), np.float32),
     "segmentation": (("T+1", "H", "W"), np.int32),
 }
-#: What to do about a damaged or malformed episode file.
-FIX = "rerun the collect stage for this task (`semore collect --task <task> --out <folder>` re-records damaged episodes)"
+#: What to do about a damaged or malformed episode file (``{task}`` and ``{folder}`` from its path).
+FIX = (
+    "rerun the collect stage for this task (`semore collect --task {task} --out {folder}`, or `dvc repro collect@{task}`), "
+    "which records damaged episodes again"
+)
 
 #: (shape, dtype) of an array member, as read from its ``.npy`` header.
 Shape = tuple[tuple[int, ...], np.dtype]
@@ -91,8 +94,10 @@ class EpisodeFileError(UserError, ValueError):
     """An episode file that cannot be read or breaks the schema; the message names the file and the fix."""
 
     @classmethod
-    def of(cls, path: str | Path, problem: str) -> "EpisodeFileError":
-        return cls(f"{path}: {problem}.\n  Fix: {FIX}.")
+    def of(cls, path: str | Path, problem: str, task: str | None = None) -> "EpisodeFileError":
+        """The error for ``problem`` in the episode file ``path``; ``task`` defaults to its folder's name (``<episodes>/<task>/``)."""
+        folder = Path(path).parent
+        return cls(f"{path}: {problem}.\n  Fix: {FIX.format(task=task or folder.name, folder=folder)}.")
 
 
 def check_shapes(shapes: Mapping[str, Shape]) -> int:
@@ -276,9 +281,9 @@ def read_header(path: str | Path) -> EpisodeHeader:
     try:
         length = check_shapes(shapes)
     except SchemaError as exc:
-        raise EpisodeFileError.of(path, str(exc)) from exc
+        raise EpisodeFileError.of(path, str(exc), meta.task) from exc
     if meta.length != length:
-        raise EpisodeFileError.of(path, f"meta.length is {meta.length} but the file holds {length} steps")
+        raise EpisodeFileError.of(path, f"meta.length is {meta.length} but the file holds {length} steps", meta.task)
     return EpisodeHeader(path, meta, shapes)
 
 
@@ -346,10 +351,10 @@ def load_episode(path: str | Path, fields_: Iterable[str] | None = None, header:
                 else:
                     data[name] = np.empty((0,))
     except _READ_ERRORS as exc:
-        raise EpisodeFileError.of(path, f"unreadable episode file ({type(exc).__name__}: {exc})") from exc
+        raise EpisodeFileError.of(path, f"unreadable episode file ({type(exc).__name__}: {exc})", header.meta.task) from exc
     for name, value in data.items():
         if value is not None and name in wanted and (value.shape, value.dtype) != header.shapes[name]:
-            raise EpisodeFileError.of(path, f"member {name!r} changed while it was read")
+            raise EpisodeFileError.of(path, f"member {name!r} changed while it was read", header.meta.task)
     return Episode(meta=header.meta, **data)
 
 

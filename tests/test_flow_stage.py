@@ -11,12 +11,14 @@ import yaml
 
 from pipeline.cli import main as cli_main
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode, episode_filename, save_episode
+from pipeline.episodes import Episode, episode_filename, read_header, save_episode
 from pipeline.errors import UserError
 from pipeline.flow.base import FlowResult
 from pipeline.flow.dis import DISBackend
 from pipeline.flow.run import FlowSummary, run
 from pipeline.flow.simulator import SimulatorBackend
+from pipeline.io import sha256_of, write_npz_atomic
+from test_episodes import damage_crc
 from test_flow_backends import quat_z, synthetic_episode
 
 SIZE = 40
@@ -36,10 +38,10 @@ def moving_scene(steps: int, seed: int) -> Episode:
     return synthetic_episode(SIZE, pos, quat, [(10.0, 10.0), (0.25, 0.25)])
 
 
-def write_episodes(folder: Path, lengths: list[int], drop_truth: bool = False) -> list[Path]:
+def write_episodes(folder: Path, lengths: list[int], drop_truth: bool = False, seed_offset: int = 0) -> list[Path]:
     paths = []
     for i, steps in enumerate(lengths):
-        episode = moving_scene(steps, seed=i)
+        episode = moving_scene(steps, seed=i + seed_offset)
         if drop_truth:
             episode.depth = episode.segmentation = None
         path = folder / episode_filename(i)
@@ -195,3 +197,81 @@ def test_cli_runs_the_stage_and_reports_bad_input_without_traceback(tmp_path: Pa
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert "collect.depth: true" in err and "Traceback" not in err
+
+
+# ---- inputs that do not belong, or that break the schema or the numbers ----------------------
+
+
+def test_flow_computed_from_another_episode_is_recomputed(tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [2, 3])
+    out, params = tmp_path / "out", FlowParams(previews=0)
+    run(episodes, out, params, WeightsParams())
+    fresh = files(out)
+    # a flow file copied over another episode's, as a careless copy or a stale folder leaves it
+    (out / "episode_000000.npz").write_bytes(fresh["episode_000001.npz"])
+    run(episodes, out, params, WeightsParams())
+    assert files(out) == fresh
+    with np.load(out / "episode_000000.npz") as npz:
+        source = json.loads(npz["meta"].item())["source"]
+    assert source["episode_sha256"] == sha256_of(episodes / "episode_000000.npz")
+
+    # the episodes collected again with another seed: every flow file names an episode that is gone
+    write_episodes(episodes, [2, 3], seed_offset=10)
+    before = {p.name: p.stat().st_ino for p in out.glob("episode_*.npz")}
+    run(episodes, out, params, WeightsParams())
+    assert all(p.stat().st_ino != before[p.name] for p in out.glob("episode_*.npz"))  # all recomputed
+    for name in ("episode_000000.npz", "episode_000001.npz"):
+        with np.load(out / name) as npz:
+            assert json.loads(npz["meta"].item())["source"]["episode_sha256"] == sha256_of(episodes / name)
+
+
+def test_frames_disagreeing_with_actions_are_refused_before_any_output(tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [3, 3])
+    bad = moving_scene(3, seed=1)
+    arrays = bad.to_arrays()
+    arrays["frames"] = arrays["frames"][:-1]  # 3 frames for 3 actions
+    write_npz_atomic(episodes / "episode_000001.npz", arrays)
+    with pytest.raises(UserError, match=r"episode_000001\.npz: episode: frames has 3 entries but actions 3.*\n  Fix: rerun the collect stage"):
+        run(episodes, tmp_path / "out", FlowParams(), WeightsParams())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_episode_found_while_loading_is_named_and_leaves_only_whole_files(tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    paths = write_episodes(episodes, [3, 3, 3])
+    damage_crc(paths[2])
+    read_header(paths[2])  # the zip directory and headers are fine: the damage shows when the frames are read
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=rf"(?s){paths[2]}: unreadable episode file.*(Bad CRC-32 for file 'frames\.npy'|Error -3).*rerun the collect stage .*--task synthetic-planes"):
+        run(episodes, out, FlowParams(previews=0), WeightsParams())
+    assert {p.name for p in out.iterdir()} <= {"episode_000000.npz", "episode_000001.npz"}  # no partial file, no temporary
+    for path in out.iterdir():
+        with np.load(path) as npz:
+            assert npz["flow"].shape == (3, 2, SIZE, SIZE)
+
+
+class Broken(DISBackend):
+    """DIS whose estimate of pair 1 (of the stream) has ``value`` at one pixel."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__("fast", batch_size=2)
+        self.value, self.seen = value, 0
+
+    def pairs_flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        flow = super().pairs_flow(first, second)
+        if self.seen <= 1 < self.seen + len(flow):
+            flow[1 - self.seen, 0, 3, 4] = self.value
+        self.seen += len(flow)
+        return flow
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e6])  # 1e6 px is finite in float32 but inf in float16
+def test_non_finite_flow_is_refused_naming_the_episode(tmp_path: Path, value: float) -> None:
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [3])
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"(?s)episode_000000\.npz: the flow backend returned non-finite flow .* for pair\(s\) 1 of this episode; its flow file was not written.*Fix:"):
+        run(episodes, out, FlowParams(backend="dis", previews=0), WeightsParams(), backend=Broken(value))
+    assert not list(out.glob("*.npz")) and not list(out.glob(".*"))

