@@ -90,6 +90,7 @@ class PixelEnv(abc.ABC):
         self._steps = 0
         self._done = True
         self._renderer: SceneRenderer | None = None
+        self._render_spec: tuple | None = None  # SceneRenderer's arguments, set by _init_rendering
 
     # -- backend hooks -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -108,13 +109,16 @@ class PixelEnv(abc.ABC):
 
     # -- shared machinery -----------------------------------------------------------------------
     def _init_rendering(self, image_size: int, camera: int | mujoco.MjvCamera, render_mode: str, depth: bool, segmentation: bool) -> None:
-        """Create the renderer; ``camera`` is a model camera id or a free ``MjvCamera``."""
-        from pipeline.collect.render import SceneRenderer
+        """Set up rendering; ``camera`` is a model camera id or a free ``MjvCamera``.
 
+        The OpenGL context itself is created at the first frame rendered, so an env built only to
+        validate a task and camera (the collect stage does, before its workers start) costs no GL
+        start-up (about 3 s with llvmpipe).
+        """
         self.image_size = image_size
         self.render_mode = render_mode
         self.camera_id = camera if isinstance(camera, int) else -1
-        self._renderer = SceneRenderer(self.model, image_size, camera, render_mode, depth, segmentation)
+        self._render_spec = (image_size, camera, render_mode, depth, segmentation)
 
     @property
     def action_dim(self) -> int:
@@ -147,6 +151,17 @@ class PixelEnv(abc.ABC):
         """(ngeom,) int32 body id of each geom (maps segmentation ids to bodies)."""
         return np.asarray(self.model.geom_bodyid, dtype=np.int32).copy()
 
+    def state_observation(self) -> tuple[np.ndarray, list[str]]:
+        """The task's proprioceptive observation now: what a state-based agent sees.
+
+        Returns:
+            ``(obs, kinds)``: obs (D,) float32, the backend's own observation flattened
+            (dm_control: the observation dict in key order; gymnasium: ``_get_obs()``), and
+            ``kinds`` (D,) with ``"position"`` (positions, angles as cos/sin, orientations,
+            distances), ``"velocity"`` or ``"other"`` (touch sensors, contact forces) per dim.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no state observation")
+
     def reset(self, seed: int | None = None) -> StepResult:
         """Start an episode. ``seed`` fixes its initial state; None continues the env's seed stream
         (the first reset without a seed uses ``make_env``'s ``seed``)."""
@@ -177,7 +192,11 @@ class PixelEnv(abc.ABC):
         return self._observe(reward, discount, terminated, truncated)
 
     def _observe(self, reward: float, discount: float, terminated: bool, truncated: bool) -> StepResult:
-        assert self._renderer is not None, "backend did not call _init_rendering"
+        if self._renderer is None:
+            from pipeline.collect.render import SceneRenderer
+
+            assert self._render_spec is not None, "backend did not call _init_rendering, or the env is closed"
+            self._renderer = SceneRenderer(self.model, *self._render_spec)
         frame = self._renderer.render(self.data)
         data = self.data
         return StepResult(
@@ -198,6 +217,7 @@ class PixelEnv(abc.ABC):
 
     def close(self) -> None:
         """Free the renderer's OpenGL context and the backend (call it: EGL contexts complain at exit otherwise)."""
+        self._render_spec = None
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None

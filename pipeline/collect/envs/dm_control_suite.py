@@ -72,5 +72,22 @@ class DmControlEnv(PixelEnv):
         ended = timestep.last() and not terminated
         return float(timestep.reward or 0.0), discount, terminated, ended
 
+    def state_observation(self) -> tuple[np.ndarray, list[str]]:
+        parts, kinds = [], []
+        for key, value in self._env.task.get_observation(self._env.physics).items():
+            flat = np.asarray(value, dtype=np.float32).reshape(-1)
+            parts.append(flat)
+            kinds += [_observation_kind(key)] * flat.size
+        return np.concatenate(parts), kinds
+
     def _close_backend(self) -> None:
         self._env.close()
+
+
+def _observation_kind(key: str) -> str:
+    """'velocity' for the suite's velocity entries, 'other' for touch/force sensors, else 'position'."""
+    if "velocity" in key:
+        return "velocity"
+    if key in ("touch", "force", "torque"):
+        return "other"
+    return "position"

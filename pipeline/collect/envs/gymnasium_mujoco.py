@@ -77,5 +77,16 @@ class GymnasiumEnv(PixelEnv):
         mujoco.mj_forward(self.model, self.data)
         return float(reward), 0.0 if terminated else 1.0, bool(terminated), bool(truncated and not terminated)
 
+    def state_observation(self) -> tuple[np.ndarray, list[str]]:
+        obs = np.asarray(self._env._get_obs(), dtype=np.float32).reshape(-1)
+        # gymnasium's MuJoCo observations are qpos[skip:] (root x/y left out), then qvel, then extras.
+        nq, nv = self.model.nq, self.model.nv
+        qpos = np.asarray(self.data.qpos, dtype=np.float32)
+        skip = next((s for s in range(nq + 1) if np.allclose(obs[: nq - s], qpos[s:])), nq)
+        n_pos = nq - skip
+        n_vel = min(nv, obs.size - n_pos)
+        kinds = ["position"] * n_pos + ["velocity"] * n_vel + ["other"] * (obs.size - n_pos - n_vel)
+        return obs, kinds
+
     def _close_backend(self) -> None:
         self._wrapped.close()
