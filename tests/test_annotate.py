@@ -258,6 +258,28 @@ def test_cli(episodes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "no episode_*.npz files" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["truncated", "corrupt data"])
+def test_damaged_episode_is_a_clear_error(episodes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str) -> None:
+    folder = tmp_path / "episodes"
+    folder.mkdir()
+    for f in list_episodes(episodes):
+        (folder / f.name).write_bytes(f.read_bytes())
+    bad = folder / "episode_000001.npz"
+    data = bytearray(bad.read_bytes())
+    if damage == "truncated":
+        del data[len(data) // 2:]
+    else:  # flip bytes inside the first member's compressed data: the zip directory still reads
+        for i in range(200, 400):
+            data[i] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"annotate:\n  cache_dir: {tmp_path / 'cache'}\n")
+    argv = ["--params", str(params_file), "annotate", "--episodes", str(folder), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Fix:" in err and "Traceback" not in err
+
+
 # -- cache ----------------------------------------------------------------------------------------------
 def test_cache_never_serves_a_damaged_entry(tmp_path: Path) -> None:
     cache = AnnotationCache(tmp_path)

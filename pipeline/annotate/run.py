@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,7 +41,7 @@ from pipeline.annotate.base import BACKENDS, Backend, FrameItem, FrameResult, cr
 from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.schema import AnnotationFile, AnnotationSource, annotated_steps, output_filename
 from pipeline.annotate.truth import TRUTH_FIELDS, SceneTruth, scene_truths
-from pipeline.episodes import EpisodeMeta, list_episodes, load_episode, load_meta
+from pipeline.episodes import EpisodeHeader, EpisodeMeta, check_episodes, load_episode
 from pipeline.errors import UserError
 from pipeline.io import sha256_of, write_json_atomic
 from pipeline.logs import progress
@@ -167,44 +166,28 @@ class Tally:
         return self.failed_invalid + self.failed_transient
 
 
-def _has_member(path: Path, name: str) -> bool:
-    with np.load(path, allow_pickle=False) as npz:
-        return name in npz.files
-
-
-def check_inputs(episodes_dir: Path, needs_scene: bool, backend_name: str) -> tuple[list[Path], list[EpisodeMeta], bool]:
-    """The episode files of one task folder, their metadata, and whether all have segmentation.
+def check_inputs(episodes_dir: Path, needs_scene: bool, backend_name: str) -> tuple[list[EpisodeHeader], bool]:
+    """The episode files of one task folder, checked from their headers, and whether all have segmentation.
 
     Raises:
-        UserError: no episodes, an unreadable file, several tasks in one folder, or a
-            backend that needs segmentation the episodes lack.
+        UserError: no episodes, a damaged or malformed file, several tasks in one folder
+            (:func:`pipeline.episodes.check_episodes`), or a backend that needs segmentation
+            the episodes lack.
     """
-    files = list_episodes(episodes_dir)
-    if not files:
-        raise UserError(
-            f"{episodes_dir}: no episode_*.npz files.\n  Fix: run the collect stage first "
-            f"(`semore collect --task <task> --out {episodes_dir}`), or pass --episodes data/episodes/<task>."
-        )
-    try:
-        metas = [load_meta(f) for f in files]
-        with_segmentation = [_has_member(f, "segmentation") for f in files]
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{episodes_dir}: unreadable episode file ({exc}).\n  Fix: rerun the collect stage.") from None
-    tasks = sorted({m.task for m in metas})
-    if len(tasks) != 1:
-        raise UserError(f"{episodes_dir}: episodes of several tasks ({', '.join(tasks)}); one folder must hold one task's episodes")
+    headers = check_episodes(episodes_dir)
+    with_segmentation = [h.has("segmentation") for h in headers]
     if needs_scene and not all(with_segmentation):
-        missing = [f.name for f, s in zip(files, with_segmentation, strict=True) if not s]
+        missing = [h.path.name for h, s in zip(headers, with_segmentation, strict=True) if not s]
         raise UserError(
             f"annotate.backend = {backend_name!r} needs segmentation, which {', '.join(missing[:3])}"
             f"{' ...' if len(missing) > 3 else ''} in {episodes_dir} lack.\n"
             "  Fix: set collect.segmentation: true and rerun the collect stage, or use annotate.backend: transformers or openai."
         )
-    return files, metas, all(with_segmentation)
+    return headers, all(with_segmentation)
 
 
 def prepare_episode(
-    path: Path, meta: EpisodeMeta, steps: list[int], backend: Backend, cache: AnnotationCache, prompt: str,
+    header: EpisodeHeader, steps: list[int], backend: Backend, cache: AnnotationCache, prompt: str,
     with_truth: bool, min_visible_pixels: int, max_invalid_runs: int,
 ) -> EpisodeJob:
     """Load one episode's annotated frames (and their simulator truth) and look each up in the cache.
@@ -212,13 +195,8 @@ def prepare_episode(
     A cached invalid answer is asked again (with ``rerun`` set) while fewer than
     ``max_invalid_runs`` runs have got one; then it is served as the final failure.
     """
-    fields_ = ["frames", *(TRUTH_FIELDS if with_truth else ())]
-    try:
-        episode = load_episode(path, fields_=fields_)
-    except (ValueError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, UserError):
-            raise
-        raise UserError(f"{path}: unreadable episode file ({exc}).\n  Fix: rerun the collect stage.") from None
+    path, meta = header.path, header.meta
+    episode = load_episode(path, fields_=["frames", *(TRUTH_FIELDS if with_truth else ())], header=header)
     scenes = scene_truths(episode, steps, min_visible_pixels) if with_truth else {}
     cached: list[FrameResult] = []
     todo: list[FrameItem] = []
@@ -251,9 +229,9 @@ def query_backend(backend: Backend, items: list[FrameItem], cache: AnnotationCac
     return answered
 
 
-def episode_file(job: EpisodeJob, results: list[FrameResult], header: dict[str, Any]) -> AnnotationFile:
-    """The output file of one episode from its results (sorted by step)."""
-    return AnnotationFile(**header, episode=job.meta.episode, source=job.source, records=[r.record() for r in results])
+def episode_file(job: EpisodeJob, results: list[FrameResult], run_fields: dict[str, Any]) -> AnnotationFile:
+    """The output file of one episode from its results (sorted by step) and the fields every file of the run shares."""
+    return AnnotationFile(**run_fields, episode=job.meta.episode, source=job.source, records=[r.record() for r in results])
 
 
 def run(
@@ -282,12 +260,12 @@ def run(
     """
     episodes_dir, out_dir = Path(episodes), Path(out)
     cls = type(backend) if backend is not None else BACKENDS.get(section.backend)
-    files, metas, have_truth = check_inputs(episodes_dir, cls.needs_scene, section.backend)
-    task = metas[0].task
+    headers, have_truth = check_inputs(episodes_dir, cls.needs_scene, section.backend)
+    task = headers[0].meta.task
     prompt = section.prompt.format(task=task)
     owned = contextlib.nullcontext(backend) if backend is not None else create_backend(section, weights)
     with owned as active:
-        summary, sample = _annotate_episodes(active, files, metas, have_truth, task, prompt, out_dir, section)
+        summary, sample = _annotate_episodes(active, headers, have_truth, task, prompt, out_dir, section)
     if metrics is not None:
         summary.write_metrics(metrics)
     log.info(
@@ -331,29 +309,30 @@ def failure_message(summary: AnnotateSummary, sample: FailureSample | None, sect
     return "\n".join(lines)
 
 
-def _annotate_episodes(backend: Backend, files: list[Path], metas: list[EpisodeMeta], have_truth: bool, task: str,
+def _annotate_episodes(backend: Backend, headers: list[EpisodeHeader], have_truth: bool, task: str,
                        prompt: str, out_dir: Path, section: "AnnotateParams") -> tuple[AnnotateSummary, FailureSample | None]:
     """The loop over episodes: prepare, query, write, count; then remove stale files. Returns the summary and a sample failure."""
     cache = AnnotationCache(section.cache_dir if backend.uses_cache else None)
-    header = {"task": task, "backend": backend.name, "model": backend.model, "prompt": prompt, "every_k": section.every_k,
+    run_fields = {"task": task, "backend": backend.name, "model": backend.model, "prompt": prompt, "every_k": section.every_k,
               "weights": backend.provenance()}
-    steps = {m.episode: annotated_steps(m.length, section.every_k) for m in metas}
+    steps = {h.meta.episode: annotated_steps(h.length, section.every_k) for h in headers}
     tally = Tally()
     bar = progress(total=sum(len(s) for s in steps.values()), desc=f"annotate {task} ({backend.name})", unit="frame")
     try:
-        for path, meta in zip(files, metas, strict=True):
+        for header in headers:
+            meta = header.meta
             job = prepare_episode(
-                path, meta, steps[meta.episode], backend, cache, prompt, have_truth, section.min_visible_pixels, section.max_invalid_runs
+                header, steps[meta.episode], backend, cache, prompt, have_truth, section.min_visible_pixels, section.max_invalid_runs
             )
             bar.update(len(job.cached))
             answered = query_backend(backend, job.todo, cache, bar)
             results = sorted(job.cached + answered, key=lambda r: r.item.step)
-            write_json_atomic(out_dir / output_filename(meta.episode), episode_file(job, results, header).to_json())
+            write_json_atomic(out_dir / output_filename(meta.episode), episode_file(job, results, run_fields).to_json())
             tally.add(job, answered, results, section.max_invalid_runs)
     finally:
         bar.close()
 
-    known = {output_filename(m.episode) for m in metas}
+    known = {output_filename(h.meta.episode) for h in headers}
     for stale in sorted(out_dir.glob("episode_*.json")):
         if stale.name not in known:
             log.info("annotate: removing %s (no such episode any more)", stale)
@@ -365,7 +344,7 @@ def _annotate_episodes(backend: Backend, files: list[Path], metas: list[EpisodeM
         task=task,
         backend=backend.name,
         model=backend.model,
-        episodes=len(metas),
+        episodes=len(headers),
         every_k=section.every_k,
         frames=tally.frames,
         ok=tally.ok,

@@ -8,8 +8,8 @@ For each frame (see :mod:`pipeline.annotate.truth`):
   velocity (m/s, with its direction in the image: left/right, up/down,
   towards/away from the camera), turning rate and what it touches;
 * **physics** (``annotate.physics: true``, the default): the frame's ``qpos`` /
-  ``qvel`` restored into the task's physics (``pipeline.collect.make_env``) and
-  ``mj_forward`` run; positions and velocities are then the bodies' centres of mass
+  ``qvel`` restored into the task's physics (:func:`load_task_physics`: the model
+  collect simulates, built without a renderer) and ``mj_forward`` run; positions and velocities are then the bodies' centres of mass
   (``xipos``, ``mj_objectVelocity``: exact, and meaningful for a pole hinged at its
   frame origin), angular velocities are added, and MuJoCo's contact list gives
   what touches what (bodies, or named world geoms such as ``floor``). With
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -84,28 +84,49 @@ class PhysicsState:
     ang_vel: np.ndarray
 
 
+def load_task_physics(task: str) -> tuple[Any, Any, Callable[[], None]]:
+    """``(MjModel, MjData, close)`` of ``task``, the model the collect stage simulates, without a renderer.
+
+    Built the way :mod:`pipeline.collect.envs` builds the task (dm_control: ``suite.load``;
+    gymnasium: ``gym.make(...).unwrapped``) but with no OpenGL context, which would cost
+    more than annotating a whole task (about 1 s on the 2-core CPU machine).
+
+    Raises:
+        UnknownTaskError: ``task`` is not a task name of either suite.
+    """
+    from pipeline.collect.envs import resolve_task
+
+    suite = resolve_task(task)
+    if suite == "dm_control":
+        from dm_control import suite as dm_suite
+
+        logging.getLogger("absl").setLevel(logging.ERROR)  # the XML compiler warns at every load
+        domain, _, name = task.partition("-")
+        env = dm_suite.load(domain, name, task_kwargs={"time_limit": float("inf")})
+        return env.physics.model.ptr, env.physics.data.ptr, env.close
+    import gymnasium as gym
+
+    wrapped = gym.make(task, disable_env_checker=True)
+    return wrapped.unwrapped.model, wrapped.unwrapped.data, wrapped.close
+
+
 class PhysicsReader:
-    """Recorded states restored into the task's physics (one instance per task, built on first use)."""
+    """Recorded states restored into the task's physics (one model per task, built on first use)."""
 
     def __init__(self) -> None:
-        from pipeline.rendering import setup_headless_rendering
+        self._physics: dict[str, tuple[Any, Any, Callable[[], None]]] = {}
 
-        setup_headless_rendering()  # before mujoco is first imported
-        self._envs: dict[str, Any] = {}
-
-    def _env(self, task: str) -> Any:
-        if task not in self._envs:
-            from pipeline.collect import make_env
-
-            self._envs[task] = make_env(task, image_size=8)
-        return self._envs[task]
+    def _model(self, task: str) -> tuple[Any, Any]:
+        if task not in self._physics:
+            self._physics[task] = load_task_physics(task)
+        model, data, _ = self._physics[task]
+        return model, data
 
     def read(self, scene: SceneTruth) -> PhysicsState:
         """Set ``qpos``/``qvel`` of ``scene``, run ``mj_forward`` and read contacts and body velocities."""
         import mujoco
 
-        env = self._env(scene.task)
-        model, data = env.model, env.data
+        model, data = self._model(scene.task)
         if data.qpos.shape != scene.qpos.shape or data.qvel.shape != scene.qvel.shape or model.nbody != len(scene.body_pos):
             raise UserError(
                 f"{scene.task}: the recorded state (nq={scene.qpos.size}, nv={scene.qvel.size}, nbody={len(scene.body_pos)}) "
@@ -122,9 +143,9 @@ class PhysicsReader:
         return PhysicsState(sorted(pairs), data.xipos.copy(), velocity[:, 3:].copy(), velocity[:, :3].copy())
 
     def close(self) -> None:
-        for env in self._envs.values():
-            env.close()
-        self._envs.clear()
+        for _, _, close in self._physics.values():
+            close()
+        self._physics.clear()
 
 
 def spin_words(angular_cam: np.ndarray) -> str:
