@@ -41,18 +41,20 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from pipeline.collect.disk import FrameLayout, check_disk_space
 from pipeline.collect.envs import PixelEnv, make_env, resolve_task
 from pipeline.collect.policies import Policy, make_policy
-from pipeline.config.collect import CollectParams
 from pipeline.episodes import SCHEMA_VERSION, Episode, EpisodeMeta, episode_filename, list_episodes, load_episode, load_meta, save_episode, write_index
 from pipeline.errors import UserError
 from pipeline.io import dumps_json
-from pipeline.logs import progress
+
+if TYPE_CHECKING:
+    from pipeline.config.collect import CollectParams, PolicyParams
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def simulator_versions() -> dict[str, str]:
     return versions
 
 
-def _env_kwargs(params: CollectParams) -> dict[str, Any]:
+def _env_kwargs(params: "CollectParams") -> dict[str, Any]:
     return {
         "image_size": params.image_size,
         "camera": params.camera,
@@ -92,10 +94,10 @@ def _env_kwargs(params: CollectParams) -> dict[str, Any]:
     }
 
 
-def _make_policy(params: CollectParams, env: PixelEnv, task: str) -> Policy:
+def _make_policy(policy: "PolicyParams", env: PixelEnv, task: str, env_kwargs: dict[str, Any]) -> Policy:
     return make_policy(
-        params.policy, env.action_low, env.action_high,
-        task=task, image_size=params.image_size, action_repeat=params.action_repeat, camera=params.camera, render_mode=params.render_mode,
+        policy, env.action_low, env.action_high,
+        task=task, image_size=env_kwargs["image_size"], action_repeat=env_kwargs["action_repeat"], camera=env_kwargs["camera"], render_mode=env_kwargs["render_mode"],
     )
 
 
@@ -169,11 +171,11 @@ class _Job:
 class _Recorder:
     """One environment and policy, reused across the episodes a process records."""
 
-    def __init__(self, task: str, params: CollectParams, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, task: str, env_kwargs: dict[str, Any], policy: "PolicyParams", extra: dict[str, Any] | None = None) -> None:
         self.extra = extra or {}
-        self.env = make_env(task, **_env_kwargs(params))
+        self.env = make_env(task, **env_kwargs)
         try:
-            self.policy = _make_policy(params, self.env, task)
+            self.policy = _make_policy(policy, self.env, task, env_kwargs)
         except BaseException:
             self.env.close()
             raise
@@ -230,16 +232,21 @@ def _close_worker_recorder() -> None:
         _worker_recorder = None
 
 
-def _worker_init(task: str, params: CollectParams, extra: dict[str, Any], parent_pid: int) -> None:
+def _worker_init(task: str, env_kwargs: dict[str, Any], policy: dict[str, Any], extra: dict[str, Any], parent_pid: int) -> None:
     """Pool initializer: tie the worker's life to the parent's, build its env and policy.
 
-    A failure is kept and raised by the first :func:`_worker_run`, so it reaches the caller as
-    itself (an initializer's exception would only break the pool).
+    The policy params arrive as a plain dict (read as attributes, like the validated
+    ``PolicyParams`` they were dumped from): unpickling the pydantic params would import the whole
+    params package, about 1 s of every worker's start-up. A failure is kept and raised by the
+    first :func:`_worker_run`, so it reaches the caller as itself (an initializer's exception
+    would only break the pool).
     """
     global _worker_recorder, _worker_error
     die_with_parent(parent_pid)
     try:
-        _worker_recorder = _Recorder(task, params, extra)
+        _worker_recorder = _Recorder(task, env_kwargs, SimpleNamespace(**policy), extra)  # type: ignore[arg-type]
+        # The GL context first: mujoco's EGL clean-up, registered with it, must run after ours.
+        _worker_recorder.env.start_rendering()
         atexit.register(_close_worker_recorder)
     except Exception as exc:  # noqa: BLE001 - re-raised by _worker_run
         _worker_error = exc
@@ -253,13 +260,13 @@ def _worker_run(job: _Job) -> EpisodeMeta:
     return _worker_recorder.run(job)
 
 
-def _record_in_pool(task: str, params: CollectParams, extra: dict[str, Any], jobs: list[_Job], workers: int) -> Iterator[EpisodeMeta]:
+def _record_in_pool(task: str, params: "CollectParams", extra: dict[str, Any], jobs: list[_Job], workers: int) -> Iterator[EpisodeMeta]:
     """Record ``jobs`` on ``workers`` spawned processes; yield each episode's meta as it finishes."""
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_init,
-        initargs=(task, params, extra, os.getpid()),
+        initargs=(task, _env_kwargs(params), params.policy.model_dump(), extra, os.getpid()),
     )
     finished = False
     try:
@@ -304,7 +311,7 @@ def _remove_leftovers(out_dir: Path, count: int) -> None:
             tmp.unlink()
 
 
-def collect_task(task: str, params: CollectParams, out_dir: str | Path, workers: int | None = None) -> list[EpisodeMeta]:
+def collect_task(task: str, params: "CollectParams", out_dir: str | Path, workers: int | None = None) -> list[EpisodeMeta]:
     """Record ``params.episodes_per_task`` episodes of ``task`` into ``out_dir``; return their metas.
 
     Everything is validated in this process before any worker starts or any episode is recorded:
@@ -329,7 +336,9 @@ def collect_task(task: str, params: CollectParams, out_dir: str | Path, workers:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a folder; remove it or choose another path")
     resolve_task(task)
-    recorder = _Recorder(task, params)  # validates the camera and the policy against the task
+    from pipeline.logs import progress
+
+    recorder = _Recorder(task, _env_kwargs(params), params.policy)  # validates the camera and the policy against the task
     try:
         description = recorder.policy.describe()
         versions = simulator_versions()

@@ -31,11 +31,11 @@ import numpy as np
 
 from pipeline.collect.envs.wrappers import FrameStacker, scale_action
 from pipeline.collect.errors import PolicyError
-from pipeline.config.collect import PolicyParams
 from pipeline.io import sha256_of
 
 if TYPE_CHECKING:
     from models.actor import ActorMeta
+    from pipeline.config.collect import PolicyParams
     from pipeline.collect.envs.base import StepResult
 
 log = logging.getLogger(__name__)

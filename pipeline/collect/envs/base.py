@@ -151,17 +151,6 @@ class PixelEnv(abc.ABC):
         """(ngeom,) int32 body id of each geom (maps segmentation ids to bodies)."""
         return np.asarray(self.model.geom_bodyid, dtype=np.int32).copy()
 
-    def state_observation(self) -> tuple[np.ndarray, list[str]]:
-        """The task's proprioceptive observation now: what a state-based agent sees.
-
-        Returns:
-            ``(obs, kinds)``: obs (D,) float32, the backend's own observation flattened
-            (dm_control: the observation dict in key order; gymnasium: ``_get_obs()``), and
-            ``kinds`` (D,) with ``"position"`` (positions, angles as cos/sin, orientations,
-            distances), ``"velocity"`` or ``"other"`` (touch sensors, contact forces) per dim.
-        """
-        raise NotImplementedError(f"{type(self).__name__} has no state observation")
-
     def reset(self, seed: int | None = None) -> StepResult:
         """Start an episode. ``seed`` fixes its initial state; None continues the env's seed stream
         (the first reset without a seed uses ``make_env``'s ``seed``)."""
@@ -191,13 +180,19 @@ class PixelEnv(abc.ABC):
         self._done = terminated or truncated
         return self._observe(reward, discount, terminated, truncated)
 
-    def _observe(self, reward: float, discount: float, terminated: bool, truncated: bool) -> StepResult:
+    def start_rendering(self) -> SceneRenderer:
+        """Create the OpenGL context and renderer now if not yet done (the first frame does it
+        otherwise); return the renderer."""
         if self._renderer is None:
             from pipeline.collect.render import SceneRenderer
 
-            assert self._render_spec is not None, "backend did not call _init_rendering, or the env is closed"
+            if self._render_spec is None:
+                raise RuntimeError("the backend did not call _init_rendering, or the env is closed")
             self._renderer = SceneRenderer(self.model, *self._render_spec)
-        frame = self._renderer.render(self.data)
+        return self._renderer
+
+    def _observe(self, reward: float, discount: float, terminated: bool, truncated: bool) -> StepResult:
+        frame = self.start_rendering().render(self.data)
         data = self.data
         return StepResult(
             frame=frame.rgb,
