@@ -151,6 +151,17 @@ class PixelEnv(abc.ABC):
         """(ngeom,) int32 body id of each geom (maps segmentation ids to bodies)."""
         return np.asarray(self.model.geom_bodyid, dtype=np.int32).copy()
 
+    def state_observation(self) -> tuple[np.ndarray, list[str]]:
+        """The task's proprioceptive observation now: what a state-based agent sees.
+
+        Returns:
+            ``(obs, kinds)``: obs (D,) float32, the backend's own observation flattened
+            (dm_control: the observation dict in key order; gymnasium: ``_get_obs()``), and
+            ``kinds`` (D,) with ``"position"`` (positions, angles as cos/sin, orientations,
+            distances), ``"velocity"`` or ``"other"`` (touch sensors, contact forces) per dim.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no state observation")
+
     def reset(self, seed: int | None = None) -> StepResult:
         """Start an episode. ``seed`` fixes its initial state; None continues the env's seed stream
         (the first reset without a seed uses ``make_env``'s ``seed``)."""
