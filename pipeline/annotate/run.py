@@ -276,7 +276,7 @@ def run(
         raise AnnotateIncomplete(
             f"annotate {task}: {summary.failed_unreachable} of {summary.frames} frames failed for reasons outside the frame "
             f"(server unreachable, timeouts or HTTP errors; see 'error' in {out_dir}/episode_*.json).\n"
-            f"  Fix: make the backend reachable and rerun; the {summary.ok + summary.failed_invalid_answer} finished frames are cached "
+            f"  Fix: make the backend reachable and rerun; the {summary.ok} answered frames are cached "
             f"in {section.cache_dir} and will not be queried again."
         )
     if summary.failure_rate is not None and summary.failure_rate > section.max_failure_rate:

@@ -25,6 +25,7 @@ Output is a pure function of the episode file (and the task's model for contacts
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -51,12 +52,17 @@ MOTION_BODIES = 3
 MODEL_NAME = "mujoco-truth-v1"
 
 
+def vector_norm(v: np.ndarray) -> float:
+    """Euclidean norm of a float64 vector, the same float as ``np.linalg.norm(v)`` (``sqrt(v . v)``) at a quarter of its cost."""
+    return math.sqrt(v.dot(v))
+
+
 def direction_words(velocity_cam: np.ndarray) -> str:
     """Words for a camera-frame velocity (x right, y down, z forward), e.g. 'up and to the left'."""
-    speed = float(np.linalg.norm(velocity_cam))
+    speed = vector_norm(velocity_cam)
     if speed < STILL_SPEED:
         return "still"
-    x, y, z = (float(c) for c in velocity_cam)
+    x, y, z = velocity_cam.tolist()
     words = []
     if abs(y) >= DIRECTION_SHARE * speed:
         words.append("down" if y > 0 else "up")
@@ -150,7 +156,7 @@ class PhysicsReader:
 
 def spin_words(angular_cam: np.ndarray) -> str:
     """Words for a camera-frame angular velocity (rad/s): '' below :data:`STILL_SPIN`."""
-    rate = float(np.linalg.norm(angular_cam))
+    rate = vector_norm(angular_cam)
     if rate < STILL_SPIN:
         return ""
     # z is the optical axis pointing into the image, x right, y down: +z turns x towards y, clockwise on screen.
@@ -192,7 +198,7 @@ def describe(scene: SceneTruth, physics: PhysicsState | None) -> Annotation:
             bodies_in_view.append(entity.name)
             pos = positions[entity.index]
             vel = velocities[entity.index]
-            speed = float(np.linalg.norm(vel))
+            speed = vector_norm(vel)
             heading = direction_words(rotation.T @ vel)
             spin = spin_words(rotation.T @ physics.ang_vel[entity.index]) if physics is not None else ""
             motion = "still" if heading == "still" else f"moving {heading} at {speed:.2f} m/s"
