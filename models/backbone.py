@@ -9,9 +9,11 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
   flow between the last two frames as two extra input channels (``flow_input=True``, for
   comparison; the online agent then has to compute flow too).
 * Interaction: after the layers listed in ``interaction_layers`` the paths exchange information
-  (``interaction_kind``: ``gated`` 1x1-conv gated exchange, or ``attention`` cross-attention over
-  pooled tokens; registry :data:`models.interaction.INTERACTIONS`). ``interaction=False`` turns it
-  off (ablation): the two trunks are then independent.
+  (``interaction_kind``: ``global`` per-channel gated messages from the other path's spatial
+  mean, nearly free; ``gated`` per-pixel 1x1-conv gated exchange, which costs more than two conv
+  layers; or ``attention`` cross-attention over pooled tokens; registry
+  :data:`models.interaction.INTERACTIONS`). ``interaction=False`` turns it off (ablation): the
+  two trunks are then independent.
 * Each path ends in a vector (``path_dim`` = ``feature_dim``): pooled map -> Linear -> LayerNorm.
   The fused vector is ``LayerNorm(Linear(cat(semantic, motion)))``, size ``feature_dim``, float32:
   what the SAC stage consumes.
@@ -66,7 +68,7 @@ class DualPathBackbone(nn.Module):
         channels: conv width of each path.
         depth: conv layers per path (the first has stride 2).
         interaction: let the paths exchange information (False: independent paths, ablation).
-        interaction_kind: ``gated`` or ``attention`` (see :mod:`models.interaction`).
+        interaction_kind: ``global``, ``gated`` or ``attention`` (see :mod:`models.interaction`).
         interaction_layers: 0-based conv layers after which the paths exchange; None: after every
             layer but the first (layers 1 .. depth-1).
         flow_input: the motion path also takes the flow between the last two frames (2 channels,
@@ -140,8 +142,8 @@ class DualPathBackbone(nn.Module):
         s = x[:, -3:]
         m = torch.cat([x, flow.float()], dim=1) if self.flow_input and flow is not None else x
         for i in range(self.depth):
-            s = F.relu(self.semantic_trunk[i](s))
-            m = F.relu(self.motion_trunk[i](m))
+            s = F.relu_(self.semantic_trunk[i](s))  # in place: the conv keeps its input, not its output, for backward
+            m = F.relu_(self.motion_trunk[i](m))
             if str(i) in self.exchange:
                 s, m = self.exchange[str(i)](s, m)
         semantic = self.semantic_head(self.pool(s).flatten(1))

@@ -9,6 +9,7 @@ import torch
 from models.backbone import DualPathBackbone
 from models.checkpoint import load_module, save_module
 from models.heads import PretrainModel
+from models.interaction import INTERACTIONS, GlobalGatedExchange
 
 TINY = dict(frame_stack=3, image_size=16, feature_dim=8, channels=4, depth=3)
 
@@ -21,7 +22,7 @@ def _obs(batch: int = 2, k: int = 3, size: int = 16, seed: int = 0) -> torch.Ten
     return torch.randint(0, 256, (batch, 3 * k, size, size), generator=g, dtype=torch.uint8)
 
 
-@pytest.mark.parametrize("kind", ["gated", "attention"])
+@pytest.mark.parametrize("kind", list(INTERACTIONS))
 @pytest.mark.parametrize("interaction", [True, False])
 def test_shapes_and_dtypes_through_every_head(kind: str, interaction: bool) -> None:
     torch.manual_seed(0)
@@ -106,3 +107,20 @@ def test_full_model_checkpoint_round_trips(tmp_path) -> None:
     obs = _obs()
     for key, value in model(obs).items():
         assert torch.equal(loaded(obs)[key], value), key
+
+
+def test_global_exchange_sends_each_path_a_per_channel_message_from_the_other() -> None:
+    """s' - s is one value per (sample, channel), and it depends on m only (and the gate on both)."""
+    torch.manual_seed(0)
+    exchange = GlobalGatedExchange(4)
+    s, m = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    s2, m2 = exchange(s, m)
+    delta_s, delta_m = s2 - s, m2 - m
+    assert torch.allclose(delta_s, delta_s[:, :, :1, :1].expand_as(delta_s)) and delta_s.abs().sum() > 0
+    assert torch.allclose(delta_m, delta_m[:, :, :1, :1].expand_as(delta_m)) and delta_m.abs().sum() > 0
+    # A message carries the other path's content: moving m's mean changes s' but not m's own message source.
+    shifted_s, _ = exchange(s, m + 1.0)
+    assert not torch.allclose(shifted_s, s2)
+    # Gates start mostly closed (sigmoid(-2) ~ 0.12 per channel) so each path first learns its own task.
+    gates = torch.sigmoid(exchange.gates(torch.cat([s.mean((2, 3)), m.mean((2, 3))], dim=1)))
+    assert gates.mean() < 0.3
