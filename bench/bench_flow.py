@@ -1,6 +1,6 @@
 """Flow stage throughput against the bare backend, per backend, measured in the same run.
 
-    .venv/bin/python bench/bench_flow.py [--task cheetah-run] [--episodes 2] [--steps 50] [--size 84]
+    .venv/bin/python bench/bench_flow.py [--task cheetah-run] [--episodes 4] [--steps 100] [--size 84]
         [--backends simulator,dis,ptlflow:raft_small,ptlflow:rapidflow] [--batch 32] [--repeats 2] [--device auto]
 
 Records episodes with the collect stage (depth and segmentation on) into bench/out/flow/, then for
@@ -12,8 +12,13 @@ each backend prints pairs/s of:
 * stage: ``pipeline.flow.run.run`` on the episode files - loading, the backend, float16 conversion, the
   end-point error against exact flow, photometric error, previews and the atomic writes;
 
-and the ratio stage / bare (goal >= 0.9). ptlflow models use random weights (the speed does not
-depend on them). The best of ``--repeats`` runs is kept for each figure.
+and the ratio stage / bare (goal >= 0.8), then the CPU time per pair of each (all threads of the
+process: the stage's helper thread included) and their ratio, bare / stage. On an idle machine the
+wall ratio is what the stage costs over its backend once the helper thread has a core of its own;
+on a loaded one (more runnable threads than cores) there is no free core and the wall ratio falls
+towards the CPU ratio. ptlflow models use random weights (the speed does not depend on them). The
+best of ``--repeats`` runs is kept for each figure. The default shape, 4 episodes of 100 steps, is
+the default pipeline's (``collect.episodes_per_task``, ``collect.episode_steps``).
 """
 from __future__ import annotations
 
@@ -55,16 +60,18 @@ def collect(task: str, episodes: int, steps: int, size: int) -> Path:
     return folder
 
 
-def best_rates(pairs: int, runs: list, repeats: int) -> list[float]:
-    """Best pairs/s of each ``run()`` over ``repeats`` rounds; the runs alternate within a round
-    so that a change in the machine's load hits them alike."""
+def best_rates(pairs: int, runs: list, repeats: int) -> list[tuple[float, float]]:
+    """Best (pairs/s, CPU ms per pair) of each ``run()`` over ``repeats`` rounds; the runs alternate
+    within a round so that a change in the machine's load hits them alike."""
     times = [[] for _ in runs]
+    cpu = [[] for _ in runs]
     for _ in range(repeats):
-        for run, spent in zip(runs, times):
-            start = time.perf_counter()
+        for run, spent, used in zip(runs, times, cpu):
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             spent.append(time.perf_counter() - start)
-    return [pairs / min(spent) for spent in times]
+            used.append(time.process_time() - start_cpu)
+    return [(pairs / min(spent), 1e3 * min(used) / pairs) for spent, used in zip(times, cpu)]
 
 
 def bare_runner(backend: FlowBackend, paths: list[Path], batch: int):
@@ -115,8 +122,8 @@ def make(spec: str, batch: int, device: str) -> tuple[FlowBackend, FlowParams]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="cheetah-run")
-    parser.add_argument("--episodes", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--size", type=int, default=84)
     parser.add_argument("--backends", default="simulator,dis,ptlflow:raft_small,ptlflow:rapidflow")
     parser.add_argument("--batch", type=int, default=32)
@@ -129,7 +136,7 @@ def main() -> None:
     paths = list_episodes(folder)
     pairs = sum(len(load_episode(p, ["frames"]).frames) - 1 for p in paths)
     print(f"{args.task}: {len(paths)} episodes, {pairs} pairs at {args.size}x{args.size}, batch {args.batch}")
-    print(f"{'backend':<22} {'bare pairs/s':>13} {'stage pairs/s':>14} {'ratio':>7}")
+    print(f"{'backend':<22} {'bare pairs/s':>13} {'stage pairs/s':>14} {'ratio':>7} {'bare cpu ms/pair':>17} {'stage cpu ms/pair':>18} {'cpu ratio':>10}")
     for spec in args.backends.split(","):
         backend, params = make(spec, args.batch, args.device)
         bare = bare_runner(backend, paths, args.batch)
@@ -140,8 +147,12 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)  # no reuse of finished outputs
             run_stage(folder, out, params, WeightsParams(), backend=backend).write_metrics(out.with_suffix(".json"))
 
-        bare_rate, stage_rate = best_rates(pairs, [bare, stage], args.repeats)
-        print(f"{spec:<22} {bare_rate:>13.1f} {stage_rate:>14.1f} {stage_rate / bare_rate:>7.2f}", flush=True)
+        (bare_rate, bare_cpu), (stage_rate, stage_cpu) = best_rates(pairs, [bare, stage], args.repeats)
+        print(
+            f"{spec:<22} {bare_rate:>13.1f} {stage_rate:>14.1f} {stage_rate / bare_rate:>7.2f}"
+            f" {bare_cpu:>17.3f} {stage_cpu:>18.3f} {bare_cpu / stage_cpu:>10.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

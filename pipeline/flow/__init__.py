@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pipeline.flow.base import FlowBackend, FlowResult, PairBackend
 from pipeline.flow.registry import BACKENDS, make_backend
-from pipeline.flow.run import FlowSummary, run, run_flow
+from pipeline.flow.run import FlowSummary, run_flow
 
-__all__ = ["BACKENDS", "FlowBackend", "FlowResult", "FlowSummary", "PairBackend", "make_backend", "run", "run_flow"]
+# ``run`` is not re-exported: ``pipeline.flow.run`` must stay the module (``from pipeline.flow.run import run``).
+__all__ = ["BACKENDS", "FlowBackend", "FlowResult", "FlowSummary", "PairBackend", "make_backend", "run_flow"]

@@ -23,6 +23,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from pipeline.io import dumps_json, write_npz_atomic
@@ -40,6 +41,19 @@ FORMAT_VERSION = 1
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 _READ_ERRORS = (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def as_float16(flow: np.ndarray) -> np.ndarray:
+    """``flow`` (float32, any shape) as float16, the stored precision: round to nearest even, inf beyond +-65504.
+
+    The same bits as ``flow.astype(np.float16)``, about 8x faster through OpenCV's F16C conversion.
+    """
+    flow = np.ascontiguousarray(flow, dtype=np.float32)
+    convert = getattr(cv2, "convertFp16", None)
+    if convert is None or flow.ndim < 2 or flow.size == 0:
+        with np.errstate(over="ignore"):
+            return flow.astype(np.float16)
+    return convert(flow.reshape(-1, flow.shape[-1])).view(np.float16).reshape(flow.shape)
 
 
 def flow_source(backend: dict[str, Any], episode_sha256: str) -> dict[str, Any]:

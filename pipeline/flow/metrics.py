@@ -68,7 +68,9 @@ class ErrorSample:
     def of(cls, values: np.ndarray, threshold: float) -> "ErrorSample":
         """Reduce the errors ``values`` (1-d, >= 0, any float dtype) of the pixels under a mask."""
         values = np.asarray(values, np.float64)
-        bins = np.bincount(np.minimum((values / BIN_WIDTH).astype(np.int64), HIST_BINS - 1))
+        scaled = values / BIN_WIDTH
+        np.minimum(scaled, HIST_BINS - 1, out=scaled)  # the overflow bin (same as clipping the truncated index)
+        bins = np.bincount(scaled.astype(np.int64))
         return cls(int(values.size), float(values.sum()), int((values < threshold).sum()), bins)
 
 
@@ -81,21 +83,24 @@ class ErrorStats:
     below: int = 0
     #: one partial sum per :meth:`add`, added with ``math.fsum`` (exact, so independent of the order of calls)
     partial_sums: list[float] = field(default_factory=list, repr=False)
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, np.int64), repr=False)
+    #: counts per :data:`BIN_WIDTH` bin, as long as the largest bin seen (at most :data:`HIST_BINS`)
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
     def add(self, sample: ErrorSample) -> None:
         """Count one episode's errors (an :class:`ErrorSample` reduced with this threshold)."""
         self.count += sample.count
         self.partial_sums.append(sample.total)
         self.below += sample.below
+        if sample.bins.size > self.hist.size:
+            self.hist = np.concatenate([self.hist, np.zeros(sample.bins.size - self.hist.size, np.int64)])
         self.hist[: sample.bins.size] += sample.bins
 
     def median(self) -> float | None:
         """Median to within :data:`BIN_WIDTH` (the centre of the bin that holds it)."""
         if self.count == 0:
             return None
-        cumulative = np.cumsum(self.hist)
-        index = int(np.searchsorted(cumulative, (self.count + 1) / 2))
+        # the first bin where the running count reaches (count + 1) / 2; integer target: no float copy of the counts
+        index = int(np.searchsorted(np.cumsum(self.hist), math.ceil((self.count + 1) / 2)))
         return min((index + 0.5) * BIN_WIDTH, HIST_MAX)
 
     def summary(self) -> dict[str, float | int | None]:
@@ -111,8 +116,8 @@ class ErrorStats:
         }
 
 
-#: Frame pairs warped at once by :func:`measure_episode` (bounds its memory).
-CHUNK = 64
+#: Pixels sampled per ``cv2.remap`` call (OpenCV refuses maps of 32767 rows or more).
+_REMAP_ROWS = 16384
 #: Pixels below this error count as right (pixels for EPE, grey levels for photometric error).
 THRESHOLD = 1.0
 
@@ -137,8 +142,8 @@ def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exa
 
     With exact (simulator) flow: end-point error of ``flow`` and of zero flow under the exact
     flow's mask. Always: photometric error (mean absolute RGB difference, 0-255) of frame t+1
-    warped back onto frame t by ``flow``, and by zero flow, under the exact mask when there is
-    one, else under ``valid``.
+    warped back onto frame t by ``flow`` (bilinear, :func:`warp_back`'s sampling), and by zero
+    flow, under the exact mask when there is one, else under ``valid``.
 
     Args:
         frames: (T+1, H, W, 3) uint8 RGB.
@@ -147,23 +152,34 @@ def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exa
         exact: the simulator's flow of the same pairs, or None.
     """
     mask = exact.valid if exact is not None else valid
+    t_count, h, w = mask.shape
+    hw = h * w
+    where = np.flatnonzero(mask)  # the counted pixels, in (t, row, column) order as every selection here
+    pair_of = where // hw
+    pixel = where - pair_of * hw
+    dx, dy = _vectors_at(flow, where, pair_of, hw)
     epe = epe_zero = photo = photo_zero = None
     if exact is not None:
-        exact_at = _at(exact.flow, mask)
-        epe = ErrorSample.of(end_point_error(_at(flow, mask), exact_at).ravel(), THRESHOLD)
-        epe_zero = ErrorSample.of(np.hypot(exact_at[0], exact_at[1]).ravel(), THRESHOLD)
+        ex, ey = _vectors_at(exact.flow, where, pair_of, hw)
+        epe = ErrorSample.of(end_point_error(np.stack([dx, dy])[..., None], np.stack([ex, ey])[..., None]).ravel(), THRESHOLD)
+        epe_zero = ErrorSample.of(np.hypot(ex, ey), THRESHOLD)
     if len(flow):
-        errors, errors_zero = [], []
-        for start in range(0, len(flow), CHUNK):  # bounded memory for long episodes and large frames
-            stop = min(start + CHUNK, len(flow))
-            images = frames[start : stop + 1].astype(np.float32)
-            warped = np.stack([warp_back(images[t + 1], flow[start + t]) for t in range(stop - start)])  # frame t as the flow predicts it
-            where = mask[start:stop]
-            first = images[:-1][where]
-            errors.append(_rgb_mean(np.abs(warped[where] - first)))
-            errors_zero.append(_rgb_mean(np.abs(images[1:][where] - first)))  # zero flow: frame t+1 itself
-        photo = ErrorSample.of(np.concatenate(errors), THRESHOLD)
-        photo_zero = ErrorSample.of(np.concatenate(errors_zero), THRESHOLD)
+        first = frames[:-1].reshape(-1, 3)[where].astype(np.float32)
+        # frame t+1 sampled at pixel + flow (warp_back's sampling), at the counted pixels only
+        u, v = (g.ravel() for g in pixel_grid(h, w))
+        map_u = u[pixel] + dx.astype(np.float32)
+        map_v = v[pixel] + dy.astype(np.float32)
+        bounds = np.searchsorted(where, np.arange(t_count + 1) * hw)
+        warped = np.empty_like(first)
+        for t in np.flatnonzero(np.diff(bounds)):
+            image = frames[t + 1].astype(np.float32)
+            for a in range(bounds[t], bounds[t + 1], _REMAP_ROWS):  # OpenCV maps hold < 32767 rows
+                b = min(a + _REMAP_ROWS, bounds[t + 1])
+                sampled = cv2.remap(image, map_u[a:b, None], map_v[a:b, None], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                warped[a:b] = sampled.reshape(-1, 3)
+        photo = ErrorSample.of(_rgb_mean(np.abs(warped - first)), THRESHOLD)
+        second = frames[1:].reshape(-1, 3)[where].astype(np.float32)
+        photo_zero = ErrorSample.of(_rgb_mean(np.abs(second - first)), THRESHOLD)  # zero flow: frame t+1 itself
     return EpisodeQuality(
         pairs=len(flow),
         valid=int(valid.sum()),
@@ -177,9 +193,11 @@ def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exa
     )
 
 
-def _at(flow: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The vectors of ``flow`` (T, 2, H, W) at the pixels of ``mask`` (T, H, W), as a (2, P, 1) field (in (t, row, column) order)."""
-    return np.stack([flow[:, 0][mask], flow[:, 1][mask]])[..., None]
+def _vectors_at(flow: np.ndarray, where: np.ndarray, pair_of: np.ndarray, hw: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(dx, dy)`` of ``flow`` (T, 2, H, W) at the flat (T, H, W) pixel indices ``where`` (``pair_of`` = ``where // hw``)."""
+    flat = np.ascontiguousarray(flow).reshape(-1)
+    at = where + pair_of * hw  # (t, 0, pixel) in the (T, 2, H*W) layout
+    return flat[at], flat[at + hw]
 
 
 def _rgb_mean(diff: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@ Then one loop: the backend computes the episodes in order (:meth:`FlowBackend.fl
 each computed episode is finished (float16, checked finite, written as its flow file
 (:mod:`pipeline.flow.files`), measured, previews drawn) by :func:`finish_episode`, which
 returns its metrics. One helper thread overlaps that, and the loading of the next
-episodes, with the backend's computation.
+episodes, with the backend's computation; when the helper falls behind (and once the
+backend is done) the main thread takes over work the helper has not started (:class:`Task`),
+so both cores stay busy whichever side is slower.
 
 A flow file whose ``meta.source`` (backend record, episode SHA-256, format version) and
 pair count match this run's is kept (a rerun after an interrupt loses no finished episode);
@@ -17,13 +19,14 @@ removed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import numpy as np
 
@@ -31,7 +34,7 @@ from pipeline.config import FlowParams, WeightsParams
 from pipeline.episodes import Episode, EpisodeHeader, check_episodes, load_episode
 from pipeline.errors import UserError
 from pipeline.flow.base import FlowBackend, FlowResult
-from pipeline.flow.files import FLOAT16_MAX, flow_meta, flow_source, read_flow, read_flow_meta, write_flow
+from pipeline.flow.files import FLOAT16_MAX, as_float16, flow_meta, flow_source, read_flow, read_flow_meta, write_flow
 from pipeline.flow.metrics import EpisodeQuality, TaskQuality, measure_episode
 from pipeline.flow.registry import BACKENDS
 from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend
@@ -41,6 +44,7 @@ from pipeline.logs import progress
 from pipeline.stage import StageSummary
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREVIEW_DIR = "previews"
 #: Episodes loaded ahead of the backend, and computed episodes waiting to be finished, at most (bounds memory).
@@ -132,12 +136,16 @@ def run(
     quality, previews = TaskQuality(), set()
     bar = progress(desc=f"flow ({backend.name})", total=sum(job.header.length for job in jobs), unit="pair")
     with ThreadPoolExecutor(1, thread_name_prefix="flow-io") as pool, contextlib.closing(_loaded(pool, todo)) as loaded:
-        finishing: deque[tuple[EpisodeJob, Future[Finished]]] = deque((job, pool.submit(finish_kept, job, backend, reference, out)) for job in kept)
+        finishing = deque((job, Task(pool, finish_kept, job, backend, reference, out)) for job in kept)
         try:
             for job, episode, result in backend.flows(loaded):
-                finishing.append((job, pool.submit(finish_episode, job, episode, result, backend, reference, out)))
-                while finishing and (finishing[0][1].done() or len(finishing) > AHEAD):
+                finishing.append((job, Task(pool, finish_episode, job, episode, result, backend, reference, out)))
+                if len(finishing) > AHEAD:
+                    finishing[-1][1].run_here()  # the helper is behind: finish this episode here rather than wait
+                while finishing and finishing[0][1].done():
                     _add(finishing.popleft(), quality, previews, bar)
+            for _, task in reversed(finishing):  # the backend is done: share what is left with the helper
+                task.run_here()
             while finishing:
                 _add(finishing.popleft(), quality, previews, bar)
         finally:
@@ -218,8 +226,7 @@ def to_float16(flow: np.ndarray, episode_path: Path) -> np.ndarray:
     Raises:
         UserError: a NaN or infinite value, or one beyond float16's range (+-65504 px), named with its pair and the episode file.
     """
-    with np.errstate(over="ignore"):  # overflow is refused below, with the episode named
-        flow16 = flow.astype(np.float16)
+    flow16 = as_float16(flow)  # overflow gives inf, refused below with the episode named
     if (flow16.view(np.uint16) & _FLOAT16_EXPONENT).max(initial=0) == _FLOAT16_EXPONENT:  # inf or NaN (10x faster than np.isfinite on float16)
         pairs = np.flatnonzero(~np.isfinite(flow16).reshape(len(flow16), -1).all(axis=1))
         raise UserError(
@@ -247,26 +254,54 @@ def _measure(
     return Finished(quality, tuple(names))
 
 
+class Task(Generic[T]):
+    """A call handed to the helper thread; if it has not started when its result is needed, it runs in the caller.
+
+    So the main thread, instead of waiting for a helper that is behind, does the work itself.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> None:
+        self._call = functools.partial(fn, *args)
+        self._future: Future[T] = pool.submit(self._call)
+        self._here: list[T] = []  # the result, when it ran in the caller
+
+    def run_here(self) -> None:
+        """Run the call now in this thread, unless the helper has started it (then it carries on there)."""
+        if not self._here and self._future.cancel():
+            self._here.append(self._call())
+
+    def done(self) -> bool:
+        return bool(self._here) or self._future.done()
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+    def result(self) -> T:
+        """The call's result (a failure re-raised here), running the call here if the helper has not started it."""
+        self.run_here()
+        return self._here[0] if self._here else self._future.result()
+
+
 def _loaded(pool: ThreadPoolExecutor, jobs: list[EpisodeJob]) -> Iterator[tuple[EpisodeJob, Episode]]:
     """Each job with its episode, loaded in ``pool`` up to :data:`AHEAD` episodes ahead; closing it cancels pending loads."""
-    pending: deque[tuple[EpisodeJob, Future[Episode]]] = deque()
+    pending: deque[tuple[EpisodeJob, Task[Episode]]] = deque()
     try:
         for job in jobs:
-            pending.append((job, pool.submit(load, job)))
+            pending.append((job, Task(pool, load, job)))
             if len(pending) > AHEAD:
-                first, future = pending.popleft()
-                yield first, future.result()
+                first, task = pending.popleft()
+                yield first, task.result()
         while pending:
-            first, future = pending.popleft()
-            yield first, future.result()
+            first, task = pending.popleft()
+            yield first, task.result()
     finally:
-        for _, future in pending:
-            future.cancel()
+        for _, task in pending:
+            task.cancel()
 
 
-def _add(item: tuple[EpisodeJob, Future[Finished]], quality: TaskQuality, previews: set[str], bar: Any) -> None:
-    job, future = item
-    finished = future.result()  # re-raises a failure of the helper thread here
+def _add(item: tuple[EpisodeJob, Task[Finished]], quality: TaskQuality, previews: set[str], bar: Any) -> None:
+    job, task = item
+    finished = task.result()  # re-raises a failure of the helper thread here
     quality.add(finished.quality)
     previews.update(finished.previews)
     bar.update(job.header.length)
