@@ -30,6 +30,7 @@ STAGES: dict[str, str] = {
     "pull": "stages.pull",
     "pretrain": "stages.pretrain",
     "finetune": "stages.finetune",
+    "evaluate": "stages.evaluate",
 }
 
 

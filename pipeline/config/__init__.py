@@ -18,6 +18,7 @@ from pipeline.config.base import Section
 from pipeline.errors import UserError
 from pipeline.config.collect import CollectParams, PolicyParams
 from pipeline.config.encode import EncodeParams
+from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.finetune import FinetuneParams
 from pipeline.config.flow import FlowParams
 from pipeline.config.pretrain import PretrainParams
@@ -27,6 +28,7 @@ __all__ = [
     "AnnotateParams",
     "CollectParams",
     "EncodeParams",
+    "EvaluateParams",
     "FinetuneParams",
     "FlowParams",
     "Params",
@@ -51,6 +53,7 @@ class Params(Section):
     encode: EncodeParams = EncodeParams()
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 class ParamsError(UserError, ValueError):

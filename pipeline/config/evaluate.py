@@ -93,6 +93,7 @@ class EvaluateParams(Section):
     agent: AgentParams = Field(default_factory=AgentParams, description="SAC hyperparameters of the state and frozen arms.")
     probe: ProbeParams = Field(default_factory=ProbeParams, description="Probe settings.")
     min_final_return: Float = Field(-1.0, description="The state arm must reach at least this final mean return on every task, or the stage fails (a non-learning agent invalidates every other arm); -1 disables.")
+    workers: Int = Field(2, ge=1, le=64, description="Processes running RL runs side by side (one torch thread each on the CPU); 1: in-process. Results do not depend on it.")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'.")
     threads: Int = Field(0, ge=0, description="torch CPU threads; 0: one per core.")
 

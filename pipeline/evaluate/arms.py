@@ -1,0 +1,107 @@
+"""The RL arms as independent jobs: one (arm, task, backbone, seed) run each, in a process pool.
+
+Each job rebuilds what it needs from paths and seeds (the backbone from its checkpoint or its
+random-init index), so jobs run in any order and on any worker with the same result.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config.evaluate import EvaluateParams
+from pipeline.evaluate.seeding import derive_seed
+from pipeline.evaluate.workspace import FeatureObserver, Schedule, StateObserver, VectorWorkspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RLJob:
+    """One RL run.
+
+    Attributes:
+        arm: ``state`` or ``frozen``.
+        task: task name.
+        action_repeat: simulator steps per agent step.
+        seed_index: 0..seeds-1.
+        backbone: the frozen backbone's label (``pretrained``, ``random-<i>``, ``checkpoint-<i>``), None for ``state``.
+        backbone_path: checkpoint folder the backbone (or its architecture) comes from.
+        image_size: rendered frame size.
+    """
+
+    arm: str
+    task: str
+    action_repeat: int
+    seed_index: int
+    backbone: str | None
+    backbone_path: str | None
+    image_size: int
+
+    @property
+    def label(self) -> str:
+        return "state" if self.arm == "state" else f"frozen:{self.backbone}"
+
+
+def _make_env(task: str, image_size: int, camera: int | str, action_repeat: int, render_mode: str, episode_steps: int, seed: int) -> Any:
+    from pipeline.collect import make_env
+
+    return make_env(task, image_size=image_size, camera=camera, action_repeat=action_repeat, render_mode=render_mode, episode_steps=episode_steps, seed=seed)
+
+
+def _observer_factory(job: RLJob, section: EvaluateParams, device: torch.device) -> Any:
+    if job.arm == "state":
+        env = _make_env(job.task, job.image_size, section.camera, job.action_repeat, section.render_mode, 1, 0)
+        try:
+            env.reset(seed=0)
+            dim = env.state_observation()[0].size
+        finally:
+            env.close()
+        return partial(StateObserver, dim)
+    from pipeline.evaluate.backbones import load_one
+
+    backbone = load_one(job.backbone or "", job.backbone_path or "", seed=section.seed, device=device)
+    return partial(FeatureObserver, backbone)
+
+
+def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> dict[str, Any]:
+    """Train one arm on one task for one seed; the evaluation curve and speed figures."""
+    device = torch.device(device_name)
+    schedule = Schedule(section.frames, section.seed_frames, section.eval_every_frames, section.eval_episodes, section.episode_frames, job.action_repeat)
+    make_env = partial(_make_env, job.task, job.image_size, section.camera, job.action_repeat, section.render_mode, max(1, section.episode_frames // job.action_repeat))
+    seed = derive_seed(section.seed, "agent", job.label, job.seed_index)
+    workspace = VectorWorkspace(job.task, make_env, _observer_factory(job, section, device), section.agent, schedule, seed, device)
+    try:
+        result = workspace.train()
+    finally:
+        workspace.close()
+    return {"job": job, "curve": result.curve, "final_return": result.final_return, "speed": result.speed()}
+
+
+def _init_worker(threads: int) -> None:
+    from pipeline.rendering import setup_headless_rendering
+
+    setup_headless_rendering()
+    torch.set_num_threads(threads)
+
+
+def run_jobs(jobs: list[RLJob], section: EvaluateParams, *, workers: int, device_name: str) -> list[dict[str, Any]]:
+    """Every job, in ``workers`` processes (in-process when 1); results in the order of ``jobs``."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    if workers <= 1 or len(jobs) <= 1:
+        return [run_job(job, section, device_name) for job in jobs]
+    results: dict[int, dict[str, Any]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(1,)) as pool:
+        futures = {pool.submit(run_job, job, section, device_name): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()
+            log.info("%s on %s seed %d: final return %.1f", jobs[i].label, jobs[i].task, jobs[i].seed_index, results[i]["final_return"])
+    return [results[i] for i in range(len(jobs))]
