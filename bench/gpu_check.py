@@ -977,26 +977,32 @@ def section_e2e(ctx: Ctx) -> None:
     root = ctx.work / "e2e"
     data = root / "data"
     root.mkdir(parents=True, exist_ok=True)
-    params = write_params(ctx, root / "params.yaml", {
+    overrides: dict[str, dict[str, Any]] = {
         "weights": weights_overrides(ctx),
         "collect": {"tasks": [TASK], "episodes_per_task": 2, "episode_steps": s.e2e_steps, "action_repeat": 2, "image_size": s.e2e_size,
                     "camera": 0, "depth": True, "segmentation": True, "policy": {"kind": "random"}, "workers": 1, "preview_episodes": 1},
         "flow": {"backend": "simulator", "previews": 1} if ctx.tiny else {
             "backend": "ptlflow", "model": "raft_small", "weights": "random", "device": "auto", "fp16": True, "min_size": 128, "batch_size": 16, "previews": 1},
-        "annotate": {"backend": "transformers", "model": "random", "device": "auto", "every_k": max(2, s.e2e_steps // 2), "batch_size": 4,
-                     "max_new_tokens": 8, "max_retries": 0, "max_failure_rate": 1.0, "cache_dir": str(root / "cache")},
+        "annotate": {"backend": "simulator", "every_k": max(2, s.e2e_steps // 2), "cache_dir": str(root / "cache")},
         "encode": {"clip_model": s.e2e_clip, "weights": "random", "device": "auto", "fp16": True, "val_fraction": 0.5, "batch_size": 64},
         "pretrain": {"steps": s.e2e_pretrain_steps, "batch_size": s.e2e_batch, "device": "auto", "workers": 0, "nproc": 1},
-    })
+    }
+    params = write_params(ctx, root / "params.yaml", overrides)
+    # The VLM answers of a random model are noise, which the encode stage rightly refuses: the transformers
+    # backend (device auto) annotates into a folder of its own, the simulator backend the one encode reads.
+    vlm = {"backend": "transformers", "model": "random", "device": "auto", "batch_size": 4, "max_new_tokens": 8, "max_retries": 0,
+           "max_failure_rate": 1.0}
+    vlm_params = write_params(ctx, root / "params-vlm.yaml", {**overrides, "annotate": {**overrides["annotate"], **vlm}})
     if ctx.tiny:
         ctx.report.note("e2e", "--cpu-tiny: the flow stage uses the simulator backend here (section 1 runs ptlflow on the CPU); the GPU run uses raft_small fp16")
-    common = ["--params", str(params), "--log-level", "WARNING"]
+    common = ["--log-level", "WARNING"]
     stages = [
-        ("collect", ["collect", "--task", TASK, "--out", str(data / "episodes" / TASK)]),
-        ("flow", ["flow", "--episodes", str(data / "episodes" / TASK), "--out", str(data / "flow" / TASK), "--metrics", str(data / "metrics" / "flow.json")]),
-        ("annotate", ["annotate", "--episodes", str(data / "episodes" / TASK), "--out", str(data / "annotations" / TASK), "--metrics", str(data / "metrics" / "annotate.json")]),
-        ("encode", ["encode", "--episodes", str(data / "episodes"), "--flow", str(data / "flow"), "--annotations", str(data / "annotations"), "--out", str(data / "dataset")]),
-        ("pretrain", ["pretrain", "--dataset", str(data / "dataset"), "--out", str(data / "pretrain"), "--metrics", str(data / "metrics" / "pretrain.json"), "--plots", str(data / "plots")]),
+        ("collect", ["--params", str(params), "collect", "--task", TASK, "--out", str(data / "episodes" / TASK)]),
+        ("flow", ["--params", str(params), "flow", "--episodes", str(data / "episodes" / TASK), "--out", str(data / "flow" / TASK), "--metrics", str(data / "metrics" / "flow.json")]),
+        ("annotate-vlm", ["--params", str(vlm_params), "annotate", "--episodes", str(data / "episodes" / TASK), "--out", str(data / "annotations-vlm" / TASK), "--metrics", str(data / "metrics" / "annotate-vlm.json")]),
+        ("annotate", ["--params", str(params), "annotate", "--episodes", str(data / "episodes" / TASK), "--out", str(data / "annotations" / TASK), "--metrics", str(data / "metrics" / "annotate.json")]),
+        ("encode", ["--params", str(params), "encode", "--episodes", str(data / "episodes"), "--flow", str(data / "flow"), "--annotations", str(data / "annotations"), "--out", str(data / "dataset")]),
+        ("pretrain", ["--params", str(params), "pretrain", "--dataset", str(data / "dataset"), "--out", str(data / "pretrain"), "--metrics", str(data / "metrics" / "pretrain.json"), "--plots", str(data / "plots")]),
     ]
     from pipeline.device import select_device
 
@@ -1017,12 +1023,14 @@ def section_e2e(ctx: Ctx) -> None:
         if rc != 0 or not outputs:
             ctx.report.error("e2e", name, RuntimeError(f"semore {name} exited {rc}; outputs: {outputs[:5]}"))
             break
-        ctx.report.ok("e2e", f"semore {name} ({TASK}, {frames} frames, {s.e2e_size}px, device auto -> {resolved})",
+        label = "annotate (transformers, random VLM)" if name == "annotate-vlm" else name
+        ctx.report.ok("e2e", f"semore {label} ({TASK}, {frames} frames, {s.e2e_size}px, device auto -> {resolved})",
                       {"wall_s": wall, "frames_s": frames / wall}, outputs=len(outputs), **_e2e_checks(name, data))
 
 
 def _out_folder(stage: str) -> str:
-    return {"collect": f"episodes/{TASK}", "flow": f"flow/{TASK}", "annotate": f"annotations/{TASK}", "encode": "dataset", "pretrain": "pretrain"}[stage]
+    return {"collect": f"episodes/{TASK}", "flow": f"flow/{TASK}", "annotate-vlm": f"annotations-vlm/{TASK}", "annotate": f"annotations/{TASK}",
+            "encode": "dataset", "pretrain": "pretrain"}[stage]
 
 
 def _e2e_checks(stage: str, data: Path) -> dict[str, Any]:
@@ -1098,6 +1106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file whose sections are the base of every setting")
     args = parser.parse_args(argv)
+    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
     if args.cpu_tiny:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # device auto resolves to the CPU in every stage too (set before torch loads)
 
@@ -1119,10 +1131,6 @@ def main(argv: list[str] | None = None) -> int:
     if tiny:
         torch.set_num_threads(1)  # tiny models on a shared 2-core machine: one thread, no spinning OpenMP workers
     budget = args.budget_s if args.budget_s is not None else (0.0 if tiny else 420.0)
-    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(wanted) - set(SECTIONS))
-    if unknown:
-        parser.error(f"--sections: unknown {unknown}; valid: {', '.join(SECTIONS)}")
     meta = {
         "mode": "cpu-tiny" if tiny else "gpu", "device": str(device), "cuda": cuda,
         "gpu_name": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__, "python": platform.python_version(),
