@@ -8,7 +8,8 @@ same run that does only the backend's core work on the same frames:
 * ``simulator``: bare = the task's model built without a renderer
   (``load_task_physics``), then per frame segmentation -> visible bodies, and
   qpos/qvel -> ``mj_forward`` -> contacts (episodes already in memory); stage =
-  ``backend: simulator``.
+  ``backend: simulator``. The previous bare loop, which built the model through
+  ``make_env`` (with a renderer, as the stage then did), is shown on a third row.
 * ``transformers`` (the tiny random VLM saved to a folder; CPU unless CUDA is present):
   bare = processor + ``generate`` in batches of ``--batch-size``, no retries; stage =
   ``backend: transformers`` with ``max_retries: 0`` (so both generate once per frame).
@@ -110,7 +111,7 @@ def main() -> None:
         from pipeline.annotate.simulator import load_task_physics
 
         def bare_simulator() -> None:
-            model, data, close = load_task_physics(args.task)
+            model, data, close = load_task_physics(args.task, episodes[0].meta.suite)
             for ep in episodes:
                 entities = model_entities(ep.meta.body_names, ep.meta.geom_names, ep.geom_body)
                 for t in annotated_steps(ep.length, args.every_k):
@@ -120,9 +121,24 @@ def main() -> None:
                     [(data.contact.geom1[i], data.contact.geom2[i]) for i in range(data.ncon)]
             close()
 
+        def bare_simulator_make_env() -> None:  # the previous baseline: the model from make_env, which also opens a renderer
+            from pipeline.collect import make_env
+
+            env = make_env(args.task, image_size=8)
+            for ep in episodes:
+                entities = model_entities(ep.meta.body_names, ep.meta.geom_names, ep.geom_body)
+                for t in annotated_steps(ep.length, args.every_k):
+                    visible_entities(ep.segmentation[t], ep.geom_body, entities, 4)
+                    env.data.qpos[:], env.data.qvel[:] = ep.qpos[t], ep.qvel[t]
+                    mujoco.mj_forward(env.model, env.data)
+                    [(env.data.contact.geom1[i], env.data.contact.geom2[i]) for i in range(env.data.ncon)]
+            env.close()
+
         bare = timed(bare_simulator)
+        bare_make_env = timed(bare_simulator_make_env)
         rows.append(("simulator (physics: true)", n / stage("sim", backend="simulator"), "model + segmentation + mj_forward + contacts", n / bare))
         rows.append(("simulator (physics: false)", n / stage("simnp", backend="simulator", physics=False), "model + segmentation + mj_forward + contacts", n / bare))
+        rows.append(("simulator (physics: true), previous baseline", rows[-2][1], "make_env (renderer) + the same", n / bare_make_env))
 
     if "transformers" in wanted:
         from PIL import Image

@@ -90,19 +90,21 @@ class PhysicsState:
     ang_vel: np.ndarray
 
 
-def load_task_physics(task: str) -> tuple[Any, Any, Callable[[], None]]:
+def load_task_physics(task: str, suite: str = "") -> tuple[Any, Any, Callable[[], None]]:
     """``(MjModel, MjData, close)`` of ``task``, the model the collect stage simulates, without a renderer.
 
     Built the way :mod:`pipeline.collect.envs` builds the task (dm_control: ``suite.load``;
     gymnasium: ``gym.make(...).unwrapped``) but with no OpenGL context, which would cost
-    more than annotating a whole task (about 1 s on the 2-core CPU machine).
+    more than annotating a whole task (about 1 s on the 2-core CPU machine). ``suite``
+    (an episode's ``meta.suite``) saves looking the task up in both suites' registries.
 
     Raises:
         UnknownTaskError: ``task`` is not a task name of either suite.
     """
-    from pipeline.collect.envs import resolve_task
+    if suite not in ("dm_control", "gymnasium"):
+        from pipeline.collect.envs import resolve_task
 
-    suite = resolve_task(task)
+        suite = resolve_task(task)
     if suite == "dm_control":
         from dm_control import suite as dm_suite
 
@@ -122,9 +124,9 @@ class PhysicsReader:
     def __init__(self) -> None:
         self._physics: dict[str, tuple[Any, Any, Callable[[], None]]] = {}
 
-    def _model(self, task: str) -> tuple[Any, Any]:
+    def _model(self, task: str, suite: str) -> tuple[Any, Any]:
         if task not in self._physics:
-            self._physics[task] = load_task_physics(task)
+            self._physics[task] = load_task_physics(task, suite)
         model, data, _ = self._physics[task]
         return model, data
 
@@ -132,7 +134,7 @@ class PhysicsReader:
         """Set ``qpos``/``qvel`` of ``scene``, run ``mj_forward`` and read contacts and body velocities."""
         import mujoco
 
-        model, data = self._model(scene.task)
+        model, data = self._model(scene.task, scene.suite)
         if data.qpos.shape != scene.qpos.shape or data.qvel.shape != scene.qvel.shape or model.nbody != len(scene.body_pos):
             raise UserError(
                 f"{scene.task}: the recorded state (nq={scene.qpos.size}, nv={scene.qvel.size}, nbody={len(scene.body_pos)}) "

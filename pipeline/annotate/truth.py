@@ -123,6 +123,7 @@ class SceneTruth:
         world_from_camera: (4, 4) float64, OpenCV camera axes (x right, y down, z forward).
         qpos, qvel: (nq,), (nv,) float64 MuJoCo state (for contacts).
         geom_body: (ngeom,) int32; ``image_size``: (H, W).
+        suite: the simulator suite that recorded it (``meta.suite``: ``dm_control`` or ``gymnasium``).
     """
 
     task: str
@@ -136,6 +137,7 @@ class SceneTruth:
     qvel: np.ndarray
     geom_body: np.ndarray
     image_size: tuple[int, int]
+    suite: str = ""
 
 
 #: Episode members :func:`scene_truths` reads.
@@ -164,5 +166,6 @@ def scene_truths(episode: Episode, steps: list[int], min_pixels: int) -> dict[in
             qvel=episode.qvel[t].copy(),
             geom_body=episode.geom_body,
             image_size=(int(height), int(width)),
+            suite=meta.suite,
         )
     return out
