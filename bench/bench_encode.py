@@ -1,6 +1,6 @@
 """Benchmark of the encode stage: shard read throughput and encode throughput, each next to a bare baseline.
 
-1. Encode (frames/s): ``build_dataset`` on synthetic inputs in the fixed upstream formats
+1. Encode (frames/s): the encode stage (``pipeline.encode.run.run``) on synthetic inputs in the fixed upstream formats
    (CLIP model preloaded; loading episodes, flow and annotations, CLIP, PNG/npy/JSON
    encoding, statistics, tar writing, card) against bare CLIP image encoding of the same
    frames (``encode_images`` on frames already in memory), measured in the same run.
@@ -79,9 +79,9 @@ def main() -> None:
     import torch
 
     from pipeline.config import EncodeParams, WeightsParams
-    from pipeline.encode import build_dataset
     from pipeline.encode.clip import load_clip
-    from pipeline.encode.synthetic import write_synthetic_inputs
+    from pipeline.encode.run import run as build_dataset
+    from tests.support.datasets import write_synthetic_inputs
     from pipeline.episodes import list_episodes, load_episode
 
     import huggingface_hub  # noqa: F401  (imported before timing: the figures are steady-state rates)

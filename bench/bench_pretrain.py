@@ -31,8 +31,8 @@ sys.path[:0] = [str(ROOT)]
 
 def write_dataset(root: Path, size: int, episodes: int, length: int) -> Path:
     from pipeline.config import EncodeParams, WeightsParams
-    from pipeline.encode import build_dataset
-    from pipeline.encode.synthetic import write_synthetic_inputs
+    from pipeline.encode.run import run as build_dataset
+    from tests.support.datasets import write_synthetic_inputs
 
     inputs = write_synthetic_inputs(root / "inputs", tasks=("cartpole-swingup", "cheetah-run"), episodes=episodes, length=length, size=size, every_k=10)
     build_dataset(*inputs, root / "dataset", EncodeParams(val_fraction=0.25, shard_maxcount=200), WeightsParams())
@@ -64,7 +64,8 @@ def main() -> None:
     from models.heads import PretrainModel
     from pipeline.config import load_params
     from pipeline.device import select_device
-    from pipeline.pretrain.data import inspect_dataset, make_loader
+    from pipeline.dataset import open_dataset
+    from pipeline.dataset.stacked import make_loader
     from pipeline.pretrain.losses import term_weights
     from pipeline.pretrain.run import backbone_config
     from pipeline.pretrain.trainer import make_optimizer, train
@@ -76,12 +77,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset = Path(args.dataset) if args.dataset else write_dataset(Path(tmp), args.size, args.episodes, args.length)
-        info = inspect_dataset(dataset)
+        info = open_dataset(dataset)
         batch = params.batch_size
         n_batches = args.steps
 
         # loader alone (first batch excluded: worker start-up)
-        loader = make_loader(info.train_shards, params.frame_stack, batch, workers=params.workers, seed=params.seed, shuffle_buffer=params.shuffle_buffer, repeat=True)
+        loader = make_loader(info.shards["train"], params.frame_stack, batch, workers=params.workers, seed=params.seed, shuffle_buffer=params.shuffle_buffer, repeat=True)
         it = iter(loader)
         next(it)
         start = time.perf_counter()
@@ -94,7 +95,7 @@ def main() -> None:
         start = time.perf_counter()
         count = 0
         while count < n_batches * batch:
-            for _ in wds.DataPipeline(wds.SimpleShardList(list(info.train_shards)), wds.tarfile_to_samples()):
+            for _ in wds.DataPipeline(wds.SimpleShardList(list(info.shards["train"])), wds.tarfile_to_samples()):
                 count += 1
                 if count >= n_batches * batch:
                     break
@@ -102,7 +103,7 @@ def main() -> None:
 
         def model_and_optimizer() -> tuple[PretrainModel, torch.optim.Optimizer]:
             torch.manual_seed(params.seed)
-            model = PretrainModel(backbone=backbone_config(params, info), clip_dim=info.clip_dim, head_hidden=params.head_hidden).to(device)
+            model = PretrainModel(backbone=backbone_config(params, info), clip_dim=info.embed_dim, head_hidden=params.head_hidden).to(device)
             return model, make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
 
         weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward)
@@ -110,7 +111,7 @@ def main() -> None:
 
         # bare training: one in-memory batch, repeated (warm-up step excluded)
         model, optimizer = model_and_optimizer()
-        one = next(iter(make_loader(info.train_shards, params.frame_stack, batch, workers=0, repeat=True)))
+        one = next(iter(make_loader(info.shards["train"], params.frame_stack, batch, workers=0, repeat=True)))
         train(model, iter([one]), steps=1, optimizer=optimizer, **kwargs)
         start = time.perf_counter()
         train(model, itertools.repeat(one), steps=n_batches, optimizer=optimizer, **kwargs)
@@ -120,7 +121,7 @@ def main() -> None:
 
         # stage training: the loop fed by the stage's loader (worker start-up and warm-up step excluded)
         model, optimizer = model_and_optimizer()
-        it = iter(make_loader(info.train_shards, params.frame_stack, batch, workers=params.workers, seed=params.seed, shuffle_buffer=params.shuffle_buffer, repeat=True))
+        it = iter(make_loader(info.shards["train"], params.frame_stack, batch, workers=params.workers, seed=params.seed, shuffle_buffer=params.shuffle_buffer, repeat=True))
         train(model, it, steps=1, optimizer=optimizer, **kwargs)
         start = time.perf_counter()
         train(model, it, steps=n_batches, optimizer=optimizer, **kwargs)

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -23,15 +24,50 @@ import numpy as np
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
+#: The random part of a :func:`tempfile.mkdtemp` name (``tempfile._RandomNameSequence``: 8 of ``[a-z0-9_]``).
+_MKDTEMP_RANDOM = r"[a-z0-9_]{8}"
+
+
+def stale_temporaries(target: str | Path) -> list[Path]:
+    """Temporaries :func:`atomic_path` made for ``target`` (``.<name>.XXXXXXXX.tmp`` beside it), sorted.
+
+    Only this exact target's: ``.<name>.`` + 8 random characters + ``.tmp``, so the temporaries of
+    another target whose name starts the same (``a`` vs ``a.b``) never match.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.{_MKDTEMP_RANDOM}\.tmp$")
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.iterdir() if pattern.match(p.name))
+
+
+def remove_stale_temporaries(target: str | Path) -> list[Path]:
+    """Delete what a killed writer of ``target`` left behind (see :func:`stale_temporaries`); returns what was removed.
+
+    Only call it where no other process writes ``target`` at the same time (a stage's own output).
+    """
+    removed = stale_temporaries(target)
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
+
+
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, *, clean_stale: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
     Works for files and folders: write whatever you like at the yielded path.
     On an exception the temporary is removed and ``target`` is left untouched.
+    A SIGKILL leaves the temporary (``.<name>.XXXXXXXX.tmp``) behind: with ``clean_stale``
+    (for a stage's own output, which has one writer) those of earlier runs are removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if clean_stale:
+        remove_stale_temporaries(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.rmdir()  # the caller creates a file or folder here
     try:

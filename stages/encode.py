@@ -24,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    from pipeline.encode import build_dataset
+    from pipeline.encode.run import run as encode
 
-    summary = build_dataset(args.episodes, args.flow, args.annotations, args.out, params.encode, params.weights)
-    parts = ", ".join(f"{split}: {info['samples']} samples / {len(info['shards'])} shards" for split, info in summary.splits.items())
-    print(f"{summary.out_dir}: {parts}; CLIP dim {summary.embed_dim}")
+    summary = encode(args.episodes, args.flow, args.annotations, args.out, params.encode, params.weights)
+    print(summary.line())

@@ -49,7 +49,7 @@ def _relaunch(args: argparse.Namespace, nproc: int) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    from pipeline.encode import resolve_dataset
+    from pipeline.dataset.hub import resolve_dataset
     from pipeline.pretrain.run import pretrain
     from pipeline.pretrain.trainer import launched_by_torchrun
 

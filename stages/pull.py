@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    from pipeline.encode.hub import pull_dataset
+    from pipeline.dataset.hub import pull_dataset
 
     check = pull_dataset(args.repo_id, args.out, revision=args.revision)
     print(f"{check.folder}: " + ", ".join(f"{split}: {n} samples" for split, n in check.samples.items()))

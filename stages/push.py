@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    from pipeline.encode.hub import push_dataset
+    from pipeline.dataset.hub import push_dataset
 
     url = push_dataset(args.dataset, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message)
     print(url or f"pushed {args.dataset} to hf://datasets/{args.repo_id}")

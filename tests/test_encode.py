@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from pipeline.config import EncodeParams, WeightsParams, parse_params
-from pipeline.encode import FIELDS, SPLITS, assign_splits, build_dataset, hf_features, parse_key, validate_dataset
+from pipeline.dataset import FIELDS, SPLITS, hf_features, parse_key, validate_dataset
 from pipeline.encode.clip import load_clip
-from pipeline.encode.inputs import EpisodeInputs
-from pipeline.encode.schema import FIELD_DOCS, JSON_DOCS
-from pipeline.encode.synthetic import write_synthetic_inputs
+from pipeline.dataset.schema import FIELD_DOCS, JSON_DOCS
+from pipeline.encode.inputs import EpisodeInputs, assign_splits
+from pipeline.encode.run import run as encode
 from pipeline.episodes import load_episode
+from support.datasets import write_synthetic_inputs
 
 TASKS = ("cartpole-swingup", "walker.walk")  # a dot in a task name must not reach the sample keys
 EPISODES, LENGTH, SIZE, EVERY_K = 3, 8, 16, 3
@@ -33,7 +34,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 @pytest.fixture(scope="module")
 def dataset(inputs: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("encode_out") / "dataset"
-    build_dataset(*inputs, out, PARAMS, WeightsParams())
+    encode(*inputs, out, PARAMS, WeightsParams())
     return out
 
 
@@ -156,7 +157,7 @@ def test_first_samples_without_key_objects_load_with_the_declared_features(tmp_p
 
     inputs = write_synthetic_inputs(tmp_path / "in", ("reacher-easy",), 1, 6, 8, every_k=6, failed={("reacher-easy", 0): (0,)})
     out = tmp_path / "ds"
-    build_dataset(*inputs, out, EncodeParams(val_fraction=0.0), WeightsParams())
+    encode(*inputs, out, EncodeParams(val_fraction=0.0), WeightsParams())
     ds = datasets.load_dataset("webdataset", data_files={"train": _shards(out, "train")}, features=hf_features(),
                                cache_dir=str(tmp_path / "hf"), split="train")
     objects = [row["json"]["annotation"]["objects"] for row in ds]
@@ -169,7 +170,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def test_two_runs_give_byte_identical_outputs(dataset: Path, inputs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     again = tmp_path / "again"
-    build_dataset(*inputs, again, PARAMS, WeightsParams())
+    encode(*inputs, again, PARAMS, WeightsParams())
     first, second = _digests(dataset), _digests(again)
     assert first == second
     assert sum(name.endswith(".tar") for name in first) >= 4
@@ -177,7 +178,7 @@ def test_two_runs_give_byte_identical_outputs(dataset: Path, inputs: tuple[Path,
     # the random CLIP init is seeded: another seed gives other embeddings
     other = tmp_path / "other"
     seeded = PARAMS.model_copy(update={"seed": 1})
-    build_dataset(*inputs, other, seeded, WeightsParams(), encoder=load_clip(seeded, WeightsParams()))
+    encode(*inputs, other, seeded, WeightsParams(), encoder=load_clip(seeded, WeightsParams()))
     embeddings = {s["__key__"]: s["clipimage.npy"] for split in SPLITS for s in _wds_samples(other, split)}
     base = _wds_samples(dataset, "train")[0]
     assert not np.array_equal(embeddings[base["__key__"]], base["clipimage.npy"])
@@ -273,7 +274,7 @@ def test_really_collected_episodes(tmp_path: Path) -> None:
     run_flow(episodes / task, flow / task, tmp_path / "m" / "flow.json", params.flow, params.weights)
     annotate(episodes / task, notes / task, params.annotate, params.weights, metrics=tmp_path / "m" / "annotate.json")
     out = tmp_path / "dataset"
-    summary = build_dataset(episodes, flow, notes, out, params.encode, params.weights)
+    summary = encode(episodes, flow, notes, out, params.encode, params.weights)
     check = validate_dataset(out)
     assert check.samples == {"train": 6, "validation": 6} == {s: v["samples"] for s, v in summary.splits.items()}
     samples = _wds_samples(out, "train") + _wds_samples(out, "validation")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import EncodeParams, WeightsParams
-from pipeline.encode import DatasetError, build_dataset, validate_dataset
+from pipeline.dataset import DatasetError, validate_dataset
 from pipeline.encode.inputs import EncodeInputError
-from pipeline.encode.synthetic import write_synthetic_inputs
+from pipeline.encode.run import run as encode
 from pipeline.io import write_npz_atomic
+from support.datasets import restamp, write_synthetic_inputs
 
 TASK = "cartpole-swingup"
 PARAMS = EncodeParams(shard_maxcount=4)
@@ -29,7 +30,7 @@ def _inputs(root: Path) -> tuple[Path, Path, Path]:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("encode_errors")
     out = root / "dataset"
-    build_dataset(*_inputs(root), out, PARAMS, WeightsParams())
+    encode(*_inputs(root), out, PARAMS, WeightsParams())
     return out
 
 
@@ -47,7 +48,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the CLIP model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("pipeline.encode.build.load_clip", refuse)
+    monkeypatch.setattr("pipeline.encode.run.load_clip", refuse)
 
 
 @pytest.mark.usefixtures("no_model")
@@ -57,7 +58,7 @@ def test_missing_flow_and_annotation_files_are_named_with_the_fix(tmp_path: Path
     shutil.rmtree(notes / TASK)
     out = tmp_path / "dataset"
     with pytest.raises(EncodeInputError) as info:
-        build_dataset(episodes, flow, notes, out, PARAMS, WeightsParams())
+        encode(episodes, flow, notes, out, PARAMS, WeightsParams())
     message = str(info.value)
     assert str(flow / TASK / "episode_000001.npz") in message and "semore flow" in message
     assert str(notes / TASK / "episode_000000.json") in message and "semore annotate" in message
@@ -68,27 +69,29 @@ def test_missing_flow_and_annotation_files_are_named_with_the_fix(tmp_path: Path
 def test_no_episodes(tmp_path: Path) -> None:
     (tmp_path / "episodes" / TASK).mkdir(parents=True)
     with pytest.raises(EncodeInputError, match="semore collect"):
-        build_dataset(tmp_path / "episodes", tmp_path / "flow", tmp_path / "notes", tmp_path / "out", PARAMS, WeightsParams())
+        encode(tmp_path / "episodes", tmp_path / "flow", tmp_path / "notes", tmp_path / "out", PARAMS, WeightsParams())
     with pytest.raises(EncodeInputError, match="no such folder"):
-        build_dataset(tmp_path / "nope", tmp_path / "flow", tmp_path / "notes", tmp_path / "out", PARAMS, WeightsParams())
+        encode(tmp_path / "nope", tmp_path / "flow", tmp_path / "notes", tmp_path / "out", PARAMS, WeightsParams())
 
 
 @pytest.mark.usefixtures("no_model")
 def test_flow_of_the_wrong_shape(tmp_path: Path) -> None:
     episodes, flow, notes = _inputs(tmp_path)
     bad = flow / TASK / "episode_000001.npz"
-    write_npz_atomic(bad, {"flow": np.zeros((4, 2, 8, 9), np.float16), "valid": np.ones((4, 8, 9), bool)})
+    meta = np.load(bad)["meta"]  # the right provenance, the wrong shape
+    write_npz_atomic(bad, {"flow": np.zeros((4, 2, 8, 9), np.float16), "valid": np.ones((4, 8, 9), bool), "meta": meta})
     with pytest.raises(EncodeInputError, match=r"episode_000001\.npz: flow has shape \(4, 2, 8, 9\).*rerun the flow stage"):
-        build_dataset(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
+        encode(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
 
 
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["records"][1].update(status="maybe"), r"records\[1\]: status must be 'ok' or 'failed'"),
-        (lambda d: d["records"][0].update(step=99), r"records\[0\]: step 99 is not a frame index"),
-        (lambda d: d["records"][0]["annotation"]["objects"][0].update(box=[1, 2]), r"records\[0\]: objects\[0\]: box must be"),
-        (lambda d: d["records"][0].update(annotation=None), r"records\[0\]: status 'ok' needs an annotation object"),
+        (lambda d: d["records"][1].update(status="maybe"), r"records\.1\.status: Input should be 'ok' or 'failed'"),
+        (lambda d: d["records"][0].update(step=99), r"record steps \[99, 2, 4\] are not sorted"),
+        (lambda d: d["records"][0]["annotation"]["objects"][0].update(box=[1, 2]), r"records\.0\.annotation\.objects\.0\.box: .*box must have 4 numbers"),
+        (lambda d: d["records"][0].update(annotation=None), r"records\.0: .*status 'ok' needs an annotation"),
+        (lambda d: d["records"][0]["annotation"]["objects"][0].update(box=[1, 2, 30, 4]), r"records\.0\.annotation\.objects\.0\.box"),
     ],
 )
 @pytest.mark.usefixtures("no_model")
@@ -99,7 +102,7 @@ def test_malformed_annotations_name_file_and_record(tmp_path: Path, mutate, expe
     mutate(data)
     path.write_text(json.dumps(data))
     with pytest.raises(EncodeInputError, match=expected) as info:
-        build_dataset(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
+        encode(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
     assert str(path) in str(info.value) and "rerun the annotate stage" in str(info.value)
 
 
@@ -107,8 +110,8 @@ def test_malformed_annotations_name_file_and_record(tmp_path: Path, mutate, expe
 def test_unreadable_annotation_file(tmp_path: Path) -> None:
     episodes, flow, notes = _inputs(tmp_path)
     (notes / TASK / "episode_000001.json").write_text("{not json")
-    with pytest.raises(EncodeInputError, match=r"episode_000001\.json: unreadable annotation file"):
-        build_dataset(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
+    with pytest.raises(EncodeInputError, match=r"episode_000001\.json: not JSON"):
+        encode(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
 
 
 def test_non_finite_state_is_named(tmp_path: Path) -> None:
@@ -119,18 +122,19 @@ def test_non_finite_state_is_named(tmp_path: Path) -> None:
     ep = load_episode(path)
     ep.qvel[3, 0] = np.nan
     save_episode(path, ep)
+    restamp((episodes, flow, notes), TASK, 1)  # as if flow and annotate had been rerun on it
     with pytest.raises(EncodeInputError, match=r"episode_000001\.npz: qvel is not finite at step 3"):
-        build_dataset(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
+        encode(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
 
 
 def test_a_failed_rebuild_keeps_the_previous_dataset(tmp_path: Path) -> None:
     episodes, flow, notes = _inputs(tmp_path)
     out = tmp_path / "dataset"
-    build_dataset(episodes, flow, notes, out, PARAMS, WeightsParams())
+    encode(episodes, flow, notes, out, PARAMS, WeightsParams())
     before = validate_dataset(out).samples
     (notes / TASK / "episode_000001.json").write_text("[]")
     with pytest.raises(EncodeInputError):
-        build_dataset(episodes, flow, notes, out, PARAMS, WeightsParams())
+        encode(episodes, flow, notes, out, PARAMS, WeightsParams())
     assert validate_dataset(out).samples == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations", "dataset", "episodes", "flow"]  # no temp leftovers
 
@@ -164,7 +168,7 @@ def test_missing_shard(copy: Path) -> None:
 def test_truncated_shard(copy: Path) -> None:
     shard = copy / "validation" / "shard-000000.tar"
     shard.write_bytes(shard.read_bytes()[:3000])
-    with pytest.raises(DatasetError, match=r"validation/shard-000000\.tar: truncated or not a tar"):
+    with pytest.raises(DatasetError, match=r"validation/shard-000000\.tar: 3000 bytes, stats\.json lists \d+; the shard is truncated"):
         validate_dataset(copy)
 
 
@@ -173,8 +177,10 @@ def test_sample_missing_a_field_names_shard_and_key(copy: Path) -> None:
     members = _members(shard)
     victim = members[len(members) // 2][0].name.split(".")[0]
     _rewrite(shard, [(m, d) for m, d in members if m.name != f"{victim}.flow.npy"])
+    with pytest.raises(DatasetError, match=r"(SHA-256 differs|bytes, stats\.json lists)"):
+        validate_dataset(copy)  # the listed size / hash catches it first
     with pytest.raises(DatasetError) as info:
-        validate_dataset(copy)
+        validate_dataset(copy, check_hashes=False)
     message = str(info.value)
     assert str(shard) in message and repr(victim) in message and "flow.npy" in message
 
@@ -189,17 +195,17 @@ def test_field_with_the_wrong_shape_names_shard_and_key(copy: Path) -> None:
     members[index] = (members[index][0], buffer.getvalue())
     _rewrite(shard, members)
     with pytest.raises(DatasetError, match=rf"shard-000001\.tar: sample '{key}': clipimage\.npy is \(7,\)"):
-        validate_dataset(copy)
+        validate_dataset(copy, check_hashes=False)
 
 
 def test_modified_bytes_fail_the_hash(copy: Path) -> None:
     shard = copy / "train" / "shard-000000.tar"
     members = _members(shard)
     index = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".json"))
-    record = json.loads(members[index][1])
-    record["reward"] = 123.0
-    members[index] = (members[index][0], json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+    record = members[index][1]
+    members[index] = (members[index][0], record.replace(b'"discount":1.0', b'"discount":2.0'))  # same size
     _rewrite(shard, members)
+    assert shard.stat().st_size == json.loads((copy / "stats.json").read_text())["splits"]["train"]["shards"][0]["bytes"]
     with pytest.raises(DatasetError, match=r"shard-000000\.tar: SHA-256 differs"):
         validate_dataset(copy)
     validate_dataset(copy, check_hashes=False)  # structurally fine

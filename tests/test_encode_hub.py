@@ -11,9 +11,10 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import EncodeParams, WeightsParams
-from pipeline.encode import DatasetError, build_dataset, pull_dataset, push_dataset, resolve_dataset, validate_dataset
-from pipeline.encode.hub import HubError
-from pipeline.encode.synthetic import write_synthetic_inputs
+from pipeline.dataset import DatasetError, validate_dataset
+from pipeline.dataset.hub import HubError, pull_dataset, push_dataset, resolve_dataset
+from pipeline.encode.run import run as encode
+from support.datasets import write_synthetic_inputs
 
 TASK = "cheetah-run"
 
@@ -22,7 +23,7 @@ TASK = "cheetah-run"
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("encode_hub")
     out = root / "dataset"
-    build_dataset(*write_synthetic_inputs(root, (TASK,), episodes=2, length=3, size=8, every_k=2), out, EncodeParams(shard_maxcount=3), WeightsParams())
+    encode(*write_synthetic_inputs(root, (TASK,), episodes=2, length=3, size=8, every_k=2), out, EncodeParams(shard_maxcount=3), WeightsParams())
     return out
 
 
@@ -180,7 +181,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path, monkeypatch: pytest
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     episodes, flow, notes = write_synthetic_inputs(tmp_path / "in", (TASK,), episodes=1, length=2, size=8)
-    build_dataset(episodes, flow, notes, tmp_path / "ds", EncodeParams(val_fraction=0.0), WeightsParams())
+    encode(episodes, flow, notes, tmp_path / "ds", EncodeParams(val_fraction=0.0), WeightsParams())
     assert main(["--params", str(params), "push", "--dataset", str(tmp_path / "ds"), "--repo-id", "bob/data"]) == 2
     err = capsys.readouterr().err
     assert "set HF_TOKEN" in err and "Traceback" not in err

@@ -1,9 +1,10 @@
-"""The pretrain shard loader: frame stacking at read time, targets, splitting over workers and ranks."""
+"""The stacked-frame reader (pipeline.dataset.stacked): frame stacking at read time, targets, splitting over
+workers and ranks; the dataset opened (and validated) through pipeline.dataset.open_dataset."""
 from __future__ import annotations
 
 import io
 import json
-import tarfile
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from pipeline.pretrain.data import DatasetError, StackedFrames, find_shards, inspect_dataset, make_loader
-from pipeline.pretrain.synthetic import write_synthetic_dataset
+from pipeline.dataset import DatasetError, open_dataset
+from pipeline.dataset.stacked import StackedFrames, make_loader
+from support.datasets import write_synthetic_dataset
 
 STEPS = 9  # 10 frames per episode
 
@@ -22,7 +24,11 @@ STEPS = 9  # 10 frames per episode
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     # 2 tasks x 3 episodes x 10 frames; shards of 7 samples, so episodes cross shard boundaries
-    return write_synthetic_dataset(tmp_path_factory.mktemp("ds"), episodes=3, steps=STEPS, size=16, clip_dim=8, shard_maxcount=7, annotate_every=4)
+    return write_synthetic_dataset(tmp_path_factory.mktemp("ds") / "dataset", episodes=3, steps=STEPS, size=16, clip_dim=8, shard_maxcount=7, annotate_every=4)
+
+
+def find_shards(dataset: Path, split: str) -> list[str]:
+    return [str(p) for p in open_dataset(dataset).shards[split]]
 
 
 def raw_frames(dataset: Path, split: str = "train") -> dict[str, dict]:
@@ -42,10 +48,12 @@ def key(task: str, episode: int, step: int) -> str:
     return f"{task}__ep{episode:06d}__{step:06d}"
 
 
-def test_inspect_dataset(dataset: Path) -> None:
-    info = inspect_dataset(dataset)
-    assert (info.image_size, info.clip_dim) == (16, 8)
-    assert len(info.train_shards) == 6 and len(info.validation_shards) == 3  # 40 and 20 samples, 7 per shard
+def test_open_dataset(dataset: Path) -> None:
+    info = open_dataset(dataset)
+    assert (info.image_size, info.embed_dim) == (16, 8)
+    assert info.samples == {"train": 40, "validation": 20}
+    assert len(info.shards["train"]) == 6 and len(info.shards["validation"]) == 3  # 40 and 20 samples, 7 per shard
+    assert info.field_stats("train")["rgb.png"]["count"] == 40 * 16 * 16
 
 
 def test_frames_are_stacked_oldest_first_with_targets_of_the_last_transition(dataset: Path) -> None:
@@ -84,13 +92,14 @@ def test_frames_are_stacked_oldest_first_with_targets_of_the_last_transition(dat
 
 
 def test_fewer_shards_than_workers_neither_hangs_nor_raises(tmp_path: Path) -> None:
-    ds = write_synthetic_dataset(tmp_path / "one", tasks=("a",), episodes=2, steps=STEPS, validation_episodes=1, size=16, clip_dim=4)
+    ds = write_synthetic_dataset(tmp_path / "one", tasks=("a",), episodes=2, steps=STEPS, val_fraction=0.5, size=16, clip_dim=4)
     shards = find_shards(ds, "train")
     assert len(shards) == 1
+    (train_episode,) = json.loads((ds / "stats.json").read_text())["provenance"]["tasks"]["a"]["splits"]["train"]
     # one pass with 2 workers: every sample exactly once
     loader = make_loader(shards, 2, batch_size=4, workers=2, repeat=False)
     keys = [k for batch in loader for k in batch["key"]]
-    assert Counter(keys) == Counter(key("a", 0, t) for t in range(STEPS + 1))
+    assert Counter(keys) == Counter(key("a", train_episode, t) for t in range(STEPS + 1))
     # training streams are endless, even with more consumers than shards
     loader = make_loader(shards, 2, batch_size=4, workers=2, repeat=True, shuffle_buffer=8, rank=1, world_size=2)
     batches = [b for _, b in zip(range(6), loader, strict=False)]
@@ -122,15 +131,50 @@ def test_shuffled_stream_is_deterministic_given_the_seed(dataset: Path) -> None:
 
 
 def test_missing_dataset_and_bad_samples_are_named(tmp_path: Path) -> None:
+    import tarfile
+
     with pytest.raises(DatasetError, match="run the encode stage"):
-        inspect_dataset(tmp_path / "nothing")
-    (tmp_path / "bad" / "train").mkdir(parents=True)
-    (tmp_path / "bad" / "validation").mkdir(parents=True)
-    for split in ("train", "validation"):
-        with tarfile.open(tmp_path / "bad" / split / "shard-000000.tar", "w") as tar:
-            data = b"{}"
-            info = tarfile.TarInfo("x__ep000000__000000.json")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    with pytest.raises(DatasetError, match=r"lacks .*rgb\.png.*rerun `semore encode`"):
-        inspect_dataset(tmp_path / "bad")
+        open_dataset(tmp_path / "nothing")
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        data = b"{}"
+        info = tarfile.TarInfo("x__ep000000__000000.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DatasetError, match=r"lacks .*rgb\.png.*rebuild the dataset \(semore encode\)"):
+        list(StackedFrames([shard], frame_stack=3))
+
+
+def _replace_member(shard: Path, suffix: str, data: bytes) -> str:
+    """Rewrite ``shard`` with the first member ending in ``suffix`` replaced by ``data``; returns its key."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    index = next(i for i, (m, _) in enumerate(members) if m.name.endswith(suffix))
+    members[index] = (members[index][0], data)
+    with tarfile.open(shard, "w") as tar:
+        for info, payload in members:
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return members[index][0].name.split(".")[0]
+
+
+def test_a_corrupt_png_in_a_shard_is_named_while_streaming(dataset: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "dataset"
+    shutil.copytree(dataset, copy)
+    shard = copy / "train" / "shard-000000.tar"
+    victim = _replace_member(shard, ".rgb.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(DatasetError, match=r"(SHA-256 differs|bytes, stats\.json lists)"):
+        open_dataset(copy)  # caught on open by the listed size / hash
+    stream = StackedFrames([shard], frame_stack=3)  # a reader that skipped the check still names the culprit
+    with pytest.raises(DatasetError) as info:
+        list(stream)
+    assert str(shard) in str(info.value) and repr(victim) in str(info.value) and "rgb.png does not decode" in str(info.value)
+
+
+def test_a_truncated_shard_is_named_while_streaming(dataset: Path, tmp_path: Path) -> None:
+    shard = tmp_path / "shard-000000.tar"
+    shard.write_bytes((dataset / "train" / "shard-000000.tar").read_bytes()[:5000])
+    with pytest.raises(DatasetError, match=r"shard-000000\.tar: truncated or not a tar file"):
+        list(StackedFrames([shard], frame_stack=3))

@@ -14,8 +14,8 @@ from models.checkpoint import load_module, read_checkpoint_config
 from models.heads import PretrainModel
 from pipeline.cli import main
 from pipeline.config import EncodeParams, WeightsParams
-from pipeline.encode import build_dataset
-from pipeline.encode.synthetic import write_synthetic_inputs
+from pipeline.encode.run import run as build_dataset
+from support.datasets import write_synthetic_inputs
 
 TINY = {"channels": 4, "depth": 2, "feature_dim": 8, "head_hidden": 16, "batch_size": 8, "steps": 6, "workers": 0, "shuffle_buffer": 16, "device": "cpu"}
 
@@ -88,7 +88,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "empty").mkdir()
     rc, out = run_stage(tmp_path, tmp_path / "empty", write_params(tmp_path / "p.yaml", **TINY))
     assert rc == 2
-    assert "empty/train: no shard-*.tar files; run the encode stage first" in capsys.readouterr().err
+    assert "empty/stats.json is missing: not a complete semore dataset folder; rebuild the dataset (semore encode)" in capsys.readouterr().err
     assert not (out / "pretrain").exists() and not (out / "metrics.json").exists()
 
 

@@ -12,7 +12,7 @@ import copy
 import json
 from typing import Any
 
-from pipeline.encode.schema import FEATURES_YAML, FIELD_DOCS, JSON_DOCS, SHARD_GLOB, sanitize_task
+from pipeline.dataset.schema import FEATURES_YAML, FIELD_DOCS, JSON_DOCS, SHARD_GLOB, sanitize_task
 
 TASK_CATEGORIES = ["reinforcement-learning", "robotics", "image-feature-extraction"]
 _SIZE_BOUNDS = [
@@ -127,10 +127,24 @@ samples = wds.WebDataset("train/shard-{{000000..{last_train:06d}}}.tar", shardsh
 
 `.npy` fields decode with `numpy.load`; `json` with `json.loads`. Loading with
 `data_files` infers the schema from the first samples; pass
-`features=pipeline.encode.hf_features()` (the `dataset_info.features` of this card) when those
+`features=pipeline.dataset.hf_features()` (the `dataset_info.features` of this card) when those
 samples may lack key objects. `stats.json` holds per-field
 statistics (count, mean, std, min, max) per split for normalisation, the shard list with SHA-256
 hashes, and the provenance below.
+
+### From your own training code (the semore reader)
+
+```python
+from pipeline.dataset import open_dataset                  # pip install the semore repository
+ds = open_dataset("path/to/this/folder")                   # validated once: stats.json, shard sizes and SHA-256
+loader = torch.utils.data.DataLoader(ds.frames("train", frame_stack=3, shuffle_buffer=256, repeat=True), batch_size=64)
+```
+
+Each sample is a dict: `obs` (3k, H, W) uint8 (k frames of the same episode, oldest first; the
+first frame repeated at an episode's start), `flow` (2, H, W) float32 and `flow_valid` (H, W) bool
+of the last transition, `clip_image` (D,) and `clip_text` (2, D) float32 with `text_valid`,
+`reward` and `reward_valid`, and `key`. `ds.field_stats("train")` gives the statistics of
+`stats.json`; a corrupt or truncated shard raises `DatasetError` naming the shard and the sample.
 
 ## Splits
 

@@ -6,6 +6,7 @@ is read. Problems raise :class:`EncodeInputError` naming the file and the fix.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -17,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.encode.schema import empty_annotation, sanitize_task
+from pipeline.dataset.schema import empty_annotation, sanitize_task
+from pipeline.episodes import EpisodeHeader, check_episodes, read_header
 from pipeline.errors import UserError
+from pipeline.io import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class EpisodeInputs:
     episode_path: Path
     flow_path: Path
     annotation_path: Path
+    header: EpisodeHeader | None = None  # the episode file checked from its headers (:func:`pipeline.episodes.read_header`)
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,13 @@ def _episode_index(path: Path) -> int | None:
 
 
 def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: str | Path) -> list[EpisodeInputs]:
-    """Every (task, episode) with its three files, sorted by task then episode.
+    """Every (task, episode) with its three files, sorted by task then episode; each episode file
+    checked from its headers by :func:`pipeline.episodes.check_episodes`.
 
     Raises:
         EncodeInputError: no episodes, an episode without its flow or annotation file,
             or two task names that collide once sanitised for sample keys.
+        EpisodeFileError: a damaged or schema-breaking episode file (named, with the fix).
     """
     episodes_dir, flow_dir, annotations_dir = Path(episodes_dir), Path(flow_dir), Path(annotations_dir)
     if not episodes_dir.is_dir():
@@ -85,7 +91,8 @@ def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: st
     found: list[EpisodeInputs] = []
     missing: list[str] = []
     for task in tasks:
-        for path in sorted(p for p in (episodes_dir / task).glob("episode_*.npz")):
+        for header in check_episodes(episodes_dir / task):
+            path = header.path
             index = _episode_index(path)
             if index is None:
                 continue
@@ -95,7 +102,7 @@ def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: st
                 missing.append(f"{flow} (run: semore flow --episodes {episodes_dir / task} --out {flow_dir / task})")
             if not annotation.is_file():
                 missing.append(f"{annotation} (run: semore annotate --episodes {episodes_dir / task} --out {annotations_dir / task})")
-            found.append(EpisodeInputs(task, index, path, flow, annotation))
+            found.append(EpisodeInputs(task, index, path, flow, annotation, header))
     if missing:
         shown = "\n  ".join(missing[:10])
         more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
@@ -104,11 +111,57 @@ def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: st
     return found
 
 
-def load_flow(path: Path, length: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def assign_splits(episodes: list[EpisodeInputs], val_fraction: float, seed: int) -> dict[tuple[str, int], str]:
+    """(task, episode) -> "train" | "validation", by episode, per task, deterministic.
+
+    Episodes of a task are ranked by a hash of (seed, task, episode); the first
+    ``round(n * val_fraction)`` go to validation, at least one when
+    ``val_fraction > 0`` and the task has two or more episodes, never all of them.
+    """
+    by_task: dict[str, list[int]] = {}
+    for e in episodes:
+        by_task.setdefault(e.task, []).append(e.episode)
+    split: dict[tuple[str, int], str] = {}
+    for task, indices in by_task.items():
+        n = len(indices)
+        n_val = math.floor(n * val_fraction + 0.5)
+        if val_fraction > 0 and n >= 2:
+            n_val = max(n_val, 1)
+        n_val = min(n_val, n - 1)
+        ranked = sorted(indices, key=lambda i: hashlib.sha256(f"{seed}/{task}/{i}".encode()).hexdigest())
+        val = set(ranked[:n_val])
+        for i in indices:
+            split[(task, i)] = "validation" if i in val else "train"
+    return split
+
+
+def _check_flow_source(path: Path, meta: dict[str, Any], episode_path: Path, episode_sha256: str) -> None:
+    """The flow file's ``meta.source.episode_sha256`` (and ``meta.episode``) must name this episode file."""
+    fix = f"rerun the flow stage for this task (semore flow --episodes {episode_path.parent} --out {path.parent})"
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    recorded = source.get("episode_sha256")
+    if not isinstance(recorded, str):
+        raise EncodeInputError(f"{path}: no meta.source.episode_sha256, so it cannot be matched to {episode_path}; {fix}")
+    if recorded != episode_sha256:
+        raise EncodeInputError(
+            f"{path} was computed from another episode than {episode_path} (meta.source.episode_sha256 {recorded[:12]}..., "
+            f"the episode file's SHA-256 is {episode_sha256[:12]}...): stale or copied flow; {fix}"
+        )
+    named = meta.get("episode")
+    if named is not None and named != episode_path.name:
+        raise EncodeInputError(f"{path}: meta.episode is {named!r}, but it sits beside {episode_path}; {fix}")
+
+
+def load_flow(
+    path: Path, length: int, height: int, width: int, *, episode_path: Path | None = None, episode_sha256: str | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read a flow file: ``flow`` (T, 2, H, W) float16 pixels, ``valid`` (T, H, W) bool, ``meta`` dict.
 
+    With ``episode_path`` and ``episode_sha256``, the file's provenance must name that episode.
+
     Raises:
-        EncodeInputError: unreadable file, missing member, or shapes that do not match the episode.
+        EncodeInputError: unreadable file, missing member, shapes that do not match the episode,
+            non-finite values, or flow computed from another episode.
     """
     fix = "rerun the flow stage for this task"
     try:
@@ -119,10 +172,13 @@ def load_flow(path: Path, length: int, height: int, width: int) -> tuple[np.ndar
                     raise EncodeInputError(f"{path}: missing member {member!r}; {fix}")
             flow, valid = npz["flow"], npz["valid"]
             meta = json.loads(npz["meta"].item()) if "meta" in names else {}
-    except (OSError, ValueError, EOFError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         if isinstance(exc, EncodeInputError):
             raise
         raise EncodeInputError(f"{path}: unreadable flow file ({type(exc).__name__}: {exc}); {fix}") from exc
+    meta = meta if isinstance(meta, dict) else {"meta": meta}
+    if episode_path is not None and episode_sha256 is not None:
+        _check_flow_source(path, meta, episode_path, episode_sha256)
     if flow.shape != (length, 2, height, width):
         raise EncodeInputError(f"{path}: flow has shape {flow.shape}, expected (T, 2, H, W) = {(length, 2, height, width)} for its episode; {fix}")
     if valid.shape != (length, height, width):
@@ -131,121 +187,85 @@ def load_flow(path: Path, length: int, height: int, width: int) -> tuple[np.ndar
         raise EncodeInputError(f"{path}: flow has dtype {flow.dtype}, expected float16; {fix}")
     if valid.dtype != np.bool_:
         raise EncodeInputError(f"{path}: valid has dtype {valid.dtype}, expected bool; {fix}")
-    return flow.astype(np.float16, copy=False), valid, meta if isinstance(meta, dict) else {"meta": meta}
+    with np.errstate(over="ignore"):  # values beyond float16's range become inf, refused just below
+        stored = flow.astype(np.float16, copy=False)
+    bad = ~np.isfinite(stored)
+    if bad.any():
+        pair, channel, y, x = (int(v) for v in np.argwhere(bad)[0])
+        raise EncodeInputError(
+            f"{path}: flow is not finite at pair {pair}, channel {channel}, pixel (x={x}, y={y}) "
+            f"(value {flow[pair, channel, y, x]!r}; float16 holds at most 65504 px): the flow backend diverged; {fix}"
+        )
+    return stored, valid, meta
 
 
-def _box(value: Any, where: str) -> list[float]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        box = [float(v) for v in value]
-        if all(math.isfinite(v) for v in box):
-            return box
-    raise ValueError(f"{where}: box must be [x0, y0, x1, y1] (numbers) or null, got {value!r}")
+def load_annotations(
+    path: Path, length: int, *, task: str | None = None, episode: int | None = None,
+    episode_path: Path | None = None, episode_sha256: str | None = None, frame_size: tuple[int, int] | None = None,
+) -> AnnotationFile:
+    """Read an annotation file through the annotate stage's own schema (``pipeline.annotate.schema``).
 
-
-def _ok_annotation(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{where}: status 'ok' needs an annotation object, got {type(value).__name__}")
-    caption, motion, objects = value.get("caption", ""), value.get("motion", ""), value.get("objects", [])
-    if not isinstance(caption, str) or not isinstance(motion, str):
-        raise ValueError(f"{where}: caption and motion must be strings")
-    if not isinstance(objects, list):
-        raise ValueError(f"{where}: objects must be a list")
-    clean = []
-    for i, obj in enumerate(objects):
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            raise ValueError(f"{where}: objects[{i}] must be an object with a string 'name'")
-        description = obj.get("description", "")
-        if description is None:
-            description = ""
-        if not isinstance(description, str):
-            raise ValueError(f"{where}: objects[{i}].description must be a string")
-        clean.append({"box": _box(obj.get("box"), f"{where}: objects[{i}]"), "description": description, "name": obj["name"]})
-    return {"status": "ok", "caption": caption, "objects": clean, "motion": motion, "error": ""}
-
-
-def load_annotations(path: Path, length: int) -> AnnotationFile:
-    """Read an annotation file; records are keyed by frame index (0..T).
+    Records are keyed by frame index (0..T). With ``task`` / ``episode`` / ``episode_path`` (and its
+    ``episode_sha256``) given, the file must say it annotates exactly that episode of that task; a
+    file without ``source`` (made before provenance was recorded) is refused by the schema: rerun annotate.
 
     Raises:
-        EncodeInputError: unreadable JSON, or a record that does not follow the annotate stage's schema.
+        EncodeInputError: unreadable or schema-invalid file, or one that belongs to another task or episode.
     """
+    from pipeline.annotate.schema import AnnotationFileError, read_annotation_file
+
     fix = "rerun the annotate stage for this task"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EncodeInputError(f"{path}: unreadable annotation file ({type(exc).__name__}: {exc}); {fix}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise EncodeInputError(f"{path}: expected a JSON object with a 'records' list; {fix}")
-    header = {k: v for k, v in data.items() if k != "records"}
+    try:  # the annotate stage's own checks: schema, steps, boxes inside the frame, source = this episode file
+        doc = read_annotation_file(path, length=length, frame_size=frame_size, episode=episode_path, episode_sha256=episode_sha256)
+    except AnnotationFileError as exc:
+        raise EncodeInputError(str(exc)) from exc
+    if task is not None and doc.task != task:
+        raise EncodeInputError(f"{path}: annotates task {doc.task!r} but sits in the folder of task {task!r}; {fix}")
+    if episode is not None and doc.episode != episode:
+        raise EncodeInputError(f"{path}: annotates episode {doc.episode} but is named for episode {episode}; {fix}")
+    header = {k: v for k, v in doc.model_dump(mode="json").items() if k not in ("records", "source")}
     result = AnnotationFile(header=header)
-    for i, rec in enumerate(data["records"]):
-        where = f"{path}: records[{i}]"
-        try:
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected an object")
-            step = rec.get("step")
-            if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= length:
-                raise ValueError(f"{where}: step {step!r} is not a frame index of this episode (0..{length})")
-            status = rec.get("status")
-            if status == "ok":
-                frame = FrameAnnotation("ok", _ok_annotation(rec.get("annotation"), where))
-            elif status == "failed":
-                error = rec.get("error") or "annotation failed"
-                frame = FrameAnnotation("failed", empty_annotation("failed", str(error)))
-            else:
-                raise ValueError(f"{where}: status must be 'ok' or 'failed', got {status!r}")
-        except ValueError as exc:
-            raise EncodeInputError(f"{exc}; {fix}") from exc
-        if step in result.frames:
-            raise EncodeInputError(f"{where}: step {step} appears twice; {fix}")
-        result.frames[step] = frame
+    for rec in doc.records:
+        if rec.status == "ok" and rec.annotation is not None:
+            note = rec.annotation
+            objects = [{"box": list(o.box) if o.box is not None else [], "description": o.description, "name": o.name} for o in note.objects]
+            record = {"status": "ok", "caption": note.caption, "objects": objects, "motion": note.motion, "error": ""}
+            result.frames[rec.step] = FrameAnnotation("ok", record)
+        else:
+            result.frames[rec.step] = FrameAnnotation("failed", empty_annotation("failed", str(rec.error or "annotation failed")))
     return result
 
 
-def npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of every array in an ``.npz`` file, read from the headers only (nothing is decompressed in full)."""
-    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    with zipfile.ZipFile(path) as zf:
-        for name in zf.namelist():
-            if not name.endswith(".npy"):
-                continue
-            with zf.open(name) as fh:
-                version = np.lib.format.read_magic(fh)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, _, dtype = read_header(fh)
-            shapes[name[: -len(".npy")]] = (tuple(shape), dtype)
-    return shapes
-
-
 def check_inputs(items: list[EpisodeInputs]) -> None:
-    """Check every episode's, flow's and annotation's structure before any work (headers only for arrays).
+    """Check every input before any work, so nothing is written when one is bad.
+
+    * episodes: the episode module's own check of the array headers (:func:`pipeline.episodes.read_header`);
+    * flow: shapes against the episode, every value finite, ``meta.source.episode_sha256`` equal to
+      the episode file's SHA-256;
+    * annotations: the annotate stage's schema (``read_annotation_file``), the task and episode they
+      name, their ``source`` (episode file name and SHA-256); a task whose every annotated frame
+      failed is refused (what a failed annotate run leaves).
 
     Raises:
         EncodeInputError: the first problem found, naming the file, the member and the fix.
     """
+    failed_by_task: dict[str, list[int]] = {}
     for item in items:
-        try:
-            ep = npz_shapes(item.episode_path)
-            fl = npz_shapes(item.flow_path)
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise EncodeInputError(f"{item.episode_path} / {item.flow_path}: unreadable ({type(exc).__name__}: {exc}); rerun the collect / flow stage") from exc
-        for member in ("frames", "actions"):
-            if member not in ep:
-                raise EncodeInputError(f"{item.episode_path}: missing member {member!r}; rerun the collect stage")
-        frames, _ = ep["frames"]
-        if len(frames) != 4 or frames[3] != 3:
-            raise EncodeInputError(f"{item.episode_path}: frames has shape {frames}, expected (T+1, H, W, 3); rerun the collect stage")
-        length, height, width = frames[0] - 1, frames[1], frames[2]
-        if ep["actions"][0][:1] != (length,):
-            raise EncodeInputError(f"{item.episode_path}: actions has shape {ep['actions'][0]}, expected ({length}, A); rerun the collect stage")
-        expected = {"flow": (length, 2, height, width), "valid": (length, height, width)}
-        for member, shape in expected.items():
-            if member not in fl:
-                raise EncodeInputError(f"{item.flow_path}: missing member {member!r}; rerun the flow stage for this task")
-            if fl[member][0] != shape:
-                raise EncodeInputError(
-                    f"{item.flow_path}: {member} has shape {fl[member][0]}, expected {shape} for its episode; rerun the flow stage for this task"
-                )
-        load_annotations(item.annotation_path, length)
+        header = item.header if item.header is not None else read_header(item.episode_path)
+        length, (height, width) = header.length, header.frame_size
+        digest = sha256_of(item.episode_path)
+        load_flow(item.flow_path, length, height, width, episode_path=item.episode_path, episode_sha256=digest)
+        notes = load_annotations(
+            item.annotation_path, length, task=item.task, episode=item.episode,
+            episode_path=item.episode_path, episode_sha256=digest, frame_size=(height, width),
+        )
+        tally = failed_by_task.setdefault(item.task, [0, 0])
+        tally[0] += len(notes.frames)
+        tally[1] += sum(a.status == "failed" for a in notes.frames.values())
+    for task, (annotated, failed) in failed_by_task.items():
+        if annotated and failed == annotated:
+            raise EncodeInputError(
+                f"task {task!r}: all {annotated} annotated frames failed (status 'failed' in every annotation file): "
+                "these are the leftovers of a failed annotate run; fix the annotation backend (see data/metrics/annotate_<task>.json) "
+                "and rerun the annotate stage for this task"
+            )

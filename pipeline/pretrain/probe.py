@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.pretrain.data import StackedFrames
+from pipeline.dataset.stacked import StackedFrames
 
 log = logging.getLogger(__name__)
 

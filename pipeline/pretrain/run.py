@@ -30,7 +30,8 @@ from pipeline.config import PretrainParams
 from pipeline.device import select_device
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json_atomic
-from pipeline.pretrain.data import DatasetInfo, inspect_dataset, make_loader
+from pipeline.dataset import Dataset, open_dataset
+from pipeline.dataset.stacked import make_loader
 from pipeline.pretrain.losses import TERMS, term_weights
 from pipeline.pretrain.probe import probe
 from pipeline.pretrain.trainer import DistContext, distributed_context, make_optimizer, train
@@ -41,7 +42,7 @@ BACKBONE_DIR = "backbone"
 MODEL_DIR = "model"
 
 
-def backbone_config(params: PretrainParams, info: DatasetInfo) -> dict[str, Any]:
+def backbone_config(params: PretrainParams, info: Dataset) -> dict[str, Any]:
     """The JSON-able kwargs of :class:`DualPathBackbone` for these params and this dataset."""
     return {
         "frame_stack": params.frame_stack,
@@ -100,7 +101,9 @@ def write_curves(folder: str | Path, history: list[dict[str, float]]) -> None:
 
 def pretrain(dataset: str | Path, out: str | Path, metrics_path: str | Path, plots_dir: str | Path, params: PretrainParams) -> dict[str, Any] | None:
     """Train the backbone on ``dataset`` and write every output; returns the metrics (rank 0) or None."""
-    info = inspect_dataset(dataset)
+    info = open_dataset(dataset)  # validated here: stats.json, shard list, sizes and SHA-256, first sample
+    if not info.shards["validation"]:
+        raise UserError(f"{info.folder}: no validation shards, which the probe needs; re-encode with encode.val_fraction > 0")
     device = select_device(params.device, param_key="pretrain.device")
     ctx = distributed_context(device)
     if device.type == "cuda" and ctx.distributed:
@@ -113,12 +116,12 @@ def pretrain(dataset: str | Path, out: str | Path, metrics_path: str | Path, plo
             dist.destroy_process_group()
 
 
-def _pretrain(info: DatasetInfo, out: Path, metrics_path: Path, plots_dir: Path, params: PretrainParams, device: torch.device, ctx: DistContext) -> dict[str, Any] | None:
+def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, params: PretrainParams, device: torch.device, ctx: DistContext) -> dict[str, Any] | None:
     if params.batch_size % ctx.world_size:
         raise UserError(f"pretrain.batch_size = {params.batch_size} does not split evenly over {ctx.world_size} processes; make it a multiple of pretrain.nproc")
     config = backbone_config(params, info)
     seed_everything(params.seed)
-    model_config = {"backbone": config, "clip_dim": info.clip_dim, "head_hidden": params.head_hidden}
+    model_config = {"backbone": config, "clip_dim": info.embed_dim, "head_hidden": params.head_hidden}
     model = PretrainModel(**model_config)
     initial_backbone = copy.deepcopy(model.backbone)  # the "random weights" baseline of the probe
     model.to(device)
@@ -126,8 +129,13 @@ def _pretrain(info: DatasetInfo, out: Path, metrics_path: Path, plots_dir: Path,
         "backbone: %d parameters, fused features %d, %d-frame stacks of %dpx; %d process(es), device %s",
         model.backbone.num_parameters, params.feature_dim, params.frame_stack, info.image_size, ctx.world_size, device,
     )
+    if params.batch_size > info.samples["train"]:
+        log.warning(
+            "pretrain.batch_size = %d is larger than the dataset's %d train samples (%s): every batch repeats samples; "
+            "lower pretrain.batch_size or encode more episodes", params.batch_size, info.samples["train"], info.folder,
+        )
     loader = make_loader(
-        info.train_shards,
+        info.shards["train"],
         params.frame_stack,
         params.batch_size // ctx.world_size,
         workers=params.workers,
@@ -149,8 +157,8 @@ def _pretrain(info: DatasetInfo, out: Path, metrics_path: Path, plots_dir: Path,
         return None
 
     probe_args = dict(alpha=params.probe_alpha, max_per_task=params.probe_max_per_task, flow_input=params.flow_input)
-    trained = probe(model.backbone, info.train_shards, info.validation_shards, params.frame_stack, device, **probe_args)
-    baseline = probe(initial_backbone.to(device), info.train_shards, info.validation_shards, params.frame_stack, device, **probe_args)
+    trained = probe(model.backbone, info.shards["train"], info.shards["validation"], params.frame_stack, device, **probe_args)
+    baseline = probe(initial_backbone.to(device), info.shards["train"], info.shards["validation"], params.frame_stack, device, **probe_args)
     log.info("probe R^2 (state from frozen features): pretrained %.3f, random weights %.3f", trained["r2"], baseline["r2"])
 
     metrics = finite_or_none({
@@ -168,7 +176,7 @@ def _pretrain(info: DatasetInfo, out: Path, metrics_path: Path, plots_dir: Path,
         "stage": "pretrain",
         "input": f"obs (B, {3 * params.frame_stack}, {info.image_size}, {info.image_size}) RGB pixels in [0, 255], oldest frame first",
         "output": f"(B, {params.feature_dim}) float32 fused features",
-        "clip_dim": info.clip_dim,
+        "clip_dim": info.embed_dim,
         "params": params.model_dump(mode="json"),
         "probe_r2": metrics["probe_r2"],
         "final_loss": metrics["loss"],

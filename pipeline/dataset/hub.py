@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.encode.reader import DatasetCheck, validate_dataset
+from pipeline.dataset.reader import Dataset, open_dataset, validate_dataset
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,24 @@ class HubError(UserError, RuntimeError):
 
 
 def check_repo_id(repo_id: str) -> str:
-    """Accept ``user/name`` (also ``hf://datasets/user/name``); return ``user/name``."""
+    """Accept ``user/name`` (also ``hf://datasets/user/name``); return ``user/name``.
+
+    The name rules are the Hub's own (huggingface_hub's ``validate_repo_id``: letters, digits,
+    ``-``, ``_``, ``.``, no ``--`` or ``..``, not starting or ending with ``-`` or ``.``), so
+    ``a/..`` or ``../x`` never reach a download path.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    given = repo_id
     repo_id = repo_id.removeprefix("hf://datasets/").removeprefix("datasets/").strip("/")
+    example = "expected <user or org>/<dataset name>, e.g. alice/semore-cartpole"
     if not _REPO_ID_RE.match(repo_id):
-        raise HubError(f"--repo-id {repo_id!r}: expected <user or org>/<dataset name>, e.g. alice/semore-cartpole")
+        raise HubError(f"--repo-id {given!r}: {example}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise HubError(f"--repo-id {given!r}: {exc} ({example})") from None
     return repo_id
 
 
@@ -54,16 +68,11 @@ def _token() -> str | None:
 
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    """The exceptions a Hub call raises for an unreachable, refusing or offline Hub: huggingface_hub's own
+    types (its ``HTTPError`` is whatever HTTP client it is built on: httpx, httpx2, ...), plus OSError."""
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
-    errors: list[type[BaseException]] = [HfHubHTTPError, OfflineModeIsEnabled, OSError]
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (HfHubHTTPError, HTTPError, OfflineModeIsEnabled, HFValidationError, OSError)
 
 
 def _hub_failure(action: str, repo_id: str, exc: BaseException) -> HubError:
@@ -119,7 +128,7 @@ def push_dataset(
     return str(getattr(info, "commit_url", "") or "")
 
 
-def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = None, api: Any = None) -> DatasetCheck:
+def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = None, api: Any = None) -> Dataset:
     """Download the dataset repo ``repo_id`` to ``out_dir`` (validated, then renamed into place).
 
     An interrupted download resumes on the next call (the staging folder ``.<out>.pull`` is kept).
@@ -142,7 +151,7 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
     log.info("pull: hf://datasets/%s -> %s (%s)", repo_id, out_dir, ", ".join(f"{s}: {n} samples" for s, n in check.samples.items()))
-    return DatasetCheck(out_dir, check.samples, {s: [out_dir / s / p.name for p in ps] for s, ps in check.shards.items()}, check.embed_dim)
+    return open_dataset(out_dir, check_hashes=False)  # checked in full above, before the rename
 
 
 def resolve_dataset(spec: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:

@@ -1,11 +1,12 @@
-"""Stream the encode stage's WebDataset shards as stacked-frame training samples.
+"""The PyTorch-facing reader: a dataset's shards as a stream of stacked-frame training samples.
 
 Shards hold one sample per frame, in (task, episode, step) order, an episode's frames contiguous
 (fields: ``rgb.png``, ``flow.npy``, ``flowvalid.npy``, ``clipimage.npy``, ``cliptext.npy``,
 ``json``; see docs/ARCHITECTURE.md, encode). Frames are stacked **at read time**: the sample for
 frame t carries frames t-k+1 .. t of the same episode, oldest first. Where fewer than k-1
 previous frames are available (episode start, or an episode continuing from another shard) the
-oldest available frame is repeated.
+oldest available frame is repeated (:func:`pipeline.collect.envs.wrappers.stack_frames`, the
+stacking the replay buffer and the environments use too).
 
 Targets of the sample for frame t (the transition *into* the current frame, t-1 -> t, which is
 what the stack can see):
@@ -20,106 +21,83 @@ Splitting: the shard list (reshuffled each pass with the seed) is split over all
 (DDP ranks x loader workers). With fewer shards than consumers every consumer reads every shard
 and keeps every n-th sample instead (decoding only what it keeps), so no worker or rank is ever
 left without data: nothing hangs and nothing raises "no samples".
+
+Shards are read with :func:`pipeline.dataset.reader.iter_tar_samples` and fields decoded with
+:mod:`pipeline.dataset.codec`: a truncated shard or a field that does not decode raises
+:class:`DatasetError` naming the shard and the sample key. Open a dataset with
+:func:`pipeline.dataset.open_dataset` (which validates it) and take its shard lists from there.
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import random
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.errors import UserError
+from pipeline.dataset.codec import decode_flow, decode_json, decode_npy, decode_rgb
+from pipeline.dataset.reader import iter_tar_samples
+from pipeline.dataset.schema import FIELDS, DatasetError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation")
-REQUIRED_FIELDS = ("rgb.png", "flow.npy", "flowvalid.npy", "clipimage.npy", "cliptext.npy", "json")
+_FIX = "rebuild the dataset (semore encode) or pull it again (semore pull)"
 
 
-class DatasetError(UserError, ValueError):
-    """The dataset folder or one of its shards is missing or not in the encode stage's format."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the model needs to know about a dataset, read from its first sample."""
-
-    image_size: int
-    clip_dim: int
-    train_shards: tuple[str, ...]
-    validation_shards: tuple[str, ...]
-
-
-def find_shards(dataset: str | Path, split: str) -> list[str]:
-    """Sorted shard paths ``<dataset>/<split>/shard-*.tar``; raises :class:`DatasetError` if none."""
-    folder = Path(dataset) / split
-    shards = sorted(str(p) for p in folder.glob("shard-*.tar"))
-    if not shards:
-        raise DatasetError(f"{folder}: no shard-*.tar files; run the encode stage first (`semore encode ... --out {dataset}`)")
-    return shards
-
-
-def inspect_dataset(dataset: str | Path) -> DatasetInfo:
-    """Check both splits exist and read image size and CLIP dimension from the first sample."""
-    train, validation = find_shards(dataset, "train"), find_shards(dataset, "validation")
-    first = next(iter(wds.DataPipeline(wds.SimpleShardList(train[:1]), wds.tarfile_to_samples())), None)
-    if first is None:
-        raise DatasetError(f"{train[0]}: empty shard; rerun the encode stage")
-    _check_fields(first)
-    rgb = _decode_rgb(first)
-    clip = _npy(first, "clipimage.npy")
-    if rgb.shape[0] != rgb.shape[1]:
-        raise DatasetError(f"{train[0]}: frames are {rgb.shape[1]}x{rgb.shape[0]}; the backbone needs square frames (set collect.image_size)")
-    return DatasetInfo(image_size=int(rgb.shape[0]), clip_dim=int(clip.shape[-1]), train_shards=tuple(train), validation_shards=tuple(validation))
-
-
-def _check_fields(sample: dict[str, Any]) -> None:
-    missing = [f for f in REQUIRED_FIELDS if f not in sample]
-    if missing:
-        raise DatasetError(
-            f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')!r} lacks {', '.join(missing)}; "
-            "the dataset is not in the encode stage's format: rerun `semore encode`"
-        )
-
-
-def _npy(sample: dict[str, Any], field: str) -> np.ndarray:
-    return np.load(io.BytesIO(sample[field]), allow_pickle=False)
-
-
-def _decode_rgb(sample: dict[str, Any]) -> np.ndarray:
-    with Image.open(io.BytesIO(sample["rgb.png"])) as image:
-        return np.asarray(image.convert("RGB"))
+def _decode(frame: "_Frame", what: str, decoder: Any, *args: Any) -> Any:
+    """Run a codec decoder on ``frame``'s raw fields; a failure becomes a DatasetError naming shard and key."""
+    try:
+        return decoder(frame.raw, *args)
+    except (OSError, ValueError, SyntaxError, KeyError) as exc:  # PIL raises SyntaxError on some corrupt PNGs
+        raise DatasetError(f"{frame.shard}: sample {frame.key!r}: {what} does not decode ({type(exc).__name__}: {exc}); {_FIX}") from exc
 
 
 @dataclass
 class _Frame:
     """A raw (undecoded) frame record plus its metadata, kept in the stacking window."""
 
-    raw: dict[str, Any]
+    shard: str
+    key: str
+    raw: dict[str, bytes]
     meta: dict[str, Any]
     rgb: np.ndarray | None = None
 
     def image(self) -> np.ndarray:
         if self.rgb is None:
-            self.rgb = _decode_rgb(self.raw)
+            self.rgb = _decode(self, "rgb.png", decode_rgb)
         return self.rgb
 
 
-def stack_frames(raw_samples: Iterator[dict[str, Any]], frame_stack: int, keep: tuple[int, int] = (0, 1), with_state: bool = False) -> Iterator[dict[str, Any]]:
-    """Turn per-frame raw samples (in episode order) into stacked samples; see the module docstring.
+def _raw_frames(shards: Sequence[str | Path]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+    """(shard, key, raw fields) of every sample of ``shards``, in order; fields checked present."""
+    for shard in shards:
+        for key, fields in iter_tar_samples(Path(shard)):
+            missing = [f for f in FIELDS if f not in fields]
+            if missing:
+                raise DatasetError(f"{shard}: sample {key!r} lacks {', '.join(missing)}; the dataset is not in the encode stage's format: {_FIX}")
+            yield str(shard), key, fields
+
+
+def _stack(window: "deque[_Frame]", frame_stack: int) -> np.ndarray:
+    """(3k, H, W) uint8: the window's frames, oldest first, the oldest repeated where fewer than k."""
+    from pipeline.collect.envs.wrappers import stack_frames
+
+    frames = np.stack([f.image() for f in window])
+    return stack_frames(frames, np.array([len(window) - 1]), frame_stack, np.array([len(window) - 1]), channels_last=True)[0]
+
+
+def stacked_samples(
+    shards: Sequence[str | Path], frame_stack: int, keep: tuple[int, int] = (0, 1), with_state: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Stacked samples of ``shards`` (per-frame samples in episode order); see the module docstring.
 
     Args:
-        raw_samples: webdataset raw samples (bytes per field, ``__url__`` and ``__key__`` set).
+        shards: shard paths, read in this order.
         frame_stack: k.
         keep: ``(index, every)``: yield only samples whose running index ``i`` has ``i % every == index``
             (the others are still read for stacking, never decoded).
@@ -129,36 +107,35 @@ def stack_frames(raw_samples: Iterator[dict[str, Any]], frame_stack: int, keep: 
         dicts of numpy arrays: ``obs`` (3k, H, W) uint8, ``flow`` (2, H, W) float32 pixels,
         ``flow_valid`` (H, W) bool, ``clip_image`` (D,) float32, ``clip_text`` (2, D) float32,
         ``text_valid`` bool, ``reward`` float32, ``reward_valid`` bool, ``key`` str.
+
+    Raises:
+        DatasetError: a truncated shard or a field that does not decode (shard and key named).
     """
     index, every = keep
     window: deque[_Frame] = deque(maxlen=frame_stack)
-    previous_url: str | None = None
-    for position, raw in enumerate(raw_samples):
-        _check_fields(raw)
-        meta = json.loads(raw["json"])
-        frame = _Frame(raw=raw, meta=meta)
+    for position, (shard, key, raw) in enumerate(_raw_frames(shards)):
+        frame = _Frame(shard=shard, key=key, raw=raw, meta={})
+        frame.meta = _decode(frame, "json", decode_json)
+        meta = frame.meta
         if window:
-            last = window[-1].meta
+            last = window[-1]
             same_episode = (
-                raw.get("__url__") == previous_url
-                and last.get("task") == meta.get("task")
-                and last.get("episode") == meta.get("episode")
-                and int(last.get("step", -2)) + 1 == int(meta.get("step", -1))
+                last.shard == shard
+                and last.meta.get("task") == meta.get("task")
+                and last.meta.get("episode") == meta.get("episode")
+                and int(last.meta.get("step", -2)) + 1 == int(meta.get("step", -1))
             )
             if not same_episode:
                 window.clear()
-        previous_url = raw.get("__url__")
         window.append(frame)
         if position % every != index:
             continue
-        frames = [f.image() for f in window]
-        frames = [frames[0]] * (frame_stack - len(frames)) + frames
-        obs = np.concatenate([f.transpose(2, 0, 1) for f in frames], axis=0)
+        obs = _stack(window, frame_stack)
         h, w = obs.shape[1:]
         if len(window) >= 2:
             prev = window[-2]
-            flow = _npy(prev.raw, "flow.npy").astype(np.float32)
-            flow_valid = _npy(prev.raw, "flowvalid.npy").astype(bool)
+            flow16, valid = _decode(prev, "flow", decode_flow)
+            flow, flow_valid = flow16.astype(np.float32), valid.astype(bool)
             reward, reward_valid = float(prev.meta.get("reward", 0.0)), True
         else:
             flow = np.zeros((2, h, w), np.float32)
@@ -168,12 +145,12 @@ def stack_frames(raw_samples: Iterator[dict[str, Any]], frame_stack: int, keep: 
             "obs": np.ascontiguousarray(obs),
             "flow": flow,
             "flow_valid": flow_valid,
-            "clip_image": _npy(raw, "clipimage.npy").astype(np.float32),
-            "clip_text": _npy(raw, "cliptext.npy").astype(np.float32),
+            "clip_image": _decode(frame, "clipimage.npy", decode_npy, "clipimage.npy").astype(np.float32),
+            "clip_text": _decode(frame, "cliptext.npy", decode_npy, "cliptext.npy").astype(np.float32),
             "text_valid": bool(meta.get("annotated", False)),
             "reward": np.float32(reward),
             "reward_valid": reward_valid,
-            "key": raw["__key__"],
+            "key": key,
         }
         if with_state:
             out["state"] = np.concatenate([np.asarray(meta["qpos"], np.float32).ravel(), np.asarray(meta["qvel"], np.float32).ravel()])
@@ -186,7 +163,7 @@ class StackedFrames(IterableDataset):
     """An iterable dataset of stacked-frame samples over shards; safe with any worker/rank count.
 
     Args:
-        shards: shard paths (sorted).
+        shards: shard paths in order (``Dataset.shards[split]`` of :func:`pipeline.dataset.open_dataset`).
         frame_stack: k.
         seed: shard-order and shuffle-buffer seed (with rank, worker and pass number).
         shuffle_buffer: samples in the shuffle buffer (0: stream order, no shuffling).
@@ -197,7 +174,7 @@ class StackedFrames(IterableDataset):
 
     def __init__(
         self,
-        shards: list[str] | tuple[str, ...],
+        shards: Sequence[str | Path],
         frame_stack: int,
         *,
         seed: int = 0,
@@ -208,7 +185,7 @@ class StackedFrames(IterableDataset):
         with_state: bool = False,
     ) -> None:
         super().__init__()
-        self.shards = list(shards)
+        self.shards = [str(s) for s in shards]
         self.frame_stack = frame_stack
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
@@ -225,9 +202,10 @@ class StackedFrames(IterableDataset):
             mine, keep = shards[consumer::consumers], (0, 1)
         else:
             mine, keep = shards, (consumer, consumers)
-        raw = iter(wds.DataPipeline(wds.SimpleShardList(mine), wds.tarfile_to_samples()))
-        stream = stack_frames(raw, self.frame_stack, keep=keep, with_state=self.with_state)
+        stream = stacked_samples(mine, self.frame_stack, keep=keep, with_state=self.with_state)
         if self.shuffle_buffer > 1:
+            import webdataset as wds
+
             rng = random.Random(f"{self.seed}-shuffle-{epoch}-{consumer}")
             stream = wds.filters._shuffle(stream, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
         return stream
@@ -253,7 +231,7 @@ class StackedFrames(IterableDataset):
 
 
 def make_loader(
-    shards: list[str] | tuple[str, ...],
+    shards: Sequence[str | Path],
     frame_stack: int,
     batch_size: int,
     *,
@@ -264,7 +242,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader:
-    """A DataLoader of stacked-frame batches (tensors, see :func:`stack_frames` for fields).
+    """A DataLoader of stacked-frame batches (tensors, see :func:`stacked_samples` for fields).
 
     ``key`` comes back as a list of strings. Batches are built inside workers; with a finite
     stream (``repeat=False``) the last batch may be smaller.

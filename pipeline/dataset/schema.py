@@ -1,21 +1,37 @@
-"""The encoded dataset's sample schema: keys, fields, shapes, dtypes, units.
+"""The dataset's layout and sample schema: folder, shards, keys, fields, shapes, dtypes, units.
 
-One WebDataset sample per frame, in ``<split>/shard-<n:06d>.tar``; members are
-named ``<key>.<field>`` where the key has no dots (HF ``datasets`` and
-``webdataset`` split key and field at the first dot of the basename).
+A dataset folder holds ``README.md`` (the card), ``stats.json`` (the shard list with sizes and
+SHA-256, per-field statistics, provenance) and ``<split>/shard-<n:06d>.tar``: one WebDataset
+sample per frame; members are named ``<key>.<field>`` where the key has no dots (HF ``datasets``
+and ``webdataset`` split key and field at the first dot of the basename).
 
 ``FIELD_DOCS`` is the single description of every field: the dataset card and
-``docs/ARCHITECTURE.md`` show it, :mod:`pipeline.encode.reader` checks it.
+``docs/ARCHITECTURE.md`` show it, :mod:`pipeline.dataset.codec` encodes and decodes it and
+:mod:`pipeline.dataset.reader` checks it.
 """
 from __future__ import annotations
 
 import re
 from typing import Any
 
+from pipeline.errors import UserError
+
+
+class DatasetError(UserError, ValueError):
+    """A dataset folder is missing, incomplete or corrupt; the message names the file (and sample key) and the fix."""
+
+
+#: Version of the folder layout and sample schema, written to ``stats.json``.
+SCHEMA_VERSION = 1
+#: The folder's metadata files.
+STATS_FILE = "stats.json"
+CARD_FILE = "README.md"
+
 #: Split folders, in the order they are written and listed in the card.
 SPLITS: tuple[str, ...] = ("train", "validation")
 #: Shard file name pattern inside a split folder (``%`` formatting, as webdataset's ShardWriter takes it).
 SHARD_PATTERN = "shard-%06d.tar"
+#: The same as a glob, for the card's ``data_files`` (readers take the shard list from ``stats.json``).
 SHARD_GLOB = "shard-*.tar"
 #: Every sample has exactly these members (field = member name after the key and its dot).
 FIELDS: tuple[str, ...] = ("clipimage.npy", "cliptext.npy", "flow.npy", "flowvalid.npy", "json", "rgb.png")
