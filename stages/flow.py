@@ -32,3 +32,4 @@ def run(args: argparse.Namespace, params: Params) -> None:
 
     summary = run_flow(args.episodes, args.out, params.flow, params.weights)
     summary.write_metrics(args.metrics)
+    print(summary.line())

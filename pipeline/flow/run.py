@@ -127,8 +127,9 @@ def run(
     jobs = plan(headers, out, record, backend.fields, section.previews)
     if not all(job.has_truth for job in jobs):
         log.info("%d of %d episodes have no depth/segmentation: no end-point error for them", sum(not j.has_truth for j in jobs), len(jobs))
-    kept = [job for job in jobs if is_up_to_date(job)]
-    todo = [job for job in jobs if job not in kept]
+    up_to_date = [is_up_to_date(job) for job in jobs]
+    kept = [job for job, ok in zip(jobs, up_to_date) if ok]
+    todo = [job for job, ok in zip(jobs, up_to_date) if not ok]
     if kept:
         log.info("%d of %d episodes already have up-to-date flow in %s; keeping them", len(kept), len(jobs), out)
 
