@@ -2,10 +2,10 @@
 
 ``run(episodes, out, section, weights) -> FlowSummary``. Every episode is checked
 (:func:`pipeline.episodes.check_episodes`, and by the backend) before anything is written.
-Then one loop: the backend computes the episodes in order (:meth:`FlowBackend.flows`), and
-each computed episode is finished (float16, checked finite, written as its flow file
-(:mod:`pipeline.flow.files`), measured, previews drawn) by :func:`finish_episode`, which
-returns its metrics. One helper thread overlaps that, and the loading of the next
+Then one loop: the backend computes the episodes in order (:meth:`FlowBackend.flows`);
+each computed episode is converted to float16 and checked finite (:func:`to_float16`), then
+written as its flow file (:mod:`pipeline.flow.files`, :func:`write_episode`) and measured,
+previews drawn (:func:`measure_episode_flow`, which returns its metrics). One helper thread overlaps that, and the loading of the next
 episodes, with the backend's computation; when the helper falls behind (and once the
 backend is done) the main thread takes over work the helper has not started (:class:`Task`),
 so both cores stay busy whichever side is slower.
@@ -87,10 +87,11 @@ class EpisodeJob:
 
 @dataclass(frozen=True)
 class Finished:
-    """What finishing an episode returns: its metrics and the previews it drew."""
+    """What a piece of an episode's finishing returns: its metrics (None for the write), the previews drawn, pairs done."""
 
-    quality: EpisodeQuality
+    quality: EpisodeQuality | None
     previews: tuple[str, ...]
+    pairs: int
 
 
 def run(
@@ -140,9 +141,11 @@ def run(
         finishing = deque((job, Task(pool, finish_kept, job, backend, reference, out)) for job in kept)
         try:
             for job, episode, result in backend.flows(loaded):
-                finishing.append((job, Task(pool, finish_episode, job, episode, result, backend, reference, out)))
-                if len(finishing) > AHEAD:
-                    finishing[-1][1].run_here()  # the helper is behind: finish this episode here rather than wait
+                flow16 = to_float16(result.flow, job.header.path)  # non-finite flow is refused before its file is written
+                finishing.append((job, Task(pool, write_episode, job, flow16, result.valid)))
+                finishing.append((job, Task(pool, measure_episode_flow, job, episode, flow16, result, backend, reference, out)))
+                if len(finishing) > 2 * AHEAD:
+                    finishing[-1][1].run_here()  # the helper is behind: do this here rather than wait
                 while finishing and finishing[0][1].done():
                     _add(finishing.popleft(), quality, previews, bar)
             for _, task in reversed(finishing):  # the backend is done: share what is left with the helper
@@ -194,19 +197,20 @@ def load(job: EpisodeJob) -> Episode:
     return load_episode(job.header.path, job.fields, header=job.header)
 
 
-def finish_episode(
-    job: EpisodeJob, episode: Episode, result: FlowResult, backend: FlowBackend, reference: SimulatorBackend, out: Path
+def write_episode(job: EpisodeJob, flow16: np.ndarray, valid: np.ndarray) -> Finished:
+    """Write one computed episode's flow file (``flow16`` from :func:`to_float16`); its pairs count as done."""
+    write_flow(job.out, flow16, valid, flow_meta(job.source, job.header.path.name, flow16, valid))
+    return Finished(None, (), job.header.length)
+
+
+def measure_episode_flow(
+    job: EpisodeJob, episode: Episode, flow16: np.ndarray, result: FlowResult, backend: FlowBackend, reference: SimulatorBackend, out: Path
 ) -> Finished:
-    """Write one computed episode's flow file (float16), then measure it and draw its previews.
+    """Measure one computed episode's flow as written (``flow16``) and draw its previews.
 
     Args:
         reference: the simulator backend the metrics compare against (``backend`` itself when it is one).
-
-    Raises:
-        UserError: the flow is not finite, or too large for float16 (nothing is written for this episode).
     """
-    flow16 = to_float16(result.flow, job.header.path)
-    write_flow(job.out, flow16, result.valid, flow_meta(job.source, job.header.path.name, flow16, result.valid))
     exact = None
     if job.has_truth:
         exact = result if backend is reference else reference.episode_flow(episode)
@@ -218,7 +222,8 @@ def finish_kept(job: EpisodeJob, backend: FlowBackend, reference: SimulatorBacke
     episode = load(job)
     flow16, valid = read_flow(job.out)
     exact = reference.episode_flow(episode) if job.has_truth else None
-    return _measure(job, episode, flow16, valid, exact if backend is not reference else None, exact, out)
+    finished = _measure(job, episode, flow16, valid, exact if backend is not reference else None, exact, out)
+    return Finished(finished.quality, finished.previews, job.header.length)
 
 
 def to_float16(flow: np.ndarray, episode_path: Path) -> np.ndarray:
@@ -252,7 +257,7 @@ def _measure(
         name = f"{job.header.path.stem}_pair{t:05d}.png"
         write_png(out / PREVIEW_DIR / name, preview_image(episode.frames[t], episode.frames[t + 1], flows))
         names.append(name)
-    return Finished(quality, tuple(names))
+    return Finished(quality, tuple(names), 0)
 
 
 class Task(Generic[T]):
@@ -301,11 +306,12 @@ def _loaded(pool: ThreadPoolExecutor, jobs: list[EpisodeJob]) -> Iterator[tuple[
 
 
 def _add(item: tuple[EpisodeJob, Task[Finished]], quality: TaskQuality, previews: set[str], bar: Any) -> None:
-    job, task = item
+    _, task = item
     finished = task.result()  # re-raises a failure of the helper thread here
-    quality.add(finished.quality)
+    if finished.quality is not None:
+        quality.add(finished.quality)
     previews.update(finished.previews)
-    bar.update(job.header.length)
+    bar.update(finished.pairs)
 
 
 def _preview_pairs(lengths: list[int], count: int) -> set[tuple[int, int]]:
