@@ -69,12 +69,20 @@ TITLES = {
     "sac": "5. SAC: updates/s, online frames/s",
     "e2e": "6. End to end, device auto (collect -> flow -> annotate -> encode -> pretrain)",
 }
+#: The order the sections run in: torch.compile (in ``sac``) is the costliest, so it comes last and the budget cuts it first.
+EXECUTION_ORDER = ("flow", "clip", "vlm", "pretrain", "e2e", "sac")
 NEEDS_CUDA = "skipped: needs CUDA"
 TINY = "skipped: --cpu-tiny"
 BUDGET = "skipped: time budget (--budget-s) spent"
 #: Published anchor: DrQ-v2 trains at about 96 frames/s on a V100 (action repeat 2, one update per agent step).
 DRQV2_V100_FPS = 96.0
 DRQV2_V100_UPS = 24.0  # the issue's reading of that figure at batch 256
+#: What the figures are compared with (the issue's anchor; docs/NOTES CPU figures of the project's 2-core machine).
+ANCHORS = (
+    f"DrQ-v2 ~{DRQV2_V100_FPS:.0f} frames/s on a V100 (~{DRQV2_V100_UPS:.0f} SAC updates/s at batch 256)",
+    "2-core CPU: one SAC update at batch 32 (84 px, 1 thread) 1335 ms dual-path / 334 ms DrQ-style",
+    "2-core CPU: random ViT-B-32 ~17 images/s and ~21 texts/s; ptlflow raft_small 19 pairs/s at 88 px (NaN there: RAFT needs 128)",
+)
 TASK = "HalfCheetah-v5"  # a gymnasium MuJoCo task: dm_control's wheel is too big to carry
 
 
@@ -121,10 +129,10 @@ class Sizes:
 
 
 GPU = Sizes(
-    flow_models=("raft_small", "raft"), flow_sizes=(128, 256), flow_episodes=2, flow_steps=64, flow_batch=32,
-    clip_model="ViT-B-32", clip_frames=2048, clip_batch=256,
-    vlm_scale="0.5b", vlm_frames=64, vlm_batch=16, vlm_new_tokens=32, openai_frames=64,
-    pretrain_size=84, pretrain_episodes=4, pretrain_steps_per_episode=128, pretrain_batch=256, pretrain_timed_steps=20,
+    flow_models=("raft_small", "raft"), flow_sizes=(128, 256), flow_episodes=2, flow_steps=48, flow_batch=32,
+    clip_model="ViT-B-32", clip_frames=1024, clip_batch=256,
+    vlm_scale="0.5b", vlm_frames=32, vlm_batch=16, vlm_new_tokens=32, openai_frames=64,
+    pretrain_size=84, pretrain_episodes=4, pretrain_steps_per_episode=128, pretrain_batch=256, pretrain_timed_steps=10,
     pretrain_cli_steps=20, pretrain_workers=4,
     sac_batches=(256, 512), sac_image=84, sac_hidden=1024, sac_updates=20, sac_compile=True,
     online_frames=3000, online_seed_frames=1000, online_episode_frames=500, online_batch=256,
@@ -186,6 +194,7 @@ class Report:
             "# GPU check (issue 17)", "",
             f"mode **{m.get('mode')}**, device {m.get('device')} ({m.get('gpu_name') or 'no GPU'}), torch {m.get('torch')}, "
             f"Python {m.get('python')}, EGL renderer: {m.get('egl_renderer')}, wall {m.get('wall_s', 0):.0f} s", "",
+            "Anchors: " + "; ".join(ANCHORS), "",
         ]
         for section in SECTIONS:
             lines += [f"## {TITLES[section]}", "", "| check | status | figures | checks |", "| --- | --- | --- | --- |"]
@@ -488,7 +497,7 @@ def section_clip(ctx: Ctx) -> None:
     ctx.report.ok("clip", f"{name}: texts", {"library_texts_s": n / lt, "bare_texts_s": n / bt, "library_over_bare": bt / lt},
                   finite=bool(np.isfinite(out["txt"]).all()))
     # the encode stage on episode files (PNG/npy encoding, statistics and tar writing included)
-    per_episode = max(2, s.clip_frames // 8)
+    per_episode = max(2, s.clip_frames // 16)
     inputs = synthetic_inputs(ctx.work / "clip-inputs", "clipcheck", 4, per_episode - 1, 84, every_k=5)
     frames_in = 4 * per_episode
     stage_s = best_of([lambda: encode_stage(inputs, ctx.work / f"clip-ds-{time.monotonic_ns()}", section, encoder)], s.repeats, sync)[0]
@@ -629,21 +638,22 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
     prompt = section.prompt.format(task="vlmcheck")
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}], add_generation_prompt=True, tokenize=False)
 
-    def bare(batch: int) -> Callable[[], None]:
+    def bare(batch: int, count: int = n) -> Callable[[], None]:
         def run() -> None:
             with torch.inference_mode():
-                for i in range(0, n, batch):
-                    chunk = frames[i : i + batch]
+                for i in range(0, count, batch):
+                    chunk = frames[i : min(i + batch, count)]
                     inputs = processor(images=[Image.fromarray(f) for f in chunk], text=[text] * len(chunk), padding=True, return_tensors="pt").to(device)
                     if inputs["pixel_values"].is_floating_point():
                         inputs["pixel_values"] = inputs["pixel_values"].to(net.dtype)
-                    out = net.generate(**inputs, max_new_tokens=s.vlm_new_tokens, min_new_tokens=s.vlm_new_tokens, do_sample=False)
+                    out = net.generate(**inputs, max_new_tokens=s.vlm_new_tokens, do_sample=False)
                     processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return run
 
     if s.warm_up:
         bare(s.vlm_batch)()
-    one_s, batched_s = best_of([bare(1), bare(s.vlm_batch)], s.repeats, sync)
+    few = min(n, 8)  # batch 1 on a few frames only: one generate call per frame is slow
+    one_s, batched_s = best_of([bare(1, few), bare(s.vlm_batch)], s.repeats, sync)
     del net
     if ctx.cuda:
         torch.cuda.empty_cache()
@@ -665,8 +675,8 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
     finally:
         backend.close()
     ctx.report.ok("vlm", f"transformers backend, {label}, batch {s.vlm_batch}",
-                  {"stage_frames_s": n / stage_s, "bare_frames_s": n / batched_s, "bare_batch1_frames_s": n / one_s,
-                   "stage_over_bare": batched_s / stage_s, "batching_speedup": one_s / batched_s},
+                  {"stage_frames_s": n / stage_s, "bare_frames_s": n / batched_s, "bare_batch1_frames_s": few / one_s,
+                   "stage_over_bare": batched_s / stage_s, "batching_speedup": (n / batched_s) / (few / one_s)},
                   frames=n, parameters=n_params, backend_dtype=backend_dtype, ok_frames=summary_metric(summary.get("s"), "ok"))
 
 
@@ -894,43 +904,53 @@ def section_sac(ctx: Ctx) -> None:
                 ("compile", False, False, True), ("compile+channels_last+bf16", True, True, True)]
     baseline: dict[tuple[str, int], float] = {}
     best: dict[str, float] = {}
+
+    def measure(batch: int, vname: str, cl: bool, bf16: bool, comp: bool) -> None:
+        for ename, make in encoders.items():
+            name = f"{ename}, batch {batch}, {vname}"
+            if comp and not s.sac_compile:
+                ctx.report.skip("sac", name, f"{TINY} (torch.compile takes about a minute per model on this CPU; measured on the device)")
+                continue
+            if comp and batch != s.sac_batches[0]:
+                ctx.report.skip("sac", name, f"skipped: compile measured at batch {s.sac_batches[0]} only (each compile costs device time)")
+                continue
+            if ctx.budget.spent:
+                ctx.report.skip("sac", name, BUDGET)
+                continue
+            try:
+                torch.manual_seed(0)
+                ups, warm, finite = sac_updates(ctx, make(), batch, channels_last=cl, bf16=bf16, compile_=comp)
+                if vname == "fp32":
+                    baseline[(ename, batch)] = ups
+                figures = {"updates_s": ups, "warmup_s": warm, "speedup_vs_fp32": ups / baseline.get((ename, batch), ups)}
+                ctx.report.ok("sac", name, figures, losses_finite=finite, hidden=s.sac_hidden, image=s.sac_image)
+                if batch == s.sac_batches[0]:
+                    best[ename] = max(best.get(ename, 0.0), ups)
+            except Exception as exc:  # one configuration's failure must not lose the others' figures
+                ctx.report.error("sac", name, exc)
+            if ctx.cuda:
+                torch.cuda.empty_cache()
+
+    # torch.compile last: each compile costs tens of seconds of device time, and the budget may cut it short
     for batch in s.sac_batches:
-        for vname, cl, bf16, comp in variants:
-            for ename, make in encoders.items():
-                name = f"{ename}, batch {batch}, {vname}"
-                if comp and not s.sac_compile:
-                    ctx.report.skip("sac", name, f"{TINY} (torch.compile takes about a minute per model on this CPU; measured on the device)")
-                    continue
-                if comp and batch != s.sac_batches[0] and ctx.cuda:
-                    ctx.report.skip("sac", name, f"skipped: compile measured at batch {s.sac_batches[0]} only (each compile costs device time)")
-                    continue
-                if ctx.budget.spent:
-                    ctx.report.skip("sac", name, BUDGET)
-                    continue
-                try:
-                    torch.manual_seed(0)
-                    ups, warm, finite = sac_updates(ctx, make(), batch, channels_last=cl, bf16=bf16, compile_=comp)
-                    if vname == "fp32":
-                        baseline[(ename, batch)] = ups
-                    figures = {"updates_s": ups, "warmup_s": warm, "speedup_vs_fp32": ups / baseline.get((ename, batch), ups)}
-                    ctx.report.ok("sac", name, figures, losses_finite=finite, hidden=s.sac_hidden, image=s.sac_image)
-                    if batch == s.sac_batches[0]:
-                        best[ename] = max(best.get(ename, 0.0), ups)
-                except Exception as exc:
-                    ctx.report.error("sac", name, exc)
-                if ctx.cuda:
-                    torch.cuda.empty_cache()
+        for variant in variants:
+            if not variant[3]:
+                measure(batch, *variant)
+    if ctx.budget.spent:
+        ctx.report.skip("sac", f"online SAC on {TASK}", BUDGET)
+    else:
+        try:
+            online_run(ctx, config, best)
+        except Exception as exc:
+            ctx.report.error("sac", f"online SAC on {TASK}", exc)
+    for batch in s.sac_batches:
+        for variant in variants:
+            if variant[3]:
+                measure(batch, *variant)
     for ename, ups in best.items():
         ctx.report.note("sac", f"{ename}: best {ups:.1f} updates/s at batch {s.sac_batches[0]}; a 100k-frame run at action repeat 2 "
                         f"(48k updates, one per agent step after 4k seed frames) spends {48_000 / ups / 3600:.2f} h in updates "
                         f"(anchor: DrQ-v2 ~{DRQV2_V100_FPS:.0f} frames/s on a V100, about {DRQV2_V100_UPS:.0f} updates/s at batch 256).")
-    if ctx.budget.spent:
-        ctx.report.skip("sac", f"online SAC on {TASK}", BUDGET)
-        return
-    try:
-        online_run(ctx, config, best)
-    except Exception as exc:
-        ctx.report.error("sac", f"online SAC on {TASK}", exc)
 
 
 def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None:
@@ -953,6 +973,8 @@ def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None
     result = finetune(section, folder, ctx.work / "sac-out", ctx.work / "sac-metrics.json", ctx.work / "sac-plots")
     wall = time.perf_counter() - start
     t = result.timing
+    if not t["env_s"]:
+        raise RuntimeError(f"the finetune run acted on no frame (timing {t}): did it resume a finished checkpoint?")
     act_fps = t["env_frames"] / t["env_s"]
     ups = t["updates"] / t["update_s"] if t["update_s"] else float("nan")
     figures = {"frames_s_overall": s.online_frames / wall, "acting_frames_s": act_fps, "bare_env_frames_s": env_fps,
@@ -1103,7 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-tiny", action="store_true", help="tiny sizes on the CPU, skipping what needs CUDA (automatic without CUDA)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS))
     parser.add_argument("--budget-s", type=float, default=None, help="wall-clock budget in s; later measurements are skipped once it is spent (default: 420 on CUDA, none in --cpu-tiny)")
-    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed at the end)")
+    parser.add_argument("--work", default=None, help="keep the scratch files in a new folder under this one (default: a temporary folder, removed at the end)")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file whose sections are the base of every setting")
     args = parser.parse_args(argv)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -1138,11 +1160,12 @@ def main(argv: list[str] | None = None) -> int:
         "sections": wanted, "egl_renderer": egl_renderer(), "versions": _versions(),
     }
     report = Report(Path(args.out), meta)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    work.mkdir(parents=True, exist_ok=True)
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_", dir=args.work))  # fresh: nothing resumes from an earlier run
     ctx = Ctx(report, sizes, tiny, cuda, device, work, Budget(budget), yaml.safe_load(Path(args.params).read_text()))
     try:
-        for section in SECTIONS:
+        for section in EXECUTION_ORDER:
             if section not in wanted:
                 report.skip(section, "section", "skipped: not in --sections")
                 continue
