@@ -13,7 +13,10 @@ channels, the first with stride 2, then Linear -> 50, LayerNorm, tanh: ``bench_f
 measured in the same run, interleaved with the backbone, and each figure is printed beside it
 with the ratio (backbone / baseline: lower is better; the goal is <= 2.2 for the full update at
 batch 32 and 256). Times are the fastest of ``--repeats`` rounds (on a shared machine the
-minimum is the figure least disturbed by other load; medians are printed too).
+minimum is the figure least disturbed by other load; medians are printed too), in CPU seconds
+of this process by default (``--clock cpu``: on one thread that is the wall time of an idle
+machine, and it does not count the time other processes hold the cores; ``--clock wall`` for
+wall time).
 
     python bench/bench_backbone.py                                  # default backbone vs DrQ-v2
     python bench/bench_backbone.py --variant gated='{"interaction_kind": "gated"}' --variant off='{"interaction": false}'
@@ -54,8 +57,9 @@ def random_batch(batch_size: int, frame_stack: int, image_size: int, action_dim:
 class Case:
     """One encoder under test: its forward+backward step and its SAC update step, each timed per call."""
 
-    def __init__(self, name: str, make: Callable[[], nn.Module], batch: dict[str, np.ndarray], params: FinetuneParams, channels_last: bool) -> None:
+    def __init__(self, name: str, make: Callable[[], nn.Module], batch: dict[str, np.ndarray], params: FinetuneParams, channels_last: bool, clock: Callable[[], float]) -> None:
         torch.manual_seed(0)
+        self.clock = clock
         self.name = name
         self.encoder = make()
         self.agent = SAC(make(), int(batch["action"].shape[1]), params, torch.device("cpu"))
@@ -75,10 +79,10 @@ class Case:
         self.agent.update(self.batch)
 
     def timed(self, what: str, fn: Callable[[], None], calls: int) -> None:
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(calls):
             fn()
-        self.times[what].append((time.perf_counter() - start) / calls * 1000.0)
+        self.times[what].append((self.clock() - start) / calls * 1000.0)
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -98,19 +102,21 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="a DualPathBackbone config (overrides of its defaults) to time; repeatable (default: the default backbone)")
     parser.add_argument("--channels-last", action="store_true", help="run every encoder in channels_last memory format")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="CPU time of this process or wall time (default: %(default)s)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     k, size = args.frame_stack, args.image_size
     variants = [parse_variant(v) for v in args.variant] or [("dual-path (default)", {})]
     print(f"SAC encoder cost: {k}x3x{size}x{size} uint8 stacks, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-          f"channels_last={args.channels_last}, no torch.compile; fastest of {args.repeats} rounds, ms per call")
+          f"channels_last={args.channels_last}, no torch.compile; fastest of {args.repeats} rounds, {args.clock} ms per call")
     rows = []
     for batch_size in args.batch_sizes:
         params = FinetuneParams(batch_size=batch_size)
         batch = random_batch(batch_size, k, size, 1, np.random.default_rng(0))
-        cases = [Case("DrQ-v2 encoder+trunk", lambda: DrQEncoder(k, size), batch, params, args.channels_last)]
-        cases += [Case(name, lambda c=config: DualPathBackbone(frame_stack=k, image_size=size, **c), batch, params, args.channels_last) for name, config in variants]
+        cases = [Case("DrQ-v2 encoder+trunk", lambda: DrQEncoder(k, size), batch, params, args.channels_last, clock)]
+        cases += [Case(name, lambda c=config: DualPathBackbone(frame_stack=k, image_size=size, **c), batch, params, args.channels_last, clock) for name, config in variants]
         for case in cases:  # warm-up: allocator, oneDNN kernels, optimiser state
             case.forward_backward()
             case.update()

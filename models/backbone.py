@@ -85,7 +85,7 @@ class DualPathBackbone(nn.Module):
         channels: int = 32,
         depth: int = 4,
         interaction: bool = True,
-        interaction_kind: str = "gated",
+        interaction_kind: str = "global",
         interaction_layers: list[int] | None = None,
         flow_input: bool = False,
         pool: int = 2,

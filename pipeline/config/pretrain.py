@@ -15,7 +15,7 @@ class PretrainParams(Section):
     channels: Int = Field(32, ge=4, le=1024, description="Conv width of each path.")
     depth: Int = Field(4, ge=1, le=16, description="Conv layers per path (the first has stride 2).")
     interaction: Bool = Field(True, description="Let the semantic and motion paths exchange information (off for ablation).")
-    interaction_kind: Literal["gated", "attention", "global"] = Field("gated", description="'global': per-channel gated messages from the other path's spatial mean (nearly free); 'gated': per-pixel gated 1x1-conv feature exchange; 'attention': cross-attention over pooled tokens.")
+    interaction_kind: Literal["gated", "attention", "global"] = Field("global", description="'global': per-channel gated messages from the other path's spatial mean (nearly free); 'gated': per-pixel gated 1x1-conv feature exchange; 'attention': cross-attention over pooled tokens.")
     flow_input: Bool = Field(False, description="Also feed the flow between the last two frames to the motion path (comparison only: the online agent would need flow too).")
     head_hidden: Int = Field(256, ge=8, le=8192, description="Hidden width of the projection and reward MLP heads.")
     # Training.
