@@ -64,12 +64,16 @@ def test_episode_schema_round_trip(tmp_path: Path) -> None:
 def test_same_params_same_bytes_for_any_worker_count(tmp_path: Path) -> None:
     params = small()
     one = collect_task("cartpole-swingup", params, tmp_path / "one", workers=1)  # in this process
-    # Spawned worker processes (3 asked, 2 used: one per episode at most).
+    # This process and a spawned worker (3 asked, 2 used: one per episode at most).
     pool = collect_task("cartpole-swingup", params, tmp_path / "pool", workers=3)
     assert one == pool
     files = folder_bytes(tmp_path / "one")
     assert sorted(files) == ["episode_000000.npz", "episode_000001.npz", "index.json", "preview.gif"]
     assert files == folder_bytes(tmp_path / "pool")
+    # More episodes than workers: the worker records from the first, this process from the last.
+    many = small(episodes_per_task=4, preview_episodes=0, depth=False, segmentation=False)
+    assert collect_task("cartpole-swingup", many, tmp_path / "one4", workers=1) == collect_task("cartpole-swingup", many, tmp_path / "pool4", workers=2)
+    assert folder_bytes(tmp_path / "one4") == folder_bytes(tmp_path / "pool4")
     # Different episodes really differ, and the index says what each file holds.
     a, b = (load_episode(p) for p in list_episodes(tmp_path / "one"))
     assert a.meta.seed == episode_seed(0, "cartpole-swingup", 0) != b.meta.seed
@@ -286,12 +290,13 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_the_main_process_leaves_no_worker_running(tmp_path: Path) -> None:
-    """SIGKILL on `semore collect` mid-run: its spawned workers (mid-episode, episodes far longer
-    than the wait below) must end within seconds instead of finishing their episodes."""
+    """SIGKILL on `semore collect` mid-run (workers: 3, so 2 spawned beside the main process): its
+    workers (mid-episode, episodes far longer than the wait below) must end within seconds instead
+    of finishing their episodes."""
     params = tmp_path / "params.yaml"
     params.write_text(
         "collect:\n  episodes_per_task: 4\n  episode_steps: 20000\n  image_size: 16\n  depth: false\n"
-        "  segmentation: false\n  workers: 2\n  preview_episodes: 0\n"
+        "  segmentation: false\n  workers: 3\n  preview_episodes: 0\n"
     )
     command = [sys.executable, "-m", "pipeline.cli", "--params", str(params), "collect", "--task", "cartpole-swingup", "--out", str(tmp_path / "out")]
     main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -11,12 +11,14 @@ policy draws from a generator seeded with that seed, so an episode depends only 
 params, the task and ``i``: not on the worker that ran it or on the episodes run before it
 in the same process. The bytes are therefore identical for any ``workers``.
 
-Scheduling: ``workers: 1`` records in the calling process. Otherwise a spawned
-``ProcessPoolExecutor`` of ``workers`` processes (never more than there are episodes to record)
-does: its initializer builds each worker's env and policy once, every episode is one submitted
-job, and results are taken with ``as_completed``. Bad input (task, camera, policy checkpoint,
-disk space) is found in the calling process before any worker starts. A worker dies with the
-calling process, even when that is SIGKILLed (see :func:`die_with_parent`).
+Scheduling: ``workers: N`` means N processes record (never more than there are episodes to
+record): the calling process and a spawned ``ProcessPoolExecutor`` of N - 1 workers (none for
+N = 1). The pool's initializer builds each worker's env and policy once; every episode is one
+submitted job, taken by the pool from the first on, while the calling process records the jobs
+the pool has not started yet from the last one back (cancelling them in the pool); the pool's
+results come through ``as_completed``. Bad input (task, camera, policy checkpoint, disk space)
+is found in the calling process before any worker starts. A worker dies with the calling
+process, even when that is SIGKILLed (see :func:`die_with_parent`).
 
 Resuming: an episode file that already exists, passes its zip CRC check and was recorded
 with the same content fingerprint (the params that shape an episode, the policy and its
@@ -191,7 +193,9 @@ class _Recorder:
 
 # --- worker processes -------------------------------------------------------------------------
 # Spawned, not forked (EGL contexts do not survive a fork). Each worker builds its env and policy
-# once, in the pool's initializer, and records the episodes it is given with them.
+# once, in the pool's initializer, and records the episodes it is given with them. The pool is
+# created and fed from the calling thread: prctl's parent-death signal follows the thread that
+# spawned the worker, and this thread lives until the pool is shut down.
 
 _worker_recorder: _Recorder | None = None
 _worker_error: BaseException | None = None
@@ -260,18 +264,28 @@ def _worker_run(job: _Job) -> EpisodeMeta:
     return _worker_recorder.run(job)
 
 
-def _record_in_pool(task: str, params: "CollectParams", extra: dict[str, Any], jobs: list[_Job], workers: int) -> Iterator[EpisodeMeta]:
-    """Record ``jobs`` on ``workers`` spawned processes; yield each episode's meta as it finishes."""
+def _record_in_pool(recorder: _Recorder, task: str, params: "CollectParams", jobs: list[_Job], workers: int) -> Iterator[EpisodeMeta]:
+    """Record ``jobs`` on ``workers`` processes: this one (with ``recorder``) and ``workers - 1``
+    spawned ones; yield each episode's meta as it finishes.
+
+    The pool takes the episodes from the first one on; this process takes those the pool has not
+    started yet, from the last one back. It starts at once, so the seconds a spawned worker needs
+    to start (an interpreter, imports, an env and a GL context) are not lost.
+    """
     pool = ProcessPoolExecutor(
-        max_workers=workers,
+        max_workers=workers - 1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_init,
-        initargs=(task, _env_kwargs(params), params.policy.model_dump(), extra, os.getpid()),
+        initargs=(task, _env_kwargs(params), params.policy.model_dump(), recorder.extra, os.getpid()),
     )
     finished = False
     try:
         futures = [pool.submit(_worker_run, job) for job in jobs]
-        for future in as_completed(futures):
+        for future, job in zip(reversed(futures), reversed(jobs)):
+            if not future.cancel():  # the pool has started it (and, first in first out, all before it)
+                break
+            yield recorder.run(job)
+        for future in as_completed([f for f in futures if not f.cancelled()]):
             yield future.result()  # a worker's error surfaces here
         finished = True
     finally:
@@ -346,7 +360,7 @@ def collect_task(task: str, params: "CollectParams", out_dir: str | Path, worker
         fingerprint = hashlib.sha256(
             dumps_json({"schema_version": SCHEMA_VERSION, "params": content, "policy": description, "versions": versions}).encode()
         ).hexdigest()[:16]
-        recorder.extra = extra = {"fingerprint": fingerprint, "policy": description, "versions": versions}
+        recorder.extra = {"fingerprint": fingerprint, "policy": description, "versions": versions}
 
         jobs: list[_Job] = []
         metas: dict[int, EpisodeMeta] = {}
@@ -370,9 +384,7 @@ def collect_task(task: str, params: "CollectParams", out_dir: str | Path, worker
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(out_dir, params.episodes_per_task)
         if workers > 1:
-            recorder.close()  # the workers build their own; free this process's GL context first
-            recorder = None
-            recorded = _record_in_pool(task, params, extra, jobs, workers)
+            recorded = _record_in_pool(recorder, task, params, jobs, workers)
         else:
             recorded = (recorder.run(job) for job in jobs)
         with progress(desc=f"collect {task}", total=len(jobs), unit="episode") as bar:
