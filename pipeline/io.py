@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 import numpy as np
 
@@ -107,11 +107,13 @@ def write_json_atomic(target: str | Path, obj: Any) -> None:
     write_bytes_atomic(target, dumps_json(obj).encode())
 
 
-def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool = True) -> bytes:
+def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool | Collection[str] = True) -> bytes:
     """An ``.npz`` archive (readable by ``np.load``) with fixed member order and timestamps.
 
     ``np.savez`` stamps members with the current time; this does not, so the
     same arrays always give the same bytes (DVC caching relies on it).
+    ``compress``: deflate every member (True), none (False), or only the members named
+    (the others are stored: for data deflate barely shrinks, e.g. noisy float16 fields).
     """
     buffer = io.BytesIO()
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
@@ -123,13 +125,14 @@ def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool = True) -> bytes:
             member = io.BytesIO()
             np.lib.format.write_array(member, np.require(array, requirements="C"), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
-            info.compress_type = method
+            deflate = compress if isinstance(compress, bool) else name in compress
+            info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
-            zf.writestr(info, member.getvalue(), compresslevel=1 if compress else None)
+            zf.writestr(info, member.getvalue(), compresslevel=1 if deflate else None)
     return buffer.getvalue()
 
 
-def write_npz_atomic(target: str | Path, arrays: Mapping[str, np.ndarray], compress: bool = True) -> None:
+def write_npz_atomic(target: str | Path, arrays: Mapping[str, np.ndarray], compress: bool | Collection[str] = True) -> None:
     """Write ``arrays`` as a deterministic ``.npz`` at ``target``, atomically."""
     write_bytes_atomic(target, npz_bytes(arrays, compress=compress))
 

@@ -275,3 +275,20 @@ def test_non_finite_flow_is_refused_naming_the_episode(tmp_path: Path, value: fl
     with pytest.raises(UserError, match=r"(?s)episode_000000\.npz: the flow backend returned non-finite flow .* for pair\(s\) 1 of this episode; its flow file was not written.*Fix:"):
         run(episodes, out, FlowParams(backend="dis", previews=0), WeightsParams(), backend=Broken(value))
     assert not list(out.glob("*.npz")) and not list(out.glob(".*"))
+
+
+def test_exact_flow_is_deflated_and_estimated_flow_stored(tmp_path: Path) -> None:
+    import zipfile
+
+    episodes = tmp_path / "episodes"
+    write_episodes(episodes, [3])
+    methods = {}
+    for backend in ("simulator", "dis"):
+        run(episodes, tmp_path / backend, FlowParams(backend=backend, previews=0), WeightsParams())
+        with zipfile.ZipFile(tmp_path / backend / "episode_000000.npz") as zf:
+            methods[backend] = {i.filename: i.compress_type for i in zf.infolist()}
+    deflated, stored = zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED
+    assert methods["simulator"] == {"flow.npy": deflated, "meta.npy": deflated, "valid.npy": deflated}
+    assert methods["dis"] == {"flow.npy": stored, "meta.npy": deflated, "valid.npy": deflated}  # deflate barely shrinks an estimate
+    with np.load(tmp_path / "dis" / "episode_000000.npz") as npz:  # still an ordinary .npz
+        np.testing.assert_array_equal(npz["flow"], DISBackend().episode_flow(moving_scene(3, seed=0)).flow.astype(np.float16))

@@ -1,7 +1,8 @@
 """The flow file: what the flow stage writes for each episode and the encode stage reads.
 
 ``<out>/episode_<i:06d>.npz`` (the same name as its episode), written atomically with
-deterministic bytes (:func:`pipeline.io.write_npz_atomic`):
+deterministic bytes (:func:`pipeline.io.write_npz_atomic`; ``flow`` deflated for backends whose
+flow compresses (the simulator's), stored for estimates, ``valid`` and ``meta`` always deflated):
 
 * ``flow`` (T, 2, H, W) float16: forward flow t -> t+1 in pixels, channel 0 dx (right), channel 1 dy (down);
   finite everywhere, 0 where ``valid`` is false for the simulator backend;
@@ -74,9 +75,15 @@ def flow_meta(source: dict[str, Any], episode_name: str, flow16: np.ndarray, val
     }
 
 
-def write_flow(path: str | Path, flow16: np.ndarray, valid: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write one flow file atomically (same arrays and meta, same bytes)."""
-    write_npz_atomic(path, {"flow": flow16, "valid": valid, "meta": np.array(dumps_json(meta))})
+def write_flow(path: str | Path, flow16: np.ndarray, valid: np.ndarray, meta: dict[str, Any], deflate_flow: bool = True) -> None:
+    """Write one flow file atomically (same arrays and meta, same bytes).
+
+    Args:
+        deflate_flow: deflate the ``flow`` member (``valid`` and ``meta`` always are). False stores it:
+            an estimated flow keeps ~88% of its bytes under deflate, which costs more than DIS computes.
+    """
+    arrays = {"flow": flow16, "valid": valid, "meta": np.array(dumps_json(meta))}
+    write_npz_atomic(path, arrays, compress=True if deflate_flow else ("valid", "meta"))
 
 
 def read_flow_meta(path: str | Path) -> dict[str, Any] | None:

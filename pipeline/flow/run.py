@@ -142,7 +142,7 @@ def run(
         try:
             for job, episode, result in backend.flows(loaded):
                 flow16 = to_float16(result.flow, job.header.path)  # non-finite flow is refused before its file is written
-                finishing.append((job, Task(pool, write_episode, job, flow16, result.valid)))
+                finishing.append((job, Task(pool, write_episode, job, flow16, result.valid, backend.compressible)))
                 finishing.append((job, Task(pool, measure_episode_flow, job, episode, flow16, result, backend, reference, out)))
                 if len(finishing) > 2 * AHEAD:
                     finishing[-1][1].run_here()  # the helper is behind: do this here rather than wait
@@ -197,9 +197,9 @@ def load(job: EpisodeJob) -> Episode:
     return load_episode(job.header.path, job.fields, header=job.header)
 
 
-def write_episode(job: EpisodeJob, flow16: np.ndarray, valid: np.ndarray) -> Finished:
+def write_episode(job: EpisodeJob, flow16: np.ndarray, valid: np.ndarray, deflate_flow: bool) -> Finished:
     """Write one computed episode's flow file (``flow16`` from :func:`to_float16`); its pairs count as done."""
-    write_flow(job.out, flow16, valid, flow_meta(job.source, job.header.path.name, flow16, valid))
+    write_flow(job.out, flow16, valid, flow_meta(job.source, job.header.path.name, flow16, valid), deflate_flow)
     return Finished(None, (), job.header.length)
 
 
