@@ -98,6 +98,15 @@ def load_one(name: str, pretrained: str | Path, *, seed: int, device: torch.devi
     return Backbone(name, "checkpoint" if name.startswith("checkpoint-") else "pretrained", spec, _freeze(build_encoder(spec, "pretrained"), device))
 
 
+def observation_meta(folder: str | Path) -> dict[str, Any]:
+    """The observation facts a checkpoint records in its metadata (``meta.observation``: action
+    repeat as an int or per task, image size, camera, render mode, frame stack); {} if none."""
+    from models.checkpoint import read_checkpoint_config
+
+    meta = read_checkpoint_config(Path(folder)).get("meta") or {}
+    return dict(meta.get("observation") or {})
+
+
 def check_backbone(backbone: Backbone, task: str, *, image_size: int, frame_stack: int, action_repeat: int, allow_mismatch: bool) -> None:
     """Refuse (or, with ``allow_mismatch``, warn about and record) a backbone that does not fit the task.
 
@@ -109,7 +118,7 @@ def check_backbone(backbone: Backbone, task: str, *, image_size: int, frame_stac
     problems = []
     if backbone.spec.image_size != image_size:
         problems.append(f"image size: backbone {backbone.spec.image_size} px, evaluation {image_size} px")
-    recorded = config.get("action_repeat") or (config.get("observation") or {}).get("action_repeat")
+    recorded = observation_meta(backbone.spec.folder).get("action_repeat")
     if isinstance(recorded, dict):
         recorded = recorded.get(task)
     if recorded is not None and int(recorded) != action_repeat:

@@ -1,0 +1,103 @@
+"""The evaluate stage end to end at a tiny size, and every refusal before work."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.backbone import DualPathBackbone
+from models.checkpoint import save_module
+from pipeline.collect.errors import UnknownTaskError
+from pipeline.config.evaluate import EvaluateParams
+from pipeline.evaluate.backbones import MismatchError, check_backbone, load_backbones
+from pipeline.evaluate.run import NotLearningError, run
+
+BACKBONE = dict(frame_stack=2, image_size=24, feature_dim=8, channels=4, depth=2)
+# cartpole at action repeat 8: 6 agent steps per episode, 2 training episodes, evaluations at 0, 48 and 96 frames.
+TINY = dict(
+    tasks=["cartpole-swingup"], heldout_episodes=4, heldout_frames=64, random_inits=1, seeds=1, frames=96, seed_frames=48,
+    eval_every_frames=48, eval_episodes=1, episode_frames=48, agent={"batch_size": 8, "hidden_dim": 16},
+    probe={"bootstrap": 100, "folds": 3}, device="cpu", threads=1, workers=1,
+)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrain-stage output folder holding a small backbone that records its observation."""
+    root = tmp_path_factory.mktemp("pretrain")
+    torch.manual_seed(7)
+    save_module(root / "backbone", DualPathBackbone(**BACKBONE), BACKBONE, {"observation": {"action_repeat": {"cartpole-swingup": 8}}})
+    return root
+
+
+def params(**overrides) -> EvaluateParams:
+    return EvaluateParams(**{**TINY, **overrides})
+
+
+def test_tiny_evaluation_writes_report_results_plots_and_dvclive(tmp_path: Path, backbone: Path, torch_one_thread) -> None:
+    summary = run(backbone, tmp_path / "eval", params())
+    out = tmp_path / "eval"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["probe"]["cartpole-swingup"]["r2"]) == {"pretrained", "random-0"}
+    gap = results["probe"]["cartpole-swingup"]["pretrained_minus"]["random-0"]["all"]
+    assert gap["ci_low"] <= gap["value"] <= gap["ci_high"] or gap["ci_low"] <= gap["ci_high"]
+    arms = {(r["arm"], r["seed"]) for r in results["rl"]}
+    assert arms == {("state", 0), ("frozen:pretrained", 0), ("frozen:random-0", 0)}
+    assert [p["frames"] for p in results["rl"][0]["curve"]] == [0, 48, 96]  # frames after action repeat
+    report = (out / "report.md").read_text()
+    assert "after action repeat" in report and "| cartpole-swingup (8) | state |" in report
+    assert (out / "plots" / "probe.png").stat().st_size > 0 and (out / "plots" / "learning_curves.png").stat().st_size > 0
+    dvclive = json.loads((out / "dvclive" / "metrics.json").read_text())
+    assert "probe" in dvclive and "rl" in dvclive
+    assert len(list((out / "dvclive" / "plots" / "custom").glob("*.json"))) == 3
+    assert summary.probe_gap["cartpole-swingup"]["value"] == pytest.approx(gap["value"])
+
+
+def test_same_params_give_the_same_bytes(tmp_path: Path, backbone: Path, torch_one_thread) -> None:
+    p = params(arms=["probe", "state"])
+    run(backbone, tmp_path / "a", p)
+    run(backbone, tmp_path / "b", p)
+    for name in ("results.json", "report.md", "plots/probe.png", "plots/learning_curves.png", "dvclive/metrics.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_unknown_task_is_refused_before_work(tmp_path: Path, backbone: Path) -> None:
+    with pytest.raises(UnknownTaskError, match="cartpole-swingup"):
+        run(backbone, tmp_path / "eval", params(tasks=["cartpol-swingup"]))
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"image_size": 32}, "image size: backbone 24 px, evaluation 32 px"),
+        ({"frame_stack": 3}, "frame stack: backbone 2 frames, evaluation 3"),
+        ({"action_repeat": {"cartpole-swingup": 4}}, "action repeat: backbone pretrained at 8, evaluation of cartpole-swingup uses 4"),
+    ],
+)
+def test_a_backbone_that_does_not_match_the_task_is_refused_before_work(tmp_path: Path, backbone: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(MismatchError, match=message.replace("(", r"\(")):
+        run(backbone, tmp_path / "eval", params(**overrides))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_allowed_mismatch_warns_and_is_recorded(backbone: Path) -> None:
+    [b] = load_backbones(backbone, random_inits=0, checkpoints=[], seed=0, device=torch.device("cpu"))
+    check_backbone(b, "cartpole-swingup", image_size=24, frame_stack=2, action_repeat=2, allow_mismatch=True)
+    assert b.warnings and "action repeat" in b.warnings[0] and b.provenance()["warnings"] == b.warnings
+
+
+def test_a_state_arm_that_does_not_learn_stops_the_stage(tmp_path: Path, backbone: Path, torch_one_thread) -> None:
+    with pytest.raises(NotLearningError, match="min_final_return = 900"):
+        run(backbone, tmp_path / "eval", params(arms=["state", "frozen"], min_final_return=900.0))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_random_inits_are_seeded_and_distinct(backbone: Path) -> None:
+    a = load_backbones(backbone, random_inits=2, checkpoints=[], seed=5, device=torch.device("cpu"))
+    b = load_backbones(backbone, random_inits=2, checkpoints=[], seed=5, device=torch.device("cpu"))
+    weights = [next(x.module.parameters()).detach() for x in a]
+    assert torch.equal(weights[1], next(b[1].module.parameters()).detach())
+    assert not torch.equal(weights[1], weights[2]) and not torch.equal(weights[0], weights[1])
