@@ -1,8 +1,9 @@
 """Benchmark of the collect stage: frames/s of `collect_task` against a bare step-and-render loop.
 
 Both run the same dm_control task with the same image size, render mode, action repeat and
-extra passes (depth, segmentation), on the same number of spawned worker processes, timed
-end to end (process start, imports and env construction included in both). The bare loop
+extra passes (depth, segmentation), with the same number of recording processes (the stage:
+this process plus ``--workers - 1`` spawned ones; the bare loop: ``--workers`` spawned ones),
+timed end to end (process start, imports and env construction included in both). The bare loop
 only steps the simulator and renders with raw MuJoCo calls (the same render passes as the
 stage): no policy, no truth arrays, no depth/segmentation decoding, no files. The stage figure includes everything (policy, simulator truth, compressed .npz files,
 index and preview GIF).
@@ -13,7 +14,9 @@ It prints wall-clock frames/s (the goal's unit) and frames per CPU-second (all p
 involved, children included), which is robust to other processes loading the machine; each is
 the best of ``--repeats`` alternating runs.
 
-Goals (issue 4): ratio >= 0.9, and >= 250 frames/s over 2 cores in fast mode (RGB only).
+Goals: wall ratio >= 0.9 with depth and segmentation (issue 16), and >= 250 frames/s over 2 cores
+in fast mode, RGB only (issue 4). On a machine shared with other work, the CPU ratio is the
+steadier figure.
 """
 from __future__ import annotations
 

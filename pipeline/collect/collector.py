@@ -337,7 +337,8 @@ def collect_task(task: str, params: "CollectParams", out_dir: str | Path, worker
         task: a name from :func:`pipeline.collect.list_tasks`.
         params: the ``collect`` params section.
         out_dir: the task's episode folder (created if missing).
-        workers: worker processes (default ``params.workers``); 1 records in this process.
+        workers: processes that record, this one included (default ``params.workers``); 1
+            records in this process only.
 
     Raises:
         UserError: bad task, camera, policy or output folder, or a disk too small (the message
