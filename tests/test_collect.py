@@ -323,3 +323,23 @@ def test_killing_the_main_process_leaves_no_worker_running(tmp_path: Path) -> No
             os.killpg(main.pid, signal.SIGKILL)  # anything left of the session (only if the test failed)
         except ProcessLookupError:
             pass
+
+
+def test_importing_collect_has_no_side_effect_and_make_env_sets_up_rendering_itself() -> None:
+    """Importing the package neither sets MUJOCO_GL nor imports mujoco (nor, for spawned workers'
+    start-up, the params package); make_env alone, without the CLI, sets up headless rendering."""
+    code = (
+        "import os, sys\n"
+        "import pipeline.collect, pipeline.collect.collector, pipeline.collect.policies\n"
+        "assert 'MUJOCO_GL' not in os.environ, 'import set MUJOCO_GL'\n"
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('mujoco', 'dm_control', 'gymnasium', 'pydantic', 'tqdm') or m.startswith('pipeline.config'))\n"
+        "assert not leaked, leaked\n"
+        "env = pipeline.collect.make_env('cartpole-swingup', image_size=16)\n"
+        "assert env.reset().frame.shape == (16, 16, 3)\n"
+        "env.close()\n"
+        "print(os.environ['MUJOCO_GL'])\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "egl"
