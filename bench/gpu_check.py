@@ -74,6 +74,7 @@ EXECUTION_ORDER = ("flow", "clip", "vlm", "pretrain", "e2e", "sac")
 NEEDS_CUDA = "skipped: needs CUDA"
 TINY = "skipped: --cpu-tiny"
 BUDGET = "skipped: time budget (--budget-s) spent"
+COMPILE_S = 90  # seconds a torch.compile measurement may take at most (compile included), to start it within the budget
 #: Published anchor: DrQ-v2 trains at about 96 frames/s on a V100 (action repeat 2, one update per agent step).
 DRQV2_V100_FPS = 96.0
 DRQV2_V100_UPS = 24.0  # the issue's reading of that figure at batch 256
@@ -161,6 +162,7 @@ class Report:
     meta: dict[str, Any]
     sections: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
     notes: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
+    started: float = field(default_factory=time.perf_counter)
 
     def ok(self, section: str, name: str, figures: dict[str, float], **checks: Any) -> None:
         """A measured row: ``figures`` are rates / seconds (finite, > 0); ``checks`` anything else."""
@@ -168,21 +170,26 @@ class Report:
         self.sections[section].append(row)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in row["figures"].items())
         print(f"[{section}] {name}: {shown} {checks if checks else ''}", flush=True)
+        self.write()
 
     def skip(self, section: str, name: str, reason: str) -> None:
         self.sections[section].append({"name": name, "status": "skipped", "reason": reason})
         print(f"[{section}] {name}: {reason}", flush=True)
+        self.write()
 
     def error(self, section: str, name: str, exc: BaseException) -> None:
         text = f"{type(exc).__name__}: {exc}"
         self.sections[section].append({"name": name, "status": "error", "reason": text, "traceback": traceback.format_exc(limit=8)})
         print(f"[{section}] {name}: ERROR {text}\n{traceback.format_exc(limit=8)}", flush=True)
+        self.write()
 
     def note(self, section: str, text: str) -> None:
         self.notes[section].append(text)
         print(f"[{section}] note: {text}", flush=True)
 
     def write(self) -> None:
+        """Rewrite both files (after every row: a run killed at its time limit keeps what it measured)."""
+        self.meta["wall_s"] = time.perf_counter() - self.started
         self.out.mkdir(parents=True, exist_ok=True)
         body = {"meta": self.meta, "sections": {s: {"title": TITLES[s], "rows": self.sections[s], "notes": self.notes[s]} for s in SECTIONS}}
         _write_text(self.out / "gpu_check.json", json.dumps(body, indent=1, sort_keys=False, default=str) + "\n")
@@ -230,6 +237,11 @@ class Budget:
     @property
     def spent(self) -> bool:
         return time.monotonic() > self.deadline
+
+    @property
+    def left(self) -> float:
+        """Seconds left (inf without a budget)."""
+        return self.deadline - time.monotonic()
 
 
 @dataclass
@@ -343,6 +355,13 @@ def encode_stage(inputs: tuple[Path, Path, Path], out: Path, section: Any, encod
     from pipeline.encode.run import run
 
     return run(*inputs, out, section, WeightsParams(), encoder=encoder)
+
+
+def finetune_stage(backbone: Path, out: Path, section: Any) -> Any:
+    """The finetune stage (online SAC); no curves (they need dvclive, which the GPU image lacks)."""
+    from pipeline.finetune.run import run
+
+    return run(backbone, out, section)
 
 
 def episode_frames(folder: Path) -> list[Any]:
@@ -914,8 +933,8 @@ def section_sac(ctx: Ctx) -> None:
             if comp and batch != s.sac_batches[0]:
                 ctx.report.skip("sac", name, f"skipped: compile measured at batch {s.sac_batches[0]} only (each compile costs device time)")
                 continue
-            if ctx.budget.spent:
-                ctx.report.skip("sac", name, BUDGET)
+            if ctx.budget.spent or (comp and ctx.budget.left < COMPILE_S):
+                ctx.report.skip("sac", name, BUDGET if not comp else f"{BUDGET[:-1]}: under {COMPILE_S} s left for a compile")
                 continue
             try:
                 torch.manual_seed(0)
@@ -957,7 +976,6 @@ def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None
     """A short online finetune run on the gymnasium task (EGL rendering) against the bare environment."""
     from models.backbone import DualPathBackbone
     from models.checkpoint import save_module
-    from pipeline.finetune.trainer import finetune
 
     s = ctx.sizes
     folder = ctx.work / "sac-backbone"
@@ -970,7 +988,7 @@ def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None
     )
     env_fps = env_frames_per_s(section, s.sac_image, steps=max(4, min(200, s.online_frames // 2)))
     start = time.perf_counter()
-    result = finetune(section, folder, ctx.work / "sac-out", ctx.work / "sac-metrics.json", ctx.work / "sac-plots")
+    result = finetune_stage(folder, ctx.work / "sac-out", section)
     wall = time.perf_counter() - start
     t = result.timing
     if not t["env_s"]:
@@ -987,7 +1005,7 @@ def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None
         if "drq-v2" in best and "dual-path" in best:
             figures["projected_100k_h_drq_v2"] = (100_000 / act_fps + updates / (ups * best["drq-v2"] / best["dual-path"])) / 3600
     ctx.report.ok("sac", f"online SAC on {TASK}, dual-path scratch, batch {s.online_batch}, {s.online_frames} frames, {s.sac_image}px",
-                  figures, eval_return=result.metrics.get("eval", {}).get("return_mean"), updates=t["updates"],
+                  figures, eval_return=_find(result.metrics(), "return_mean"), updates=t["updates"],
                   anchor=f"DrQ-v2 ~{DRQV2_V100_FPS:.0f} frames/s on a V100")
 
 
@@ -1145,7 +1163,6 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.logs import setup_logging
 
     setup_logging("WARNING")
-    started = time.perf_counter()
     device = select_device("auto")
     cuda = device.type == "cuda"
     tiny = args.cpu_tiny or not cuda
@@ -1176,10 +1193,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # recorded; the other sections still run
                 report.error(section, "section", exc)
             report.meta.setdefault("section_s", {})[section] = round(time.perf_counter() - start, 1)
-            report.meta["wall_s"] = time.perf_counter() - started
             report.write()
     finally:
-        report.meta["wall_s"] = time.perf_counter() - started
         report.write()
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
