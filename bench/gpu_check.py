@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -393,6 +394,7 @@ def section_flow(ctx: Ctx) -> None:
     import torch
     import torch.nn.functional as F
 
+    from pipeline.config import WeightsParams
     from pipeline.flow.ptlflow_backend import PtlflowBackend, to_ptlflow_images
 
     s = ctx.sizes
@@ -423,8 +425,6 @@ def section_flow(ctx: Ctx) -> None:
                 try:
                     section = params_section(ctx, "flow", backend="ptlflow", model=model, weights="random", batch_size=s.flow_batch,
                                              device="auto", fp16=fp16, min_size=128, previews=0)
-                    from pipeline.config import WeightsParams
-
                     backend = PtlflowBackend.from_params(section, WeightsParams(**weights_overrides(ctx)))
                     hw = backend.input_size(size, size)
                     inputs = []
@@ -440,7 +440,7 @@ def section_flow(ctx: Ctx) -> None:
                     def bare() -> None:
                         outputs[:] = [backend.forward(x) for x in inputs]
 
-                    counter = iter(range(10**6))
+                    counter = itertools.count()
 
                     def stage() -> None:
                         flow_stage(episodes, root / f"out-{model}-{fp16}-{next(counter)}", section, backend)
@@ -607,7 +607,7 @@ def section_vlm(ctx: Ctx) -> None:
             with ThreadPoolExecutor(concurrency) as pool:
                 list(pool.map(post, openai_frames))
 
-        counter = iter(range(10**6))
+        counter = itertools.count()
         result: dict[str, Any] = {}
 
         def stage() -> None:
@@ -676,7 +676,7 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
     del net
     if ctx.cuda:
         torch.cuda.empty_cache()
-    counter = iter(range(10**6))
+    counter = itertools.count()
     summary: dict[str, Any] = {}
 
     def stage() -> None:
@@ -703,8 +703,6 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
 # 4. Pretraining
 # --------------------------------------------------------------------------------------------
 def section_pretrain(ctx: Ctx) -> None:
-    import itertools
-
     import torch
 
     s = ctx.sizes

@@ -7,8 +7,9 @@
 #   run: command "bash bench/gpu_check.sh", carry ["bench/wheels"], timeout_s 540
 #
 # Arguments are passed on to gpu_check.py (e.g. --sections flow,sac, --budget-s 300).
-# Environment: WHEELS (default bench/wheels), PYTHON (default python3), GPU_CHECK_INSTALL=0 to
-# install nothing (a machine that already has every package, e.g. this project's .venv).
+# Environment: WHEELS (default bench/wheels), PYTHON (default python3), GPU_CHECK_INSTALL: 1 installs
+# the wheels and unpacks the GL packages into / (the default where nvidia-smi exists: the GPU
+# machine), 0 installs nothing (the default elsewhere: this project's .venv has every package).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-bench/out/gpu_check}
@@ -18,7 +19,10 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 echo "gpu_check.sh: $(date -u +%FT%TZ) on $(hostname), OUT=$OUT"
 
-if [ "${GPU_CHECK_INSTALL:-1}" != 0 ]; then
+if [ -z "${GPU_CHECK_INSTALL:-}" ]; then
+  command -v nvidia-smi >/dev/null 2>&1 && GPU_CHECK_INSTALL=1 || GPU_CHECK_INSTALL=0
+fi
+if [ "$GPU_CHECK_INSTALL" = 1 ]; then
   # MuJoCo renders through EGL: the GL loaders (libglvnd) as the device README's recipe brings them.
   if compgen -G "$WHEELS/gl/*.deb" >/dev/null; then
     for f in "$WHEELS"/gl/*.deb; do dpkg -x "$f" /; done
