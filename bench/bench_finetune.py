@@ -1,6 +1,6 @@
 """Benchmark (not a test): online SAC on cartpole-swingup, scratch vs pretrained backbone.
 
-Runs the finetune stage's training loop (``pipeline.finetune.trainer.finetune``) for ``--frames``
+Runs the finetune stage (``pipeline.finetune.run.run``) for ``--frames``
 environment frames (after action repeat; the literature's budget is 100k at action repeat 8) once
 per ``--modes`` entry, with the real-experiment configuration below, and prints for each: the
 evaluation returns (mean +- std), updates/s, acting frames/s and wall time, and the time that
@@ -123,11 +123,11 @@ def main() -> None:
 
     setup_headless_rendering()
     setup_logging("WARNING")
-    logging.getLogger("pipeline.finetune.trainer").setLevel(logging.INFO)
+    logging.getLogger("pipeline.finetune").setLevel(logging.INFO)
 
     from pipeline.device import select_device
     from pipeline.finetune.encoder import build_encoder, read_spec
-    from pipeline.finetune.trainer import finetune
+    from pipeline.finetune.run import run as finetune
 
     overrides = {**REAL_EXPERIMENT, "frames": args.frames, "device": args.device, "threads": args.threads, "seed": args.seed}
     for key, value in (("batch_size", args.batch_size), ("hidden_dim", args.hidden_dim), ("seed_frames", args.seed_frames), ("eval_every_frames", args.eval_every), ("eval_episodes", args.eval_episodes)):
@@ -156,7 +156,7 @@ def main() -> None:
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         run_params = params.model_copy(update={"encoder_init": mode})
         start = time.perf_counter()
-        result = finetune(run_params, args.backbone, out / mode / "out", out / mode / "metrics.json", out / mode / "plots")
+        result = finetune(args.backbone, out / mode / "out", run_params)
         wall = time.perf_counter() - start
         t = result.timing
         ups = t["updates"] / t["update_s"] if t["update_s"] else float("nan")
@@ -167,7 +167,7 @@ def main() -> None:
         evals_target = args.target_frames // run_params.eval_every_frames + 1
         projected = args.target_frames / act_fps + updates_target / ups + evals_target * per_frame_eval
         curve = ", ".join(f"{e['frames']}: {e['return_mean']:.1f} +- {e['return_std']:.1f}" for e in result.evals)
-        rows.append((mode, result.metrics["eval"]["return_mean"], result.metrics["eval"]["return_std"], ups, act_fps, wall, projected))
+        rows.append((mode, result.eval["return_mean"], result.eval["return_std"], ups, act_fps, wall, projected))
         print(f"[{mode}] eval returns by frame: {curve}")
         print(f"[{mode}] {t['updates']} updates at {ups:.2f} updates/s; acting {act_fps:.1f} frames/s (ratio to bare env {act_fps / env_fps:.2f}); "
               f"{t['eval_s']:.0f} s evaluating; wall {wall:.0f} s; projected for {args.target_frames} frames: {projected / 3600:.1f} h")

@@ -8,7 +8,8 @@ training the encoder. Frames are environment frames after action repeat.
 
 Writes <out>/actor (the deterministic policy, loadable by collect's `checkpoint` policy),
 <out>/eval_video.gif, the metrics JSON (final evaluation: mean and spread of returns) and the
-learning curves (<plots>/eval.csv, train.csv, learning_curve.png). Resumable checkpoints go to
+learning curves as DVCLive logs (<plots>/metrics.json, <plots>/plots/metrics/{eval,train}/*.tsv,
+step = environment frames after action repeat). Resumable checkpoints go to
 finetune.checkpoint_dir: rerunning a stopped run (or the same run with more frames) resumes.
 """
 from __future__ import annotations
@@ -24,12 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", required=True, help="the pretrain stage's output folder (holding backbone/), or a backbone checkpoint folder")
     parser.add_argument("--out", required=True, help="output folder: actor/ checkpoint and eval_video.gif")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
-    parser.add_argument("--plots", required=True, help="folder for the learning curves (eval.csv, train.csv, learning_curve.png)")
+    parser.add_argument("--plots", required=True, help="folder for the learning curves (DVCLive logs, step = frames)")
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    from pipeline.finetune.trainer import finetune
+    from pipeline.finetune.run import run as finetune
 
-    result = finetune(params.finetune, args.backbone, args.out, args.metrics, args.plots)
-    final = result.metrics["eval"]
-    print(f"{params.finetune.task} ({params.finetune.encoder_init}): {result.metrics['frames']} frames, eval return {final['return_mean']:.1f} +- {final['return_std']:.1f}")
+    print(finetune(args.backbone, args.out, params.finetune, metrics=args.metrics, plots=args.plots).line())

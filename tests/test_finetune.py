@@ -11,7 +11,7 @@ from pipeline.config.finetune import FinetuneParams
 from pipeline.finetune.augment import random_shift
 from pipeline.finetune.replay_buffer import ReplayBuffer
 from pipeline.finetune.sac import SAC
-from pipeline.finetune.trainer import FrameStack
+from pipeline.collect.envs.wrappers import FrameStacker
 
 BACKBONE = dict(frame_stack=3, image_size=16, feature_dim=8, channels=4, depth=2)
 
@@ -221,7 +221,7 @@ def test_replay_stacks_are_correct_across_episode_boundaries() -> None:
 
 def test_replay_matches_the_acting_frame_stack() -> None:
     buffer = ReplayBuffer(64, (3, 4, 4), 1, frame_stack=3)
-    acting = FrameStack(3)
+    acting = FrameStacker(3)
     seen = []
     for ids in ([1, 2, 3, 4], [7, 8, 9]):
         buffer.start_episode(frame(ids[0]))

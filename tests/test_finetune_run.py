@@ -13,7 +13,9 @@ from models.backbone import DualPathBackbone
 from models.checkpoint import load_module, save_module
 from pipeline.cli import main
 from pipeline.config.finetune import FinetuneParams
-from pipeline.finetune import trainer
+from pipeline.finetune import workspace as trainer
+from pipeline.finetune.run import FinetuneSummary
+from pipeline.finetune.run import run as finetune
 from pipeline.finetune.encoder import BackboneError, build_encoder, read_spec
 from pipeline.finetune.sac import SAC
 
@@ -41,9 +43,9 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
-def run(tmp: Path, backbone: Path, name: str, **overrides) -> trainer.FinetuneResult:
+def run(tmp: Path, backbone: Path, name: str, **overrides) -> FinetuneSummary:
     params = FinetuneParams(**{**TINY, "checkpoint_dir": str(tmp / "ckpt"), **overrides})
-    return trainer.finetune(params, backbone, tmp / name / "out", tmp / name / "metrics.json", tmp / name / "plots")
+    return finetune(backbone, tmp / name / "out", params, metrics=tmp / name / "metrics.json", plots=tmp / name / "plots")
 
 
 def test_stage_cli_runs_a_short_finetune_and_writes_everything(tmp_path: Path, backbone: Path) -> None:
@@ -59,11 +61,11 @@ def test_stage_cli_runs_a_short_finetune_and_writes_everything(tmp_path: Path, b
     assert metrics["updates"] == 21  # one per agent step from frame 40 (step 10) to 120 (step 30)
     assert metrics["eval"]["frames"] == 120 and metrics["eval"]["episodes"] == 1
     assert 0.0 <= metrics["eval"]["return_mean"] <= 10.0  # cartpole rewards are in [0, 1] per frame
-    evals = (plots / "eval.csv").read_text().splitlines()
-    assert evals[0] == "frames,return_std,return_min,return_max,return_mean"
-    assert [row.split(",")[0] for row in evals[1:]] == ["0", "40", "80", "120"]
-    assert len((plots / "train.csv").read_text().splitlines()) == 1 + 3
-    assert (plots / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evals = (plots / "plots" / "metrics" / "eval" / "return_mean.tsv").read_text().splitlines()  # DVCLive, step = frames
+    assert evals[0] == "step\treturn_mean"
+    assert [row.split("\t")[0] for row in evals[1:]] == ["0", "40", "80", "120"]
+    assert len((plots / "plots" / "metrics" / "train" / "episode_return.tsv").read_text().splitlines()) == 1 + 3
+    assert json.loads((plots / "metrics.json").read_text())["eval"]["return_mean"] == pytest.approx(metrics["eval"]["return_mean"], abs=1e-3)
     assert (out / "eval_video.gif").read_bytes()[:6] == b"GIF89a"
 
     # The actor is what the collect stage's checkpoint policy loads.
@@ -97,18 +99,18 @@ def test_interrupted_run_resumes_to_the_same_state(tmp_path: Path, backbone: Pat
 
     resumed = run(tmp_path / "b", backbone, "resumed")
     assert resumed.timing["env_frames"] == 40  # only the last episode was run again
-    assert resumed.metrics == straight.metrics
-    assert resumed.evals == straight.evals and resumed.episodes == straight.episodes
+    assert resumed.metrics() == straight.metrics()
+    assert resumed.evals == straight.evals and resumed.train_episodes == straight.train_episodes
     a, b = tmp_path / "a" / "straight" / "out", tmp_path / "b" / "resumed" / "out"
     assert (a / "actor" / "model.safetensors").read_bytes() == (b / "actor" / "model.safetensors").read_bytes()
     assert (a / "eval_video.gif").read_bytes() == (b / "eval_video.gif").read_bytes()
-    for name in ("eval.csv", "train.csv", "learning_curve.png"):  # same params, same bytes
+    for name in ("metrics.json", "plots/metrics/eval/return_mean.tsv", "plots/metrics/train/episode_return.tsv"):  # same params, same bytes
         assert (a.parent / "plots" / name).read_bytes() == (b.parent / "plots" / name).read_bytes(), name
     assert (a.parent / "metrics.json").read_bytes() == (b.parent / "metrics.json").read_bytes()
 
     # More frames continue the same run; a finished run rerun redoes no training.
     again = run(tmp_path / "b", backbone, "again")
-    assert again.timing["env_frames"] == 0 and again.metrics == straight.metrics
+    assert again.timing["env_frames"] == 0 and again.metrics() == straight.metrics()
 
 
 def test_encoder_init_modes_are_one_param_apart(backbone: Path) -> None:
@@ -157,3 +159,16 @@ def test_run_key_ignores_frames_but_not_what_changes_the_result(backbone: Path) 
     assert trainer.run_key(base, spec) != trainer.run_key(base.model_copy(update={"encoder_init": "scratch"}), spec)
     assert trainer.run_key(base, spec) != trainer.run_key(base.model_copy(update={"seed": 1}), spec)
     assert np.all([trainer.derive_seed(0, "train_env", i) != trainer.derive_seed(0, "eval_env", i) for i in range(5)])
+
+
+def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_restarts(tmp_path: Path, backbone: Path, caplog: pytest.LogCaptureFixture) -> None:
+    straight = run(tmp_path / "a", backbone, "straight", frames=80, video=False)
+    (checkpoint,) = (tmp_path / "a" / "ckpt").iterdir()
+    (checkpoint / "agent.pt").write_bytes(b"not a torch file")
+    with caplog.at_level("WARNING"):
+        again = run(tmp_path / "a", backbone, "again", frames=80, video=False)
+    assert "unreadable" in caplog.text and str(checkpoint) in caplog.text
+    assert (checkpoint.parent / f"{checkpoint.name}.corrupt-0" / "agent.pt").read_bytes() == b"not a torch file"
+    assert again.timing["env_frames"] == 80  # trained from scratch, to the same result
+    assert again.metrics() == straight.metrics()
+    assert (checkpoint / "agent.pt").is_file()  # a good checkpoint replaces the corrupt one

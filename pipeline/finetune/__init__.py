@@ -4,8 +4,10 @@
 * :mod:`~pipeline.finetune.augment` — random-shift augmentation.
 * :mod:`~pipeline.finetune.sac` — the algorithm.
 * :mod:`~pipeline.finetune.encoder` — the backbone checkpoint: pretrained, scratch or frozen.
-* :mod:`~pipeline.finetune.trainer` — the online loop, evaluation, checkpoints, outputs.
-* :mod:`~pipeline.finetune.report` — metrics, learning curves, evaluation video.
+* :mod:`~pipeline.finetune.workspace` — the workspace: environments, agent, replay, train / evaluate / export.
+* :mod:`~pipeline.finetune.checkpoint` — resumable state (a corrupt one is set aside, not read).
+* :mod:`~pipeline.finetune.run` — the stage: ``run(backbone, out, section) -> FinetuneSummary``, DVCLive curves.
+* :mod:`~pipeline.finetune.report` — return summaries, the evaluation video.
 
 Heavy libraries are imported by the submodules, not here.
 """
