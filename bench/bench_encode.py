@@ -4,12 +4,14 @@
    (CLIP model preloaded; loading episodes, flow and annotations, CLIP, PNG/npy/JSON
    encoding, statistics, tar writing, card) against bare CLIP image encoding of the same
    frames (``encode_images`` on frames already in memory), measured in the same run.
-2. Shard read (samples/s decoded): ``webdataset.WebDataset(...).decode("rgb8")`` through a
-   torch ``DataLoader`` with N loader workers (every field decoded: PNG, four ``.npy``, JSON),
+2. Shard read (samples/s decoded): ``webdataset.WebDataset(...).decode(<KITTI flow handler>, "rgb8")``
+   through a torch ``DataLoader`` with N loader workers (every field decoded: two PNGs, ``clip.npy``, JSON),
    against a bare read of the same tar files (``tarfile``, member bytes only, no decoding).
 
-The pretrain stage's consumption rate is the figure to compare the read rate with (it will
-be added here once that stage reports it).
+3. Size: bytes per frame in the shards (tar headers included) and per field.
+
+The pretrain stage's consumption rate is the figure to compare the read rate with
+(``bench/bench_pretrain.py`` reports it).
 
     .venv/bin/python bench/bench_encode.py [--episodes 4] [--steps 100] [--size 84] [--workers 0,1,2] [--dataset DIR]
 """
@@ -52,13 +54,34 @@ def loader_read(shards: list[Path], workers: int) -> int:
     import webdataset as wds
     from torch.utils.data import DataLoader
 
-    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, nodesplitter=None, empty_check=False).decode("rgb8")
+    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, nodesplitter=None, empty_check=False).decode(_kitti_flow, "rgb8")
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
     count = 0
     for sample in loader:
-        assert sample["rgb.png"].ndim == 3 and sample["flow.npy"].shape[0] == 2 and "annotation" in sample["json"]
+        assert sample["rgb.png"].ndim == 3 and sample["flow.png"][0].shape[0] == 2 and "annotation" in sample["json"]
         count += 1
     return count
+
+
+def _kitti_flow(key: str, data: bytes):
+    """webdataset handler for the 16-bit flow PNG (its default PNG decoder keeps 8 bits)."""
+    from pipeline.dataset.codec import decode_flow_png
+
+    return decode_flow_png(data) if key.lstrip(".") == "flow.png" else None
+
+
+def bytes_per_frame(shards: list[Path]) -> tuple[float, dict[str, float]]:
+    """Shard bytes per sample (tar headers included) and payload bytes per sample of each field."""
+    sizes: dict[str, int] = {}
+    keys = set()
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, field = member.name.split(".", 1)
+                keys.add(key)
+                sizes[field] = sizes.get(field, 0) + member.size
+    n = max(len(keys), 1)
+    return sum(s.stat().st_size for s in shards) / n, {f: v / n for f, v in sorted(sizes.items())}
 
 
 def main() -> None:
@@ -122,6 +145,8 @@ def main() -> None:
                 return n / (time.perf_counter() - start)
             return best(once)
 
+        per_frame, fields = bytes_per_frame(shards)
+        print(f"size    {per_frame:,.0f} bytes per frame (tar) = " + ", ".join(f"{f} {v:,.0f}" for f, v in fields.items()) + " + tar headers")
         bare_rate = rate(lambda: bare_tar_read(shards))
         print(f"read    {len(shards)} shards, {size_mb:.1f} MB")
         print(f"  bare tar read (no decode): {bare_rate:9.1f} samples/s")

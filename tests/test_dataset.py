@@ -59,7 +59,7 @@ def test_open_checks_sizes_and_hashes(copy: Path) -> None:
     stats = json.loads((copy / "stats.json").read_text())
     stats["schema_version"] = 99
     (copy / "stats.json").write_text(json.dumps(stats))
-    with pytest.raises(DatasetError, match=r"stats\.json: schema_version 99, this code reads 1"):
+    with pytest.raises(DatasetError, match=r"stats\.json: schema_version 99, this code reads 2"):
         open_dataset(copy)
 
 

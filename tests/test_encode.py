@@ -13,6 +13,7 @@ import pytest
 from pipeline.config import EncodeParams, WeightsParams, parse_params
 from pipeline.dataset import FIELDS, SPLITS, hf_features, parse_key, validate_dataset
 from pipeline.encode.clip import load_clip
+from pipeline.dataset.codec import decode_flow_png
 from pipeline.dataset.schema import FIELD_DOCS, JSON_DOCS
 from pipeline.encode.inputs import EpisodeInputs, assign_splits
 from pipeline.encode.run import run as encode
@@ -42,10 +43,19 @@ def _shards(dataset: Path, split: str) -> list[str]:
     return sorted(str(p) for p in (dataset / split).glob("shard-*.tar"))
 
 
+def _kitti_flow(key: str, data: bytes):
+    """A webdataset decoder for the 16-bit flow PNG (its default PNG decoder, PIL, keeps only 8 bits)."""
+    return decode_flow_png(data) if key.lstrip(".") == "flow.png" else None  # webdataset passes ".flow.png"
+
+
 def _wds_samples(dataset: Path, split: str) -> list[dict]:
     import webdataset as wds
 
-    return list(wds.WebDataset(_shards(dataset, split), shardshuffle=False).decode("rgb8"))
+    samples = list(wds.WebDataset(_shards(dataset, split), shardshuffle=False).decode(_kitti_flow, "rgb8"))
+    for s in samples:  # the documented split of the two combined fields
+        s["flow"], s["flowvalid"] = s.pop("flow.png")
+        s["clipimage"], s["cliptext"] = s["clip.npy"][0], s["clip.npy"][1:]
+    return samples
 
 
 def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path, inputs: tuple[Path, Path, Path]) -> None:
@@ -59,13 +69,12 @@ def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path,
         for s in samples:
             key = s["__key__"]
             assert "." not in key and re.fullmatch(r"[A-Za-z0-9_-]+__ep\d{6}__\d{6}", key)
-            assert set(s) - {"__key__", "__url__", "__local_path__"} == set(FIELDS)
+            assert set(s) - {"__key__", "__url__", "__local_path__", "flow", "flowvalid", "clipimage", "cliptext"} == set(FIELDS) - {"flow.png"}
             assert s["rgb.png"].shape == (SIZE, SIZE, 3) and s["rgb.png"].dtype == np.uint8
-            assert s["flow.npy"].shape == (2, SIZE, SIZE) and s["flow.npy"].dtype == np.float16
-            assert s["flowvalid.npy"].shape == (SIZE, SIZE) and s["flowvalid.npy"].dtype == np.bool_
-            assert s["clipimage.npy"].shape == (dim,) and s["clipimage.npy"].dtype == np.float16
-            assert s["cliptext.npy"].shape == (2, dim) and s["cliptext.npy"].dtype == np.float16
-            assert np.linalg.norm(s["clipimage.npy"].astype(np.float32)) == pytest.approx(1.0, abs=2e-3)
+            assert s["flow"].shape == (2, SIZE, SIZE) and s["flow"].dtype == np.float32
+            assert s["flowvalid"].shape == (SIZE, SIZE) and s["flowvalid"].dtype == np.bool_
+            assert s["clip.npy"].shape == (3, dim) and s["clip.npy"].dtype == np.float16
+            assert np.linalg.norm(s["clipimage"].astype(np.float32)) == pytest.approx(1.0, abs=2e-3)
             rec = s["json"]
             assert set(rec) == {k.split(".")[0] for k in JSON_DOCS}
             assert set(rec["annotation"]) == {"status", "caption", "objects", "motion", "error"}
@@ -79,18 +88,20 @@ def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path,
             last = step == LENGTH
             assert rec["has_action"] is (not last) and rec["length"] == LENGTH
             if last:
-                assert not s["flow.npy"].any() and not s["flowvalid.npy"].any()
+                assert not s["flow"].any() and not s["flowvalid"].any()
                 assert rec["action"] == [0.0, 0.0] and rec["reward"] == 0.0 and rec["discount"] == 1.0
             else:
-                np.testing.assert_array_equal(s["flow.npy"], flow["flow"][step])
-                np.testing.assert_array_equal(s["flowvalid.npy"], flow["valid"][step])
+                # KITTI flow PNG: 1/64 px steps, so within 1/128 px of the flow file; the mask exactly
+                np.testing.assert_allclose(s["flow"], flow["flow"][step].astype(np.float32), rtol=0, atol=1 / 128)
+                np.testing.assert_array_equal(s["flow"] * 64, np.round(s["flow"] * 64))
+                np.testing.assert_array_equal(s["flowvalid"], flow["valid"][step])
                 np.testing.assert_allclose(rec["action"], ep.actions[step])
                 assert rec["reward"] == pytest.approx(float(ep.rewards[step]))
                 assert rec["truncated"] is bool(ep.truncated[step])
             failed = step in FAILED.get((task, episode), ())
             annotated = step % EVERY_K == 0 and not failed
             assert rec["annotated"] is annotated
-            text_norms = np.linalg.norm(s["cliptext.npy"].astype(np.float32), axis=1)
+            text_norms = np.linalg.norm(s["cliptext"].astype(np.float32), axis=1)
             if annotated:
                 assert rec["annotation"]["status"] == "ok" and rec["annotation"]["caption"]
                 assert rec["annotation"]["objects"][0]["box"] == [1.0, 2.0, 10.0, 12.0]
@@ -132,17 +143,20 @@ def test_hf_datasets_loads_both_splits_and_streams(dataset: Path, tmp_path: Path
     import datasets
 
     files = {s: _shards(dataset, s) for s in SPLITS}
-    ds = datasets.load_dataset("webdataset", data_files=files, cache_dir=str(tmp_path / "hf"))
+    ds = datasets.load_dataset("webdataset", data_files=files, features=hf_features(), cache_dir=str(tmp_path / "hf"))
     stats = json.loads((dataset / "stats.json").read_text())
     for split in SPLITS:
         assert ds[split].num_rows == stats["splits"][split]["samples"]
         assert ds[split].features == hf_features()
     row = ds["train"].with_format("numpy")[0]
-    assert row["flow.npy"].shape == (2, SIZE, SIZE) and row["cliptext.npy"].shape == (2, 128)
-    assert row["flowvalid.npy"].dtype == np.bool_ and np.asarray(row["rgb.png"]).shape == (SIZE, SIZE, 3)
+    assert row["clip.npy"].shape == (3, 128) and np.asarray(row["rgb.png"]).shape == (SIZE, SIZE, 3)
+    flow, valid = decode_flow_png(row["flow.png"])  # bytes, decoded exactly (HF's image decoder would keep 8 bits)
+    assert flow.shape == (2, SIZE, SIZE) and valid.dtype == np.bool_ and valid.any()
+    first = _wds_samples(dataset, "train")[0]
+    np.testing.assert_array_equal(flow, first["flow"])
     assert row["json"]["annotation"]["status"] == "ok"
 
-    streamed = datasets.load_dataset("webdataset", data_files=files, streaming=True, split="validation")
+    streamed = datasets.load_dataset("webdataset", data_files=files, features=hf_features(), streaming=True, split="validation")
     keys = [ex["__key__"] for ex in streamed]
     assert keys == [k for k in ds["validation"]["__key__"]] and len(keys) == stats["splits"]["validation"]["samples"]
 
@@ -179,9 +193,9 @@ def test_two_runs_give_byte_identical_outputs(dataset: Path, inputs: tuple[Path,
     other = tmp_path / "other"
     seeded = PARAMS.model_copy(update={"seed": 1})
     encode(*inputs, other, seeded, WeightsParams(), encoder=load_clip(seeded, WeightsParams()))
-    embeddings = {s["__key__"]: s["clipimage.npy"] for split in SPLITS for s in _wds_samples(other, split)}
+    embeddings = {s["__key__"]: s["clipimage"] for split in SPLITS for s in _wds_samples(other, split)}
     base = _wds_samples(dataset, "train")[0]
-    assert not np.array_equal(embeddings[base["__key__"]], base["clipimage.npy"])
+    assert not np.array_equal(embeddings[base["__key__"]], base["clipimage"])
 
 
 def test_shard_layout_and_tar_metadata(dataset: Path) -> None:
@@ -208,7 +222,8 @@ def test_stats_match_the_stored_data(dataset: Path, inputs: tuple[Path, Path, Pa
         ep = load_episode(episodes_dir / task / f"episode_{episode:06d}.npz")
         flow = np.load(flow_dir / task / f"episode_{episode:06d}.npz")
         frames.append(ep.frames.reshape(-1, 3))
-        flows.append(np.moveaxis(flow["flow"], 1, -1)[flow["valid"]].astype(np.float64))
+        stored = np.round(flow["flow"].astype(np.float64) * 64) / 64  # what flow.png holds
+        flows.append(np.moveaxis(stored, 1, -1)[flow["valid"]])
         rewards.append(ep.rewards)
     fields = stats["stats"]["train"]["fields"]
     rgb, fl = np.concatenate(frames).astype(np.float64), np.concatenate(flows)
@@ -216,13 +231,13 @@ def test_stats_match_the_stored_data(dataset: Path, inputs: tuple[Path, Path, Pa
     np.testing.assert_allclose(fields["rgb.png"]["std"], rgb.std(0), rtol=1e-9)
     np.testing.assert_allclose(fields["rgb.png"]["min"], rgb.min(0))
     np.testing.assert_allclose(fields["rgb.png"]["max"], rgb.max(0))
-    np.testing.assert_allclose(fields["flow.npy"]["mean"], fl.mean(0), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(fields["flow.npy"]["std"], fl.std(0), rtol=1e-9)
+    np.testing.assert_allclose(fields["flow.png"]["mean"], fl.mean(0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fields["flow.png"]["std"], fl.std(0), rtol=1e-9)
     assert fields["json.reward"]["mean"] == pytest.approx(float(np.concatenate(rewards).astype(np.float64).mean()))
-    assert fields["flowvalid.npy"]["mean"] == pytest.approx(LENGTH / (LENGTH + 1))  # all valid but the last frame
+    assert fields["flow.png:valid"]["mean"] == pytest.approx(LENGTH / (LENGTH + 1))  # all valid but the last frame
     assert stats["stats"]["train"]["samples"] == len(train)
-    assert len(fields["clipimage.npy"]["mean"]) == 128
-    assert fields["cliptext.npy"]["caption"]["count"] == sum(1 for t, e in set(train) for s in range(0, LENGTH + 1, EVERY_K)
+    assert len(fields["clip.npy"]["image"]["mean"]) == 128
+    assert fields["clip.npy"]["caption"]["count"] == sum(1 for t, e in set(train) for s in range(0, LENGTH + 1, EVERY_K)
                                                             if s not in FAILED.get((t, e), ()))
     assert set(fields["json.per_task"]) == set(TASKS)
 
@@ -283,9 +298,9 @@ def test_really_collected_episodes(tmp_path: Path) -> None:
         ep = load_episode(episodes / task / f"episode_{rec['episode']:06d}.npz")
         np.testing.assert_array_equal(s["rgb.png"], ep.frames[rec["step"]])
         assert rec["annotated"] is (rec["step"] % 2 == 0)
-        assert bool(np.abs(s["cliptext.npy"][0].astype(np.float32)).sum() > 0) is rec["annotated"]
+        assert bool(np.abs(s["cliptext"][0].astype(np.float32)).sum() > 0) is rec["annotated"]
         assert len(rec["qpos"]) == ep.qpos.shape[1] and len(rec["action"]) == ep.actions.shape[1]
     moving = [s for s in samples if s["json"]["has_action"]]
-    assert any(s["flowvalid.npy"].any() for s in moving)
+    assert any(s["flowvalid"].any() for s in moving)
     provenance = json.loads((out / "stats.json").read_text())["provenance"]["tasks"][task]
     assert provenance["collect"]["suite"] and provenance["annotate"]["backend"] == "simulator"

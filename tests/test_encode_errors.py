@@ -176,25 +176,25 @@ def test_sample_missing_a_field_names_shard_and_key(copy: Path) -> None:
     shard = copy / "train" / "shard-000000.tar"
     members = _members(shard)
     victim = members[len(members) // 2][0].name.split(".")[0]
-    _rewrite(shard, [(m, d) for m, d in members if m.name != f"{victim}.flow.npy"])
+    _rewrite(shard, [(m, d) for m, d in members if m.name != f"{victim}.flow.png"])
     with pytest.raises(DatasetError, match=r"(SHA-256 differs|bytes, stats\.json lists)"):
         validate_dataset(copy)  # the listed size / hash catches it first
     with pytest.raises(DatasetError) as info:
         validate_dataset(copy, check_hashes=False)
     message = str(info.value)
-    assert str(shard) in message and repr(victim) in message and "flow.npy" in message
+    assert str(shard) in message and repr(victim) in message and "flow.png" in message
 
 
 def test_field_with_the_wrong_shape_names_shard_and_key(copy: Path) -> None:
     shard = copy / "train" / "shard-000001.tar"
     members = _members(shard)
     buffer = io.BytesIO()
-    np.save(buffer, np.zeros(7, np.float16))
-    index = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".clipimage.npy"))
+    np.save(buffer, np.zeros((3, 7), np.float16))
+    index = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".clip.npy"))
     key = members[index][0].name.split(".")[0]
     members[index] = (members[index][0], buffer.getvalue())
     _rewrite(shard, members)
-    with pytest.raises(DatasetError, match=rf"shard-000001\.tar: sample '{key}': clipimage\.npy is \(7,\)"):
+    with pytest.raises(DatasetError, match=rf"shard-000001\.tar: sample '{key}': clip\.npy \(clipimage\) is \(7,\)"):
         validate_dataset(copy, check_hashes=False)
 
 

@@ -15,6 +15,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.dataset import DatasetError, open_dataset
+from pipeline.dataset.codec import decode_flow_png
 from pipeline.dataset.stacked import StackedFrames, make_loader
 from support.datasets import write_synthetic_dataset
 
@@ -37,7 +38,7 @@ def raw_frames(dataset: Path, split: str = "train") -> dict[str, dict]:
     for sample in wds.DataPipeline(wds.SimpleShardList(find_shards(dataset, split)), wds.tarfile_to_samples()):
         out[sample["__key__"]] = {
             "rgb": np.asarray(Image.open(io.BytesIO(sample["rgb.png"])).convert("RGB")),
-            "flow": np.load(io.BytesIO(sample["flow.npy"])),
+            "flow": decode_flow_png(sample["flow.png"])[0],
             "json": json.loads(sample["json"]),
             "url": sample["__url__"],
         }

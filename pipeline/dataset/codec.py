@@ -4,7 +4,8 @@ The one place that knows how a field is stored: the writer encodes through
 :func:`encode_sample`, every reader decodes through :func:`decode_sample` (or the per-field
 decoders when it needs only some fields). Encoding is deterministic (PNG without timestamps,
 ``.npy`` through numpy's format writer, JSON with sorted keys), so the same arrays give the
-same bytes.
+same bytes. Flow is a KITTI flow PNG (see ``schema.FIELD_DOCS["flow.png"]``): 1/64 px steps,
+so the stored value is off by at most 1/128 px, and the validity mask is exact.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.dataset.schema import FLOW_MAX, FLOW_MIN, FLOW_OFFSET, FLOW_SCALE
+
 #: zlib level of the PNG frames (lossless at any level; 6 is PIL's default trade-off).
 PNG_COMPRESS_LEVEL = 6
 
@@ -24,6 +27,43 @@ def png_bytes(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(frame), mode="RGB").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
+
+
+#: zlib level of the flow PNGs (cv2: 0..9). 6: within a tar block of 9 on the default data at a third of its time.
+FLOW_PNG_COMPRESSION = 6
+
+
+def quantize_flow(flow: np.ndarray) -> np.ndarray:
+    """Flow in pixels -> the KITTI PNG's uint16 values, ``round(flow * 64) + 2**15`` (any leading shape).
+
+    Raises:
+        ValueError: a value is not finite or outside [-512, 511.98] px (the message gives the extreme).
+    """
+    flow = np.asarray(flow, np.float64)
+    if not np.isfinite(flow).all():
+        raise ValueError("flow holds NaN or infinity")
+    low, high = (float(flow.min()), float(flow.max())) if flow.size else (0.0, 0.0)
+    if low < FLOW_MIN or high > FLOW_MAX:
+        raise ValueError(f"flow spans {low:.2f}..{high:.2f} px, beyond the KITTI flow PNG's {FLOW_MIN:g}..{FLOW_MAX:g} px")
+    return (np.rint(flow * FLOW_SCALE) + FLOW_OFFSET).astype(np.uint16)
+
+
+def dequantize_flow(values: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`quantize_flow`: uint16 values -> float32 pixels (multiples of 1/64, exact)."""
+    return (values.astype(np.float32) - FLOW_OFFSET) / FLOW_SCALE
+
+
+def flow_png_bytes(flow: np.ndarray, valid: np.ndarray) -> bytes:
+    """KITTI flow PNG of one frame: (2, H, W) flow in pixels and (H, W) bool validity -> 16-bit RGB PNG
+    (R = dx, G = dy as ``flow * 64 + 2**15``, B = valid). Deterministic (no timestamp chunks)."""
+    import cv2
+
+    values = quantize_flow(flow)
+    bgr = np.stack([np.asarray(valid, np.uint16), values[1], values[0]], axis=-1)  # cv2 writes BGR: file RGB = (dx, dy, valid)
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, FLOW_PNG_COMPRESSION])
+    if not ok:
+        raise ValueError("cv2 could not encode the flow PNG")
+    return buffer.tobytes()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -52,18 +92,16 @@ def encode_sample(
     Args:
         key: the sample key (``schema.make_key``).
         rgb: (H, W, 3) uint8 frame t.
-        flow: (2, H, W) float16 pixels, t -> t+1 (zeros at an episode's last frame).
+        flow: (2, H, W) pixels, t -> t+1 (zeros at an episode's last frame), stored to 1/64 px.
         flow_valid: (H, W) bool.
-        clip_image: (D,) float16; clip_text: (2, D) float16.
+        clip_image: (D,); clip_text: (2, D): stored together as ``clip.npy`` (3, D) float16.
         record: the ``json`` member (``schema.JSON_DOCS``).
     """
     return {
         "__key__": key,
         "rgb.png": png_bytes(rgb),
-        "flow.npy": npy_bytes(np.asarray(flow, np.float16)),
-        "flowvalid.npy": npy_bytes(np.asarray(flow_valid, np.bool_)),
-        "clipimage.npy": npy_bytes(np.asarray(clip_image, np.float16)),
-        "cliptext.npy": npy_bytes(np.asarray(clip_text, np.float16)),
+        "flow.png": flow_png_bytes(flow, flow_valid),
+        "clip.npy": npy_bytes(np.concatenate([np.asarray(clip_image, np.float16)[None], np.asarray(clip_text, np.float16)])),
         "json": json_bytes(record),
     }
 
@@ -79,9 +117,33 @@ def decode_npy(fields: dict[str, Any], field: str) -> np.ndarray:
     return np.load(io.BytesIO(fields[field]), allow_pickle=False)
 
 
+def decode_flow_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """KITTI flow PNG bytes -> (flow (2, H, W) float32 pixels, valid (H, W) bool).
+
+    Raises:
+        ValueError: not a 16-bit 3-channel PNG.
+    """
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != 3:
+        got = "undecodable bytes" if image is None else f"{image.shape} {image.dtype}"
+        raise ValueError(f"flow.png is {got}, expected a 16-bit 3-channel KITTI flow PNG")
+    flow = dequantize_flow(np.stack([image[..., 2], image[..., 1]]))
+    return flow, image[..., 0] > 0
+
+
 def decode_flow(fields: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(flow (2, H, W) float16 pixels, valid (H, W) bool)."""
-    return decode_npy(fields, "flow.npy"), decode_npy(fields, "flowvalid.npy")
+    """(flow (2, H, W) float32 pixels, valid (H, W) bool) of a sample."""
+    return decode_flow_png(fields["flow.png"])
+
+
+def decode_clip(fields: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(image embedding (D,) float16, text embeddings (2, D) float16: caption, key objects) of a sample."""
+    clip = decode_npy(fields, "clip.npy")
+    if clip.ndim != 2 or clip.shape[0] != 3:
+        raise ValueError(f"clip.npy is {clip.shape}, expected (3, D)")
+    return clip[0], clip[1:]
 
 
 def decode_json(fields: dict[str, Any]) -> Any:
@@ -90,18 +152,19 @@ def decode_json(fields: dict[str, Any]) -> Any:
 
 
 def decode_sample(fields: dict[str, Any]) -> dict[str, Any]:
-    """Decode one sample's members: ``rgb`` (H, W, 3) uint8, ``flow`` (2, H, W) float16, ``flowvalid`` (H, W) bool,
+    """Decode one sample's members: ``rgb`` (H, W, 3) uint8, ``flow`` (2, H, W) float32, ``flowvalid`` (H, W) bool,
     ``clipimage`` (D,) float16, ``cliptext`` (2, D) float16, ``json`` dict.
 
     Raises:
         OSError, ValueError: a member does not decode (the callers name the shard and key).
     """
     flow, valid = decode_flow(fields)
+    clip_image, clip_text = decode_clip(fields)
     return {
         "rgb": decode_rgb(fields),
         "flow": flow,
         "flowvalid": valid,
-        "clipimage": decode_npy(fields, "clipimage.npy"),
-        "cliptext": decode_npy(fields, "cliptext.npy"),
+        "clipimage": clip_image,
+        "cliptext": clip_text,
         "json": decode_json(fields),
     }

@@ -166,7 +166,7 @@ def _check_decoded(sample: dict[str, Any], where: str, dims: dict[str, int]) -> 
         raise DatasetError(f"{where}: rgb.png decodes to {rgb.shape} {rgb.dtype}, expected (H, W, 3) uint8")
     h, w = rgb.shape[:2]
     expected = {
-        "flow": ((2, h, w), np.float16),
+        "flow": ((2, h, w), np.float32),
         "flowvalid": ((h, w), np.bool_),
         "clipimage": ((dims.setdefault("D", sample["clipimage"].shape[0]),), np.float16),
         "cliptext": ((len(TEXT_ROWS), dims["D"]), np.float16),
@@ -174,7 +174,8 @@ def _check_decoded(sample: dict[str, Any], where: str, dims: dict[str, int]) -> 
     for name, (shape, dtype) in expected.items():
         value = sample[name]
         if value.shape != shape or value.dtype != dtype:
-            raise DatasetError(f"{where}: {name}.npy is {value.shape} {value.dtype}, expected {shape} {np.dtype(dtype)}")
+            field = "flow.png" if name.startswith("flow") else "clip.npy"
+            raise DatasetError(f"{where}: {field} ({name}) is {value.shape} {value.dtype}, expected {shape} {np.dtype(dtype)}")
     record = sample["json"]
     top = {k.split(".")[0] for k in JSON_DOCS}
     if not isinstance(record, dict) or set(record) != top:

@@ -21,8 +21,10 @@ class DatasetError(UserError, ValueError):
     """A dataset folder is missing, incomplete or corrupt; the message names the file (and sample key) and the fix."""
 
 
-#: Version of the folder layout and sample schema, written to ``stats.json``.
-SCHEMA_VERSION = 1
+#: Version of the folder layout and sample schema, written to ``stats.json``
+#: (2: flow as one KITTI flow PNG, ``flow.png``, instead of ``flow.npy`` + ``flowvalid.npy``; the CLIP image
+#: and text embeddings in one ``clip.npy`` instead of ``clipimage.npy`` + ``cliptext.npy``: 8.4 -> 7.4 KB a frame).
+SCHEMA_VERSION = 2
 #: The folder's metadata files.
 STATS_FILE = "stats.json"
 CARD_FILE = "README.md"
@@ -34,9 +36,15 @@ SHARD_PATTERN = "shard-%06d.tar"
 #: The same as a glob, for the card's ``data_files`` (readers take the shard list from ``stats.json``).
 SHARD_GLOB = "shard-*.tar"
 #: Every sample has exactly these members (field = member name after the key and its dot).
-FIELDS: tuple[str, ...] = ("clipimage.npy", "cliptext.npy", "flow.npy", "flowvalid.npy", "json", "rgb.png")
-#: Rows of ``cliptext.npy``.
-TEXT_ROWS: tuple[str, ...] = ("caption", "objects")
+FIELDS: tuple[str, ...] = ("clip.npy", "flow.png", "json", "rgb.png")
+#: The KITTI flow PNG encoding of ``flow.png``: channel value = round(flow * FLOW_SCALE) + FLOW_OFFSET (uint16).
+FLOW_SCALE = 64
+FLOW_OFFSET = 2**15
+#: The flow a ``flow.png`` can hold, in pixels: [-512, 511.984375].
+FLOW_MIN, FLOW_MAX = -FLOW_OFFSET / FLOW_SCALE, (2**16 - 1 - FLOW_OFFSET) / FLOW_SCALE
+#: Rows of ``clip.npy``: the image embedding, then the text embeddings (``TEXT_ROWS``).
+CLIP_ROWS: tuple[str, ...] = ("image", "caption", "objects")
+TEXT_ROWS: tuple[str, ...] = CLIP_ROWS[1:]
 #: The values ``json.annotation.status`` takes.
 ANNOTATION_STATUSES: tuple[str, ...] = ("ok", "failed", "none")
 
@@ -45,19 +53,22 @@ _KEY_RE = re.compile(r"^(?P<task>[A-Za-z0-9_-]+?)__ep(?P<episode>\d{6,})__(?P<st
 #: field -> (shape, dtype, meaning with units). H, W: frame size; D: CLIP embedding size; A: action size.
 FIELD_DOCS: dict[str, tuple[str, str, str]] = {
     "rgb.png": ("(H, W, 3)", "uint8", "RGB frame t as rendered by the collect stage (lossless PNG)."),
-    "flow.npy": (
-        "(2, H, W)",
-        "float16",
-        "Optical flow frame t -> t+1 in pixels; channel 0 = dx (right), channel 1 = dy (down): the content at "
-        "pixel (u, v) of frame t is at (u + dx, v + dy) in frame t+1. Zeros at an episode's last frame.",
+    "flow.png": (
+        "(H, W, 3)",
+        "uint16 PNG",
+        "Optical flow frame t -> t+1 and its validity, as a KITTI flow PNG (16-bit RGB): R = dx, G = dy stored as "
+        "round(flow * 64) + 32768 (flow = (value - 32768) / 64 pixels, exact to 1/128 px, range -512..511.98 px), B = 1 where "
+        "the flow is valid, 0 elsewhere. dx points right, dy down: the content at pixel (u, v) of frame t is at "
+        "(u + dx, v + dy) in frame t+1. Zero flow and all invalid at an episode's last frame. Decode with "
+        "cv2.imread(path, cv2.IMREAD_UNCHANGED) (BGR order: [..., 2] = R) or pipeline.dataset.codec.decode_flow; "
+        "PIL reads it as 8 bits and loses the flow.",
     ),
-    "flowvalid.npy": ("(H, W)", "bool", "True where the flow is valid; all False at an episode's last frame."),
-    "clipimage.npy": ("(D,)", "float16", "CLIP image embedding of frame t, L2-normalised (unit norm up to float16 rounding)."),
-    "cliptext.npy": (
-        "(2, D)",
+    "clip.npy": (
+        "(3, D)",
         "float16",
-        "CLIP text embeddings, L2-normalised: row 0 = the annotation's caption, row 1 = its key objects joined as "
-        "text ('name: description; ...'). A row is all zeros when the frame has no ok annotation or that text is empty.",
+        "CLIP embeddings, L2-normalised (unit norm up to float16 rounding): row 0 = the image embedding of frame t; "
+        "row 1 = the text embedding of the annotation's caption, row 2 = of its key objects joined as text "
+        "('name: description; ...'). A text row is all zeros when the frame has no ok annotation or that text is empty.",
     ),
     "json": ("-", "JSON object", "Per-frame record, see the json keys table."),
 }
@@ -126,10 +137,8 @@ def objects_text(objects: list[dict[str, Any]]) -> str:
 #: definition of the schema as HF ``datasets`` infers it from a full sample (plus the ``__key__`` and
 #: ``__url__`` columns its webdataset loader adds). Kept free of imports so the card needs no ``datasets``.
 FEATURES_YAML: list[dict[str, Any]] = [
-    {"name": "clipimage.npy", "list": "float16"},
-    {"name": "cliptext.npy", "list": {"list": "float16"}},
-    {"name": "flow.npy", "list": {"list": {"list": "float16"}}},
-    {"name": "flowvalid.npy", "list": {"list": "bool"}},
+    {"name": "clip.npy", "list": {"list": "float16"}},
+    {"name": "flow.png", "dtype": "binary"},
     {
         "name": "json",
         "struct": [
@@ -174,9 +183,10 @@ FEATURES_YAML: list[dict[str, Any]] = [
 def hf_features() -> "datasets.Features":  # noqa: F821
     """The ``datasets.Features`` of a sample (:data:`FEATURES_YAML`).
 
-    Pass them as ``features=`` to ``load_dataset("webdataset", ...)`` so that a shard whose first
-    samples have no key objects (or failed annotations) still loads with one schema; the card's
-    ``dataset_info`` carries the same features for the Hub and ``load_dataset(<folder or repo>)``.
+    Pass them as ``features=`` to ``load_dataset("webdataset", ...)``: ``flow.png`` then comes back
+    as its bytes (without them HF decodes it with PIL, which keeps 8 of its 16 bits), and a shard
+    whose first samples have no key objects (or failed annotations) still loads with one schema; the
+    card's ``dataset_info`` carries the same features for the Hub and ``load_dataset(<folder or repo>)``.
     """
     import copy
 

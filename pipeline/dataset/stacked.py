@@ -1,7 +1,7 @@
 """The PyTorch-facing reader: a dataset's shards as a stream of stacked-frame training samples.
 
 Shards hold one sample per frame, in (task, episode, step) order, an episode's frames contiguous
-(fields: ``rgb.png``, ``flow.npy``, ``flowvalid.npy``, ``clipimage.npy``, ``cliptext.npy``,
+(fields: ``rgb.png``, ``flow.png``, ``clip.npy``,
 ``json``; see docs/ARCHITECTURE.md, encode). Frames are stacked **at read time**: the sample for
 frame t carries frames t-k+1 .. t of the same episode, oldest first. Where fewer than k-1
 previous frames are available (episode start, or an episode continuing from another shard) the
@@ -11,7 +11,7 @@ stacking the replay buffer and the environments use too).
 Targets of the sample for frame t (the transition *into* the current frame, t-1 -> t, which is
 what the stack can see):
 
-* ``flow`` / ``flow_valid``: the flow stored on frame t-1 (``flow.npy`` of frame s is s -> s+1),
+* ``flow`` / ``flow_valid``: the flow stored on frame t-1 (``flow.png`` of frame s is s -> s+1),
   i.e. the motion between the last two frames of the stack; all-invalid when frame t-1 is not
   available (episode start / shard boundary).
 * ``reward`` / ``reward_valid``: the ``reward`` stored on frame t-1 (reward of transition t-1 -> t).
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.dataset.codec import decode_flow, decode_json, decode_npy, decode_rgb
+from pipeline.dataset.codec import decode_clip, decode_flow, decode_json, decode_rgb
 from pipeline.dataset.reader import iter_tar_samples
 from pipeline.dataset.schema import FIELDS, DatasetError
 
@@ -134,19 +134,19 @@ def stacked_samples(
         h, w = obs.shape[1:]
         if len(window) >= 2:
             prev = window[-2]
-            flow16, valid = _decode(prev, "flow", decode_flow)
-            flow, flow_valid = flow16.astype(np.float32), valid.astype(bool)
+            flow, flow_valid = _decode(prev, "flow.png", decode_flow)
             reward, reward_valid = float(prev.meta.get("reward", 0.0)), True
         else:
             flow = np.zeros((2, h, w), np.float32)
             flow_valid = np.zeros((h, w), bool)
             reward, reward_valid = 0.0, False
+        clip_image, clip_text = _decode(frame, "clip.npy", decode_clip)
         out = {
             "obs": np.ascontiguousarray(obs),
             "flow": flow,
             "flow_valid": flow_valid,
-            "clip_image": _decode(frame, "clipimage.npy", decode_npy, "clipimage.npy").astype(np.float32),
-            "clip_text": _decode(frame, "cliptext.npy", decode_npy, "cliptext.npy").astype(np.float32),
+            "clip_image": clip_image.astype(np.float32),
+            "clip_text": clip_text.astype(np.float32),
             "text_valid": bool(meta.get("annotated", False)),
             "reward": np.float32(reward),
             "reward_valid": reward_valid,

@@ -83,7 +83,7 @@ def card_body(name: str, splits: dict[str, dict[str, Any]], shapes: dict[str, st
     sizes = ", ".join(f"{k} = {v}" for k, v in shapes.items())
     random_note = (
         "\n> **Warning: the CLIP model had random weights** (`random_init: true` in the provenance below): the "
-        "`clipimage` / `cliptext` targets carry no semantics. Rebuild with real weights for research use.\n"
+        "`clip.npy` targets carry no semantics. Rebuild with real weights for research use.\n"
         if clip["random_init"] else ""
     )
     split_rows = [[s, str(splits[s]["episodes"]), str(splits[s]["samples"]), str(len(splits[s]["shards"]))] for s in present]
@@ -117,18 +117,24 @@ split by episode, never by frame; the samples of an episode are contiguous and i
 
 ```python
 from datasets import load_dataset
-ds = load_dataset("webdataset", data_files={{"train": "train/{SHARD_GLOB}", "validation": "validation/{SHARD_GLOB}"}}, split="train")
+from pipeline.dataset import hf_features  # or datasets.Features from this card's dataset_info
+ds = load_dataset("webdataset", data_files={{"train": "train/{SHARD_GLOB}", "validation": "validation/{SHARD_GLOB}"}}, features=hf_features(), split="train")
 # or, from this folder or its Hub repo (uses the card's configs and features):
 # ds = load_dataset("<user>/<repo>", split="train")
 
 import webdataset as wds
-samples = wds.WebDataset("train/shard-{{000000..{last_train:06d}}}.tar", shardshuffle=False).decode()
+samples = wds.WebDataset("train/shard-{{000000..{last_train:06d}}}.tar", shardshuffle=False).decode(kitti_flow, "rgb8")
 ```
 
-`.npy` fields decode with `numpy.load`; `json` with `json.loads`. Loading with
-`data_files` infers the schema from the first samples; pass
-`features=pipeline.dataset.hf_features()` (the `dataset_info.features` of this card) when those
-samples may lack key objects. `stats.json` holds per-field
+`flow.png` is a KITTI flow PNG (16-bit RGB; see the field table): decode it with OpenCV, e.g.
+`kitti_flow = lambda key, data: decode(data) if key.endswith("flow.png") else None` where
+`decode(data)` is `img = cv2.imdecode(numpy.frombuffer(data, numpy.uint8), cv2.IMREAD_UNCHANGED)`
+(BGR order), `flow = (img[..., [2, 1]].astype("float32") - 32768) / 64` (dx, dy in pixels, to 1/64 px),
+`valid = img[..., 0] > 0`. PIL (webdataset's and HF's default image decoder) keeps only 8 of its 16
+bits. `.npy` fields decode with `numpy.load`; `json` with `json.loads`. Pass
+`features=pipeline.dataset.hf_features()` (the `dataset_info.features` of this card) to
+`load_dataset("webdataset", ...)`: `flow.png` then comes back as its bytes, and shards whose first
+samples lack key objects load with the same schema. `stats.json` holds per-field
 statistics (count, mean, std, min, max) per split for normalisation, the shard list with SHA-256
 hashes, and the provenance below.
 

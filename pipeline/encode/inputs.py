@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dataset.schema import empty_annotation, sanitize_task
+from pipeline.dataset.schema import FLOW_MAX, FLOW_MIN, empty_annotation, sanitize_task
 from pipeline.episodes import EpisodeHeader, check_episodes, read_header
 from pipeline.errors import UserError
 from pipeline.io import sha256_of
@@ -195,6 +195,12 @@ def load_flow(
         raise EncodeInputError(
             f"{path}: flow is not finite at pair {pair}, channel {channel}, pixel (x={x}, y={y}) "
             f"(value {flow[pair, channel, y, x]!r}; float16 holds at most 65504 px): the flow backend diverged; {fix}"
+        )
+    low, high = float(stored.min(initial=0.0)), float(stored.max(initial=0.0))
+    if low < FLOW_MIN or high > FLOW_MAX:
+        raise EncodeInputError(
+            f"{path}: flow spans {low:.1f}..{high:.1f} px, beyond what the dataset's KITTI flow PNG holds "
+            f"({FLOW_MIN:g}..{FLOW_MAX:g} px): the flow backend diverged; {fix}"
         )
     return stored, valid, meta
 

@@ -2,8 +2,9 @@
 
 :func:`run` is the library entry point (the ``semore encode`` stage, tests and benchmarks call
 it). It checks every input first, then encodes one episode at a time in a plain loop
-(:func:`encode_episode` returns the episode's samples and what the statistics and provenance
-need) and writes through :mod:`pipeline.dataset.writer`. The whole output folder is written next
+(:func:`embed_episode` reads an episode and computes its CLIP targets; its samples are encoded to
+bytes on a second thread while the next episode is embedded, then written in order through
+:mod:`pipeline.dataset.writer`). The whole output folder is written next
 to its target and renamed into place at the end, so an interrupted run leaves the previous
 dataset (or nothing) behind, never a half-written one; temporaries left by a killed run are
 removed by the next one.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import EncodeParams, WeightsParams
+from pipeline.dataset.codec import dequantize_flow, quantize_flow
 from pipeline.dataset.schema import SCHEMA_VERSION, SPLITS, TEXT_ROWS, objects_text
 from pipeline.dataset.writer import ShardInfo, ShardSink, write_metadata
 from pipeline.encode.card import build_card
 from pipeline.encode.clip import ClipEncoder, load_clip
-from pipeline.encode.inputs import EncodeInputError, EpisodeInputs, assign_splits, check_inputs, discover, load_annotations, load_flow
+from pipeline.encode.inputs import EncodeInputError, EpisodeInputs, FrameAnnotation, assign_splits, check_inputs, discover, load_annotations, load_flow
 from pipeline.encode.samples import episode_samples
 from pipeline.encode.stats import SplitStats
 from pipeline.episodes import Episode, load_episode
@@ -76,18 +80,24 @@ class _TextEmbedder:
 
 @dataclass
 class EncodedEpisode:
-    """One episode, encoded: its samples (bytes per field) and what statistics and provenance need."""
+    """One episode with its CLIP targets: what its samples, the statistics and the provenance need."""
 
-    samples: list[dict[str, Any]]
+    task: str
+    index: int
     episode: Episode
-    flow: np.ndarray  # (T, 2, H, W) float16
+    flow: np.ndarray  # (T, 2, H, W) float32 pixels, as stored (1/64 px steps)
     valid: np.ndarray  # (T, H, W) bool
     clip_image: np.ndarray  # (T+1, D) float16
     clip_text: np.ndarray  # (T+1, 2, D) float16
     text_present: np.ndarray  # (T+1, 2) bool
     statuses: list[str]  # per frame: ok | failed | none
+    annotations: dict[int, FrameAnnotation]
     flow_meta: dict[str, Any]
     annotate_header: dict[str, Any]
+
+    def samples(self) -> list[dict[str, Any]]:
+        """The episode's T+1 samples as bytes (PNG, npy, JSON encoding: the stage's own CPU work)."""
+        return episode_samples(self.episode, self.task, self.index, self.flow, self.valid, self.annotations, self.clip_image, self.clip_text)
 
 
 def _check_finite(ep: Episode, path: Path) -> None:
@@ -99,8 +109,8 @@ def _check_finite(ep: Episode, path: Path) -> None:
             raise EncodeInputError(f"{path}: {name} is not finite at step {step} (NaN/inf cannot be stored as JSON); rerun the collect stage for this task")
 
 
-def encode_episode(item: EpisodeInputs, encoder: ClipEncoder, texts: _TextEmbedder) -> EncodedEpisode:
-    """Read one episode's three input files and encode its T+1 samples.
+def embed_episode(item: EpisodeInputs, encoder: ClipEncoder, texts: _TextEmbedder) -> EncodedEpisode:
+    """Read one episode's three input files and compute its CLIP targets.
 
     Raises:
         EncodeInputError, EpisodeFileError: an input file is unreadable or does not fit its episode (named, with the fix).
@@ -120,13 +130,34 @@ def encode_episode(item: EpisodeInputs, encoder: ClipEncoder, texts: _TextEmbedd
             if text:
                 clip_text[step, row] = embedded[text]
     stored_image, stored_text = clip_image.astype(np.float16), clip_text.astype(np.float16)
-    samples = episode_samples(ep, item.task, item.episode, flow, valid, notes.frames, stored_image, stored_text)
+    stored_flow = dequantize_flow(quantize_flow(flow))  # what flow.png holds (range checked by load_flow)
     return EncodedEpisode(
-        samples=samples, episode=ep, flow=flow, valid=valid, clip_image=stored_image, clip_text=stored_text,
+        task=item.task, index=item.episode, episode=ep, flow=stored_flow, valid=valid, clip_image=stored_image, clip_text=stored_text,
         text_present=np.abs(clip_text).sum(axis=2) > 0,
         statuses=[notes.frames[s].status if s in notes.frames else "none" for s in range(t + 1)],
-        flow_meta=flow_meta, annotate_header={k: v for k, v in notes.header.items() if k not in ("episode", "task", "source")},
+        annotations=notes.frames, flow_meta=flow_meta, annotate_header={k: v for k, v in notes.header.items() if k not in ("episode", "task", "source")},
     )
+
+
+def _write_episode(
+    encoded: EncodedEpisode, samples: Future[list[dict[str, Any]]], sink: ShardSink, stats: SplitStats,
+    tasks: dict[str, dict[str, Any]], shapes: dict[str, set[str]], split: str,
+) -> None:
+    """Write one episode's samples to ``sink`` and add it to the split's ``stats``, the per-task provenance
+    ``tasks`` and the frame/action ``shapes`` seen."""
+    for sample in samples.result():
+        sink.write(sample)
+    ep = encoded.episode
+    stats.add_episode(
+        encoded.task, ep.frames, encoded.flow, encoded.valid, encoded.clip_image, encoded.clip_text, encoded.text_present,
+        encoded.statuses, ep.actions, ep.rewards, ep.discounts, ep.qpos, ep.qvel,
+    )
+    for name, value in (("H", ep.frames.shape[1]), ("W", ep.frames.shape[2]), ("A", ep.actions.shape[1])):
+        shapes[name].add(str(value))
+    info = tasks.setdefault(encoded.task, {"episodes": [], "splits": {}, "collect": _collect_provenance(ep),
+                                           "flow": encoded.flow_meta, "annotate": encoded.annotate_header})
+    info["episodes"].append({"episode": encoded.index, "seed": ep.meta.seed, "length": ep.length, "return": ep.meta.episode_return, "split": split})
+    info["splits"].setdefault(split, []).append(encoded.index)
 
 
 def _collect_provenance(ep: Episode) -> dict[str, Any]:
@@ -171,25 +202,21 @@ def run(
     shapes: dict[str, set[str]] = {"H": set(), "W": set(), "A": set()}
     shards: dict[str, list[ShardInfo]] = {}
     bar = progress(total=len(inputs), desc="encode", unit="episode")
-    with atomic_path(out, clean_stale=True) as tmp:
+    with atomic_path(out, clean_stale=True) as tmp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode-samples") as pool:
         tmp.mkdir()
         for split in SPLITS:
             sink = ShardSink(tmp / split, maxcount=section.shard_maxcount, maxsize_bytes=section.shard_maxsize_mb * 1e6)
+            # Episode i's samples are encoded (PNG, npy, JSON) on the second core while episode i+1 is read and
+            # embedded; they are written in order, so the bytes do not depend on the overlap.
+            pending: deque[tuple[EncodedEpisode, Future[list[dict[str, Any]]]]] = deque()
             for item in (i for i in inputs if split_of[(i.task, i.episode)] == split):
-                encoded = encode_episode(item, encoder, texts)
-                for sample in encoded.samples:
-                    sink.write(sample)
-                ep = encoded.episode
-                stats[split].add_episode(
-                    item.task, ep.frames, encoded.flow, encoded.valid, encoded.clip_image, encoded.clip_text, encoded.text_present,
-                    encoded.statuses, ep.actions, ep.rewards, ep.discounts, ep.qpos, ep.qvel,
-                )
-                for name, value in (("H", ep.frames.shape[1]), ("W", ep.frames.shape[2]), ("A", ep.actions.shape[1])):
-                    shapes[name].add(str(value))
-                info = tasks.setdefault(item.task, {"episodes": [], "splits": {}, "collect": _collect_provenance(ep),
-                                                    "flow": encoded.flow_meta, "annotate": encoded.annotate_header})
-                info["episodes"].append({"episode": item.episode, "seed": ep.meta.seed, "length": ep.length, "return": ep.meta.episode_return, "split": split})
-                info["splits"].setdefault(split, []).append(item.episode)
+                encoded = embed_episode(item, encoder, texts)
+                pending.append((encoded, pool.submit(encoded.samples)))
+                if len(pending) > 1:
+                    _write_episode(*pending.popleft(), sink, stats[split], tasks, shapes, split)
+                    bar.update(1)
+            while pending:
+                _write_episode(*pending.popleft(), sink, stats[split], tasks, shapes, split)
                 bar.update(1)
             shards[split] = sink.close()
         bar.close()
@@ -218,7 +245,8 @@ def run(
 
 
 def _library_versions() -> dict[str, str]:
+    import cv2
     import PIL
     import webdataset
 
-    return {"numpy": np.__version__, "pillow": PIL.__version__, "webdataset": webdataset.__version__}
+    return {"numpy": np.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__, "webdataset": webdataset.__version__}

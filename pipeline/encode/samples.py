@@ -54,7 +54,7 @@ def episode_samples(
     Args:
         episode: the collected episode (frames (T+1, H, W, 3) uint8 and per-step arrays).
         task: task name; index: episode index.
-        flow: (T, 2, H, W) float16 pixels; valid: (T, H, W) bool.
+        flow: (T, 2, H, W) pixels; valid: (T, H, W) bool.
         annotations: frame index -> annotation (frames without one are absent).
         clip_image: (T+1, D) float16, L2-normalised.
         clip_text: (T+1, 2, D) float16, L2-normalised rows or zeros.
@@ -64,7 +64,7 @@ def episode_samples(
     """
     length = episode.length
     _, height, width, _ = episode.frames.shape
-    zero_flow = np.zeros((2, height, width), np.float16)
+    zero_flow = np.zeros((2, height, width), np.float32)
     no_valid = np.zeros((height, width), np.bool_)
     samples = []
     for step in range(length + 1):

@@ -100,7 +100,7 @@ class SplitStats:
         qpos: np.ndarray,
         qvel: np.ndarray,
     ) -> None:
-        """Add one episode, with arrays exactly as stored (float16 embeddings and flow).
+        """Add one episode, with arrays exactly as stored (float16 embeddings, flow in 1/64 px steps).
 
         Shapes: frames (T+1, H, W, 3); flow (T, 2, H, W); valid (T, H, W); clip_image (T+1, D);
         clip_text (T+1, 2, D) with text_present (T+1, 2) bool marking non-zero rows; statuses per frame.
@@ -147,12 +147,14 @@ class SplitStats:
             "failed_annotations": self.failed,
             "fields": {
                 "rgb.png": {"axis": "channel (R, G, B)", "unit": "pixel value 0..255", **self.rgb.to_json()},
-                "flow.npy": {"axis": "channel (dx, dy)", "unit": "pixels", "over": "valid pixels", **self.flow.to_json()},
-                "flowvalid.npy": {"axis": "-", "unit": "fraction of pixels valid (mean)", **self.flow_valid.to_json(scalar=True)},
-                "clipimage.npy": {"axis": "embedding dim", "unit": "unit-norm embedding", **(self.clip_image.to_json() if self.clip_image else {})},
-                "cliptext.npy": {
-                    name: {"axis": "embedding dim", "over": "non-zero rows", **acc.to_json()}
-                    for name, acc in zip(text_rows, self.clip_text or [])
+                "flow.png": {"axis": "channel (dx, dy)", "unit": "pixels", "over": "valid pixels", **self.flow.to_json()},
+                "flow.png:valid": {"axis": "-", "unit": "fraction of pixels valid (mean)", **self.flow_valid.to_json(scalar=True)},
+                "clip.npy": {
+                    "image": {"axis": "embedding dim", "unit": "unit-norm embedding", **(self.clip_image.to_json() if self.clip_image else {})},
+                    **{
+                        name: {"axis": "embedding dim", "over": "non-zero rows", **acc.to_json()}
+                        for name, acc in zip(text_rows, self.clip_text or [])
+                    },
                 },
                 "json.reward": {"over": "frames with has_action", **self.reward.to_json(scalar=True)},
                 "json.discount": {"over": "frames with has_action", **self.discount.to_json(scalar=True)},
