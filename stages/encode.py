@@ -2,9 +2,11 @@
 
 Reads one subfolder per task from --episodes (collect), --flow (flow) and
 --annotations (annotate); writes --out: train/shard-<n>.tar and
-validation/shard-<n>.tar (one sample per frame: rgb.png, flow.npy,
-flowvalid.npy, clipimage.npy, cliptext.npy, json), README.md (the dataset card,
-Hub-ready) and stats.json (per-field statistics, shard list, provenance).
+validation/shard-<n>.tar (one sample per frame: rgb.png, flow.png (KITTI flow
+PNG with the validity mask), clip.npy (image + caption + key-object CLIP
+embeddings), json), README.md (the dataset card, Hub-ready) and stats.json
+(per-field statistics, shard list with SHA-256, provenance). Inputs are checked
+first (flow and annotations must name the episode file they were made from).
 Params: the `encode` and `weights` sections of params.yaml.
 """
 from __future__ import annotations
