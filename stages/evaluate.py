@@ -29,6 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, params: Params) -> None:
     from pipeline.evaluate.run import run as evaluate
 
-    summary = evaluate(args.backbone, args.out, params.evaluate)
+    summary = evaluate(args.backbone, args.out, params.evaluate, finetune=params.finetune)
     summary.write_metrics(args.metrics)
     print(summary.line())

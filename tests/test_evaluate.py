@@ -101,3 +101,13 @@ def test_random_inits_are_seeded_and_distinct(backbone: Path) -> None:
     weights = [next(x.module.parameters()).detach() for x in a]
     assert torch.equal(weights[1], next(b[1].module.parameters()).detach())
     assert not torch.equal(weights[1], weights[2]) and not torch.equal(weights[0], weights[1])
+
+
+def test_the_pixel_finetune_arm_runs_when_asked(tmp_path: Path, backbone: Path, torch_one_thread) -> None:
+    from pipeline.config.finetune import FinetuneParams
+
+    pixel = FinetuneParams(batch_size=8, hidden_dim=16, device="cpu", threads=1)
+    run(backbone, tmp_path / "eval", params(arms=["finetune"], frames=48, seed_frames=24, eval_every_frames=24), finetune=pixel)
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {r["arm"] for r in results["rl"]} == {"finetune:pretrained", "finetune:scratch"}
+    assert [p["frames"] for p in results["rl"][0]["curve"]] == [0, 24, 48]

@@ -35,6 +35,11 @@ REDUCED = {
         "task": TASK, "frames": 160, "episode_frames": 80, "action_repeat": 4, "seed_frames": 80,
         "eval_every_frames": 80, "eval_episodes": 1, "batch_size": 8, "checkpoint_dir": "data/cache/finetune",
     },
+    "evaluate": {
+        "tasks": [TASK], "heldout_episodes": 3, "heldout_frames": 48, "random_inits": 1, "frames": 96, "seed_frames": 48,
+        "eval_every_frames": 48, "eval_episodes": 1, "episode_frames": 48, "workers": 1, "agent": {"batch_size": 8, "hidden_dim": 16},
+        "probe": {"bootstrap": 100, "folds": 3},
+    },
 }
 
 
@@ -103,7 +108,7 @@ def test_dvc_repro_rerun_and_remote_round_trip(tmp_path: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(yaml.safe_dump(_deep_update(params, REDUCED), sort_keys=False))
 
-    all_stages = {f"collect@{TASK}", f"flow@{TASK}", f"annotate@{TASK}", "encode", "pretrain", "finetune"}
+    all_stages = {f"collect@{TASK}", f"flow@{TASK}", f"annotate@{TASK}", "encode", "pretrain", "finetune", "evaluate"}
     assert _ran(_dvc(project, "repro")) == all_stages
 
     # Every declared output exists and holds what the next stage needs.
@@ -120,6 +125,8 @@ def test_dvc_repro_rerun_and_remote_round_trip(tmp_path: Path) -> None:
     assert (project / "data/pretrain/backbone/model.safetensors").is_file()
     metrics = json.loads(_dvc(project, "metrics", "show", "--json"))
     assert metrics, "dvc metrics show reported nothing"
+    assert (project / "data/evaluation/report.md").is_file()
+    assert "data/evaluation/dvclive/metrics.json" in json.dumps(metrics)  # DVCLive's logs are DVC metrics
 
     # Nothing changed: nothing runs.
     assert _ran(_dvc(project, "repro")) == set()
@@ -130,7 +137,7 @@ def test_dvc_repro_rerun_and_remote_round_trip(tmp_path: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["flow"]["backend"] = "dis"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_dvc(project, "repro")) == {f"flow@{TASK}", "encode", "pretrain", "finetune"}
+    assert _ran(_dvc(project, "repro")) == {f"flow@{TASK}", "encode", "pretrain", "finetune", "evaluate"}
 
     # Push to a local-directory remote, pull into a clean copy: byte-identical outputs.
     remote = tmp_path / "remote"

@@ -25,11 +25,12 @@ class RLJob:
     """One RL run.
 
     Attributes:
-        arm: ``state`` or ``frozen``.
+        arm: ``state``, ``frozen`` or ``finetune``.
         task: task name.
         action_repeat: simulator steps per agent step.
         seed_index: 0..seeds-1.
-        backbone: the frozen backbone's label (``pretrained``, ``random-<i>``, ``checkpoint-<i>``), None for ``state``.
+        backbone: the frozen backbone's label (``pretrained``, ``random-<i>``, ``checkpoint-<i>``); for
+            ``finetune`` the encoder init (``pretrained``, ``scratch``); None for ``state``.
         backbone_path: checkpoint folder the backbone (or its architecture) comes from.
         image_size: rendered frame size.
     """
@@ -44,7 +45,7 @@ class RLJob:
 
     @property
     def label(self) -> str:
-        return "state" if self.arm == "state" else f"frozen:{self.backbone}"
+        return "state" if self.arm == "state" else f"{self.arm}:{self.backbone}"
 
 
 def _make_env(task: str, image_size: int, camera: int | str, action_repeat: int, render_mode: str, episode_steps: int, seed: int) -> Any:
@@ -105,3 +106,26 @@ def run_jobs(jobs: list[RLJob], section: EvaluateParams, *, workers: int, device
             results[i] = future.result()
             log.info("%s on %s seed %d: final return %.1f", jobs[i].label, jobs[i].task, jobs[i].seed_index, results[i]["final_return"])
     return [results[i] for i in range(len(jobs))]
+
+
+def run_finetune_arm(backbone: str | Path, section: EvaluateParams, finetune: Any, repeats: dict[str, int], scratch_dir: Path) -> list[dict[str, Any]]:
+    """The pixel SAC arm (``pipeline.finetune``, DrQ-style with augmentation) from the pretrained
+    backbone and from scratch, ``seeds`` runs per task, on evaluate's schedule; curves in the same
+    layout as :func:`run_job`'s. GPU-scale: off by default."""
+    from pipeline.finetune.run import run as finetune_run
+
+    results = []
+    for task in section.tasks:
+        for init in ("pretrained", "scratch"):
+            for s in range(section.seeds):
+                params = finetune.model_copy(update={
+                    "task": task, "action_repeat": repeats[task], "frames": section.frames, "seed_frames": section.seed_frames,
+                    "eval_every_frames": section.eval_every_frames, "eval_episodes": section.eval_episodes, "episode_frames": section.episode_frames,
+                    "encoder_init": init, "seed": derive_seed(section.seed, "agent", f"finetune:{init}", s), "video": False,
+                    "checkpoint_dir": str(scratch_dir / "checkpoints"),
+                })
+                summary = finetune_run(backbone, scratch_dir / f"{task}-{init}-{s}", params)
+                job = RLJob("finetune", task, repeats[task], s, init, str(backbone), 0)
+                curve = [{k: e[k] for k in ("frames", "return_mean", "return_std")} for e in summary.evals]
+                results.append({"job": job, "curve": curve, "final_return": curve[-1]["return_mean"], "speed": {"updates_per_s": float("nan"), "acting_frames_per_s": float("nan")}})
+    return results

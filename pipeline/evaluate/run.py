@@ -18,6 +18,7 @@ Does the backbone help control? Answered on held-out data with seeds and confide
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,11 @@ import numpy as np
 import torch
 
 from pipeline.config.evaluate import EvaluateParams
+from pipeline.config.finetune import FinetuneParams
 from pipeline.device import select_device
 from pipeline.errors import UserError
 from pipeline.evaluate import probe as probes
-from pipeline.evaluate.arms import RLJob, run_jobs
+from pipeline.evaluate.arms import RLJob, run_finetune_arm, run_jobs
 from pipeline.evaluate.backbones import Backbone, check_backbone, load_backbones
 from pipeline.evaluate.heldout import collect_heldout
 from pipeline.evaluate.protocol import action_repeat_for
@@ -142,9 +144,11 @@ def _final_scores(results: list[dict[str, Any]], tasks: list[str], seeds: int) -
     return scores
 
 
-def run(backbone: str | Path, out: str | Path, section: EvaluateParams) -> EvaluateSummary:
+def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finetune: FinetuneParams | None = None) -> EvaluateSummary:
     """Evaluate the backbone under ``backbone`` (the pretrain stage's output folder or a checkpoint
-    folder) and write ``out``: ``report.md``, ``results.json``, ``plots/`` and ``dvclive/``."""
+    folder) and write ``out``: ``report.md``, ``results.json``, ``plots/`` and ``dvclive/``.
+
+    ``finetune`` supplies the pixel agent's hyperparameters when ``section.arms`` has ``finetune``."""
     from pipeline.evaluate.report import write_outputs
 
     if section.threads:
@@ -163,7 +167,8 @@ def run(backbone: str | Path, out: str | Path, section: EvaluateParams) -> Evalu
     if "frozen" in section.arms:
         results += run_jobs(_rl_jobs("frozen", section, backbones, repeats, image_size), section, workers=workers, device_name=str(device))
     if "finetune" in section.arms:
-        raise UserError("evaluate.arms: 'finetune' (pixel SAC) runs through the finetune stage on a GPU machine; see README 'Study profile'. Remove it from evaluate.arms here.")
+        with tempfile.TemporaryDirectory(prefix="evaluate-finetune-") as scratch:
+            results += run_finetune_arm(backbone, section, finetune or FinetuneParams(), repeats, Path(scratch))
     scores = _final_scores(results, list(section.tasks), section.seeds)
     aggregates = aggregate(scores, seed=derive_seed(section.seed, "bootstrap")) if scores else {}
     for r in results:
