@@ -18,6 +18,8 @@ from pipeline.encode.run import run as encode
 from pipeline.io import write_npz_atomic
 from support.datasets import restamp, write_synthetic_inputs
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 TASK = "cartpole-swingup"
 PARAMS = EncodeParams(shard_maxcount=4)
 

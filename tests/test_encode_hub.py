@@ -16,6 +16,8 @@ from pipeline.dataset.hub import HubError, pull_dataset, push_dataset, resolve_d
 from pipeline.encode.run import run as encode
 from support.datasets import write_synthetic_inputs
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 TASK = "cheetah-run"
 
 

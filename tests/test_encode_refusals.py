@@ -18,6 +18,8 @@ from pipeline.encode.run import run as encode
 from pipeline.io import dumps_json, write_json_atomic, write_npz_atomic
 from support.datasets import ProjectionClip, write_synthetic_inputs
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 TASKS = ("cartpole-swingup", "cheetah-run")
 PARAMS = EncodeParams(shard_maxcount=4)
 

@@ -19,6 +19,8 @@ from pipeline.dataset.codec import decode_flow_png
 from pipeline.dataset.stacked import StackedFrames, make_loader
 from support.datasets import write_synthetic_dataset
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 STEPS = 9  # 10 frames per episode
 
 
