@@ -50,10 +50,10 @@ def _relaunch(args: argparse.Namespace, nproc: int) -> None:
 
 def run(args: argparse.Namespace, params: Params) -> None:
     from pipeline.dataset.hub import resolve_dataset
-    from pipeline.pretrain.run import pretrain
+    from pipeline.pretrain.run import run as pretrain
     from pipeline.pretrain.trainer import launched_by_torchrun
 
     if params.pretrain.nproc > 1 and not launched_by_torchrun():
         _relaunch(args, params.pretrain.nproc)
         return
-    pretrain(resolve_dataset(args.dataset), args.out, args.metrics, args.plots, params.pretrain)
+    print(pretrain(resolve_dataset(args.dataset), args.out, params.pretrain, metrics=args.metrics, plots=args.plots).line())

@@ -119,7 +119,7 @@ def _request_error_type() -> type[Exception]:
 
 def test_pretrain_warns_when_the_batch_is_larger_than_the_dataset(dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from pipeline.config import PretrainParams
-    from pipeline.pretrain.run import pretrain
+    from pipeline.pretrain.run import pretrain  # the function run() wraps
 
     train = open_dataset(dataset).samples["train"]
     params = PretrainParams(channels=4, depth=2, feature_dim=8, head_hidden=8, batch_size=train + 4, steps=1, workers=0,

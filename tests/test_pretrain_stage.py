@@ -69,8 +69,8 @@ def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path:
     assert set(metrics["probe_r2_per_task"]["pretrained"]) == {"cartpole-swingup", "walker-walk"}
     assert metrics["feature_dim"] == 8 and metrics["samples_seen"] == 48
 
-    curve = (out / "plots" / "loss_flow.csv").read_text().splitlines()
-    assert curve[0] == "step,flow" and len(curve) == 7 and curve[1].startswith("1,")
+    curve = (out / "plots" / "plots" / "metrics" / "loss" / "flow.tsv").read_text().splitlines()  # DVCLive
+    assert curve[0] == "step\tflow" and len(curve) == 7 and curve[1].startswith("1\t")
     assert str(tmp_path) not in json.dumps(meta)
 
     rc, again = run_stage(tmp_path, dataset, params, "again")
@@ -138,5 +138,5 @@ def test_probe_beats_the_random_backbone_on_collected_episodes(tmp_path: Path) -
     r2 = metrics["probe_r2"]
     assert r2["pretrained"] > r2["random"] + 0.05, r2
     assert r2["pretrained"] > 0.3, r2
-    first_flow = float((out / "plots" / "loss_flow.csv").read_text().splitlines()[1].split(",")[1])
+    first_flow = float((out / "plots" / "plots" / "metrics" / "loss" / "flow.tsv").read_text().splitlines()[1].split("\t")[1])
     assert metrics["loss"]["flow"] < first_flow

@@ -34,13 +34,20 @@ log = logging.getLogger(__name__)
 
 
 class Observer(Protocol):
-    """Turns what the environment shows into the agent's observation vector (D,) float32."""
+    """Turns what environments show into the agent's observation vectors.
+
+    ``reset`` / ``step`` take the result of env number ``i`` (several run in lockstep during
+    evaluation) and return its raw observation; ``encode`` maps a list of raw observations to
+    (N, D) float32 vectors at once (one batched backbone forward for the frozen arm).
+    """
 
     dim: int
 
-    def reset(self, env: Any, result: StepResult) -> np.ndarray: ...
+    def reset(self, env: Any, result: StepResult, i: int = 0) -> np.ndarray: ...
 
-    def step(self, env: Any, result: StepResult) -> np.ndarray: ...
+    def step(self, env: Any, result: StepResult, i: int = 0) -> np.ndarray: ...
+
+    def encode(self, raw: list[np.ndarray]) -> np.ndarray: ...
 
 
 class StateObserver:
@@ -49,26 +56,33 @@ class StateObserver:
     def __init__(self, dim: int) -> None:
         self.dim = dim
 
-    def reset(self, env: Any, result: StepResult) -> np.ndarray:
+    def reset(self, env: Any, result: StepResult, i: int = 0) -> np.ndarray:
         return env.state_observation()[0]
 
-    def step(self, env: Any, result: StepResult) -> np.ndarray:
+    def step(self, env: Any, result: StepResult, i: int = 0) -> np.ndarray:
         return env.state_observation()[0]
+
+    def encode(self, raw: list[np.ndarray]) -> np.ndarray:
+        return np.stack(raw).astype(np.float32, copy=False)
 
 
 class FeatureObserver:
-    """A frozen backbone's features of the current frame stack (one forward per frame)."""
+    """A frozen backbone's features of each environment's current frame stack."""
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
         self.dim = backbone.feature_dim
-        self._stack = FrameStacker(backbone.spec.frame_stack)
+        self._stacks: dict[int, FrameStacker] = {}
 
-    def reset(self, env: Any, result: StepResult) -> np.ndarray:
-        return self.backbone.features(self._stack.reset(result.frame)[None])[0]
+    def reset(self, env: Any, result: StepResult, i: int = 0) -> np.ndarray:
+        self._stacks[i] = FrameStacker(self.backbone.spec.frame_stack)
+        return self._stacks[i].reset(result.frame)
 
-    def step(self, env: Any, result: StepResult) -> np.ndarray:
-        return self.backbone.features(self._stack.push(result.frame)[None])[0]
+    def step(self, env: Any, result: StepResult, i: int = 0) -> np.ndarray:
+        return self._stacks[i].push(result.frame)
+
+    def encode(self, raw: list[np.ndarray]) -> np.ndarray:
+        return self.backbone.features(np.stack(raw), batch=len(raw))
 
 
 class _Identity(nn.Identity):
@@ -158,7 +172,7 @@ class VectorWorkspace:
     def __init__(self, task: str, make_env: Callable[[int], Any], make_observer: Callable[[], Observer], agent_params: AgentParams, schedule: Schedule, seed: int, device: torch.device) -> None:
         self.task, self.schedule, self.seed = task, schedule, seed
         self.env = ActionScale(make_env(derive_seed(seed, "train_env", task)))
-        self.eval_env = ActionScale(make_env(derive_seed(seed, "eval_env", task)))
+        self.eval_envs = [ActionScale(make_env(derive_seed(seed, "eval_env", task, i + 1))) for i in range(schedule.eval_episodes)]
         self.observer, self.eval_observer = make_observer(), make_observer()
         self.action_dim = self.env.action_dim
         torch.manual_seed(derive_seed(seed, "agent", task))
@@ -170,21 +184,24 @@ class VectorWorkspace:
         self.result = RunResult()
 
     def close(self) -> None:
-        self.env.close()
-        self.eval_env.close()
+        for env in (self.env, *self.eval_envs):
+            env.close()
 
     def evaluate(self) -> dict[str, float]:
-        """Deterministic-policy returns over ``eval_episodes`` episodes (the same start states every time)."""
-        returns = []
-        for i in range(self.schedule.eval_episodes):
-            result = self.eval_env.reset(seed=derive_seed(self.seed, "eval_env", self.task, i + 1))
-            obs = self.eval_observer.reset(self.eval_env, result)
-            total = 0.0
-            while not result.done:
-                result = self.eval_env.step(self.agent.act(obs, sample=False))
-                obs = self.eval_observer.step(self.eval_env, result)
-                total += result.reward
-            returns.append(total)
+        """Deterministic-policy returns of ``eval_episodes`` episodes run in lockstep (one batched
+        observer and policy forward per step), from the same start states every time."""
+        envs = self.eval_envs
+        results = [env.reset(seed=derive_seed(self.seed, "eval_env", self.task, i + 1)) for i, env in enumerate(envs)]
+        raw = [self.eval_observer.reset(env, r, i) for i, (env, r) in enumerate(zip(envs, results))]
+        returns = np.zeros(len(envs))
+        alive = [i for i, r in enumerate(results) if not r.done]
+        while alive:
+            actions = self.agent.act_batch(self.eval_observer.encode([raw[i] for i in alive]), sample=False)
+            for i, action in zip(alive, actions):
+                results[i] = envs[i].step(action)
+                raw[i] = self.eval_observer.step(envs[i], results[i], i)
+                returns[i] += results[i].reward
+            alive = [i for i in alive if not results[i].done]
         record = {"frames": self.frame, "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns))}
         self.result.curve.append(record)
         log.info("%s eval at frame %d: return %.1f", self.task, self.frame, record["return_mean"])
@@ -194,7 +211,7 @@ class VectorWorkspace:
         """One training episode (or until ``frames``): act, store, update."""
         s = self.schedule
         result = self.env.reset(seed=derive_seed(self.seed, "train_env", self.task, self.episode + 1))
-        obs = self.observer.reset(self.env, result)
+        obs = self.observer.encode([self.observer.reset(self.env, result)])[0]
         while not result.done and self.frame < s.frames:
             t0 = time.perf_counter()
             if self.frame < s.seed_frames:
@@ -202,7 +219,7 @@ class VectorWorkspace:
             else:
                 action = self.agent.act(obs, sample=True)
             result = self.env.step(action)
-            next_obs = self.observer.step(self.env, result)
+            next_obs = self.observer.encode([self.observer.step(self.env, result)])[0]
             self.replay.add(obs, action, result.reward, result.terminated, next_obs)
             obs = next_obs
             self.frame += s.action_repeat

@@ -85,11 +85,16 @@ class SAC:
     # --- acting ------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: np.ndarray, *, sample: bool) -> np.ndarray:
-        """One (3k, H, W) uint8 stack -> (A,) float32 action in [-1, 1]: sampled, or the policy's mode."""
-        obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
-        features = self.encoder(obs_t)
+        """One observation (a (3k, H, W) uint8 stack, or a (D,) vector for an identity encoder) ->
+        (A,) float32 action in [-1, 1]: sampled, or the policy's mode."""
+        return self.act_batch(obs[None], sample=sample)[0]
+
+    @torch.no_grad()
+    def act_batch(self, obs: np.ndarray, *, sample: bool) -> np.ndarray:
+        """(N, ...) observations -> (N, A) float32 actions in [-1, 1] (one forward for all)."""
+        features = self.encoder(torch.as_tensor(obs, device=self.device))
         action = self.actor.sample(features)[0] if sample else self.actor.deterministic(features)
-        return action[0].cpu().numpy().astype(np.float32)
+        return action.cpu().numpy().astype(np.float32)
 
     # --- losses ------------------------------------------------------------------------------
     def encode(self, obs: Tensor, *, grad: bool) -> Tensor:

@@ -7,16 +7,19 @@ Outputs (written by rank 0 only, each atomically):
   (:class:`models.heads.PretrainModel`).
 * ``<metrics>``: JSON, final loss per term (mean over the last tenth of the steps) and the probe R^2
   of the pretrained backbone and of the same backbone at its random initialisation.
-* ``<plots>/loss_<term>.csv``: ``step,<term>`` per optimiser step (DVC plots, x = step).
+* ``<plots>/``: DVCLive logs of the loss per term and optimiser step
+  (``plots/metrics/loss/<term>.tsv``: ``step``, ``<term>``; steps where a term had no target are
+  left out of its curve).
+
+Entry: ``run(dataset, out, section, *, metrics, plots) -> PretrainSummary``.
 """
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +30,15 @@ from torch import distributed as dist
 from models.checkpoint import save_module
 from models.heads import PretrainModel
 from pipeline.config import PretrainParams
+from pipeline.dataset import Dataset, open_dataset
+from pipeline.dataset.stacked import make_loader
 from pipeline.device import select_device
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json_atomic
-from pipeline.dataset import Dataset, open_dataset
-from pipeline.dataset.stacked import make_loader
 from pipeline.pretrain.losses import TERMS, term_weights
 from pipeline.pretrain.probe import probe
 from pipeline.pretrain.trainer import DistContext, distributed_context, make_optimizer, train
+from pipeline.stage import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +89,40 @@ def final_losses(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 def write_curves(folder: str | Path, history: list[dict[str, float]]) -> None:
-    """One ``loss_<term>.csv`` (``step,<term>``) per term, steps where the term had no target left out."""
+    """The loss curves as DVCLive logs in ``folder`` (one ``loss/<term>`` metric per term, step =
+    optimiser step; steps where the term had no target are left out), atomically."""
+    from dvclive import Live
+
     with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        for name in ("total", *TERMS):
-            rows = [(r["step"], r[name]) for r in history if name in r and not math.isnan(r[name])]
-            if not rows:
-                continue
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(["step", name])
-            writer.writerows((int(s), repr(float(v))) for s, v in rows)
-            (tmp / f"loss_{name}.csv").write_text(buffer.getvalue())
+        with Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+            for record in history:
+                live.step = int(record["step"])
+                for name in ("total", *TERMS):
+                    if name in record and not math.isnan(record[name]):
+                        live.log_metric(f"loss/{name}", float(record[name]))
+
+
+@dataclass(frozen=True)
+class PretrainSummary(StageSummary):
+    """What a pretrain run wrote: the metrics dict (final losses, probe R^2, sizes) as written to
+    ``--metrics``, or None on a non-main DDP rank."""
+
+    values: dict[str, Any] | None
+
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.values or {})
+
+    def line(self) -> str:
+        if self.values is None:
+            return f"pretrain: worker rank done -> {self.out}"
+        r2 = self.values["probe_r2"]
+        return f"pretrain: {self.values['steps']} steps, final total loss {self.values['loss'].get('total', float('nan')):.4f}, probe R^2 pretrained {r2['pretrained']:.3f} vs random {r2['random']:.3f} -> {self.out}"
+
+
+def run(dataset: str | Path, out: str | Path, section: PretrainParams, *, metrics: str | Path, plots: str | Path) -> PretrainSummary:
+    """Train the backbone on ``dataset`` and write every output (rank 0 only under DDP)."""
+    values = pretrain(dataset, out, metrics, plots, section)
+    return PretrainSummary(stage="pretrain", out=str(out), values=values)
 
 
 def pretrain(dataset: str | Path, out: str | Path, metrics_path: str | Path, plots_dir: str | Path, params: PretrainParams) -> dict[str, Any] | None:
