@@ -12,30 +12,19 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.config.base import Bool, Float, Int, Section, Seed
+from pipeline.config.sac import SACParams
 
 
-class AgentParams(Section):
+class AgentParams(SACParams):
     """SAC hyperparameters of the vector arms (state and frozen features); read by :class:`pipeline.finetune.sac.SAC`.
 
     The vector arms have no augmentation (``aug_pad`` is fixed at 0): a frozen encoder's
     features are computed once per frame, so a random shift of the pixels could not reach the
-    replay buffer's stored features, and the state arm has no pixels at all.
+    replay buffer's stored features, and the state arm has no pixels at all. Defaults as SAC
+    from state: batch 256, width 256.
     """
 
     batch_size: Int = Field(256, ge=1, le=65_536, description="Transitions per update (SAC from state: 256).")
-    hidden_dim: Int = Field(256, ge=1, le=65_536, description="Width of the actor's and each critic's MLP.")
-    hidden_depth: Int = Field(2, ge=0, le=16, description="Hidden layers of those MLPs.")
-    log_std_min: Float = Field(-10.0, description="Lower bound of the actor's log standard deviation.")
-    log_std_max: Float = Field(2.0, description="Upper bound of the actor's log standard deviation.")
-    lr: Float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate of the actor and the critics.")
-    alpha_lr: Float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate of the log temperature.")
-    init_temperature: Float = Field(0.1, gt=0, description="Initial entropy temperature alpha; learned towards -action_dim.")
-    gamma: Float = Field(0.99, gt=0.0, le=1.0, description="Discount per agent step.")
-    tau: Float = Field(0.01, gt=0.0, le=1.0, description="Soft-update rate of the target critics.")
-    actor_update_every: Int = Field(2, ge=1, description="Update the actor and the temperature every k-th update.")
-    target_update_every: Int = Field(2, ge=1, description="Soft-update the target critics every k-th update.")
-    updates_per_step: Int = Field(1, ge=1, le=64, description="Gradient updates per agent step after seed_frames.")
-    replay_capacity: Int = Field(100_000, ge=64, description="Transitions kept (vectors: float32 obs and next obs).")
 
     # SAC reads these; the vector arms fix them (no pixels to shift, a fixed encoder).
     @property

@@ -16,7 +16,7 @@ pretrained :class:`models.backbone.DualPathBackbone`) feeds an actor head and tw
 * Target critics: ``target <- tau * online + (1 - tau) * target`` every ``target_update_every``
   updates. The target uses the online encoder's features of s' (DrQ-v2 layout: one encoder).
 
-Every hyperparameter is a field of :class:`pipeline.config.finetune.FinetuneParams`, documented
+Every hyperparameter is a field of :class:`pipeline.config.sac.SACParams` (or of the sections built on it), documented
 where it is declared; this module reads them from there.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from models.actor import Actor
 from models.critic import Critic
+from pipeline.config.evaluate import AgentParams
 from pipeline.config.finetune import FinetuneParams
 from pipeline.finetune.augment import random_shift
 
@@ -43,13 +44,14 @@ class SAC:
         encoder: module with attribute ``feature_dim`` mapping (B, 3k, H, W) pixels in [0, 255]
             (uint8 or float) to (B, feature_dim) float32 features.
         action_dim: A; actions live in [-1, 1]^A (the trainer rescales them to the env's box).
-        params: hyperparameters (see :class:`FinetuneParams`).
+        params: hyperparameters: :class:`FinetuneParams` (pixels) or :class:`AgentParams` (vectors; no
+            augmentation), both :class:`pipeline.config.sac.SACParams`.
         device: where the networks live and updates run.
         train_encoder: False freezes the encoder (``encoder_init: frozen``): no optimiser, no
             gradient, eval mode.
     """
 
-    def __init__(self, encoder: nn.Module, action_dim: int, params: FinetuneParams, device: torch.device, *, train_encoder: bool = True) -> None:
+    def __init__(self, encoder: nn.Module, action_dim: int, params: FinetuneParams | AgentParams, device: torch.device, *, train_encoder: bool = True) -> None:
         p = params
         self.device = device
         self.action_dim = action_dim
