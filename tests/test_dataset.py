@@ -140,3 +140,19 @@ def test_pretrain_refuses_a_modified_shard_through_the_cli(copy: Path, tmp_path:
                "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
     err = capsys.readouterr().err
     assert rc == 2 and f"{shard}: SHA-256 differs from stats.json" in err and "Traceback" not in err
+
+
+def test_pretrain_refuses_a_dataset_without_valid_annotations_while_text_losses_are_on(copy: Path, tmp_path: Path) -> None:
+    """A dataset from elsewhere (encode itself refuses to write one) whose train split has no valid annotation."""
+    from pipeline.config import PretrainParams
+    from pipeline.errors import UserError
+    from pipeline.pretrain.run import pretrain  # the function run() wraps
+
+    stats_path = copy / "stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats["stats"]["train"]["annotated_frames"] = 0
+    stats_path.write_text(json.dumps(stats))
+    params = PretrainParams(channels=4, depth=2, feature_dim=8, head_hidden=8, batch_size=4, steps=1, workers=0, shuffle_buffer=0, device="cpu")
+    with pytest.raises(UserError, match="no frame with a valid annotation.*squares-a.*weight_clip_text: 0"):
+        pretrain(copy, tmp_path / "out", tmp_path / "m.json", tmp_path / "plots", params)
+    assert not (tmp_path / "out").exists()

@@ -125,11 +125,25 @@ def run(dataset: str | Path, out: str | Path, section: PretrainParams, *, metric
     return PretrainSummary(stage="pretrain", out=str(out), values=values)
 
 
+def _check_text_targets(info: Dataset, params: PretrainParams) -> None:
+    """Refuse a dataset whose train split has no valid annotation while the text losses are on
+    (they would silently train on nothing)."""
+    train = info.stats.get("stats", {}).get("train", {})
+    if params.weight_clip_text > 0 and train.get("annotated_frames", 1) == 0:
+        tasks = ", ".join(sorted(info.stats.get("provenance", {}).get("tasks", {}))) or "?"
+        raise UserError(
+            f"{info.folder}: the train split has no frame with a valid annotation (tasks: {tasks}; "
+            f"{train.get('failed_annotations', 0)} failed), so the caption and object losses have no target. "
+            "Rerun annotate (and encode) with a working backend, or set pretrain.weight_clip_text: 0 to train without them"
+        )
+
+
 def pretrain(dataset: str | Path, out: str | Path, metrics_path: str | Path, plots_dir: str | Path, params: PretrainParams) -> dict[str, Any] | None:
     """Train the backbone on ``dataset`` and write every output; returns the metrics (rank 0) or None."""
     info = open_dataset(dataset)  # validated here: stats.json, shard list, sizes and SHA-256, first sample
     if not info.shards["validation"]:
         raise UserError(f"{info.folder}: no validation shards, which the probe needs; re-encode with encode.val_fraction > 0")
+    _check_text_targets(info, params)
     device = select_device(params.device, param_key="pretrain.device")
     ctx = distributed_context(device)
     if device.type == "cuda" and ctx.distributed:
