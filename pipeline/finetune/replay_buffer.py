@@ -21,6 +21,8 @@ import logging
 
 import numpy as np
 
+from pipeline.collect.envs.wrappers import stack_frames
+
 log = logging.getLogger(__name__)
 
 _PER_SLOT_SCALARS = 4 + 1 + 8  # reward float32, terminated bool, step int64
@@ -153,12 +155,7 @@ class ReplayBuffer:
 
         Within the first k - 1 steps of an episode the episode's first frame is repeated.
         """
-        k = self.frame_stack
-        back = np.arange(k - 1, -1, -1)  # k-1, ..., 0 frames back
-        step = self._slot_step(logical)
-        idx = logical[:, None] - np.minimum(back[None, :], step[:, None])
-        stacked = self.frames[idx % self.capacity]  # (B, k, 3, H, W)
-        return stacked.reshape(len(logical), k * self.frame_shape[0], *self.frame_shape[1:])
+        return stack_frames(self.frames, logical, self.frame_stack, self._slot_step(logical), ring=self.capacity, channels_last=False)
 
     def sample_indices(self, batch_size: int) -> np.ndarray:
         """Uniformly sampled logical indices of valid transition starts (rejection sampling)."""
