@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.errors import UserError
+from pipeline.registry import Registry
 from pipeline.weights import ResolvedWeights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -283,12 +284,12 @@ def _check_model_name(name: str) -> None:
         )
 
 
-#: encode.clip_backend -> constructor.
-BACKENDS: dict[str, Callable[[EncodeParams, WeightsParams], ClipEncoder]] = {
-    "open_clip": OpenClipEncoder,
-}
+#: encode.clip_backend -> constructor ``(EncodeParams, WeightsParams) -> ClipEncoder``, imported lazily.
+BACKENDS: Registry[Callable[[EncodeParams, WeightsParams], ClipEncoder]] = Registry("encode.clip_backend", {
+    "open_clip": "pipeline.encode.clip:OpenClipEncoder",
+})
 
 
 def load_clip(params: EncodeParams, weights: WeightsParams) -> ClipEncoder:
     """Build the CLIP encoder chosen by ``params.clip_backend``."""
-    return BACKENDS[params.clip_backend](params, weights)
+    return BACKENDS.get(params.clip_backend)(params, weights)

@@ -14,22 +14,23 @@ from types import ModuleType
 
 from pipeline.collect.envs.base import PixelEnv, StepResult
 from pipeline.collect.errors import UnknownTaskError
+from pipeline.registry import Registry
 from pipeline.rendering import setup_headless_rendering
 
 __all__ = ["BACKENDS", "PixelEnv", "StepResult", "list_tasks", "make_env", "resolve_task"]
 
-#: suite name -> (module, env class name).
-BACKENDS: dict[str, tuple[str, str]] = {
-    "dm_control": ("pipeline.collect.envs.dm_control_suite", "DmControlEnv"),
-    "gymnasium": ("pipeline.collect.envs.gymnasium_mujoco", "GymnasiumEnv"),
-}
+#: suite name -> env class (its module also has ``task_names()``), imported lazily.
+BACKENDS: Registry[type[PixelEnv]] = Registry("environment suite", {
+    "dm_control": "pipeline.collect.envs.dm_control_suite:DmControlEnv",
+    "gymnasium": "pipeline.collect.envs.gymnasium_mujoco:GymnasiumEnv",
+})
 
 
 def _backend(suite: str) -> ModuleType:
     """The backend module of ``suite``, imported after headless rendering is set up (the backends
     import mujoco, which reads ``MUJOCO_GL`` once, at import)."""
     setup_headless_rendering()
-    return importlib.import_module(BACKENDS[suite][0])
+    return importlib.import_module(BACKENDS.path(suite).partition(":")[0])
 
 
 @functools.cache
@@ -101,7 +102,8 @@ def make_env(
         raise ValueError(f"render_mode {render_mode!r}: expected 'fast' or 'faithful'")
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    env_class = getattr(_backend(suite), BACKENDS[suite][1])
+    _backend(suite)  # headless rendering first
+    env_class = BACKENDS.get(suite)
     return env_class(
         task,
         image_size=image_size,
