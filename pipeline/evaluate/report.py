@@ -110,9 +110,9 @@ def _plot_probe(path: Path, probe: dict[str, Any]) -> None:
 
 
 def _log_dvclive(folder: Path, probe: dict[str, Any], results: list[dict[str, Any]], aggregates: dict[str, Any]) -> None:
-    from dvclive import Live
+    from pipeline.curves import open_live
 
-    with Live(dir=str(folder), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with open_live(folder) as live:
         for task, pr in probe.items():
             for name, r in pr["r2"].items():
                 live.log_metric(f"probe/{task}/{name}/r2", round(r["all"]["value"], 6), plot=False)

@@ -58,12 +58,12 @@ class FinetuneSummary(StageSummary):
 def log_curves(folder: str | Path, evals: list[dict[str, Any]], episodes: list[dict[str, Any]]) -> None:
     """The learning curves as DVCLive logs in ``folder`` (step = environment frames after action repeat):
     ``eval/return_mean`` (and std) per evaluation, ``train/episode_return`` per training episode."""
-    from dvclive import Live
+    from pipeline.curves import open_live
 
     from pipeline.io import atomic_path
 
     with atomic_path(folder) as tmp:
-        with Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        with open_live(tmp) as live:
             for e in evals:
                 live.step = int(e["frames"])
                 live.log_metric("eval/return_mean", round(float(e["return_mean"]), 4))

@@ -91,10 +91,10 @@ def final_losses(history: list[dict[str, float]]) -> dict[str, float]:
 def write_curves(folder: str | Path, history: list[dict[str, float]]) -> None:
     """The loss curves as DVCLive logs in ``folder`` (one ``loss/<term>`` metric per term, step =
     optimiser step; steps where the term had no target are left out), atomically."""
-    from dvclive import Live
+    from pipeline.curves import open_live
 
     with atomic_path(folder) as tmp:
-        with Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        with open_live(tmp) as live:
             for record in history:
                 live.step = int(record["step"])
                 for name in ("total", *TERMS):
