@@ -74,9 +74,9 @@ class EvaluateParams(Section):
         description="'probe': ridge probe on held-out episodes; 'state': SAC on the observation vector; 'frozen': SAC on frozen backbone features; 'finetune': pixel SAC (finetune section's agent; GPU-scale, off by default).",
     )
     seeds: Int = Field(1, ge=1, le=64, description="Seeds per RL arm and task (study profile: >= 3).")
-    frames: Int = Field(4000, ge=1, description="Environment frames (after action repeat) per RL run (published tables: 100000).")
+    frames: Int = Field(2000, ge=1, description="Environment frames (after action repeat) per RL run (published tables: 100000).")
     seed_frames: Int = Field(1000, ge=0, description="Frames of uniform-random actions before updates start.")
-    eval_every_frames: Int = Field(2000, ge=1, description="Evaluate the deterministic policy every this many frames (and at 0 and at the end).")
+    eval_every_frames: Int = Field(1000, ge=1, description="Evaluate the deterministic policy every this many frames (and at 0 and at the end).")
     eval_episodes: Int = Field(2, ge=1, description="Episodes per evaluation (study profile: 10).")
     feature_batch: Int = Field(64, ge=1, description="Frames per backbone forward when computing features offline (probe).")
     agent: AgentParams = Field(default_factory=AgentParams, description="SAC hyperparameters of the state and frozen arms.")
