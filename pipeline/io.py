@@ -55,6 +55,22 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
     return removed
 
 
+def remove_stale_temporaries_in(folder: str | Path) -> list[Path]:
+    """Delete every temporary a killed :func:`atomic_path` writer left directly in ``folder``
+    (``.<name>.XXXXXXXX.tmp``); for a stage's own output folder, which has one writer."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"^\..+\.{_MKDTEMP_RANDOM}\.tmp$")
+    removed = sorted(p for p in folder.iterdir() if pattern.match(p.name))
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
+
+
 @contextmanager
 def atomic_path(target: str | Path, *, clean_stale: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.

@@ -292,3 +292,14 @@ def test_exact_flow_is_deflated_and_estimated_flow_stored(tmp_path: Path) -> Non
     assert methods["dis"] == {"flow.npy": stored, "meta.npy": deflated, "valid.npy": deflated}  # deflate barely shrinks an estimate
     with np.load(tmp_path / "dis" / "episode_000000.npz") as npz:  # still an ordinary .npz
         np.testing.assert_array_equal(npz["flow"], DISBackend().episode_flow(moving_scene(3, seed=0)).flow.astype(np.float16))
+
+
+def test_a_rerun_sweeps_what_a_killed_run_left_in_the_output(tmp_path: Path) -> None:
+    """SIGKILL mid-write leaves `.episode_*.npz.XXXXXXXX.tmp` in the output; the next run removes it."""
+    episodes, out = tmp_path / "episodes", tmp_path / "out"
+    write_episodes(episodes, [2])
+    out.mkdir()
+    stale = out / ".episode_000000.npz.k1ll3d00.tmp"
+    stale.write_bytes(b"half-written")
+    run_flow(episodes, out, tmp_path / "m.json", FlowParams(previews=0), WeightsParams())
+    assert not stale.exists() and (out / "episode_000000.npz").is_file()

@@ -43,3 +43,16 @@ def test_atomic_path_replaces_folders(tmp_path: Path) -> None:
 def test_object_arrays_are_refused() -> None:
     with pytest.raises(TypeError, match="dtype object"):
         npz_bytes({"x": np.array([{"a": 1}], dtype=object)})
+
+
+def test_a_killed_writers_temporaries_are_swept_from_a_stage_folder(tmp_path: Path) -> None:
+    from pipeline.io import remove_stale_temporaries_in
+
+    (tmp_path / ".episode_000001.npz.ab12cd34.tmp").write_bytes(b"half")
+    (tmp_path / ".previews.zz99yy88.tmp").mkdir()
+    keep = [tmp_path / "episode_000000.npz", tmp_path / ".hidden", tmp_path / "x.tmp"]
+    for path in keep:
+        path.write_bytes(b"ok")
+    removed = remove_stale_temporaries_in(tmp_path)
+    assert sorted(p.name for p in removed) == [".episode_000001.npz.ab12cd34.tmp", ".previews.zz99yy88.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)

@@ -43,7 +43,7 @@ from pipeline.annotate.schema import AnnotationFile, AnnotationSource, annotated
 from pipeline.annotate.truth import TRUTH_FIELDS, SceneTruth, scene_truths
 from pipeline.episodes import EpisodeHeader, EpisodeMeta, check_episodes, load_episode
 from pipeline.errors import UserError
-from pipeline.io import sha256_of, write_json_atomic
+from pipeline.io import remove_stale_temporaries_in, sha256_of, write_json_atomic
 from pipeline.logs import progress
 from pipeline.stage import StageSummary
 
@@ -263,6 +263,8 @@ def run(
     headers, have_truth = check_inputs(episodes_dir, cls.needs_scene, section.backend)
     task = headers[0].meta.task
     prompt = section.prompt.format(task=task)
+    for stale in remove_stale_temporaries_in(out_dir):  # left by a killed earlier run
+        log.info("removed %s, left by an interrupted run", stale)
     owned = contextlib.nullcontext(backend) if backend is not None else create_backend(section, weights)
     with owned as active:
         summary, sample = _annotate_episodes(active, headers, have_truth, task, prompt, out_dir, section)

@@ -258,7 +258,7 @@ class Workspace:
             action_repeat=p.action_repeat, camera=p.camera, render_mode=p.render_mode,
         ).to_meta(
             action_low=np.asarray(unwrapped.action_low).tolist(), action_high=np.asarray(unwrapped.action_high).tolist(), encoder_init=p.encoder_init, frames=final["frames"], eval_return_mean=final["return_mean"], backbone_sha256=self.spec.sha256, seed=p.seed)
-        with atomic_path(out_dir) as tmp:
+        with atomic_path(out_dir, clean_stale=True) as tmp:
             tmp.mkdir()
             save_module(tmp / "actor", policy.cpu(), policy_config, meta)
             if self.video:

@@ -39,7 +39,7 @@ from pipeline.flow.metrics import EpisodeQuality, TaskQuality, measure_episode
 from pipeline.flow.registry import BACKENDS
 from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend
 from pipeline.flow.visualize import preview_image, write_png
-from pipeline.io import sha256_of
+from pipeline.io import remove_stale_temporaries_in, sha256_of
 from pipeline.logs import progress
 from pipeline.stage import StageSummary
 
@@ -121,6 +121,8 @@ def run(
     backend_cls = type(backend) if backend is not None else BACKENDS.get(section.backend)
     for header in headers:
         backend_cls.check_episode(header)
+    for stale in remove_stale_temporaries_in(out):  # left by a killed earlier run
+        log.info("removed %s, left by an interrupted run", stale)
     if backend is None:
         backend = backend_cls.from_params(section, weights)
     record = backend.describe()

@@ -222,7 +222,7 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
         "final_loss": metrics["loss"],
     }
     model.cpu()
-    with atomic_path(out) as tmp:
+    with atomic_path(out, clean_stale=True) as tmp:
         tmp.mkdir()
         save_module(tmp / BACKBONE_DIR, model.backbone, config, meta)
         save_module(tmp / MODEL_DIR, model, model_config, meta)
