@@ -46,13 +46,17 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
 
     Only call it where no other process writes ``target`` at the same time (a stage's own output).
     """
-    removed = stale_temporaries(target)
-    for path in removed:
+    return _remove(stale_temporaries(target))
+
+
+def _remove(paths: list[Path]) -> list[Path]:
+    """Delete files and folders (not following symlinks); returns ``paths``."""
+    for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    return removed
+    return paths
 
 
 def remove_stale_temporaries_in(folder: str | Path) -> list[Path]:
@@ -62,13 +66,7 @@ def remove_stale_temporaries_in(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     pattern = re.compile(rf"^\..+\.{_MKDTEMP_RANDOM}\.tmp$")
-    removed = sorted(p for p in folder.iterdir() if pattern.match(p.name))
-    for path in removed:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return removed
+    return _remove(sorted(p for p in folder.iterdir() if pattern.match(p.name)))
 
 
 @contextmanager

@@ -6,7 +6,6 @@ so ``dvc metrics show``, ``dvc plots show/diff`` and ``dvc exp show`` compare ev
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +161,3 @@ def write_outputs(out: str | Path, section: EvaluateParams, *, repeats: dict[str
             _plot_curves(tmp / "plots" / "learning_curves.png", results, list(section.tasks))
         _log_dvclive(tmp / "dvclive", probe, results, aggregates)
 
-
-def read_results(out: str | Path) -> dict[str, Any]:
-    """The ``results.json`` of an evaluation folder."""
-    return json.loads((Path(out) / "results.json").read_text())
