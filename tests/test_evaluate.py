@@ -19,7 +19,7 @@ BACKBONE = dict(frame_stack=2, image_size=24, feature_dim=8, channels=4, depth=2
 TINY = dict(
     tasks=["cartpole-swingup"], heldout_episodes=4, heldout_frames=64, random_inits=1, seeds=1, frames=96, seed_frames=48,
     eval_every_frames=48, eval_episodes=1, episode_frames=48, agent={"batch_size": 8, "hidden_dim": 16},
-    probe={"bootstrap": 100, "folds": 3}, device="cpu", threads=1, workers=1,
+    probe={"bootstrap": 100, "folds": 3}, device="cpu", threads=1, workers=1, cache_dir=None,
 )
 
 
@@ -111,3 +111,51 @@ def test_the_pixel_finetune_arm_runs_when_asked(tmp_path: Path, backbone: Path, 
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert {r["arm"] for r in results["rl"]} == {"finetune:pretrained", "finetune:scratch"}
     assert [p["frames"] for p in results["rl"][0]["curve"]] == [0, 24, 48]
+
+
+def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_changes(tmp_path: Path, backbone: Path, torch_one_thread, monkeypatch) -> None:
+    from pipeline.evaluate.workspace import VectorWorkspace
+
+    p = params(arms=["state", "frozen"], cache_dir=str(tmp_path / "cache"))
+    run(backbone, tmp_path / "a", p)
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 3  # state, frozen:pretrained, frozen:random-0
+
+    def no_training(self):
+        raise AssertionError("trained a run that had finished before")
+
+    monkeypatch.setattr(VectorWorkspace, "train", no_training)
+    run(backbone, tmp_path / "b", p.model_copy(update={"workers": 2, "random_inits": 1, "min_final_return": -1.0}))  # scheduling only
+    assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()
+    with pytest.raises(AssertionError, match="finished before"):  # another learning rate is another run
+        run(backbone, tmp_path / "c", p.model_copy(update={"agent": p.agent.model_copy(update={"lr": 3e-4})}))
+
+
+def test_paired_random_arm_runs_seed_s_on_random_init_s(backbone: Path) -> None:
+    from pipeline.evaluate.run import _rl_jobs
+
+    backbones = load_backbones(backbone, random_inits=3, checkpoints=[], seed=0, device=torch.device("cpu"))
+    jobs = _rl_jobs("frozen", params(seeds=3, frozen_random="paired"), backbones, {"cartpole-swingup": 8}, 24)
+    assert [(j.label, j.backbone, j.seed_index) for j in jobs] == [
+        ("frozen:pretrained", "pretrained", 0), ("frozen:random", "random-0", 0),
+        ("frozen:pretrained", "pretrained", 1), ("frozen:random", "random-1", 1),
+        ("frozen:pretrained", "pretrained", 2), ("frozen:random", "random-2", 2),
+    ]
+    crossed = _rl_jobs("frozen", params(seeds=2), backbones, {"cartpole-swingup": 8}, 24)
+    assert sorted({j.label for j in crossed}) == ["frozen:pretrained", "frozen:random-0", "frozen:random-1", "frozen:random-2"]
+    assert len(crossed) == 8
+
+
+def test_the_state_arm_renders_no_frames(backbone: Path) -> None:
+    from functools import partial
+
+    from pipeline.collect import make_env
+    from pipeline.evaluate.workspace import Schedule, StateObserver, VectorWorkspace
+
+    mk = partial(lambda seed: make_env("cartpole-swingup", image_size=24, action_repeat=8, episode_steps=6, seed=seed))
+    ws = VectorWorkspace("cartpole-swingup", mk, partial(StateObserver, 5), params().agent, Schedule(48, 48, 48, 1, 48, 8), 0, torch.device("cpu"))
+    try:
+        result = ws.env.reset(seed=0)
+        assert result.frame is None and ws.env.unwrapped.render_frames is False
+        assert ws.observer.reset(ws.env, result).shape == (5,)
+    finally:
+        ws.close()

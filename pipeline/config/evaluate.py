@@ -65,6 +65,11 @@ class EvaluateParams(Section):
 
     # --- backbones compared ----------------------------------------------------------------
     random_inits: Int = Field(3, ge=0, le=64, description="Random initialisations of the pretrained backbone's architecture compared against it.")
+    frozen_random: Literal["crossed", "paired"] = Field(
+        "crossed",
+        description="How the frozen arm runs the random initialisations. 'crossed': each init is an arm of `seeds` runs (random_inits x seeds runs); "
+        "'paired': one arm 'frozen:random' whose seed s uses init s mod random_inits (`seeds` runs whose spread covers init and seed; the study profile's choice on 2 cores). The probe always compares every init.",
+    )
     checkpoints: list[str] = Field([], description="Other backbone checkpoints (folders) to compare, by path.")
     allow_mismatch: Bool = Field(False, description="Turn a backbone/task mismatch (image size, frame stack, action repeat) from an error into a loud warning recorded in the outputs.")
 
@@ -82,6 +87,7 @@ class EvaluateParams(Section):
     agent: AgentParams = Field(default_factory=AgentParams, description="SAC hyperparameters of the state and frozen arms.")
     probe: ProbeParams = Field(default_factory=ProbeParams, description="Probe settings.")
     min_final_return: Float = Field(-1.0, description="The state arm must reach at least this final mean return on every task, or the stage fails (a non-learning agent invalidates every other arm); -1 disables.")
+    cache_dir: str | None = Field("data/cache/evaluate", description="Finished RL runs are kept here (one small JSON each) so a stopped evaluation resumes; a run is reused only when its job, params, weights and code are unchanged. null: off.")
     workers: Int = Field(2, ge=1, le=64, description="Processes running RL runs side by side (one torch thread each on the CPU); 1: in-process. Results do not depend on it.")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'.")
     threads: Int = Field(0, ge=0, description="torch CPU threads; 0: one per core.")

@@ -6,7 +6,7 @@ random-init index), so jobs run in any order and on any worker with the same res
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pipeline.config.evaluate import EvaluateParams
+from pipeline.evaluate.cache import RunCache, job_key
 from pipeline.evaluate.seeding import derive_seed
 from pipeline.evaluate.workspace import FeatureObserver, Schedule, StateObserver, VectorWorkspace
 
@@ -33,6 +34,9 @@ class RLJob:
             ``finetune`` the encoder init (``pretrained``, ``scratch``); None for ``state``.
         backbone_path: checkpoint folder the backbone (or its architecture) comes from.
         image_size: rendered frame size.
+        label: the arm's name in every table, whose runs are the seeds of one arm: ``state``,
+            ``frozen:<backbone>``, ``frozen:random`` (``evaluate.frozen_random: paired``: seed s
+            on random init s), ``finetune:<init>``. It also keys the run's seed.
     """
 
     arm: str
@@ -42,10 +46,7 @@ class RLJob:
     backbone: str | None
     backbone_path: str | None
     image_size: int
-
-    @property
-    def label(self) -> str:
-        return "state" if self.arm == "state" else f"{self.arm}:{self.backbone}"
+    label: str
 
 
 def _make_env(task: str, image_size: int, camera: int | str, action_repeat: int, render_mode: str, episode_steps: int, seed: int) -> Any:
@@ -69,9 +70,28 @@ def _observer_factory(job: RLJob, section: EvaluateParams, device: torch.device)
     return partial(FeatureObserver, backbone)
 
 
+def _cache_key(job: RLJob, section: EvaluateParams, device: torch.device) -> str:
+    identity = None
+    if job.backbone_path is not None:
+        from pipeline.finetune.encoder import read_spec
+
+        spec = read_spec(job.backbone_path)
+        random = job.arm == "finetune" and job.backbone == "scratch" or (job.backbone or "").startswith("random-")
+        identity = {"class": spec.class_path, "config": spec.config, "sha256": None if random else spec.sha256}
+    return job_key(asdict(job), identity, section.model_dump(mode="json"), device.type)
+
+
 def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> dict[str, Any]:
-    """Train one arm on one task for one seed; the evaluation curve and speed figures."""
+    """Train one arm on one task for one seed; the evaluation curve and speed figures.
+
+    A run finished before (same job, params, weights and code) is read from ``section.cache_dir``
+    instead; a finished run is written there."""
     device = torch.device(device_name)
+    cache = RunCache(section.cache_dir)
+    key = _cache_key(job, section, device)
+    if (cached := cache.get(key)) is not None:
+        log.info("%s on %s seed %d: finished before, read from %s", job.label, job.task, job.seed_index, cache.folder)
+        return {"job": job, **cached}
     schedule = Schedule(section.frames, section.seed_frames, section.eval_every_frames, section.eval_episodes, section.episode_frames, job.action_repeat)
     make_env = partial(_make_env, job.task, job.image_size, section.camera, job.action_repeat, section.render_mode, max(1, section.episode_frames // job.action_repeat))
     seed = derive_seed(section.seed, "agent", job.label, job.seed_index)
@@ -80,7 +100,9 @@ def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> di
         result = workspace.train()
     finally:
         workspace.close()
-    return {"job": job, "curve": result.curve, "final_return": result.final_return, "speed": result.speed()}
+    record = {"curve": result.curve, "final_return": result.final_return, "speed": result.speed()}
+    cache.put(key, record)
+    return {"job": job, **record}
 
 
 def _init_worker(threads: int) -> None:
@@ -125,7 +147,7 @@ def run_finetune_arm(backbone: str | Path, section: EvaluateParams, finetune: An
                     "checkpoint_dir": str(scratch_dir / "checkpoints"),
                 })
                 summary = finetune_run(backbone, scratch_dir / f"{task}-{init}-{s}", params)
-                job = RLJob("finetune", task, repeats[task], s, init, str(backbone), 0)
+                job = RLJob("finetune", task, repeats[task], s, init, str(backbone), 0, f"finetune:{init}")
                 curve = [{k: e[k] for k in ("frames", "return_mean", "return_std")} for e in summary.evals]
                 results.append({"job": job, "curve": curve, "final_return": curve[-1]["return_mean"], "speed": {"updates_per_s": float("nan"), "acting_frames_per_s": float("nan")}})
     return results

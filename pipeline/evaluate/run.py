@@ -114,12 +114,24 @@ def _probe_task(task: str, backbones: list[Backbone], section: EvaluateParams, a
 
 
 def _rl_jobs(arm: str, section: EvaluateParams, backbones: list[Backbone], repeats: dict[str, int], image_size: int) -> list[RLJob]:
-    names = [None] if arm == "state" else [b.name for b in backbones]
+    """The runs of one arm, seed-major (every task and backbone at seed 0 first), so that a
+    stopped study has whole seeds done; ``frozen_random: paired`` makes the random inits one arm."""
     folder = {b.name: str(b.spec.folder) for b in backbones}
-    return [
-        RLJob(arm, task, repeats[task], s, name, folder.get(name or "pretrained"), image_size)
-        for task in section.tasks for name in names for s in range(section.seeds)
-    ]
+    randoms = [b.name for b in backbones if b.kind == "random"]
+    jobs = []
+    for s in range(section.seeds):
+        for task in section.tasks:
+            if arm == "state":
+                jobs.append(RLJob(arm, task, repeats[task], s, None, None, image_size, "state"))
+                continue
+            for b in backbones:
+                if b.kind == "random" and section.frozen_random == "paired":
+                    if b.name == randoms[0]:
+                        name = randoms[s % len(randoms)]
+                        jobs.append(RLJob(arm, task, repeats[task], s, name, folder[name], image_size, f"{arm}:random"))
+                    continue
+                jobs.append(RLJob(arm, task, repeats[task], s, b.name, folder[b.name], image_size, f"{arm}:{b.name}"))
+    return jobs
 
 
 def _check_learning(results: list[dict[str, Any]], threshold: float) -> None:

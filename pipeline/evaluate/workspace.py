@@ -42,6 +42,7 @@ class Observer(Protocol):
     """
 
     dim: int
+    needs_frames: bool  # False: the environments need not render (no pixels reach the observer)
 
     def reset(self, env: Any, result: StepResult, i: int = 0) -> np.ndarray: ...
 
@@ -52,6 +53,8 @@ class Observer(Protocol):
 
 class StateObserver:
     """The task's proprioceptive observation (``PixelEnv.state_observation``)."""
+
+    needs_frames = False
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -68,6 +71,8 @@ class StateObserver:
 
 class FeatureObserver:
     """A frozen backbone's features of each environment's current frame stack."""
+
+    needs_frames = True
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
@@ -171,9 +176,15 @@ class VectorWorkspace:
 
     def __init__(self, task: str, make_env: Callable[[int], Any], make_observer: Callable[[], Observer], agent_params: AgentParams, schedule: Schedule, seed: int, device: torch.device) -> None:
         self.task, self.schedule, self.seed = task, schedule, seed
-        self.env = ActionScale(make_env(derive_seed(seed, "train_env", task)))
-        self.eval_envs = [ActionScale(make_env(derive_seed(seed, "eval_env", task, i + 1))) for i in range(schedule.eval_episodes)]
         self.observer, self.eval_observer = make_observer(), make_observer()
+
+        def env(seed: int) -> ActionScale:
+            inner = make_env(seed)
+            inner.render_frames = self.observer.needs_frames
+            return ActionScale(inner)
+
+        self.env = env(derive_seed(seed, "train_env", task))
+        self.eval_envs = [env(derive_seed(seed, "eval_env", task, i + 1)) for i in range(schedule.eval_episodes)]
         self.action_dim = self.env.action_dim
         torch.manual_seed(derive_seed(seed, "agent", task))
         self.agent = SAC(_Identity(self.observer.dim), self.action_dim, agent_params, device, train_encoder=False)

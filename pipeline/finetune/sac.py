@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -69,13 +70,16 @@ class SAC:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(p.init_temperature), device=device, requires_grad=True)
 
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=p.lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=p.lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=p.alpha_lr)
+        # fused Adam: one kernel per optimiser step instead of ~10 per parameter (a sixth of a
+        # vector-arm update on the CPU); same update rule.
+        adam = partial(torch.optim.Adam, fused=True)
+        self.actor_opt = adam(self.actor.parameters(), lr=p.lr)
+        self.critic_opt = adam(self.critic.parameters(), lr=p.lr)
+        self.alpha_opt = adam([self.log_alpha], lr=p.alpha_lr)
         self.encoder_opt: torch.optim.Optimizer | None = None
         if train_encoder:
             self.encoder.train()
-            self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=p.encoder_lr or p.lr)
+            self.encoder_opt = adam(self.encoder.parameters(), lr=p.encoder_lr or p.lr)
         else:
             self.encoder.eval().requires_grad_(False)
         self.updates = 0
@@ -122,7 +126,13 @@ class SAC:
         """Actor loss on detached features, the temperature loss, and the policy entropy estimate."""
         features = features.detach()
         action, log_prob = self.actor.sample(features)
-        q1, q2 = self.critic(features, action)
+        # The critic's weights get no gradient here (the critic step zeroes them anyway): a third
+        # fewer matrix products in this step.
+        self.critic.requires_grad_(False)
+        try:
+            q1, q2 = self.critic(features, action)
+        finally:
+            self.critic.requires_grad_(True)
         actor_loss = (self.alpha.detach() * log_prob - torch.min(q1, q2)).mean()
         alpha_loss = (self.alpha * (-log_prob - self.target_entropy).detach()).mean()
         return actor_loss, alpha_loss, -log_prob.mean().detach()

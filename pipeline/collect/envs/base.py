@@ -24,7 +24,9 @@ class StepResult:
     """What the environment shows after ``reset`` or one agent ``step``.
 
     Attributes:
-        frame: (H, W, 3) uint8 RGB, row 0 at the top.
+        frame: (H, W, 3) uint8 RGB, row 0 at the top; None when the env renders no frames
+            (``PixelEnv.render_frames = False``, for state-only agents), as are the camera's
+            matrices, depth and segmentation then.
         reward: reward summed over the action repeat (0.0 after reset).
         discount: product of the simulator's discounts over the repeat (0.0 at a true terminal).
         terminated: the task reached a terminal state (the episode cannot continue).
@@ -41,7 +43,7 @@ class StepResult:
             :class:`pipeline.collect.envs.wrappers.FrameStack`; None otherwise.
     """
 
-    frame: np.ndarray
+    frame: np.ndarray | None
     reward: float
     discount: float
     terminated: bool
@@ -50,8 +52,8 @@ class StepResult:
     qvel: np.ndarray
     body_pos: np.ndarray
     body_quat: np.ndarray
-    camera_extrinsics: np.ndarray
-    camera_intrinsics: np.ndarray
+    camera_extrinsics: np.ndarray | None
+    camera_intrinsics: np.ndarray | None
     depth: np.ndarray | None = None
     segmentation: np.ndarray | None = None
     obs: np.ndarray | None = None
@@ -91,6 +93,9 @@ class PixelEnv(abc.ABC):
         self._done = True
         self._renderer: SceneRenderer | None = None
         self._render_spec: tuple | None = None  # SceneRenderer's arguments, set by _init_rendering
+        #: False: steps return no frame (no OpenGL work at all); a state-only agent's env
+        #: steps several times faster.
+        self.render_frames = True
 
     # -- backend hooks -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -203,8 +208,14 @@ class PixelEnv(abc.ABC):
         return self._renderer
 
     def _observe(self, reward: float, discount: float, terminated: bool, truncated: bool) -> StepResult:
-        frame = self.start_rendering().render(self.data)
         data = self.data
+        if not self.render_frames:
+            return StepResult(
+                frame=None, reward=float(reward), discount=float(discount), terminated=bool(terminated), truncated=bool(truncated),
+                qpos=data.qpos.copy(), qvel=data.qvel.copy(), body_pos=data.xpos.copy(), body_quat=data.xquat.copy(),
+                camera_extrinsics=None, camera_intrinsics=None,
+            )
+        frame = self.start_rendering().render(self.data)
         return StepResult(
             frame=frame.rgb,
             reward=float(reward),

@@ -1,0 +1,104 @@
+"""Finished RL runs, kept so that a stopped evaluation resumes where it stopped.
+
+A study is dozens of runs of minutes each; a stage killed in its last hour must not lose the
+runs it finished. Each finished run is written atomically to
+``<evaluate.cache_dir>/<key>.json``; a rerun reads it back instead of training again.
+
+The key hashes everything a run's result depends on, so a hit is the result the run would
+compute now: the job (arm, task, action repeat, seed index, backbone label and its weights or
+architecture), the stage's params except those that only choose *which* runs exist or how they
+are scheduled, the device type, and the source of the code that computes a run. Change any of
+them and the run trains again; the stale entry stays on disk, unread.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Params that choose which runs exist, how they are scheduled, or how results are summarised,
+#: but not what one run computes.
+_NOT_IN_KEY = {
+    "tasks", "action_repeat", "heldout_episodes", "heldout_frames", "heldout_policy_noise", "image_size", "frame_stack",
+    "random_inits", "frozen_random", "checkpoints", "allow_mismatch", "arms", "seeds", "feature_batch", "probe",
+    "min_final_return", "workers", "device", "threads", "cache_dir",
+}
+#: Source that computes one run (relative to the repository root): a change here retrains.
+#: Deliberately narrow (no pretraining losses, no collect stage), so that work on pretraining
+#: keeps the state and random-init runs, which it cannot change.
+_CODE = (
+    "models/actor.py", "models/backbone.py", "models/checkpoint.py", "models/critic.py", "models/interaction.py", "models/layers.py",
+    "pipeline/evaluate/workspace.py", "pipeline/evaluate/arms.py", "pipeline/evaluate/backbones.py", "pipeline/evaluate/seeding.py",
+    "pipeline/finetune/sac.py", "pipeline/finetune/encoder.py", "pipeline/collect/envs", "pipeline/collect/render.py", "pipeline/rendering.py",
+)
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 over the Python source that computes a run (paths and bytes, sorted)."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for entry in _CODE:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def job_key(job: dict[str, Any], backbone: dict[str, Any] | None, section: dict[str, Any], device_type: str) -> str:
+    """24 hex digits naming one run's computation.
+
+    Args:
+        job: the job's fields (``dataclasses.asdict`` of an ``RLJob``; its path is left out, the
+            backbone's identity is in ``backbone``).
+        backbone: ``{"class", "config", "sha256"}`` of the weights used (``sha256`` None for a
+            random initialisation, which its label and the seed fix), or None for the state arm.
+        section: the evaluate section as ``model_dump(mode="json")``.
+        device_type: ``cpu`` or ``cuda`` (numerics differ).
+    """
+    record = {
+        "job": {k: v for k, v in job.items() if k != "backbone_path"},
+        "backbone": backbone,
+        "params": {k: v for k, v in section.items() if k not in _NOT_IN_KEY},
+        "device": device_type,
+        "code": code_digest(),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class RunCache:
+    """``<folder>/<key>.json`` per finished run; None as the folder turns caching off."""
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.folder = Path(folder).expanduser() if folder else None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored result (``curve``, ``final_return``, ``speed``), or None (absent, off or unreadable)."""
+        if self.folder is None:
+            return None
+        path = self.folder / f"{key}.json"
+        try:
+            record = json.loads(path.read_text())
+            return {k: record[k] for k in ("curve", "final_return", "speed")}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cached run %s is unreadable (%s); running it again", path, exc)
+            return None
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        """Store a finished run's ``curve``, ``final_return`` and ``speed`` (atomically)."""
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = {k: result[k] for k in ("curve", "final_return", "speed")}
+        with atomic_path(self.folder / f"{key}.json") as tmp:
+            tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
