@@ -35,6 +35,7 @@ from pipeline.dataset.stacked import make_loader
 from pipeline.device import select_device
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json_atomic
+from pipeline.observation import ObservationMeta
 from pipeline.pretrain.losses import TERMS, term_weights
 from pipeline.pretrain.probe import probe
 from pipeline.pretrain.trainer import DistContext, distributed_context, make_optimizer, train
@@ -58,6 +59,12 @@ def backbone_config(params: PretrainParams, info: Dataset) -> dict[str, Any]:
         "interaction_kind": params.interaction_kind,
         "flow_input": params.flow_input,
     }
+
+
+def observation_meta(params: PretrainParams, info: Dataset) -> dict[str, Any]:
+    """``meta["observation"]`` of the checkpoints (:class:`pipeline.observation.ObservationMeta`):
+    the dataset's per-task action repeat, camera and render mode, its frame size, and the frame stack."""
+    return ObservationMeta.from_dataset(info.stats, image_size=info.image_size, frame_stack=params.frame_stack).to_dict()
 
 
 def seed_everything(seed: int) -> None:
@@ -220,6 +227,7 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
         "params": params.model_dump(mode="json"),
         "probe_r2": metrics["probe_r2"],
         "final_loss": metrics["loss"],
+        "observation": observation_meta(params, info),
     }
     model.cpu()
     with atomic_path(out, clean_stale=True) as tmp:
