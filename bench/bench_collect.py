@@ -103,7 +103,7 @@ def run_stage(task: str, episodes: int, steps: int, workers: int, image_size: in
     from pipeline.config.collect import CollectParams
 
     params = CollectParams(
-        tasks=[task], episodes_per_task=episodes, episode_steps=steps, action_repeat=action_repeat, image_size=image_size,
+        tasks=[task], episodes_per_task=episodes, episode_steps=steps, action_repeat={task: action_repeat}, image_size=image_size,
         render_mode=render_mode, depth=depth, segmentation=segmentation, workers=workers, preview_episodes=1,
     )
     with tempfile.TemporaryDirectory() as out:

@@ -75,10 +75,10 @@ def main() -> None:
     setup_headless_rendering()
     torch.set_num_threads(args.threads)
 
+    from pipeline.benchmark import action_repeat_for
     from pipeline.collect import make_env
     from pipeline.config.evaluate import AgentParams, EvaluateParams
     from pipeline.evaluate.backbones import load_one
-    from pipeline.evaluate.protocol import action_repeat_for
     from pipeline.evaluate.workspace import FeatureObserver, Schedule, StateObserver, VectorWorkspace
 
     repeat = action_repeat_for(args.task)

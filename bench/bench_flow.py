@@ -56,7 +56,7 @@ def collect(task: str, episodes: int, steps: int, size: int) -> Path:
 
     folder = OUT / "episodes" / f"{task}-{episodes}x{steps}-{size}px"
     params = CollectParams(
-        tasks=[task], episodes_per_task=episodes, episode_steps=steps, image_size=size, action_repeat=2,
+        tasks=[task], episodes_per_task=episodes, episode_steps=steps, image_size=size, action_repeat={task: 2},
         depth=True, segmentation=True, workers=1, preview_episodes=0,
     )
     collect_task(task, params, folder, workers=1)  # keeps finished episodes on a rerun

@@ -1017,7 +1017,7 @@ def section_e2e(ctx: Ctx) -> None:
     root.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, dict[str, Any]] = {
         "weights": weights_overrides(ctx),
-        "collect": {"tasks": [TASK], "episodes_per_task": 2, "episode_steps": s.e2e_steps, "action_repeat": 2, "image_size": s.e2e_size,
+        "collect": {"tasks": [TASK], "episodes_per_task": 2, "episode_steps": s.e2e_steps, "action_repeat": {TASK: 2}, "image_size": s.e2e_size,
                     "camera": 0, "depth": True, "segmentation": True, "policy": {"kind": "random"}, "workers": 1, "preview_episodes": 1},
         "flow": {"backend": "simulator", "previews": 1} if ctx.tiny else {
             "backend": "ptlflow", "model": "raft_small", "weights": "random", "device": "auto", "fp16": True, "min_size": 128, "batch_size": 16, "previews": 1},

@@ -23,9 +23,9 @@ from pipeline.rendering import setup_headless_rendering
 
 def main() -> None:
     setup_headless_rendering()
+    from pipeline.benchmark import action_repeat_for
     from pipeline.collect import make_env
     from pipeline.config.evaluate import AgentParams
-    from pipeline.evaluate.protocol import action_repeat_for
     from pipeline.evaluate.workspace import Schedule, StateObserver, VectorWorkspace
 
     logging.basicConfig(level=logging.WARNING)

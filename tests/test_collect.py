@@ -26,7 +26,7 @@ def load_index_metas(folder: Path) -> list:
 
 
 def small(**overrides) -> CollectParams:
-    base = dict(tasks=["cartpole-swingup"], episodes_per_task=2, episode_steps=12, action_repeat=2, image_size=32, workers=1, preview_episodes=1)
+    base = dict(tasks=["cartpole-swingup"], episodes_per_task=2, episode_steps=12, action_repeat={"cartpole-swingup": 2}, image_size=32, workers=1, preview_episodes=1)
     base.update(overrides)
     return CollectParams(**base)
 
@@ -59,6 +59,28 @@ def test_episode_schema_round_trip(tmp_path: Path) -> None:
     # Stored actions are inside the box and recorded in env units.
     assert np.all(loaded.actions >= np.array(loaded.meta.action_low, np.float32))
     assert np.all(loaded.actions <= np.array(loaded.meta.action_high, np.float32))
+
+
+def test_each_task_collects_at_its_benchmark_action_repeat_unless_overridden(tmp_path: Path) -> None:
+    """collect.action_repeat {}: cartpole at 8 and cheetah at 4 (PlaNet/DrQ); an override changes only its task."""
+    tiny = dict(tasks=["cartpole-swingup", "cheetah-run"], episodes_per_task=1, episode_steps=3, image_size=16, depth=False, segmentation=False,
+                workers=1, preview_episodes=0)
+    default = CollectParams(**tiny)
+    summary = run_collect("cartpole-swingup", tmp_path / "cartpole", default)
+    episode = load_episode(tmp_path / "cartpole" / "episode_000000.npz")
+    assert summary.action_repeat == 8 and episode.meta.action_repeat == 8
+    assert episode.meta.control_timestep == pytest.approx(8 * 0.01)  # cartpole's physics step is 10 ms
+    assert run_collect("cheetah-run", tmp_path / "cheetah", default).action_repeat == 4
+    cheetah_file = tmp_path / "cheetah" / "episode_000000.npz"
+    recorded = cheetah_file.stat().st_ino
+
+    override = CollectParams(**tiny, action_repeat={"cartpole-swingup": 3})
+    assert run_collect("cartpole-swingup", tmp_path / "cartpole", override).action_repeat == 3
+    rerecorded = load_episode(tmp_path / "cartpole" / "episode_000000.npz")
+    assert rerecorded.meta.action_repeat == 3 and rerecorded.meta.control_timestep == pytest.approx(0.03)
+    assert not np.array_equal(rerecorded.qpos[1:], episode.qpos[1:])  # same seed, other frame gap
+    assert run_collect("cheetah-run", tmp_path / "cheetah", override).action_repeat == 4
+    assert cheetah_file.stat().st_ino == recorded  # another task's override leaves its episodes as they were
 
 
 def test_same_params_same_bytes_for_any_worker_count(tmp_path: Path) -> None:
@@ -115,7 +137,7 @@ def test_time_limit_is_truncation_not_termination(tmp_path: Path) -> None:
     assert (summary.stage, summary.task, summary.episodes, summary.frames, summary.terminated) == ("collect", "cartpole-swingup", 1, 6, 0)
     assert summary.mean_return == pytest.approx(meta.episode_return)
     assert summary.line().startswith("collect cartpole-swingup: 1 episodes, 6 frames")
-    assert set(summary.metrics()) == {"task", "episodes", "frames", "mean_return", "terminated"}
+    assert set(summary.metrics()) == {"task", "action_repeat", "episodes", "frames", "mean_return", "terminated"} and summary.action_repeat == 2
     episode = load_episode(tmp_path / "episode_000000.npz")
     assert meta.length == 5 and meta.truncated and not meta.terminated
     assert episode.truncated.tolist() == [False, False, False, False, True]

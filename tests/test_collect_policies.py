@@ -58,7 +58,7 @@ def save_actor(folder: Path, *, action_dim: int = 1, frame_stack: int = 2, image
 def test_checkpoint_policy_drives_the_env_from_stacked_frames(tmp_path: Path) -> None:
     actor = save_actor(tmp_path / "actor", frame_stack=2)
     params = CollectParams(
-        episodes_per_task=1, episode_steps=8, action_repeat=2, image_size=32, depth=False, segmentation=False,
+        episodes_per_task=1, episode_steps=8, action_repeat={"cartpole-swingup": 2}, image_size=32, depth=False, segmentation=False,
         workers=1, preview_episodes=0, policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")),
     )
     (meta,) = collect_task("cartpole-swingup", params, tmp_path / "eps")

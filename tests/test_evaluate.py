@@ -159,3 +159,52 @@ def test_the_state_arm_renders_no_frames(backbone: Path) -> None:
         assert ws.observer.reset(ws.env, result).shape == (5,)
     finally:
         ws.close()
+
+
+@pytest.fixture(scope="module")
+def recorded_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A backbone whose checkpoint records every observation fact, as the pretrain stage writes them."""
+    root = tmp_path_factory.mktemp("pretrain_facts")
+    torch.manual_seed(7)
+    facts = {"action_repeat": {"cartpole-swingup": 8}, "image_size": 24, "camera": {"cartpole-swingup": 0}, "render_mode": {"cartpole-swingup": "fast"}, "frame_stack": 2}
+    save_module(root / "backbone", DualPathBackbone(**BACKBONE), BACKBONE, {"observation": facts})
+    return root
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"render_mode": "faithful"}, "render mode: backbone pretrained on 'fast' frames, evaluation of cartpole-swingup uses 'faithful'"),
+        ({"camera": 1}, "camera: backbone pretrained on camera 0, evaluation of cartpole-swingup uses camera 1"),
+    ],
+)
+def test_a_backbone_rendered_otherwise_is_refused_before_work(tmp_path: Path, recorded_backbone: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(MismatchError, match=message) as info:
+        run(recorded_backbone, tmp_path / "eval", params(**overrides))
+    assert "evaluate.allow_mismatch: true" in str(info.value)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_an_allowed_render_mode_mismatch_is_recorded_for_the_pretrained_backbone_only(recorded_backbone: Path) -> None:
+    pretrained, random = load_backbones(recorded_backbone, random_inits=1, checkpoints=[], seed=0, device=torch.device("cpu"))
+    for b in (pretrained, random):
+        check_backbone(b, "cartpole-swingup", image_size=24, frame_stack=2, action_repeat=8, camera=0, render_mode="faithful", allow_mismatch=True)
+    assert len(pretrained.warnings) == 1 and "render mode: backbone pretrained on 'fast' frames" in pretrained.warnings[0]
+    assert random.warnings == []  # a random initialisation was pretrained on nothing
+    check_backbone(pretrained, "cartpole-swingup", image_size=24, frame_stack=2, action_repeat=8, camera=0, render_mode="fast", allow_mismatch=False)
+
+
+def test_the_finetune_arm_is_checked_before_any_work(tmp_path: Path, recorded_backbone: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.config.finetune import FinetuneParams
+    from pipeline.evaluate import run as evaluate_run
+    from pipeline.finetune.run import ObservationMismatchError
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the probe started before the finetune arm was checked")
+
+    monkeypatch.setattr(evaluate_run, "collect_heldout", no_work)
+
+    pixel = FinetuneParams(batch_size=8, hidden_dim=16, device="cpu", threads=1, render_mode="faithful")
+    with pytest.raises(ObservationMismatchError, match="render mode: backbone pretrained on 'fast' frames, finetune of cartpole-swingup uses 'faithful'"):
+        run(recorded_backbone, tmp_path / "eval", params(arms=["probe", "finetune"]), finetune=pixel)
+    assert not (tmp_path / "eval").exists()

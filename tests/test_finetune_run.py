@@ -172,3 +172,58 @@ def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_restarts(tmp_path:
     assert again.timing["env_frames"] == 80  # trained from scratch, to the same result
     assert again.metrics() == straight.metrics()
     assert (checkpoint / "agent.pt").is_file()  # a good checkpoint replaces the corrupt one
+
+
+# --- observation facts: the backbone's pretraining data against this run ----------------------
+FACTS = {"action_repeat": {"cartpole-swingup": 8}, "image_size": 24, "camera": {"cartpole-swingup": 0}, "render_mode": {"cartpole-swingup": "fast"}, "frame_stack": 2}
+
+
+@pytest.fixture(scope="module")
+def recorded_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A backbone whose checkpoint records its pretraining observations (cartpole at action repeat 8), as the pretrain stage writes it."""
+    root = tmp_path_factory.mktemp("pretrain_facts")
+    torch.manual_seed(123)
+    save_module(root / "backbone", DualPathBackbone(**BACKBONE), BACKBONE, {"observation": FACTS})
+    return root
+
+
+def test_action_repeat_defaults_to_the_benchmark_value_of_the_task() -> None:
+    assert FinetuneParams().action_repeat == 8  # cartpole-swingup
+    assert FinetuneParams(task="cheetah-run").action_repeat == 4 and FinetuneParams(task="walker-walk", action_repeat=None).action_repeat == 2
+    assert FinetuneParams(task="cheetah-run", action_repeat=3).action_repeat == 3
+
+
+def test_a_backbone_pretrained_at_another_action_repeat_is_refused_before_work(tmp_path: Path, recorded_backbone: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.finetune.run import ObservationMismatchError
+
+    with pytest.raises(ObservationMismatchError) as info:
+        run(tmp_path, recorded_backbone, "refused")  # TINY acts at action repeat 4
+    message = str(info.value)
+    assert "action repeat: backbone pretrained at 8, finetune of cartpole-swingup uses 4" in message
+    assert "finetune.action_repeat" in message and "finetune.allow_mismatch: true" in message
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "ckpt").exists()  # no work, no checkpoint
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"finetune": {**TINY, "render_mode": "faithful", "checkpoint_dir": str(tmp_path / "ckpt")}}))
+    rc = main(["--params", str(tmp_path / "params.yaml"), "finetune", "--backbone", str(recorded_backbone), "--out", str(tmp_path / "o"),
+               "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "render mode: backbone pretrained on 'fast' frames, finetune of cartpole-swingup uses 'faithful'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_allow_mismatch_trains_with_a_loud_warning_recorded_in_the_outputs(tmp_path: Path, recorded_backbone: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        summary = run(tmp_path, recorded_backbone, "allowed", allow_mismatch=True, frames=40, video=False)
+    assert "pretrained at 8, finetune of cartpole-swingup uses 4" in caplog.text and "allowed by finetune.allow_mismatch" in caplog.text
+    metrics = json.loads((tmp_path / "allowed" / "metrics.json").read_text())
+    assert len(metrics["warnings"]) == 1 and "action repeat: backbone pretrained at 8" in metrics["warnings"][0]
+    _, meta = load_module(tmp_path / "allowed" / "out" / "actor")
+    assert meta["observation_warnings"] == summary.warnings == metrics["warnings"]
+
+
+def test_a_matching_or_unrecorded_backbone_passes_the_check(recorded_backbone: Path, backbone: Path) -> None:
+    from pipeline.finetune.run import check_observation
+
+    assert check_observation(read_spec(recorded_backbone), FinetuneParams(**{**TINY, "action_repeat": 8})) == []
+    assert check_observation(read_spec(backbone), FinetuneParams(**TINY)) == []  # an old checkpoint records nothing: accepted as before
+    assert trainer.run_key(FinetuneParams(**TINY), read_spec(backbone)) == trainer.run_key(FinetuneParams(**TINY, allow_mismatch=True), read_spec(backbone))

@@ -25,7 +25,7 @@ def cheetah(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tasks=["cheetah-run"],
         episodes_per_task=1,
         episode_steps=20,
-        action_repeat=4,
+        action_repeat={"cheetah-run": 4},
         image_size=64,
         depth=True,
         segmentation=True,

@@ -32,7 +32,8 @@ REDUCED = {
     "encode": {"val_fraction": 0.34, "batch_size": 16},
     "pretrain": {"steps": 4, "batch_size": 8, "workers": 0},
     "finetune": {
-        "task": TASK, "frames": 160, "episode_frames": 80, "action_repeat": 4, "seed_frames": 80,
+        # action repeat: the benchmark value (8), as collect and evaluate use; another would be refused (the backbone records 8)
+        "task": TASK, "frames": 160, "episode_frames": 80, "seed_frames": 80,
         "eval_every_frames": 80, "eval_episodes": 1, "batch_size": 8, "checkpoint_dir": "data/cache/finetune",
     },
     "evaluate": {

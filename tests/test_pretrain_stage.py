@@ -15,7 +15,7 @@ from models.heads import PretrainModel
 from pipeline.cli import main
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.encode.run import run as build_dataset
-from support.datasets import write_synthetic_inputs
+from support.datasets import restamp, write_synthetic_inputs
 
 TINY = {"channels": 4, "depth": 2, "feature_dim": 8, "head_hidden": 16, "batch_size": 8, "steps": 6, "workers": 0, "shuffle_buffer": 16, "device": "cpu"}
 
@@ -80,6 +80,41 @@ def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path:
     assert digests(other)["pretrain/backbone/model.safetensors"] != digests(out)["pretrain/backbone/model.safetensors"]
 
 
+def test_checkpoints_record_the_datasets_observation_facts(tmp_path: Path) -> None:
+    """meta.observation of backbone/ and model/ carries each task's action repeat, camera and render
+    mode from the dataset's provenance (here different per task), the frame size and the frame stack."""
+    from dataclasses import replace
+
+    from pipeline.episodes import episode_filename, load_episode, save_episode
+    from pipeline.observation import ObservationMeta
+
+    inputs = write_synthetic_inputs(tmp_path / "inputs", tasks=("cartpole-swingup", "walker-walk"), episodes=2, length=8, size=16, every_k=3)
+    facts = {"cartpole-swingup": {"action_repeat": 8, "camera": 0, "render_mode": "fast"},
+             "walker-walk": {"action_repeat": 2, "camera": "side", "render_mode": "faithful"}}
+    for task, changes in facts.items():
+        for i in range(2):
+            path = inputs[0] / task / episode_filename(i)
+            episode = load_episode(path)
+            save_episode(path, replace(episode, meta=replace(episode.meta, **changes)))
+            restamp(inputs, task, i)
+    build_dataset(*inputs, tmp_path / "dataset", EncodeParams(val_fraction=0.5, shard_maxcount=12, batch_size=16), WeightsParams())
+
+    rc, out = run_stage(tmp_path, tmp_path / "dataset", write_params(tmp_path / "params.yaml", **{**TINY, "steps": 2}, frame_stack=2))
+    assert rc == 0
+    expected = {
+        "action_repeat": {"cartpole-swingup": 8, "walker-walk": 2},
+        "image_size": 16,
+        "camera": {"cartpole-swingup": 0, "walker-walk": "side"},
+        "render_mode": {"cartpole-swingup": "fast", "walker-walk": "faithful"},
+        "frame_stack": 2,
+    }
+    for folder in ("backbone", "model"):
+        assert read_checkpoint_config(out / "pretrain" / folder)["meta"]["observation"] == expected
+    recorded = ObservationMeta.read(out / "pretrain" / "backbone")
+    assert recorded is not None and recorded.to_dict() == expected
+    assert recorded.mismatches("walker-walk", who="finetune", action_repeat=2, camera="side", render_mode="faithful", image_size=16, frame_stack=2) == []
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc, out = run_stage(tmp_path, tmp_path / "no-dataset", write_params(tmp_path / "p.yaml", **TINY))
     assert rc == 2
@@ -120,7 +155,7 @@ def test_probe_beats_the_random_backbone_on_collected_episodes(tmp_path: Path) -
 
     task = "cartpole-balance"  # the pole falls and swings: the state varies a lot
     params = parse_params({
-        "collect": {"tasks": [task], "episodes_per_task": 6, "episode_steps": 40, "action_repeat": 4, "image_size": 32, "workers": 1, "preview_episodes": 0},
+        "collect": {"tasks": [task], "episodes_per_task": 6, "episode_steps": 40, "action_repeat": {task: 4}, "image_size": 32, "workers": 1, "preview_episodes": 0},
         "annotate": {"every_k": 5, "cache_dir": str(tmp_path / "cache")},
         "encode": {"val_fraction": 0.25, "shard_maxcount": 50},
     })

@@ -6,6 +6,13 @@ Layout of ``out_dir`` (see :mod:`pipeline.episodes` for the episode schema):
 * ``index.json``: one row per episode (file, length, return, seed, task, policy, flags);
 * ``preview.gif``: the first ``preview_episodes`` episodes (RGB | depth | segmentation).
 
+Action repeat: each task's episodes use its own (``collect.action_repeat``'s override for the
+task, else the PlaNet/DrQ benchmark value of :mod:`pipeline.benchmark`, the one finetune and
+evaluate act with), so the frame gap the backbone learns is the one it sees online; each
+episode's header records it (``meta.action_repeat``). ``episode_steps`` counts agent steps: an
+episode stores ``episode_steps + 1`` frames spanning ``episode_steps x action_repeat``
+environment frames.
+
 Determinism: episode ``i`` is reset with :func:`episode_seed` ``(seed, task, i)`` and its
 policy draws from a generator seeded with that seed, so an episode depends only on the
 params, the task and ``i``: not on the worker that ran it or on the episodes run before it
@@ -63,7 +70,7 @@ log = logging.getLogger(__name__)
 PREVIEW_FILE = "preview.gif"
 
 #: Params that shape an episode's content (``tasks``, ``episodes_per_task``, ``workers`` and
-#: ``preview_episodes`` do not).
+#: ``preview_episodes`` do not); ``action_repeat`` as the task's resolved value.
 CONTENT_PARAMS = ("episode_steps", "action_repeat", "image_size", "camera", "render_mode", "depth", "segmentation", "seed")
 
 
@@ -84,11 +91,13 @@ def simulator_versions() -> dict[str, str]:
     return versions
 
 
-def _env_kwargs(params: "CollectParams") -> dict[str, Any]:
+def _env_kwargs(params: "CollectParams", task: str) -> dict[str, Any]:
+    """``make_env``'s keyword arguments for ``task``'s episodes (its action repeat resolved:
+    ``collect.action_repeat``'s override, else the benchmark value)."""
     return {
         "image_size": params.image_size,
         "camera": params.camera,
-        "action_repeat": params.action_repeat,
+        "action_repeat": params.action_repeat_for(task),
         "render_mode": params.render_mode,
         "depth": params.depth,
         "segmentation": params.segmentation,
@@ -276,7 +285,7 @@ def _record_in_pool(recorder: _Recorder, task: str, params: "CollectParams", job
         max_workers=workers - 1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_init,
-        initargs=(task, _env_kwargs(params), params.policy.model_dump(), recorder.extra, os.getpid()),
+        initargs=(task, _env_kwargs(params, task), params.policy.model_dump(), recorder.extra, os.getpid()),
     )
     finished = False
     try:
@@ -353,11 +362,13 @@ def collect_task(task: str, params: "CollectParams", out_dir: str | Path, worker
     resolve_task(task)
     from pipeline.logs import progress
 
-    recorder = _Recorder(task, _env_kwargs(params), params.policy)  # validates the camera and the policy against the task
+    env_kwargs = _env_kwargs(params, task)
+    recorder = _Recorder(task, env_kwargs, params.policy)  # validates the camera and the policy against the task
     try:
         description = recorder.policy.describe()
         versions = simulator_versions()
-        content = {name: getattr(params, name) for name in CONTENT_PARAMS}
+        # This task's values: another task's action repeat override does not touch its episodes.
+        content = {name: env_kwargs[name] if name in env_kwargs else getattr(params, name) for name in CONTENT_PARAMS}
         fingerprint = hashlib.sha256(
             dumps_json({"schema_version": SCHEMA_VERSION, "params": content, "policy": description, "versions": versions}).encode()
         ).hexdigest()[:16]

@@ -17,6 +17,7 @@ class CollectSummary(StageSummary):
 
     Attributes:
         task: the task recorded.
+        action_repeat: simulator steps per agent step of its episodes (the benchmark value unless overridden).
         episodes: episode files in the folder (kept from an earlier run or recorded now).
         frames: frames over all its episodes (each episode has length + 1 frames).
         mean_return: mean episode return.
@@ -25,6 +26,7 @@ class CollectSummary(StageSummary):
     """
 
     task: str
+    action_repeat: int
     episodes: int
     frames: int
     mean_return: float
@@ -37,7 +39,7 @@ class CollectSummary(StageSummary):
 
     def line(self) -> str:
         return (
-            f"collect {self.task}: {self.episodes} episodes, {self.frames} frames, mean return {self.mean_return:.2f}, "
+            f"collect {self.task}: {self.episodes} episodes, {self.frames} frames at action repeat {self.action_repeat}, mean return {self.mean_return:.2f}, "
             f"{self.terminated} terminated, {self.seconds:.1f} s -> {self.out}"
         )
 
@@ -55,6 +57,7 @@ def run(task: str, out: str | Path, section: CollectParams, *, workers: int | No
         stage="collect",
         out=str(out),
         task=task,
+        action_repeat=metas[0].action_repeat,
         episodes=len(metas),
         frames=sum(m.length + 1 for m in metas),
         mean_return=float(sum(m.episode_return for m in metas) / len(metas)),

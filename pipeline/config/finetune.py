@@ -6,10 +6,11 @@ frames), as the DeepMind Control literature counts them. The defaults run a shor
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.benchmark import action_repeat_for
 from pipeline.config.base import Bool, DeviceName, Float, Int, Seed
 from pipeline.config.sac import SACParams
 
@@ -19,10 +20,20 @@ class FinetuneParams(SACParams):
 
     # --- environment -------------------------------------------------------------------------
     task: str = Field("cartpole-swingup", description="dm_control 'domain-task' trained online (the collect stage's make_env builds it).")
-    action_repeat: Int = Field(8, ge=1, le=100, description="Simulator steps per agent step; the action is held and rewards are summed (DrQ: 8 on cartpole).")
+    action_repeat: Int | None = Field(
+        None, ge=1, le=100,
+        description="Simulator steps per agent step; the action is held and rewards are summed. null: the PlaNet/DrQ benchmark value for task "
+        "(pipeline.benchmark, as collect and evaluate use: cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2), "
+        "filled in when the params are read, so the section always holds a number.",
+    )
     episode_frames: Int = Field(1000, ge=1, description="Environment frames per episode (the dm_control time limit is 1000); reaching it is a truncation, which bootstraps.")
     camera: Int | str = Field(0, description="Camera id or name the agent sees through.")
     render_mode: Literal["fast", "faithful"] = Field("fast", description="'fast' switches off shadows, reflections and skybox (about 6x faster on CPU); use the mode the backbone was pretrained on.")
+    allow_mismatch: Bool = Field(
+        False,
+        description="A backbone whose recorded observation facts (action repeat for task, image size, camera, render mode, frame stack) differ from this run's "
+        "is refused before any work; true trains anyway with a loud warning, recorded in the metrics and the actor's metadata.",
+    )
 
     # --- encoder -----------------------------------------------------------------------------
     encoder_init: Literal["pretrained", "scratch", "frozen"] = Field(
@@ -53,6 +64,15 @@ class FinetuneParams(SACParams):
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     threads: Int = Field(0, ge=0, le=1024, description="torch CPU threads (0: torch's default, one per core); 1 is far faster when other processes share the cores.")
     seed: Seed = Field(0, description="Seeds the networks, exploration, replay sampling and environment resets.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _benchmark_action_repeat(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("action_repeat") is None:
+            task = data.get("task", cls.model_fields["task"].default)
+            if isinstance(task, str):  # a bad task type is reported by the field's own validation
+                data = {**data, "action_repeat": action_repeat_for(task)}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "FinetuneParams":

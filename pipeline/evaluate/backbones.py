@@ -1,10 +1,11 @@
 """The backbones an evaluation compares: the pretrained one, random initialisations of its
 architecture, and any other checkpoint given by path; and their frozen features of frames.
 
-A backbone is checked against each task before any work: its image size, frame stack and (where
-its metadata records it) action repeat must be what the task's evaluation uses. A mismatch is an
-error naming both values unless ``evaluate.allow_mismatch`` turns it into a warning, which the
-outputs record.
+A backbone is checked against each task before any work: its image size and frame stack, and the
+observation facts its metadata records (:class:`pipeline.observation.ObservationMeta`: action
+repeat, camera, render mode) must be what the task's evaluation uses. A mismatch is an error
+naming both values unless ``evaluate.allow_mismatch`` turns it into a warning, which the outputs
+record. A checkpoint that records no facts (older than the contract) is checked on size and stack only.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pipeline.collect.envs.wrappers import stack_frames
 from pipeline.errors import UserError
 from pipeline.evaluate.seeding import derive_seed
 from pipeline.finetune.encoder import EncoderSpec, build_encoder, read_spec
+from pipeline.observation import ObservationMeta
 
 log = logging.getLogger(__name__)
 
@@ -98,37 +100,33 @@ def load_one(name: str, pretrained: str | Path, *, seed: int, device: torch.devi
     return Backbone(name, "checkpoint" if name.startswith("checkpoint-") else "pretrained", spec, _freeze(build_encoder(spec, "pretrained"), device))
 
 
-def observation_meta(folder: str | Path) -> dict[str, Any]:
-    """The observation facts a checkpoint records in its metadata (``meta.observation``: action
-    repeat as an int or per task, image size, camera, render mode, frame stack); {} if none."""
-    from models.checkpoint import read_checkpoint_config
-
-    meta = read_checkpoint_config(Path(folder)).get("meta") or {}
-    return dict(meta.get("observation") or {})
-
-
-def check_backbone(backbone: Backbone, task: str, *, image_size: int, frame_stack: int, action_repeat: int, allow_mismatch: bool) -> None:
+def check_backbone(
+    backbone: Backbone, task: str, *, image_size: int, frame_stack: int, action_repeat: int, allow_mismatch: bool,
+    camera: int | str | None = None, render_mode: str | None = None,
+) -> None:
     """Refuse (or, with ``allow_mismatch``, warn about and record) a backbone that does not fit the task.
 
-    ``image_size`` is what the evaluation renders and ``frame_stack`` the frames per observation it
-    stacks; the action repeat is checked against the backbone's recorded ``action_repeat`` (the
-    pretraining data's), when it has one.
+    ``image_size`` (pixels) is what the evaluation renders and ``frame_stack`` the frames per
+    observation it stacks, checked against the backbone's architecture. ``action_repeat``,
+    ``camera`` and ``render_mode`` (None: unchecked) are checked against the facts the
+    checkpoint records of its pretraining data, where it records them; a random initialisation
+    was pretrained on nothing, so only its architecture is checked.
     """
-    config = backbone.spec.config
     problems = []
     if backbone.spec.image_size != image_size:
         problems.append(f"image size: backbone {backbone.spec.image_size} px, evaluation {image_size} px")
-    recorded = observation_meta(backbone.spec.folder).get("action_repeat")
-    if isinstance(recorded, dict):
-        recorded = recorded.get(task)
-    if recorded is not None and int(recorded) != action_repeat:
-        problems.append(f"action repeat: backbone pretrained at {recorded}, evaluation of {task} uses {action_repeat}")
     if backbone.spec.frame_stack != frame_stack:
         problems.append(f"frame stack: backbone {backbone.spec.frame_stack} frames, evaluation {frame_stack}")
+    recorded = ObservationMeta.read(backbone.spec.folder) if backbone.kind != "random" else None
+    if recorded is not None:
+        problems += recorded.mismatches(task, who="evaluation", action_repeat=action_repeat, camera=camera, render_mode=render_mode)
     if not problems:
         return
     message = f"backbone {backbone.name} ({backbone.spec.folder}) does not match task {task}: " + "; ".join(problems)
     if not allow_mismatch:
-        raise MismatchError(message + ". Pretrain on data collected like this evaluation, set evaluate.action_repeat, or set evaluate.allow_mismatch: true to compare anyway (recorded in the outputs)")
+        raise MismatchError(
+            message + ". Pretrain on data collected like this evaluation (collect.action_repeat, collect.camera, collect.render_mode), "
+            "or set evaluate.action_repeat / evaluate.camera / evaluate.render_mode to match it, or set evaluate.allow_mismatch: true to compare anyway (recorded in the outputs)"
+        )
     log.warning("%s (allowed by evaluate.allow_mismatch; recorded)", message)
     backbone.warnings.append(message)

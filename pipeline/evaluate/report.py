@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.benchmark import FRAME_COUNTING, PUBLISHED_100K
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.evaluate.backbones import Backbone
-from pipeline.evaluate.protocol import FRAME_COUNTING, PUBLISHED_100K
 from pipeline.io import atomic_path, dumps_json
 
 

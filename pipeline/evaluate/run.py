@@ -4,7 +4,8 @@ Does the backbone help control? Answered on held-out data with seeds and confide
 
 1. **Preflight** (before any work): every task exists; every backbone (pretrained, random
    initialisations of its architecture, extra checkpoints) matches each task's image size, frame
-   stack and action repeat.
+   stack, and the action repeat, camera and render mode its checkpoint records; with the
+   ``finetune`` arm, the pixel agent's runs pass the finetune stage's own check.
 2. **probe**: held-out episodes per task (:mod:`pipeline.evaluate.heldout`); ridge probe from
    each backbone's frozen features to the observation vector, episode-grouped k-fold, pooled R^2
    with bootstrap CIs; pretrained vs each other backbone, paired (:mod:`pipeline.evaluate.probe`).
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.benchmark import action_repeat_for
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.finetune import FinetuneParams
 from pipeline.device import select_device
@@ -35,7 +37,6 @@ from pipeline.evaluate import probe as probes
 from pipeline.evaluate.arms import RLJob, run_finetune_arm, run_jobs
 from pipeline.evaluate.backbones import Backbone, check_backbone, load_backbones
 from pipeline.evaluate.heldout import collect_heldout
-from pipeline.evaluate.protocol import action_repeat_for
 from pipeline.evaluate.seeding import derive_seed
 from pipeline.evaluate.stats import aggregate
 from pipeline.stage import StageSummary
@@ -69,7 +70,9 @@ class EvaluateSummary(StageSummary):
         return f"evaluate {', '.join(self.tasks)}: probe R^2 pretrained - best random: {gaps}; final return IQM: {arms} -> {self.out}"
 
 
-def _preflight(backbone: str | Path, section: EvaluateParams, device: torch.device) -> tuple[list[Backbone], dict[str, int], int, int]:
+def _preflight(
+    backbone: str | Path, section: EvaluateParams, device: torch.device, finetune: FinetuneParams | None = None,
+) -> tuple[list[Backbone], dict[str, int], int, int]:
     from pipeline.collect.envs import resolve_task
 
     for task in section.tasks:
@@ -80,7 +83,19 @@ def _preflight(backbone: str | Path, section: EvaluateParams, device: torch.devi
     repeats = {task: action_repeat_for(task, section.action_repeat) for task in section.tasks}
     for b in backbones:
         for task in section.tasks:
-            check_backbone(b, task, image_size=image_size, frame_stack=frame_stack, action_repeat=repeats[task], allow_mismatch=section.allow_mismatch)
+            check_backbone(
+                b, task, image_size=image_size, frame_stack=frame_stack, action_repeat=repeats[task], camera=section.camera,
+                render_mode=section.render_mode, allow_mismatch=section.allow_mismatch,
+            )
+    if "finetune" in section.arms:
+        from pipeline.finetune.encoder import read_spec
+        from pipeline.finetune.run import check_observation
+
+        # The arm runs the finetune stage per task with these params (pipeline.evaluate.arms), which
+        # checks them itself: refuse here, not after the probe and the other arms have run.
+        spec = read_spec(backbone)
+        for task in section.tasks:
+            check_observation(spec, (finetune or FinetuneParams()).model_copy(update={"task": task, "action_repeat": repeats[task]}))
     return backbones, repeats, image_size, frame_stack
 
 
@@ -166,7 +181,7 @@ def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finet
     if section.threads:
         torch.set_num_threads(section.threads)
     device = select_device(section.device, param_key="evaluate.device")
-    backbones, repeats, image_size, frame_stack = _preflight(backbone, section, device)
+    backbones, repeats, image_size, frame_stack = _preflight(backbone, section, device, finetune)
     start = time.perf_counter()
 
     probe = {task: _probe_task(task, backbones, section, repeats[task], image_size) for task in section.tasks} if "probe" in section.arms else {}

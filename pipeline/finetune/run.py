@@ -1,7 +1,9 @@
 """The finetune stage: ``run(backbone, out, section, *, metrics, plots) -> FinetuneSummary``.
 
-Builds a :class:`~pipeline.finetune.workspace.Workspace`, resumes it from its checkpoint if one
-exists, trains, evaluates, exports the actor and the video, and logs the curves with DVCLive.
+Checks, before any work, that the backbone was pretrained on the observations this run gives it
+(:func:`check_observation`); builds a :class:`~pipeline.finetune.workspace.Workspace`, resumes it
+from its checkpoint if one exists, trains, evaluates, exports the actor and the video, and logs
+the curves with DVCLive.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import torch
 
 from pipeline.config.finetune import FinetuneParams
 from pipeline.device import select_device
-from pipeline.finetune.encoder import read_spec
+from pipeline.errors import UserError
+from pipeline.finetune.encoder import EncoderSpec, read_spec
 from pipeline.finetune.workspace import Workspace
+from pipeline.observation import ObservationMeta
 from pipeline.stage import StageSummary
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,7 @@ class FinetuneSummary(StageSummary):
         best_eval_return_mean: the best evaluation on the curve.
         last_train_episode_return: the last training episode's return (None before any ended).
         replay_buffer_mib: the replay buffer's memory at this run's size.
+        warnings: observation mismatches allowed by ``finetune.allow_mismatch`` (empty when the backbone fits).
         evals, episodes: the curves (not in :meth:`metrics`); timing: wall-clock seconds (neither).
     """
 
@@ -44,6 +49,7 @@ class FinetuneSummary(StageSummary):
     best_eval_return_mean: float
     last_train_episode_return: float | None
     replay_buffer_mib: float
+    warnings: list[str]
     evals: list[dict[str, Any]]
     train_episodes: list[dict[str, Any]]
     timing: dict[str, float]
@@ -53,6 +59,42 @@ class FinetuneSummary(StageSummary):
 
     def line(self) -> str:
         return f"finetune {self.task} ({self.encoder_init}): {self.frames} frames, eval return {self.eval['return_mean']:.1f} +- {self.eval['return_std']:.1f} -> {self.out}"
+
+
+class ObservationMismatchError(UserError):
+    """The backbone was pretrained on other observations than this run gives it."""
+
+
+def check_observation(spec: EncoderSpec, params: FinetuneParams) -> list[str]:
+    """Compare the observation facts the backbone's checkpoint records (its pretraining data's:
+    :class:`pipeline.observation.ObservationMeta`) with this run's: the action repeat of
+    ``params.task``, the camera and render mode, the image size and frame stack it renders at
+    (the backbone's config). Facts the checkpoint does not record are not checked.
+
+    Returns:
+        The allowed mismatch (one message, or none) when ``params.allow_mismatch`` is true.
+
+    Raises:
+        ObservationMismatchError: a mismatch, naming both values and the fix, unless allowed.
+    """
+    recorded = ObservationMeta.read(spec.folder)
+    if recorded is None:
+        return []
+    problems = recorded.mismatches(
+        params.task, who="finetune", action_repeat=params.action_repeat, image_size=spec.image_size,
+        camera=params.camera, render_mode=params.render_mode, frame_stack=spec.frame_stack,
+    )
+    if not problems:
+        return []
+    message = f"backbone {spec.folder} does not match the finetune run on {params.task}: " + "; ".join(problems)
+    if not params.allow_mismatch:
+        raise ObservationMismatchError(
+            message + ". Set finetune.action_repeat / finetune.camera / finetune.render_mode to the backbone's values, or pretrain on data "
+            "collected like this run (collect.action_repeat, collect.camera, collect.render_mode), or set finetune.allow_mismatch: true "
+            "to train anyway (recorded in the outputs)"
+        )
+    log.warning("!!! %s (allowed by finetune.allow_mismatch; recorded in the metrics and the actor's metadata)", message)
+    return [message]
 
 
 def log_curves(folder: str | Path, evals: list[dict[str, Any]], episodes: list[dict[str, Any]]) -> None:
@@ -86,13 +128,14 @@ def run(backbone: str | Path, out: str | Path, section: FinetuneParams, *, metri
     if p.threads:
         torch.set_num_threads(p.threads)
     spec = read_spec(backbone)
+    warnings = check_observation(spec, p)
     workspace = Workspace(p, spec, select_device(p.device, param_key="finetune.device"))
     try:
         workspace.resume()
         workspace.train()
         evals = workspace.final_evaluation()
         final = evals[-1]
-        workspace.export(out, final)
+        workspace.export(out, final, warnings=warnings)
     finally:
         workspace.close()
     _speed(workspace.timing)
@@ -102,7 +145,7 @@ def run(backbone: str | Path, out: str | Path, section: FinetuneParams, *, metri
         updates=workspace.agent.updates, eval={k: v for k, v in final.items() if k != "returns"} | {"episodes": p.eval_episodes},
         best_eval_return_mean=max(e["return_mean"] for e in evals),
         last_train_episode_return=state.episodes[-1]["episode_return"] if state.episodes else None,
-        replay_buffer_mib=round(workspace.replay_bytes / 2**20, 2),
+        replay_buffer_mib=round(workspace.replay_bytes / 2**20, 2), warnings=warnings,
         evals=[{k: v for k, v in e.items() if k != "returns"} for e in evals], train_episodes=list(state.episodes), timing=workspace.timing,
     )
     if metrics is not None:

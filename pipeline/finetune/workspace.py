@@ -39,7 +39,7 @@ from pipeline.io import atomic_path
 log = logging.getLogger(__name__)
 
 #: Params that do not change what the run computes, left out of the run key.
-_NOT_IN_RUN_KEY = {"frames", "checkpoint_every_frames", "checkpoint_dir", "device", "threads", "video"}
+_NOT_IN_RUN_KEY = {"frames", "checkpoint_every_frames", "checkpoint_dir", "device", "threads", "video", "allow_mismatch"}
 #: Random streams derived from ``seed`` (the value is the stream's id in the seed sequence).
 _STREAMS = {"torch": 0, "explore": 1, "replay": 2, "train_env": 3, "eval_env": 4}
 
@@ -243,9 +243,10 @@ class Workspace:
         return evals
 
     # --- outputs ---------------------------------------------------------------------------
-    def export(self, out_dir: str | Path, final: dict[str, Any]) -> None:
+    def export(self, out_dir: str | Path, final: dict[str, Any], *, warnings: list[str] | tuple[str, ...] = ()) -> None:
         """``out_dir/actor/`` (the deployable :class:`PixelPolicy`, meta declared by :class:`ActorMeta`)
-        and ``out_dir/eval_video.gif``, as one atomic folder."""
+        and ``out_dir/eval_video.gif``, as one atomic folder. ``warnings`` (backbone/run observation
+        mismatches allowed by ``finetune.allow_mismatch``) go into the actor's meta as ``observation_warnings``."""
         p, agent = self.p, self.agent
         actor_config = {"feature_dim": int(agent.encoder.feature_dim), "action_dim": self.action_dim, "hidden_dim": p.hidden_dim, "hidden_depth": p.hidden_depth, "log_std_min": p.log_std_min, "log_std_max": p.log_std_max}
         policy_config = {"encoder_config": self.spec.config, "actor_config": actor_config, "encoder_class": self.spec.class_path}
@@ -257,7 +258,8 @@ class Workspace:
             task=p.task, action_dim=self.action_dim, frame_stack=self.spec.frame_stack, image_size=self.spec.image_size,
             action_repeat=p.action_repeat, camera=p.camera, render_mode=p.render_mode,
         ).to_meta(
-            action_low=np.asarray(unwrapped.action_low).tolist(), action_high=np.asarray(unwrapped.action_high).tolist(), encoder_init=p.encoder_init, frames=final["frames"], eval_return_mean=final["return_mean"], backbone_sha256=self.spec.sha256, seed=p.seed)
+            action_low=np.asarray(unwrapped.action_low).tolist(), action_high=np.asarray(unwrapped.action_high).tolist(), encoder_init=p.encoder_init, frames=final["frames"], eval_return_mean=final["return_mean"], backbone_sha256=self.spec.sha256, seed=p.seed,
+            observation_warnings=list(warnings))
         with atomic_path(out_dir, clean_stale=True) as tmp:
             tmp.mkdir()
             save_module(tmp / "actor", policy.cpu(), policy_config, meta)

@@ -1,9 +1,13 @@
-"""The benchmark protocol every evaluation table follows: action repeat per task and how frames count.
+"""The benchmark convention every stage follows: action repeat per task and how frames count.
+
+One definition, read by collect (the frame gap of the pretraining data), finetune (the online
+agent) and evaluate (every table): a backbone pretrained on one frame gap and used on another
+sees motion it never learned. This module imports nothing from the stages, so any of them may
+import it.
 
 Frames are environment frames *after* action repeat: one agent step with action repeat R is R
 frames, so "100k frames" on cartpole (R = 8) is 12,500 agent steps and 12,500 SAC updates at one
-update per step. This is how PlaNet, CURL, DrQ and DrQ-v2 count them; every table header this
-stage writes says so.
+update per step. This is how PlaNet, CURL, DrQ and DrQ-v2 count them.
 
 Action repeats follow the PlaNet benchmark as used by DrQ and CURL (DrQ-v2 uses 2 everywhere).
 """
@@ -11,7 +15,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-#: PlaNet/DrQ action repeat by dm_control domain; tasks of other domains use :data:`DEFAULT_ACTION_REPEAT`.
+#: PlaNet/DrQ action repeat by dm_control domain; tasks of other domains (and gymnasium ids) use
+#: :data:`DEFAULT_ACTION_REPEAT`.
 BENCHMARK_ACTION_REPEAT: dict[str, int] = {
     "cartpole": 8,
     "reacher": 4,
@@ -20,6 +25,8 @@ BENCHMARK_ACTION_REPEAT: dict[str, int] = {
     "finger": 2,
     "walker": 2,
 }
+#: The repeat of every task outside the table: 2, the PlaNet benchmark's smallest and DrQ-v2's
+#: value everywhere.
 DEFAULT_ACTION_REPEAT = 2
 
 #: Published returns at 100k environment frames (mean; DrQ Table 1, arXiv 2004.13649). SAC-state
@@ -37,7 +44,9 @@ FRAME_COUNTING = "frames = environment frames after action repeat (agent steps x
 
 
 def action_repeat_for(task: str, overrides: Mapping[str, int] | None = None) -> int:
-    """The action repeat of ``task``: an explicit override, else the benchmark's value for its domain."""
+    """The action repeat (simulator steps per agent step) of ``task``: ``overrides[task]`` when
+    given, else the benchmark's value for its dm_control domain (the part of the name before the
+    first ``-``), else :data:`DEFAULT_ACTION_REPEAT`."""
     if overrides and task in overrides:
         return int(overrides[task])
     domain = task.split("-", 1)[0]
