@@ -181,3 +181,61 @@ def test_a_truncated_shard_is_named_while_streaming(dataset: Path, tmp_path: Pat
     shard.write_bytes((dataset / "train" / "shard-000000.tar").read_bytes()[:5000])
     with pytest.raises(DatasetError, match=r"shard-000000\.tar: truncated or not a tar file"):
         list(StackedFrames([shard], frame_stack=3))
+
+
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory) -> Path:
+    # 2 tasks x 4 episodes x 20 frames, every 10th frame annotated (steps 0 and 10): 10% of the frames
+    return write_synthetic_dataset(tmp_path_factory.mktemp("sparse") / "dataset", episodes=4, steps=19, size=16, clip_dim=8,
+                                   shard_maxcount=9, annotate_every=10, val_fraction=0.25)
+
+
+def _annotated_counts(loader, batches: int) -> tuple[list[int], list[str]]:
+    counts, keys = [], []
+    for _, batch in zip(range(batches), loader, strict=False):
+        counts.append(int(batch["text_valid"].sum()))
+        keys += batch["key"]
+    return counts, keys
+
+
+@pytest.mark.parametrize(("workers", "rank", "world_size"), [(0, 0, 1), (2, 0, 1), (2, 1, 2)])
+def test_every_batch_holds_the_requested_annotated_frames(sparse: Path, workers: int, rank: int, world_size: int) -> None:
+    shards = find_shards(sparse, "train")
+    loader_args = dict(workers=workers, seed=3, shuffle_buffer=16, repeat=True, rank=rank, world_size=world_size)
+    plain, _ = _annotated_counts(make_loader(shards, 3, 8, **loader_args), 40)
+    assert min(plain) < 3 and 0 in plain  # without the guarantee some batches lack annotated frames
+
+    counts, keys = _annotated_counts(make_loader(shards, 3, 8, annotated_per_batch=3, **loader_args), 40)
+    assert min(counts) >= 3, counts
+    assert _annotated_counts(make_loader(shards, 3, 8, annotated_per_batch=3, **loader_args), 40)[1] == keys  # deterministic
+    # the main stream is not thinned out: the unannotated frames all still come round
+    unannotated = {k for k in keys if int(k[-6:]) % 10}
+    everything = {s["key"] for s in StackedFrames(shards, 3) if not s["text_valid"]}
+    if world_size == 1:
+        assert unannotated == everything
+
+
+def test_mix_annotated_keeps_every_sample_and_only_adds_annotated_ones() -> None:
+    from pipeline.dataset.stacked import mix_annotated
+
+    stream = [{"id": i, "text_valid": i % 7 == 0} for i in range(50)]
+    extra = ({"id": f"a{i}", "text_valid": True} for i in range(1000))
+    out = list(mix_annotated(iter(stream), extra, group=5, need=2))
+    groups = [out[i : i + 5] for i in range(0, len(out), 5)]
+    assert all(sum(s["text_valid"] for s in g) >= 2 for g in groups[:-1])
+    assert [s["id"] for s in out if isinstance(s["id"], int)] == list(range(50))  # every sample once, in order
+    assert all(s["text_valid"] for s in out if isinstance(s["id"], str))
+    # a stream already rich in annotated frames takes nothing extra
+    rich = [{"id": i, "text_valid": i % 2 == 0} for i in range(20)]
+    assert list(mix_annotated(iter(rich), iter(()), group=4, need=2)) == rich
+
+
+def test_annotated_only_stream_splits_annotated_frames_over_consumers(sparse: Path) -> None:
+    from pipeline.dataset.stacked import stacked_samples
+
+    shards = find_shards(sparse, "train")
+    everything = [s["key"] for s in stacked_samples(shards, 3, only_annotated=True)]
+    assert len(everything) == 12 and all(int(k[-6:]) % 10 == 0 for k in everything)
+    # (keeping every 2nd *frame* instead would hand a consumer only the annotated frames at its parity)
+    parts = [[s["key"] for s in stacked_samples(shards, 3, keep=(i, 2), only_annotated=True)] for i in range(2)]
+    assert all(parts) and sorted(parts[0] + parts[1]) == sorted(everything)

@@ -71,6 +71,14 @@ def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path:
 
     curve = (out / "plots" / "plots" / "metrics" / "loss" / "flow.tsv").read_text().splitlines()  # DVCLive
     assert curve[0] == "step\tflow" and len(curve) == 7 and curve[1].startswith("1\t")
+    # every batch held annotated frames (pretrain.annotated_per_batch), so the total over the fixed terms is logged every step
+    assert metrics["empty_term_steps"] == {t: 0 for t in ("clip_image", "clip_caption", "clip_objects", "flow", "reward")}
+    assert len((out / "plots" / "plots" / "metrics" / "loss" / "total.tsv").read_text().splitlines()) == 7
+    assert set(metrics["validation_loss"]) == set(metrics["loss"]) and all(isinstance(v, float) for v in metrics["validation_loss"].values())
+    # the targets' centring travels with the model: the train split's means from stats.json
+    train_clip = json.loads((dataset / "stats.json").read_text())["stats"]["train"]["fields"]["clip.npy"]
+    assert meta["targets"]["clip_mean"] == {"clip_image": train_clip["image"]["mean"], "clip_caption": train_clip["caption"]["mean"],
+                                           "clip_objects": train_clip["objects"]["mean"]}
     assert str(tmp_path) not in json.dumps(meta)
 
     rc, again = run_stage(tmp_path, dataset, params, "again")
@@ -134,6 +142,21 @@ def test_batch_must_split_over_processes(tmp_path: Path, dataset: Path, capsys: 
     monkeypatch.setattr(run_module, "distributed_context", lambda device: DistContext(rank=0, world_size=3))
     rc, _ = run_stage(tmp_path, dataset, write_params(tmp_path / "p.yaml", **TINY))
     assert rc == 2 and "pretrain.batch_size = 8 does not split evenly over 3 processes" in capsys.readouterr().err
+
+
+def test_sparse_annotations_still_give_every_step_its_text_terms(tmp_path: Path) -> None:
+    """Every 10th frame annotated: without pretrain.annotated_per_batch some batches of 8 have no caption
+    target (NaN text losses, NaN total, counted); with it, none."""
+    from support.datasets import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "dataset", tasks=("cartpole-swingup",), episodes=4, steps=19, size=16, clip_dim=8, annotate_every=10, shard_maxcount=12)
+    runs = {}
+    for need in (0, 2):
+        rc, out = run_stage(tmp_path, tmp_path / "dataset", write_params(tmp_path / f"p{need}.yaml", **{**TINY, "steps": 8}, annotated_per_batch=need), f"n{need}")
+        assert rc == 0
+        runs[need] = json.loads((out / "metrics.json").read_text())["empty_term_steps"]
+    assert runs[0]["clip_caption"] > 0 and runs[0]["clip_image"] == 0
+    assert runs[2] == {t: 0 for t in runs[2]}
 
 
 def test_nproc_relaunches_the_same_command_under_torchrun(tmp_path: Path, dataset: Path) -> None:

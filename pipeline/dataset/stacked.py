@@ -22,6 +22,10 @@ Splitting: the shard list (reshuffled each pass with the seed) is split over all
 and keeps every n-th sample instead (decoding only what it keeps), so no worker or rank is ever
 left without data: nothing hangs and nothing raises "no samples".
 
+Annotated frames per batch (training): with ``annotated_per_batch`` m > 0 each consumer also reads
+a second, endless, separately shuffled stream of its annotated frames only, and tops every batch
+of its main stream up to m annotated frames from it (:func:`mix_annotated`).
+
 Shards are read with :func:`pipeline.dataset.reader.iter_tar_samples` and fields decoded with
 :mod:`pipeline.dataset.codec`: a truncated shard or a field that does not decode raises
 :class:`DatasetError` naming the shard and the sample key. Open a dataset with
@@ -92,7 +96,7 @@ def _stack(window: "deque[_Frame]", frame_stack: int) -> np.ndarray:
 
 
 def stacked_samples(
-    shards: Sequence[str | Path], frame_stack: int, keep: tuple[int, int] = (0, 1), with_state: bool = False
+    shards: Sequence[str | Path], frame_stack: int, keep: tuple[int, int] = (0, 1), with_state: bool = False, only_annotated: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Stacked samples of ``shards`` (per-frame samples in episode order); see the module docstring.
 
@@ -102,6 +106,8 @@ def stacked_samples(
         keep: ``(index, every)``: yield only samples whose running index ``i`` has ``i % every == index``
             (the others are still read for stacking, never decoded).
         with_state: also yield ``state`` (qpos then qvel of frame t, float32), ``task`` and ``episode``.
+        only_annotated: yield only frames with a valid annotation (``text_valid``); ``keep`` then
+            counts annotated frames only, so every consumer gets its share of them.
 
     Yields:
         dicts of numpy arrays: ``obs`` (3k, H, W) uint8, ``flow`` (2, H, W) float32 pixels,
@@ -113,7 +119,8 @@ def stacked_samples(
     """
     index, every = keep
     window: deque[_Frame] = deque(maxlen=frame_stack)
-    for position, (shard, key, raw) in enumerate(_raw_frames(shards)):
+    position = -1
+    for shard, key, raw in _raw_frames(shards):
         frame = _Frame(shard=shard, key=key, raw=raw, meta={})
         frame.meta = _decode(frame, "json", decode_json)
         meta = frame.meta
@@ -128,6 +135,9 @@ def stacked_samples(
             if not same_episode:
                 window.clear()
         window.append(frame)
+        if only_annotated and not meta.get("annotated", False):
+            continue
+        position += 1
         if position % every != index:
             continue
         obs = _stack(window, frame_stack)
@@ -170,6 +180,9 @@ class StackedFrames(IterableDataset):
         repeat: loop over the shards forever (training) instead of one pass (evaluation).
         rank, world_size: this DDP process and the number of processes.
         with_state: yield physics ``state``, ``task`` and ``episode`` too (for the probe; iterate it directly).
+        batch_size, annotated_per_batch: with ``annotated_per_batch`` m > 0, every consecutive group
+            of ``batch_size`` samples (a batch, when the loader batches by the same size) holds at
+            least m annotated frames (``text_valid``); see :func:`mix_annotated`. 0: the plain stream.
     """
 
     def __init__(
@@ -183,8 +196,12 @@ class StackedFrames(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         with_state: bool = False,
+        batch_size: int = 1,
+        annotated_per_batch: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 <= annotated_per_batch <= batch_size:
+            raise ValueError(f"annotated_per_batch = {annotated_per_batch} must be between 0 and batch_size = {batch_size}")
         self.shards = [str(s) for s in shards]
         self.frame_stack = frame_stack
         self.seed = seed
@@ -193,41 +210,104 @@ class StackedFrames(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.with_state = with_state
+        self.batch_size = batch_size
+        self.annotated_per_batch = annotated_per_batch
 
-    def _one_pass(self, epoch: int, consumer: int, consumers: int) -> Iterator[dict[str, Any]]:
+    def _one_pass(self, epoch: int, consumer: int, consumers: int, only_annotated: bool = False) -> Iterator[dict[str, Any]]:
         shards = list(self.shards)
+        tag = "annotated-" if only_annotated else ""  # the plain stream keeps its historical seeds
         if self.repeat:
-            random.Random(f"{self.seed}-shards-{epoch}").shuffle(shards)
+            random.Random(f"{self.seed}-{tag}shards-{epoch}").shuffle(shards)
         if len(shards) >= consumers:
             mine, keep = shards[consumer::consumers], (0, 1)
         else:
             mine, keep = shards, (consumer, consumers)
-        stream = stacked_samples(mine, self.frame_stack, keep=keep, with_state=self.with_state)
+        stream = stacked_samples(mine, self.frame_stack, keep=keep, with_state=self.with_state, only_annotated=only_annotated)
         if self.shuffle_buffer > 1:
             import webdataset as wds
 
-            rng = random.Random(f"{self.seed}-shuffle-{epoch}-{consumer}")
+            rng = random.Random(f"{self.seed}-{tag}shuffle-{epoch}-{consumer}")
             stream = wds.filters._shuffle(stream, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
         return stream
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        consumers, consumer = self.world_size * workers, self.rank * workers + worker
+    def _stream(self, consumer: int, consumers: int, only_annotated: bool = False, repeat: bool | None = None) -> Iterator[dict[str, Any]]:
+        repeat = self.repeat if repeat is None else repeat
         epoch = 0
         while True:
             produced = 0
-            for sample in self._one_pass(epoch, consumer, consumers):
+            for sample in self._one_pass(epoch, consumer, consumers, only_annotated):
                 produced += 1
                 yield sample
-            if not self.repeat:
+            if not repeat:
                 return
             if produced == 0:
+                if only_annotated:
+                    raise DatasetError(
+                        f"the share of {len(self.shards)} shard(s) read by data consumer {consumer} of {consumers} "
+                        "(processes x pretrain.workers) holds no annotated frame, so pretrain.annotated_per_batch cannot be met; "
+                        "lower pretrain.workers, set pretrain.annotated_per_batch: 0, or annotate more frames (annotate.every_k)"
+                    )
                 raise DatasetError(
                     f"{len(self.shards)} shard(s) hold fewer samples than the {consumers} data consumers "
                     "(processes x pretrain.workers); lower pretrain.workers or collect more frames"
                 )
             epoch += 1
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        consumers, consumer = self.world_size * workers, self.rank * workers + worker
+        stream = self._stream(consumer, consumers)
+        if self.annotated_per_batch == 0:
+            return stream
+        # The annotated stream is endless even for a single pass of the plain one: it only tops batches up.
+        annotated = self._stream(consumer, consumers, only_annotated=True, repeat=True)
+        return mix_annotated(stream, annotated, self.batch_size, self.annotated_per_batch)
+
+
+def mix_annotated(stream: Iterator[dict[str, Any]], annotated: Iterator[dict[str, Any]], group: int, need: int) -> Iterator[dict[str, Any]]:
+    """``stream`` regrouped so that every full group of ``group`` consecutive samples holds at least
+    ``need`` annotated ones (``text_valid``).
+
+    Each group takes the next ``group`` samples of ``stream``; when fewer than ``need`` of them are
+    annotated, its last unannotated samples give their places to samples of ``annotated`` (an
+    endless stream of annotated frames only) and open the next group instead, so no sample of
+    ``stream`` is dropped and nothing is read that is not yielded. Deterministic given the two
+    streams. The last group of a finite ``stream`` may be short; it is yielded as it is.
+
+    Why a sampler and not an expected-count normaliser: with ``annotate.every_k: 10`` a batch of 16
+    holds 1.6 annotated frames on average and none in 17% of batches; a normaliser would make
+    those batches' text terms finite (zero) but leaves the text losses computed from one or two
+    frames (an InfoNCE with one candidate is 0 whatever the prediction), so the text heads see few,
+    noisy gradients. Topping batches up gives every step a text term over ``need`` frames. The
+    price: annotated frames are seen more often than the rest (they are ordinary frames of the same
+    episodes, every k-th step, so the frame distribution the other terms see barely changes).
+    """
+    carry: deque[dict[str, Any]] = deque()
+    while True:
+        batch: list[dict[str, Any]] = []
+        while len(batch) < group:
+            if carry:
+                batch.append(carry.popleft())
+                continue
+            sample = next(stream, None)
+            if sample is None:
+                break
+            batch.append(sample)
+        if not batch:
+            return
+        short = need - sum(bool(s["text_valid"]) for s in batch)
+        if short > 0 and len(batch) == group:
+            moved: list[dict[str, Any]] = []
+            kept: list[dict[str, Any]] = []
+            for sample in reversed(batch):
+                if len(moved) < short and not sample["text_valid"]:
+                    moved.append(sample)
+                else:
+                    kept.append(sample)
+            carry.extendleft(moved)  # reversed twice: they open the next group in stream order
+            batch = kept[::-1] + [next(annotated) for _ in range(short)]
+        yield from batch
 
 
 def make_loader(
@@ -241,13 +321,18 @@ def make_loader(
     repeat: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    annotated_per_batch: int = 0,
 ) -> DataLoader:
     """A DataLoader of stacked-frame batches (tensors, see :func:`stacked_samples` for fields).
 
-    ``key`` comes back as a list of strings. Batches are built inside workers; with a finite
-    stream (``repeat=False``) the last batch may be smaller.
+    ``key`` comes back as a list of strings. Batches are built inside workers (each worker's
+    stream is grouped by ``batch_size``, so ``annotated_per_batch`` holds per batch: see
+    :class:`StackedFrames`); with a finite stream (``repeat=False``) the last batch may be smaller.
     """
-    dataset = StackedFrames(shards, frame_stack, seed=seed, shuffle_buffer=shuffle_buffer, repeat=repeat, rank=rank, world_size=world_size)
+    dataset = StackedFrames(
+        shards, frame_stack, seed=seed, shuffle_buffer=shuffle_buffer, repeat=repeat, rank=rank, world_size=world_size,
+        batch_size=batch_size, annotated_per_batch=annotated_per_batch,
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -5,11 +5,15 @@ Outputs (written by rank 0 only, each atomically):
 * ``<out>/backbone/``: :class:`models.backbone.DualPathBackbone` (``models.checkpoint`` format),
   what the finetune stage loads; ``<out>/model/``: the backbone with every head
   (:class:`models.heads.PretrainModel`).
-* ``<metrics>``: JSON, final loss per term (mean over the last tenth of the steps) and the probe R^2
-  of the pretrained backbone and of the same backbone at its random initialisation.
+  Their meta records ``targets``: the train-split CLIP means the targets were centred on.
+* ``<metrics>``: JSON, final loss per term (mean over the last tenth of the steps), the loss per
+  term on the validation split (``validation_loss``, with the train split's CLIP means), the
+  steps in which each term had no target (``empty_term_steps``; ``total`` is NaN in those steps)
+  and the probe R^2 of the pretrained backbone and of the same backbone at its random
+  initialisation.
 * ``<plots>/``: DVCLive logs of the loss per term and optimiser step
-  (``plots/metrics/loss/<term>.tsv``: ``step``, ``<term>``; steps where a term had no target are
-  left out of its curve).
+  (``plots/metrics/loss/<term>.tsv``: ``step``, ``<term>``; steps where a term had no target, and
+  for ``total`` steps where any term had none, are left out of its curve).
 
 Entry: ``run(dataset, out, section, *, metrics, plots) -> PretrainSummary``.
 """
@@ -38,7 +42,7 @@ from pipeline.io import atomic_path, write_json_atomic
 from pipeline.observation import ObservationMeta
 from pipeline.pretrain.losses import TERMS, term_weights
 from pipeline.pretrain.probe import probe
-from pipeline.pretrain.trainer import DistContext, distributed_context, make_optimizer, train
+from pipeline.pretrain.trainer import DistContext, distributed_context, evaluate_losses, make_optimizer, train
 from pipeline.stage import StageSummary
 
 log = logging.getLogger(__name__)
@@ -145,6 +149,49 @@ def _check_text_targets(info: Dataset, params: PretrainParams) -> None:
         )
 
 
+#: CLIP loss term -> its field in ``stats.json``'s ``clip.npy`` statistics.
+CLIP_FIELDS = {"clip_image": "image", "clip_caption": "caption", "clip_objects": "objects"}
+
+
+def clip_means(info: Dataset) -> dict[str, list[float] | None]:
+    """term -> the train split's mean (D floats) of its CLIP field from ``stats.json``; None where
+    the split has no such target (no annotated frame): that term is then not centred.
+
+    The train means serve every split (validation included), so a frame's target does not depend
+    on the split it landed in; they are recorded in the checkpoint meta (``targets``).
+    """
+    fields = info.field_stats("train").get("clip.npy", {})
+    out: dict[str, list[float] | None] = {}
+    for term, field in CLIP_FIELDS.items():
+        mean = fields.get(field, {}).get("mean")
+        if mean is not None and (len(mean) != info.embed_dim or any(m is None for m in mean)):
+            raise UserError(
+                f"{info.folder}/stats.json: stats.train.fields.clip.npy.{field}.mean has {len(mean)} values, the CLIP dimension is "
+                f"{info.embed_dim}; rebuild the dataset (semore encode), or set pretrain.centre_clip_targets: false"
+            )
+        out[term] = [float(m) for m in mean] if mean is not None else None
+    return out
+
+
+def annotated_per_process(params: PretrainParams, world_size: int) -> int:
+    """Annotated frames each process's batch holds at least: ``ceil(annotated_per_batch / world_size)``
+    (so the global batch holds at least ``annotated_per_batch``), 0 while the text terms are off."""
+    if params.weight_clip_text <= 0 or params.annotated_per_batch == 0:
+        return 0
+    if params.annotated_per_batch > params.batch_size:
+        raise UserError(
+            f"pretrain.annotated_per_batch = {params.annotated_per_batch} is more than pretrain.batch_size = {params.batch_size}; "
+            "lower it (or raise the batch size)"
+        )
+    return -(-params.annotated_per_batch // world_size)
+
+
+def empty_term_steps(history: list[dict[str, float]]) -> dict[str, int]:
+    """term -> number of steps in which it had no target (its loss is NaN there, and so is ``total``)."""
+    names = [t for t in TERMS if history and t in history[0]]
+    return {t: sum(1 for r in history if math.isnan(r[t])) for t in names}
+
+
 def pretrain(dataset: str | Path, out: str | Path, metrics_path: str | Path, plots_dir: str | Path, params: PretrainParams) -> dict[str, Any] | None:
     """Train the backbone on ``dataset`` and write every output; returns the metrics (rank 0) or None."""
     info = open_dataset(dataset)  # validated here: stats.json, shard list, sizes and SHA-256, first sample
@@ -191,17 +238,23 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
         repeat=True,
         rank=ctx.rank,
         world_size=ctx.world_size,
+        annotated_per_batch=annotated_per_process(params, ctx.world_size),
+    )
+    means = clip_means(info) if params.centre_clip_targets else {t: None for t in CLIP_FIELDS}
+    centres = {t: torch.tensor(m, dtype=torch.float32, device=device) for t, m in means.items() if m is not None}
+    loss_args = dict(
+        clip_loss=params.clip_loss, temperature=params.temperature, device=device, flow_input=params.flow_input, centres=centres,
+        flow_moving_threshold=params.flow_moving_threshold, flow_static_share=params.flow_static_share,
     )
     weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward)
     if not any(w > 0 for w in weights.values()):
         raise UserError("every pretrain.weight_* is 0: set at least one loss weight above 0")
     optimizer = make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
-    history = train(
-        model, loader, steps=params.steps, optimizer=optimizer, weights=weights, clip_loss=params.clip_loss,
-        temperature=params.temperature, device=device, ctx=ctx, flow_input=params.flow_input, grad_clip=params.grad_clip,
-    )
+    history = train(model, loader, steps=params.steps, optimizer=optimizer, weights=weights, ctx=ctx, grad_clip=params.grad_clip, **loss_args)
     if not ctx.is_main:
         return None
+    validation = make_loader(info.shards["validation"], params.frame_stack, params.batch_size, workers=0, repeat=False)
+    validation_loss = evaluate_losses(model, validation, weights=weights, **loss_args)
 
     probe_args = dict(alpha=params.probe_alpha, max_per_task=params.probe_max_per_task, flow_input=params.flow_input)
     trained = probe(model.backbone, info.shards["train"], info.shards["validation"], params.frame_stack, device, **probe_args)
@@ -210,6 +263,8 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
 
     metrics = finite_or_none({
         "loss": final_losses(history),
+        "validation_loss": validation_loss,
+        "empty_term_steps": empty_term_steps(history),
         "probe_r2": {"pretrained": trained["r2"], "random": baseline["r2"]},
         "probe_r2_per_task": {"pretrained": trained["per_task"], "random": baseline["per_task"]},
         "feature_dim": params.feature_dim,
@@ -228,6 +283,10 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
         "probe_r2": metrics["probe_r2"],
         "final_loss": metrics["loss"],
         "observation": observation_meta(params, info),
+    }
+    meta["targets"] = {  # what the CLIP heads were trained to predict, reproducible from the raw clip.npy rows
+        "clip_centring": "normalize(raw - mean) per field with the train split's mean; all-zero rows stay zero" if centres else "none",
+        "clip_mean": {t: (m if t in centres else None) for t, m in means.items()},
     }
     model.cpu()
     with atomic_path(out, clean_stale=True) as tmp:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.logs import progress
-from pipeline.pretrain.losses import TERMS, ClipLoss, loss_terms
+from pipeline.pretrain.losses import FLOW_MOVING_THRESHOLD, FLOW_STATIC_SHARE, TERMS, ClipLoss, loss_terms
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,21 @@ def train(
     flow_input: bool = False,
     grad_clip: float = 0.0,
     show_progress: bool = True,
+    centres: Mapping[str, Tensor] | None = None,
+    flow_moving_threshold: float = FLOW_MOVING_THRESHOLD,
+    flow_static_share: float = FLOW_STATIC_SHARE,
 ) -> list[dict[str, float]]:
     """Run ``steps`` optimiser steps on ``batches`` (this process's slice of each global batch).
 
     ``model`` is a :class:`models.heads.PretrainModel` already on ``device``; it is wrapped in
-    DDP when ``ctx.distributed``. Returns one record per step: ``step`` (1-based), ``total`` and
-    each computed term's global mean (``nan`` where a term had no valid target in the batch).
+    DDP when ``ctx.distributed``. ``centres``, ``flow_moving_threshold``, ``flow_static_share``:
+    see :func:`pipeline.pretrain.losses.loss_terms`.
+
+    Returns one record per step: ``step`` (1-based); each active term's global mean (``nan``
+    where the term had no valid target in the batch); ``empty_terms``, how many active terms had
+    no target (each such term sends no gradient that step); and ``total``, the weighted sum over
+    the **fixed** set of active terms: ``nan`` on a step with an empty term (counted in
+    ``empty_terms``), never a sum over whichever terms happened to have targets.
     """
     active = [t for t in TERMS if weights.get(t, 0.0) > 0]
     if not active:
@@ -106,7 +115,10 @@ def train(
         local = batch["obs"].shape[0]
         outputs = net(batch["obs"], batch["flow"] if flow_input else None)
         gather, offset = (_gather, ctx.rank * local) if ctx.distributed else (lambda x: x, 0)
-        terms = loss_terms(outputs, batch, weights, clip_loss, temperature, gather, offset)
+        terms = loss_terms(
+            outputs, batch, weights, clip_loss, temperature, gather, offset,
+            centres=centres, flow_moving_threshold=flow_moving_threshold, flow_static_share=flow_static_share,
+        )
         names = list(terms)
         stats = torch.stack([terms[n][0].detach() for n in names] + [terms[n][1].detach() for n in names])
         if ctx.distributed:
@@ -124,11 +136,58 @@ def train(
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        record["total"] = sum(weights[n] * record[n] for n in names if record[n] == record[n])
+        empty = [n for i, n in enumerate(names) if counts[i] == 0]
+        record["empty_terms"] = len(empty)
+        record["total"] = float("nan") if empty else sum(weights[n] * record[n] for n in names)
         history.append(record)
         if ctx.is_main and (step + 1) % max(1, steps // 10) == 0:
             log.info("step %d/%d: %s", step + 1, steps, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"))
     return history
+
+
+@torch.no_grad()
+def evaluate_losses(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    weights: Mapping[str, float],
+    clip_loss: ClipLoss,
+    temperature: float,
+    device: torch.device,
+    flow_input: bool = False,
+    centres: Mapping[str, Tensor] | None = None,
+    flow_moving_threshold: float = FLOW_MOVING_THRESHOLD,
+    flow_static_share: float = FLOW_STATIC_SHARE,
+) -> dict[str, float]:
+    """Each active term's mean over every batch of ``batches`` (one process, no gradient), and ``total``.
+
+    A term's mean is its summed loss over the whole stream divided by its summed count (every
+    target counts once, however the batches fall); InfoNCE's candidates are those of each batch.
+    ``centres`` must be the **train** split's means, whatever split ``batches`` come from, so the
+    targets are those the model was trained on. ``total`` is the weighted sum over the active
+    terms, ``nan`` if one of them had no target in the whole stream.
+    """
+    active = [t for t in TERMS if weights.get(t, 0.0) > 0]
+    sums = {t: 0.0 for t in active}
+    counts = {t: 0.0 for t in active}
+    was_training = model.training
+    model.eval()
+    try:
+        for raw in batches:
+            batch = to_device(raw, device)
+            outputs = model(batch["obs"], batch["flow"] if flow_input else None)
+            terms = loss_terms(
+                outputs, batch, weights, clip_loss, temperature,
+                centres=centres, flow_moving_threshold=flow_moving_threshold, flow_static_share=flow_static_share,
+            )
+            for name, (total, count) in terms.items():
+                sums[name] += float(total)
+                counts[name] += float(count)
+    finally:
+        model.train(was_training)
+    out = {t: (sums[t] / counts[t] if counts[t] > 0 else float("nan")) for t in active}
+    out["total"] = sum(weights[t] * out[t] for t in active)
+    return out
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
