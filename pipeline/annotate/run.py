@@ -4,8 +4,10 @@ Outputs (docs/ARCHITECTURE.md, annotate):
 
 * ``<out>/episode_<i:06d>.json`` per episode, written atomically once all its
   annotated frames are done, in the format of :class:`pipeline.annotate.schema.AnnotationFile`;
-* ``metrics`` (when given): frame and failure counts, and the accuracy against the
-  simulator where the episodes have segmentation (:mod:`pipeline.annotate.accuracy`).
+* ``metrics`` (when given): frame and failure counts, and, where the episodes have
+  segmentation, the accuracy against the simulator (:mod:`pipeline.annotate.accuracy`) and
+  how much of the state the texts carry (``text_information``: distinct texts and a
+  cross-validated probe, :mod:`pipeline.annotate.information`).
 
 The work is a plain loop over episodes: :func:`prepare_episode` loads one episode
 and looks its frames up in the cache, :func:`query_backend` sends the misses to the
@@ -39,6 +41,7 @@ import numpy as np
 from pipeline.annotate.accuracy import AccuracyCounts
 from pipeline.annotate.base import BACKENDS, Backend, FrameItem, FrameResult, create_backend
 from pipeline.annotate.cache import AnnotationCache, cache_key
+from pipeline.annotate.information import TextSamples
 from pipeline.annotate.schema import AnnotationFile, AnnotationSource, annotated_steps, output_filename
 from pipeline.annotate.truth import TRUTH_FIELDS, SceneTruth, scene_truths
 from pipeline.episodes import EpisodeHeader, EpisodeMeta, check_episodes, load_episode
@@ -78,6 +81,7 @@ class AnnotateSummary(StageSummary):
     failed_retries_exhausted: int
     failure_rate: float | None
     accuracy: dict[str, Any] | None
+    text_information: dict[str, Any] | None
     cache_hits: int
     backend_frames: int
     backend_calls: int
@@ -138,6 +142,7 @@ class Tally:
     backend_frames: int = 0
     backend_calls: int = 0
     accuracy: AccuracyCounts = field(default_factory=AccuracyCounts)
+    texts: TextSamples = field(default_factory=TextSamples)
     #: The first invalid answer of the run (episode order, then step): shown when the run is refused.
     sample: FailureSample | None = None
 
@@ -160,6 +165,7 @@ class Tally:
             scene = job.scenes.get(result.item.step)
             if result.annotation is not None and scene is not None:
                 self.accuracy.add(result.annotation, scene)
+                self.texts.add(result.item.episode, result.annotation, scene)
 
     @property
     def failed(self) -> int:
@@ -356,6 +362,7 @@ def _annotate_episodes(backend: Backend, headers: list[EpisodeHeader], have_trut
         failed_retries_exhausted=tally.retries_exhausted,
         failure_rate=round(tally.failed / tally.frames, 6) if tally.frames else None,
         accuracy=tally.accuracy.to_json() if have_truth else None,
+        text_information=tally.texts.report() if have_truth else None,
         cache_hits=tally.cache_hits,
         backend_frames=tally.backend_frames,
         backend_calls=tally.backend_calls,

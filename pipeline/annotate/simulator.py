@@ -1,23 +1,27 @@
 """The simulator-grounded annotator: the annotation schema written from recorded physics, no weights.
 
-For each frame (see :mod:`pipeline.annotate.truth`):
+It stands in for a vision-language model reading the frame's key information, and
+says it the way such a model would: in coarse words, not numbers. For each frame
+(see :mod:`pipeline.annotate.truth`):
 
+* **caption** and **motion**: the task's state in words from the domain's describer
+  (:mod:`pipeline.annotate.describe`: e.g. cart-pole "The pole is tilted a little to
+  the right and swinging fast clockwise; the cart is left of the middle, moving
+  slowly to the right."; cheetah: pitch, forward speed, which feet touch the ground);
 * **objects**: every entity in view (at least ``annotate.min_visible_pixels`` pixels
   in the segmentation), named by its MuJoCo body or geom name, with its box from
-  the segmentation and a description giving its pixel count, world position (m),
-  velocity (m/s, with its direction in the image: left/right, up/down,
-  towards/away from the camera), turning rate and what it touches;
+  the segmentation and a description in words: the domain's state words for the
+  objects that carry the task (pole angle, cart place, feet on the ground ...), else
+  the body's motion (direction in the image, still / slowly / fast), spin and what
+  it touches;
 * **physics** (``annotate.physics: true``, the default): the frame's ``qpos`` /
   ``qvel`` restored into the task's physics (:func:`load_task_physics`: the model
-  collect simulates, built without a renderer) and ``mj_forward`` run; positions and velocities are then the bodies' centres of mass
-  (``xipos``, ``mj_objectVelocity``: exact, and meaningful for a pole hinged at its
-  frame origin), angular velocities are added, and MuJoCo's contact list gives
-  what touches what (bodies, or named world geoms such as ``floor``). With
-  ``physics: false`` only the episode file is used: body frame origins
-  (``body_pos``) and their central differences over the control timestep, no
-  contacts, no turning;
-* **caption**: which bodies are in view and how many contacts; **motion**: the
-  fastest moving bodies in view, with direction and speed, or that all is still.
+  collect simulates, built without a renderer) and ``mj_forward`` run; velocities are
+  then the bodies' centres of mass (``mj_objectVelocity``: exact, and meaningful for a
+  pole hinged at its frame origin), and MuJoCo's contact list gives what touches what
+  (bodies, or named world geoms such as ``floor``). With ``physics: false`` only the
+  episode file is used: body poses and their finite differences over the control
+  timestep, and nothing is said about contacts.
 
 It is the offline default backend and the ground truth of the accuracy metric.
 Output is a pure function of the episode file (and the task's model for contacts).
@@ -25,15 +29,15 @@ Output is a pure function of the episode file (and the task's model for contacts
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from pipeline.annotate.base import Backend, FrameItem, FrameResult
+from pipeline.annotate.describe import describe_frame, object_words
 from pipeline.annotate.schema import Annotation, KeyObject
-from pipeline.annotate.truth import WORLD_BODY, SceneTruth
+from pipeline.annotate.truth import SceneTruth
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,36 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Speeds below this (m/s) count as still.
-STILL_SPEED = 0.05
-#: Angular speeds below this (rad/s) are not mentioned.
-STILL_SPIN = 0.5
-#: A camera-frame velocity component is named when it is at least this share of the speed.
-DIRECTION_SHARE = 0.35
-#: Bodies named in the motion sentence, fastest first.
-MOTION_BODIES = 3
-MODEL_NAME = "mujoco-truth-v1"
-
-
-def vector_norm(v: np.ndarray) -> float:
-    """Euclidean norm of a float64 vector, the same float as ``np.linalg.norm(v)`` (``sqrt(v . v)``) at a quarter of its cost."""
-    return math.sqrt(v.dot(v))
-
-
-def direction_words(velocity_cam: np.ndarray) -> str:
-    """Words for a camera-frame velocity (x right, y down, z forward), e.g. 'up and to the left'."""
-    speed = vector_norm(velocity_cam)
-    if speed < STILL_SPEED:
-        return "still"
-    x, y, z = velocity_cam.tolist()
-    words = []
-    if abs(y) >= DIRECTION_SHARE * speed:
-        words.append("down" if y > 0 else "up")
-    if abs(x) >= DIRECTION_SHARE * speed:
-        words.append("to the right" if x > 0 else "to the left")
-    if abs(z) >= DIRECTION_SHARE * speed:
-        words.append("away from the camera" if z > 0 else "towards the camera")
-    return " and ".join(words)
+#: The simulator's "model id" in annotation files and cache keys; v2: state in words (:mod:`pipeline.annotate.describe`).
+MODEL_NAME = "mujoco-truth-v2"
 
 
 @dataclass(frozen=True)
@@ -156,82 +132,22 @@ class PhysicsReader:
         self._physics.clear()
 
 
-def spin_words(angular_cam: np.ndarray) -> str:
-    """Words for a camera-frame angular velocity (rad/s): '' below :data:`STILL_SPIN`."""
-    rate = vector_norm(angular_cam)
-    if rate < STILL_SPIN:
-        return ""
-    # z is the optical axis pointing into the image, x right, y down: +z turns x towards y, clockwise on screen.
-    if abs(float(angular_cam[2])) >= 0.5 * rate:
-        sense = "clockwise" if angular_cam[2] > 0 else "counter-clockwise"
-        return f"turning {sense} at {rate:.2f} rad/s"
-    return f"turning at {rate:.2f} rad/s"
-
-
 def describe(scene: SceneTruth, physics: PhysicsState | None) -> Annotation:
     """The annotation of one frame from its :class:`SceneTruth` and, if read, its :class:`PhysicsState`.
 
-    Positions and velocities are the bodies' centres of mass with physics, their frame
-    origins (``body_pos`` and its finite differences) without.
+    Caption and motion come from the domain's describer (:func:`pipeline.annotate.describe.describe_frame`);
+    the key objects are the entities in view, in entity order, with their segmentation boxes.
     """
-    contacts = physics.contacts if physics is not None else None
-    positions = physics.com_pos if physics is not None else scene.body_pos
-    velocities = physics.lin_vel if physics is not None else scene.body_vel
-    entity_of_geom: dict[int, str] = {}
-    names_by_body = {e.index: e.name for e in scene.entities if e.kind == "body"}
-    scenery = {e.index: e.name for e in scene.entities if e.kind == "scenery"}
-    for g, b in enumerate(np.asarray(scene.geom_body).tolist()):
-        entity_of_geom[g] = names_by_body[b] if b != WORLD_BODY and b in names_by_body else scenery.get(g, "the world")
-    touching: dict[str, set[str]] = {}
-    for g1, g2 in contacts or []:
-        a, b = entity_of_geom.get(g1, "?"), entity_of_geom.get(g2, "?")
-        if a != b:
-            touching.setdefault(a, set()).add(b)
-            touching.setdefault(b, set()).add(a)
-
-    rotation = scene.world_from_camera[:3, :3]
-    objects, moving = [], []
-    bodies_in_view = []
-    for vis in scene.visible:
-        entity = vis.entity
-        touch = f"; touching {', '.join(sorted(touching[entity.name]))}" if entity.name in touching else ""
-        where = f"{vis.pixels} px in view"
-        if entity.kind == "body":
-            bodies_in_view.append(entity.name)
-            pos = positions[entity.index]
-            vel = velocities[entity.index]
-            speed = vector_norm(vel)
-            heading = direction_words(rotation.T @ vel)
-            spin = spin_words(rotation.T @ physics.ang_vel[entity.index]) if physics is not None else ""
-            motion = "still" if heading == "still" else f"moving {heading} at {speed:.2f} m/s"
-            if spin:
-                motion += f", {spin}"
-            if heading != "still" or spin:
-                moving.append((speed, entity.name, motion))
-            description = (
-                f"body '{entity.name}', {where}; at ({pos[0]:.2f}, {pos[1]:.2f}, {pos[2]:.2f}) m in the world; {motion}{touch}"
-            )
-        else:
-            description = f"static scenery '{entity.name}', {where}{touch}"
-        objects.append(KeyObject(name=entity.name, description=description, box=[float(v) for v in vis.box]))
-
-    if bodies_in_view:
-        caption = f"A {scene.task} frame with {len(bodies_in_view)} bodies in view: {', '.join(bodies_in_view)}"
-    else:
-        caption = f"A {scene.task} frame with no body of the agent in view"
-    if contacts is not None:
-        caption += f"; {len(contacts)} contact{'s' if len(contacts) != 1 else ''}"
-    caption += "."
-    moving.sort(key=lambda m: (-m[0], m[1]))
-    if moving:
-        parts = [f"{name} {motion.replace('moving ', 'moves ', 1)}" for _, name, motion in moving[:MOTION_BODIES]]
-        rest = len(moving) - MOTION_BODIES
-        motion_text = "; ".join(parts) + (f"; {rest} more bodies move" if rest > 0 else "") + "."
-    elif bodies_in_view:
-        motion_text = "Everything in view is still."
-    else:
-        motion_text = "Nothing of the agent is in view."
-    return Annotation(caption=caption, objects=objects, motion=motion_text)
+    frame, words = describe_frame(scene, physics)
+    objects = [
+        KeyObject(
+            name=vis.entity.name,
+            description=words.objects.get(vis.entity.name) or object_words(frame, vis.entity),
+            box=[float(v) for v in vis.box],
+        )
+        for vis in scene.visible
+    ]
+    return Annotation(caption=words.caption, objects=objects, motion=words.motion)
 
 
 class SimulatorBackend(Backend):

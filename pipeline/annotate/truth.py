@@ -1,9 +1,11 @@
 """What the simulator knows about a recorded frame: which bodies are in view, where, how fast.
 
 Built from the episode files (:mod:`pipeline.episodes`) alone: the segmentation
-(geom id per pixel) mapped to bodies through ``geom_body``, ``body_pos`` and its
-finite differences, and the camera pose. The simulator annotator describes it;
-the accuracy metric checks VLM answers against it.
+(geom id per pixel) mapped to bodies through ``geom_body``, ``body_pos`` /
+``body_quat`` and their finite differences (linear and angular velocities), and the
+camera pose and intrinsics. The simulator annotator describes it
+(:mod:`pipeline.annotate.describe` words it); the accuracy metric checks VLM answers
+against it.
 
 An *entity* is something an annotation can name: every body but the world body
 (MuJoCo body 0), and every named geom of the world body (static scenery such as
@@ -112,6 +114,46 @@ def body_velocities(body_pos: np.ndarray, dt: float) -> np.ndarray:
     return np.gradient(body_pos, dt, axis=0)
 
 
+def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product ``a * b`` of (..., 4) float64 quaternions (w, x, y, z), broadcast over leading axes."""
+    aw, ax, ay, az = np.moveaxis(a, -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], axis=-1)
+
+
+def _rotation_vector(q: np.ndarray) -> np.ndarray:
+    """(..., 3) axis * angle (rad, in [0, pi]) of (..., 4) unit quaternions (w, x, y, z); the shorter way round."""
+    q = np.where(q[..., :1] < 0, -q, q)
+    vec = q[..., 1:]
+    sin_half = np.linalg.norm(vec, axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(sin_half, q[..., :1])
+    return np.where(sin_half > 1e-12, vec / np.maximum(sin_half, 1e-300) * angle, 2.0 * vec)
+
+
+def body_angular_velocities(body_quat: np.ndarray, dt: float) -> np.ndarray:
+    """World angular velocities (T+1, nbody, 3) float64 in rad/s from body orientations (T+1, nbody, 4) (w, x, y, z).
+
+    The rotation between the neighbouring frames (``q[t+1] * conj(q[t-1])``, a world-frame
+    rotation) as a rotation vector over their time apart: central inside the episode,
+    one-sided at its ends, zeros for a one-frame episode. Exact for a constant angular
+    velocity of less than half a turn per ``2 dt``.
+    """
+    q = np.asarray(body_quat, np.float64)
+    if q.shape[0] < 2:
+        return np.zeros(q.shape[:-1] + (3,))
+    conj = q * np.array([1.0, -1.0, -1.0, -1.0])
+    out = np.empty(q.shape[:-1] + (3,))
+    out[1:-1] = _rotation_vector(quat_multiply(q[2:], conj[:-2])) / (2.0 * dt)
+    out[0] = _rotation_vector(quat_multiply(q[1], conj[0])) / dt
+    out[-1] = _rotation_vector(quat_multiply(q[-1], conj[-2])) / dt
+    return out
+
+
 @dataclass(frozen=True)
 class SceneTruth:
     """The simulator's view of frame ``step`` of an episode.
@@ -119,8 +161,12 @@ class SceneTruth:
     Attributes:
         task: task name; ``step``: frame index.
         entities: every entity of the model; ``visible``: those in view, in entity order.
-        body_pos: (nbody, 3) float64 world positions (m); ``body_vel``: (nbody, 3) float64 m/s.
+        body_pos: (nbody, 3) float64 world positions of the body frames (m); ``body_vel``: (nbody, 3)
+            float64 their velocities (m/s, finite differences over the episode).
+        body_quat: (nbody, 4) float64 world orientations (w, x, y, z); ``body_ang_vel``: (nbody, 3)
+            float64 world angular velocities (rad/s, finite differences of ``body_quat``).
         world_from_camera: (4, 4) float64, OpenCV camera axes (x right, y down, z forward).
+        camera_intrinsics: (3, 3) float64 K in pixels (pixel (u, v) centre at integer (u, v)).
         qpos, qvel: (nq,), (nv,) float64 MuJoCo state (for contacts).
         geom_body: (ngeom,) int32; ``image_size``: (H, W).
         suite: the simulator suite that recorded it (``meta.suite``: ``dm_control`` or ``gymnasium``).
@@ -132,7 +178,10 @@ class SceneTruth:
     visible: tuple[Visible, ...]
     body_pos: np.ndarray
     body_vel: np.ndarray
+    body_quat: np.ndarray
+    body_ang_vel: np.ndarray
     world_from_camera: np.ndarray
+    camera_intrinsics: np.ndarray
     qpos: np.ndarray
     qvel: np.ndarray
     geom_body: np.ndarray
@@ -141,7 +190,7 @@ class SceneTruth:
 
 
 #: Episode members :func:`scene_truths` reads.
-TRUTH_FIELDS = ("segmentation", "geom_body", "body_pos", "camera_extrinsics", "qpos", "qvel")
+TRUTH_FIELDS = ("segmentation", "geom_body", "body_pos", "body_quat", "camera_extrinsics", "camera_intrinsics", "qpos", "qvel")
 
 
 def scene_truths(episode: Episode, steps: list[int], min_pixels: int) -> dict[int, SceneTruth]:
@@ -151,6 +200,7 @@ def scene_truths(episode: Episode, steps: list[int], min_pixels: int) -> dict[in
     meta = episode.meta
     entities = tuple(model_entities(meta.body_names, meta.geom_names, episode.geom_body))
     velocities = body_velocities(episode.body_pos, meta.control_timestep)
+    spins = body_angular_velocities(episode.body_quat, meta.control_timestep)
     height, width = episode.segmentation.shape[1:3]
     out = {}
     for t in steps:
@@ -161,7 +211,10 @@ def scene_truths(episode: Episode, steps: list[int], min_pixels: int) -> dict[in
             visible=tuple(visible_entities(episode.segmentation[t], episode.geom_body, list(entities), min_pixels)),
             body_pos=episode.body_pos[t].copy(),
             body_vel=velocities[t].copy(),
+            body_quat=episode.body_quat[t].copy(),
+            body_ang_vel=spins[t].copy(),
             world_from_camera=episode.camera_extrinsics[t].copy(),
+            camera_intrinsics=episode.camera_intrinsics.copy(),
             qpos=episode.qpos[t].copy(),
             qvel=episode.qvel[t].copy(),
             geom_body=episode.geom_body,

@@ -7,12 +7,25 @@ from pydantic import Field, field_validator
 
 from pipeline.config.base import Bool, DeviceName, Float, Int, Section
 
+#: Asks a VLM for what the simulator backend says (:mod:`pipeline.annotate.describe`): the state a controller
+#: needs, in coarse words, under the answer schema's keys (caption, objects, motion).
 DEFAULT_PROMPT = (
-    "You see one frame of a simulated {task} control task. "
-    "Reply with a JSON object only, with keys: caption (one short sentence), "
-    "objects (a list of {{name, description, box}} for the objects that matter for the task; "
-    "box is [x0, y0, x1, y1] in pixels or null) and motion (one short sentence on how things move)."
+    "You see one frame of a simulated {task} control task. Say what a controller needs to know, in a few plain words "
+    "each, not numbers. Reply with a JSON object only, with keys: "
+    "caption (one sentence on the state: the pose of each moving part, e.g. a pole upright, tilted a little or a lot "
+    "to the left or right, horizontal or hanging down; a body level, nose up or down, upright, leaning or fallen; "
+    "where things are in the frame and relative to each other, e.g. left of the middle, above the cup, near the target; "
+    "and which parts touch the ground or each other), "
+    "objects (a list of {{name, description, box}} for the objects that matter for the task: name is a short noun, "
+    "description gives its pose, place, motion and contacts in a few words, box is [x0, y0, x1, y1] in pixels or null) "
+    "and motion (one short sentence on which way and how fast things move or turn: still, slowly or fast; "
+    "left, right, up or down; clockwise or counter-clockwise)."
 )
+#: Why every frame by default: the default backend (simulator) costs about 1 ms a frame, under a quarter of what
+#: collecting the frame cost, so full coverage is nearly free; every pretraining batch then has text targets, and
+#: short states (a pole swinging through upright for a few frames) are not skipped. A VLM costs per frame: raise
+#: it there (the README's full-scale run uses 5).
+DEFAULT_EVERY_K = 1
 
 
 class AnnotateParams(Section):
@@ -20,7 +33,10 @@ class AnnotateParams(Section):
         "simulator",
         description="'simulator': grounded in recorded physics (no weights); 'transformers': in-process image-text-to-text model; 'openai': an OpenAI-compatible server (vLLM, Ollama).",
     )
-    every_k: Int = Field(10, ge=1, description="Annotate every k-th frame of each episode (frame 0, k, 2k, ...).")
+    every_k: Int = Field(
+        DEFAULT_EVERY_K, ge=1,
+        description="Annotate every k-th frame of each episode (frame 0, k, 2k, ...). 1: every frame (the simulator costs ~1 ms a frame); raise it for a VLM backend, which costs per frame.",
+    )
     prompt: str = Field(DEFAULT_PROMPT, min_length=1, description="Prompt template (str.format): {task} is replaced by the task name; write {{ and }} for literal braces.")
     model: str = Field("random", min_length=1, description="'transformers': a local folder, a name in weights.cache_dir, a hub id (owner/name) or 'random' (tiny random model); 'openai': the served model name.")
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' ('transformers').")

@@ -216,3 +216,39 @@ def annotate(episodes: Any, out: Any, metrics: Any, params: Any, backend: Any = 
     from pipeline.annotate.run import run
 
     return run(episodes, out, params.annotate, params.weights, metrics=metrics, backend=backend)
+
+
+def scene_at_state(scene: Any, qpos: Any, qvel: Any, reader: Any = None) -> tuple[Any, Any]:
+    """A recorded frame's :class:`~pipeline.annotate.truth.SceneTruth` moved to the state (``qpos``, ``qvel``), and
+    its :class:`~pipeline.annotate.simulator.PhysicsState`.
+
+    Body poses come from ``mj_forward`` of the task's model at that state; the finite-difference velocities
+    (what ``annotate.physics: false`` reads) are set to the physics' exact ones. The camera, what is in view
+    and the boxes stay the recorded frame's. ``reader``: a :class:`PhysicsReader` to reuse (one is made and
+    closed otherwise).
+    """
+    import dataclasses
+
+    import mujoco
+
+    from pipeline.annotate.simulator import PhysicsReader, load_task_physics
+
+    model, data, close = load_task_physics(scene.task, scene.suite)
+    try:
+        data.qpos[:] = qpos
+        data.qvel[:] = qvel
+        mujoco.mj_forward(model, data)
+        moved = dataclasses.replace(
+            scene, qpos=np.array(qpos, np.float64), qvel=np.array(qvel, np.float64),
+            body_pos=data.xpos.copy(), body_quat=data.xquat.copy(),
+        )
+    finally:
+        close()
+    own = reader is None
+    reader = reader or PhysicsReader()
+    try:
+        physics = reader.read(moved)
+    finally:
+        if own:
+            reader.close()
+    return dataclasses.replace(moved, body_vel=physics.lin_vel.copy(), body_ang_vel=physics.ang_vel.copy()), physics
