@@ -224,9 +224,6 @@ class Frame:
                 touching.setdefault(b, set()).add(a)
         return touching
 
-    def has(self, *names: str) -> bool:
-        return all(n in self.bodies for n in names)
-
     def origin(self, name: str) -> np.ndarray:
         """(3,) world position of the body's frame origin (m)."""
         return self.scene.body_pos[self.bodies[name]]
