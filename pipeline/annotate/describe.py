@@ -127,11 +127,17 @@ def direction_words(velocity_cam: np.ndarray) -> str:
     planar = math.hypot(x, y)
     if planar < STILL_SPEED:
         return "away from the camera" if z > 0 else "towards the camera"
+    return _axis_words(x, y, planar, ("to the right", "to the left"), ("down", "up"))
+
+
+def _axis_words(x: float, y: float, norm: float, x_words: tuple[str, str], y_words: tuple[str, str]) -> str:
+    """The words of each image axis (x right, y down) carrying at least :data:`DIRECTION_SHARE` of
+    ``norm``, vertical first, joined with 'and'; each pair is (positive, negative)."""
     words = []
-    if abs(y) >= DIRECTION_SHARE * planar:
-        words.append("down" if y > 0 else "up")
-    if abs(x) >= DIRECTION_SHARE * planar:
-        words.append("to the right" if x > 0 else "to the left")
+    if abs(y) >= DIRECTION_SHARE * norm:
+        words.append(y_words[0] if y > 0 else y_words[1])
+    if abs(x) >= DIRECTION_SHARE * norm:
+        words.append(x_words[0] if x > 0 else x_words[1])
     return " and ".join(words)
 
 
@@ -413,6 +419,14 @@ def feet_words(frame: Frame, feet: list[str]) -> str:
     return f"only its {_join([part_name(f) for f in down])} on the {ground}"
 
 
+def _ground_words(frame: Frame, feet: list[str]) -> str:
+    """', with <which feet touch the ground>[; <other parts down>]', or '' without contact data."""
+    if frame.touching is None:
+        return ""
+    others = _other_parts_down(frame, feet)
+    return f", with {feet_words(frame, feet)}" + (f"; {others}" if others else "")
+
+
 def _other_parts_down(frame: Frame, feet: list[str]) -> str:
     down = [n for n in sorted(frame.bodies, key=frame.bodies.get) if n not in feet and frame.grounded(n)]
     if not down:
@@ -428,12 +442,7 @@ def describe_cheetah(frame: Frame) -> Words:
     speed = float(frame.velocity("torso")[0])  # dm_control's cheetah runs along world +x
     pace = run_words(speed)
     feet = [n for n in ("bfoot", "ffoot") if n in frame.bodies]
-    caption = f"The cheetah is {pose}, {pace}"
-    if frame.touching is not None:
-        caption += f", with {feet_words(frame, feet)}"
-        others = _other_parts_down(frame, feet)
-        if others:
-            caption += f"; {others}"
+    caption = f"The cheetah is {pose}, {pace}" + _ground_words(frame, feet)
     nose_up = -float(frame.angular_velocity("torso")[1])  # a positive turn about world +y lowers the nose
     motion = [f"the cheetah is {pace}"]
     if abs(nose_up) >= PITCH_RATE:
@@ -457,13 +466,7 @@ def _legged_objects(frame: Frame, pose: str, pace: str, feet: list[str]) -> dict
 # -- reacher ------------------------------------------------------------------------------------
 def relative_words(dx: float, dy: float) -> str:
     """Where a point is relative to another on screen (pixels, x right, y down), e.g. 'above and to the left of'."""
-    distance = math.hypot(dx, dy)
-    words = []
-    if abs(dy) >= DIRECTION_SHARE * distance:
-        words.append("below" if dy > 0 else "above")
-    if abs(dx) >= DIRECTION_SHARE * distance:
-        words.append("to the right of" if dx > 0 else "to the left of")
-    return " and ".join(words)
+    return _axis_words(dx, dy, math.hypot(dx, dy), ("to the right of", "to the left of"), ("below", "above"))
 
 
 def describe_reacher(frame: Frame) -> Words:
@@ -550,12 +553,7 @@ def describe_walker(frame: Frame) -> Words:
     if pace == "standing still" and not (pose == "upright" or pose.startswith("leaning")):
         pace = "still"  # not standing: lying, bent far over or upside down
     feet = [n for n in frame.bodies if "foot" in n]
-    caption = f"The walker is {pose}, {pace}"
-    if frame.touching is not None:
-        caption += f", with {feet_words(frame, feet)}"
-        others = _other_parts_down(frame, feet)
-        if others:
-            caption += f"; {others}"
+    caption = f"The walker is {pose}, {pace}" + _ground_words(frame, feet)
     motion = [f"the walker is {pace}"]
     spin = spin_words(frame.screen_spin("torso"), verb="tipping")
     if spin:
