@@ -76,8 +76,8 @@ def _cache_key(job: RLJob, section: EvaluateParams, device: torch.device) -> str
         from pipeline.finetune.encoder import read_spec
 
         spec = read_spec(job.backbone_path)
-        random = job.arm == "finetune" and job.backbone == "scratch" or (job.backbone or "").startswith("random-")
-        identity = {"class": spec.class_path, "config": spec.config, "sha256": None if random else spec.sha256}
+        random_init = (job.backbone or "").startswith("random-")  # its label and the seed fix its weights
+        identity = {"class": spec.class_path, "config": spec.config, "sha256": None if random_init else spec.sha256}
     return job_key(asdict(job), identity, section.model_dump(mode="json"), device.type)
 
 
