@@ -14,6 +14,10 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
   layers; or ``attention`` cross-attention over pooled tokens; registry
   :data:`models.interaction.INTERACTIONS`). ``interaction=False`` turns it off (ablation): the
   two trunks are then independent.
+* ``paths`` (ablation): ``both`` (the design), or ``semantic`` / ``motion`` for a backbone with
+  that one path only. The single path then serves every head: :class:`PathOutputs` gives its
+  vector and map as both the semantic and the motion ones, so the CLIP heads and the flow decoder
+  read the same path and the loss set stays fixed; only the two-path structure is taken away.
 * Each path ends in a vector (``path_dim`` = ``feature_dim``): pooled map -> Linear -> LayerNorm.
   The fused vector is ``LayerNorm(Linear(cat(semantic, motion)))``, size ``feature_dim``, float32:
   what the SAC stage consumes.
@@ -31,6 +35,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from models.interaction import INTERACTIONS
+
+#: ``paths``: both (the design), or one path alone (ablation).
+PATHS = ("both", "semantic", "motion")
 
 
 @dataclass
@@ -75,6 +82,8 @@ class DualPathBackbone(nn.Module):
             pixels) as input; ``forward`` then needs ``flow``.
         pool: average-pooling kernel applied to the last maps before the vector projection
             (keeps the Linear layers small: 32 x 21 x 21 inputs at 84 px with pool 2).
+        paths: ``both``, or ``semantic`` / ``motion`` for that path alone (ablation; no exchange,
+            and the one path feeds every head: see the module docstring).
     """
 
     def __init__(
@@ -89,10 +98,15 @@ class DualPathBackbone(nn.Module):
         interaction_layers: list[int] | None = None,
         flow_input: bool = False,
         pool: int = 2,
+        paths: str = "both",
     ) -> None:
         super().__init__()
         if frame_stack < 1 or depth < 1 or image_size < 4 or feature_dim < 1 or channels < 1 or pool < 1:
             raise ValueError(f"bad backbone sizes: frame_stack={frame_stack}, depth={depth}, image_size={image_size}, feature_dim={feature_dim}, channels={channels}, pool={pool}")
+        if paths not in PATHS:
+            raise ValueError(f"paths={paths!r}: expected one of {PATHS}")
+        if flow_input and paths == "semantic":
+            raise ValueError("flow_input=True feeds the motion path, which paths='semantic' leaves out")
         if interaction_kind not in INTERACTIONS:
             raise ValueError(f"interaction_kind={interaction_kind!r}: expected one of {sorted(INTERACTIONS)}")
         self.frame_stack = frame_stack
@@ -101,14 +115,15 @@ class DualPathBackbone(nn.Module):
         self.channels = channels
         self.depth = depth
         self.flow_input = flow_input
-        self.interaction = interaction
+        self.paths = paths
+        self.interaction = interaction and paths == "both"
         layers = list(range(1, depth)) if interaction_layers is None else sorted(set(int(i) for i in interaction_layers))
         if any(i < 0 or i >= depth for i in layers):
             raise ValueError(f"interaction_layers={interaction_layers}: each must be in [0, {depth - 1}]")
-        self.interaction_layers = layers if interaction else []
+        self.interaction_layers = layers if self.interaction else []
 
-        self.semantic_trunk = _trunk(3, channels, depth)
-        self.motion_trunk = _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth)
+        self.semantic_trunk = _trunk(3, channels, depth) if paths != "motion" else None
+        self.motion_trunk = _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth) if paths != "semantic" else None
         self.exchange = nn.ModuleDict({str(i): INTERACTIONS[interaction_kind](channels) for i in self.interaction_layers})
 
         self.map_size = (image_size + 1) // 2
@@ -117,9 +132,9 @@ class DualPathBackbone(nn.Module):
         if pooled < 1:
             raise ValueError(f"pool={pool} is larger than the {self.map_size}px feature map of a {image_size}px image")
         flat = channels * pooled * pooled
-        self.semantic_head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim))
-        self.motion_head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim))
-        self.fuse = nn.Sequential(nn.Linear(2 * feature_dim, feature_dim), nn.LayerNorm(feature_dim))
+        self.semantic_head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim)) if paths != "motion" else None
+        self.motion_head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim)) if paths != "semantic" else None
+        self.fuse = nn.Sequential(nn.Linear((2 if paths == "both" else 1) * feature_dim, feature_dim), nn.LayerNorm(feature_dim))
 
     @property
     def num_parameters(self) -> int:
@@ -136,9 +151,11 @@ class DualPathBackbone(nn.Module):
                 raise ValueError(f"flow has shape {tuple(flow.shape)}; expected ({obs.shape[0]}, 2, {self.image_size}, {self.image_size})")
 
     def forward_paths(self, obs: Tensor, flow: Tensor | None = None) -> PathOutputs:
-        """Run both paths; see :class:`PathOutputs` for shapes. ``flow`` only with ``flow_input``."""
+        """Run the paths; see :class:`PathOutputs` for shapes. ``flow`` only with ``flow_input``."""
         self._check(obs, flow)
         x = obs.float() / 255.0 - 0.5
+        if self.paths != "both":
+            return self._one_path(x, flow)
         s = x[:, -3:]
         m = torch.cat([x, flow.float()], dim=1) if self.flow_input and flow is not None else x
         for i in range(self.depth):
@@ -150,6 +167,17 @@ class DualPathBackbone(nn.Module):
         motion = self.motion_head(self.pool(m).flatten(1))
         fused = self.fuse(torch.cat([semantic, motion], dim=1))
         return PathOutputs(semantic=semantic, motion=motion, fused=fused, semantic_map=s, motion_map=m)
+
+    def _one_path(self, x: Tensor, flow: Tensor | None) -> PathOutputs:
+        if self.paths == "semantic":
+            h, trunk, head = x[:, -3:], self.semantic_trunk, self.semantic_head
+        else:
+            h = torch.cat([x, flow.float()], dim=1) if self.flow_input and flow is not None else x
+            trunk, head = self.motion_trunk, self.motion_head
+        for layer in trunk:
+            h = F.relu_(layer(h))
+        vector = head(self.pool(h).flatten(1))
+        return PathOutputs(semantic=vector, motion=vector, fused=self.fuse(vector), semantic_map=h, motion_map=h)
 
     def forward(self, obs: Tensor, flow: Tensor | None = None) -> Tensor:
         """(B, 3k, H, W) pixels in [0, 255] -> (B, feature_dim) float32 fused features."""

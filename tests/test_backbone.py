@@ -124,3 +124,33 @@ def test_global_exchange_sends_each_path_a_per_channel_message_from_the_other() 
     # Gates start mostly closed (sigmoid(-2) ~ 0.12 per channel) so each path first learns its own task.
     gates = torch.sigmoid(exchange.gates(torch.cat([s.mean((2, 3)), m.mean((2, 3))], dim=1)))
     assert gates.mean() < 0.3
+
+
+@pytest.mark.parametrize("paths", ["semantic", "motion"])
+def test_one_path_ablation_feeds_every_head_from_that_path(paths: str) -> None:
+    """A one-path backbone has only that trunk; its vector and map serve every head; what it sees
+    is that path's input (the semantic path: the current frame only)."""
+    torch.manual_seed(0)
+    model = PretrainModel(backbone={**TINY, "paths": paths}, clip_dim=12, head_hidden=16)
+    backbone = model.backbone
+    assert (backbone.semantic_trunk is None) == (paths == "motion") and (backbone.motion_trunk is None) == (paths == "semantic")
+    assert not backbone.exchange and backbone.num_parameters < DualPathBackbone(**TINY).num_parameters
+    obs = _obs()
+    out = backbone.forward_paths(obs)
+    assert out.semantic is out.motion and out.semantic_map is out.motion_map and out.fused.shape == (2, 8)
+    assert {k: tuple(v.shape) for k, v in model(obs).items()}["flow"] == (2, 2, 16, 16)
+    changed = obs.clone()
+    changed[:, :6] = 255 - changed[:, :6]  # older frames only
+    assert torch.allclose(backbone(obs), backbone(changed)) is (paths == "semantic")
+
+
+def test_one_path_checkpoint_round_trips_and_bad_paths_are_named(tmp_path) -> None:
+    config = {**TINY, "paths": "motion"}
+    backbone = DualPathBackbone(**config)
+    save_module(tmp_path / "b", backbone, config, {})
+    loaded, _ = load_module(tmp_path / "b")
+    assert loaded.paths == "motion" and torch.equal(loaded(_obs()), backbone(_obs()))
+    with pytest.raises(ValueError, match="paths='both-ish'"):
+        DualPathBackbone(**TINY, paths="both-ish")
+    with pytest.raises(ValueError, match="flow_input=True feeds the motion path"):
+        DualPathBackbone(**TINY, paths="semantic", flow_input=True)

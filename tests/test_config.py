@@ -45,6 +45,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ({"encode": {"val_fraction": 1.0}}, ["encode.val_fraction = 1.0", "less than 1"]),
         ({"weights": {"on_missing": "ignore"}}, ["weights.on_missing = 'ignore'", "'error' or 'random'"]),
         ({"collect": 5}, ["collect = 5", "dictionary"]),
+        ({"pretrain": {"paths": "semantic", "flow_input": True}}, ["pretrain", "flow_input: true feeds the motion path"]),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(raw: dict, expected: list[str]) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.config.base import Bool, DeviceName, Float, Int, Section, Seed
 
@@ -14,6 +14,7 @@ class PretrainParams(Section):
     feature_dim: Int = Field(64, ge=8, le=4096, description="Size of the fused feature vector the SAC stage consumes (and of each path's vector).")
     channels: Int = Field(32, ge=4, le=1024, description="Conv width of each path.")
     depth: Int = Field(4, ge=1, le=16, description="Conv layers per path (the first has stride 2).")
+    paths: Literal["both", "semantic", "motion"] = Field("both", description="'both': the dual-path design. 'semantic' / 'motion': that path alone (ablation): the one path feeds every head (CLIP heads and flow decoder alike), so the loss set is unchanged and only the two-path structure is taken away; no exchange.")
     interaction: Bool = Field(True, description="Let the semantic and motion paths exchange information (off for ablation).")
     interaction_kind: Literal["gated", "attention", "global"] = Field("global", description="'global': per-channel gated messages from the other path's spatial mean (nearly free); 'gated': per-pixel gated 1x1-conv feature exchange; 'attention': cross-attention over pooled tokens.")
     flow_input: Bool = Field(False, description="Also feed the flow between the last two frames to the motion path (comparison only: the online agent would need flow too).")
@@ -44,3 +45,9 @@ class PretrainParams(Section):
     nproc: Int = Field(1, ge=1, le=1024, description="Processes: > 1 relaunches the stage under torchrun with DDP (gloo on CPU, nccl on CUDA).")
     device: DeviceName = Field("auto")
     seed: Seed = Field(0)
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> "PretrainParams":
+        if self.flow_input and self.paths == "semantic":
+            raise ValueError("flow_input: true feeds the motion path, which paths: semantic leaves out; set flow_input: false or paths: both|motion")
+        return self

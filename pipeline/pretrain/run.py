@@ -62,6 +62,7 @@ def backbone_config(params: PretrainParams, info: Dataset) -> dict[str, Any]:
         "interaction": params.interaction,
         "interaction_kind": params.interaction_kind,
         "flow_input": params.flow_input,
+        "paths": params.paths,
     }
 
 
