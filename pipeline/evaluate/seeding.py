@@ -6,14 +6,11 @@ held-out episodes never repeat pretraining episodes even when the two seeds are 
 """
 from __future__ import annotations
 
-import zlib
-
-import numpy as np
+from pipeline import seeding
 
 _STREAMS = {"heldout": 11, "random_init": 12, "agent": 13, "train_env": 14, "eval_env": 15, "explore": 16, "replay": 17, "bootstrap": 18}
 
 
 def derive_seed(seed: int, stream: str, task: str = "", index: int = 0) -> int:
     """A 31-bit seed for ``stream`` of ``task`` (its ``index``-th member), from the stage's ``seed``."""
-    key = [seed, 0x5E7A1, _STREAMS[stream], zlib.crc32(task.encode()), index]
-    return int(np.random.SeedSequence(key).generate_state(1)[0] >> 1)
+    return seeding.derive_seed(seed, 0x5E7A1, _STREAMS[stream], task, index)

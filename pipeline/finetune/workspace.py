@@ -26,6 +26,7 @@ import torch
 
 from models.actor import ActorMeta, PixelPolicy
 from models.checkpoint import save_module
+from pipeline import seeding
 from pipeline.collect.envs.wrappers import ActionScale, FrameStack
 from pipeline.config.finetune import FinetuneParams
 from pipeline.errors import UserError
@@ -46,7 +47,7 @@ _STREAMS = {"torch": 0, "explore": 1, "replay": 2, "train_env": 3, "eval_env": 4
 
 def derive_seed(seed: int, stream: str, index: int = 0) -> int:
     """A 31-bit seed for ``stream`` (and its ``index``-th member) derived from the run's ``seed``."""
-    return int(np.random.SeedSequence([seed, _STREAMS[stream], index]).generate_state(1)[0] >> 1)
+    return seeding.derive_seed(seed, _STREAMS[stream], index)
 
 
 def run_key(params: FinetuneParams, spec: EncoderSpec) -> str:
