@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate.probe import bootstrap_weights, out_of_fold, paired_difference, pooled_r2, r2_with_ci
+from pipeline.probe import bootstrap_weights, out_of_fold, paired_difference, pooled_r2, r2_with_ci
 
 KINDS = ["position", "position", "velocity"]
 

@@ -8,7 +8,7 @@ joins them, ``name: description; ...``; ``motion``) this reports, per task:
 * ``distinct``: how many different texts; ``entropy_bits``: the Shannon entropy of their
   frequencies (log2 of the number of equally likely texts they are worth);
 * ``probe_r2`` (``_position``, ``_velocity``): how well the text predicts the simulator's state,
-  by the evaluate stage's probe (:func:`pipeline.evaluate.probe.out_of_fold`: ridge, k-fold **by
+  by the evaluate stage's probe protocol (:func:`pipeline.probe.out_of_fold`: ridge, k-fold **by
   episode**, penalty chosen by an inner episode-grouped CV, pooled out-of-fold R^2 averaged over
   standardised state dimensions). Features: a binary bag of the text's words and word pairs (what
   a linear reader of the words can use); a text first seen in a held-out episode still shares
@@ -147,7 +147,7 @@ def text_information(texts: dict[str, list[str]], episode: np.ndarray, state: np
     try:
         from threadpoolctl import threadpool_limits
 
-        from pipeline.evaluate.probe import out_of_fold, pooled_r2
+        from pipeline.probe import out_of_fold, pooled_r2
     except ImportError as exc:  # a project dependency; a bare environment (the GPU check's image) may lack it
         log.warning("annotate: no text probe in text_information (%s); the counts are still reported", exc)
         can_probe = False

@@ -8,7 +8,7 @@ Does the backbone help control? Answered on held-out data with seeds and confide
    ``finetune`` arm, the pixel agent's runs pass the finetune stage's own check.
 2. **probe**: held-out episodes per task (:mod:`pipeline.evaluate.heldout`); ridge probe from
    each backbone's frozen features to the observation vector, episode-grouped k-fold, pooled R^2
-   with bootstrap CIs; pretrained vs each other backbone, paired (:mod:`pipeline.evaluate.probe`).
+   with bootstrap CIs; pretrained vs each other backbone, paired (:mod:`pipeline.probe`).
 3. **state** then **frozen**: SAC on the observation vector, then on each backbone's frozen
    features (:mod:`pipeline.evaluate.workspace`), ``seeds`` runs per task. The state arm runs
    first: if it does not reach ``min_final_return`` on a task the stage stops there, since a
@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import probe as probes
 from pipeline.benchmark import action_repeat_for
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.finetune import FinetuneParams
 from pipeline.device import select_device
 from pipeline.errors import UserError
-from pipeline.evaluate import probe as probes
 from pipeline.evaluate.arms import RLJob, run_finetune_arm, run_jobs
 from pipeline.evaluate.backbones import Backbone, check_backbone, load_backbones
 from pipeline.evaluate.heldout import collect_heldout

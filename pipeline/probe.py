@@ -1,6 +1,14 @@
-"""Linear probe: how much of the task's observation vector a frozen backbone's features hold.
+"""Linear probe: how much of a target vector (state, observation) a frozen representation holds.
 
-Protocol (per task, per backbone):
+The one probe of the project (scikit-learn ``StandardScaler`` + ``Ridge``, penalty chosen by an
+episode-grouped ``GroupKFold``), used by three stages:
+
+* evaluate (:func:`out_of_fold`, :func:`pooled_r2`, :func:`r2_with_ci`, :func:`paired_difference`):
+  backbone features -> the task's observation vector on held-out episodes;
+* annotate (:func:`out_of_fold`, :func:`pooled_r2`): the words of a text field -> the simulator state;
+* pretrain (:func:`split_r2`): backbone features -> the physics state, train split -> validation split.
+
+Out-of-fold protocol (:func:`out_of_fold`, per task, per backbone):
 
 * Ridge regression from standardised features to the standardised observation vector (what a
   state-based agent sees: angles as cos/sin, no untracked root position).
@@ -13,18 +21,28 @@ Protocol (per task, per backbone):
 * Uncertainty: a bootstrap over held-out episodes (the independent unit). Comparisons are
   **paired**: the same resampled episodes score both backbones, and the 95% percentile CI is
   that of the difference.
+
+Split protocol (:func:`split_r2`): the same ridge fitted on a train split (penalty chosen on the
+train split alone by the same episode-grouped CV) and scored once on a separate validation split
+as variance-weighted R^2.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from sklearn.linear_model import Ridge
-from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import GroupKFold, KFold
 from sklearn.preprocessing import StandardScaler
 
 #: Dimension groups reported beside the whole vector.
 GROUPS = ("all", "position", "velocity")
+#: Ridge penalties (on standardised features) :func:`split_r2` chooses from by default: from
+#: nearly none to strong shrinkage. The same grid as the default of ``EvaluateParams.probe.alphas``.
+ALPHAS: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
+#: Folds of :func:`split_r2`'s penalty choice, capped at the number of train episodes (or frames).
+FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -55,11 +73,23 @@ def _fit(x: np.ndarray, y: np.ndarray, alpha: float) -> Ridge:
     return Ridge(alpha=alpha).fit(x, y)
 
 
-def _choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: list[float], folds: int) -> float:
-    """The penalty with the lowest inner episode-grouped CV error on these training rows."""
-    inner = GroupKFold(n_splits=min(folds, len(np.unique(groups))))
+def _choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Sequence[float], folds: int) -> float:
+    """The penalty with the lowest inner CV squared error on these training rows.
+
+    Episode-grouped (``GroupKFold``, at most ``folds`` folds) when ``groups`` has two or more
+    distinct values; with a single group, contiguous unshuffled ``KFold`` blocks of rows (for one
+    episode: blocks of consecutive frames, so a held-out block is not predicted from its
+    immediate neighbours).
+    """
+    n_groups = len(np.unique(groups))
+    if n_groups >= 2:
+        splits = GroupKFold(n_splits=min(folds, n_groups)).split(x, y, groups)
+    else:
+        if len(x) < 2:
+            raise ValueError(f"choosing a ridge penalty needs at least 2 rows (got {len(x)})")
+        splits = KFold(n_splits=min(folds, len(x))).split(x, y)
     errors = np.zeros(len(alphas))
-    for train, test in inner.split(x, y, groups):
+    for train, test in splits:
         scaler = StandardScaler().fit(x[train])
         xt, xv = scaler.transform(x[train]), scaler.transform(x[test])
         for j, alpha in enumerate(alphas):
@@ -97,6 +127,69 @@ def out_of_fold(features: np.ndarray, targets: np.ndarray, episode: np.ndarray, 
         prediction[test] = _fit(scaler.transform(features[train]), y[train], alpha).predict(scaler.transform(features[test]))
         chosen.append(alpha)
     return OutOfFold(y, prediction, episode, kept_kinds, tuple(chosen))
+
+
+def split_r2(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    groups_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    alphas: Sequence[float] = ALPHAS,
+    alpha: float = 0.0,
+    folds: int = FOLDS,
+) -> tuple[float, float]:
+    """Ridge probe fitted on a train split and scored on a validation split.
+
+    Features are standardised with the train split's mean and std (``StandardScaler``); each
+    target dimension is scaled by its train-split std (a dimension constant on the train split
+    keeps scale 1) and centred on its train mean. The score is the **variance-weighted R^2** on
+    the validation split, ``1 - sum(SSE) / sum(SST)`` over all (scaled) dimensions at once, SST
+    around the validation mean: a dimension that barely moves in the validation split weighs
+    little instead of dominating the score with a huge negative R^2.
+
+    Args:
+        x_train: (N, F) float features of the train split.
+        y_train: (N, S) float targets (e.g. physics state) of the train split, any units.
+        groups_train: (N,) episode id of each train row (the penalty choice's CV groups).
+        x_val: (M, F) float features of the validation split.
+        y_val: (M, S) float targets of the validation split, the units of ``y_train``.
+        alphas: ridge penalties (on standardised features) to choose from when ``alpha`` is 0.
+        alpha: > 0: the penalty, used as given; 0: chosen from ``alphas`` by the lowest
+            cross-validated squared error (scaled targets) on the train split alone:
+            ``GroupKFold`` by episode (``min(folds, episodes)`` folds) with two or more train
+            episodes; with a single train episode, ``KFold`` over contiguous unshuffled blocks
+            of its frames (``min(folds, N)`` folds).
+        folds: most folds of the penalty choice.
+
+    Returns:
+        ``(R^2 on the validation split, the penalty used)``; R^2 is NaN when nothing varies in
+        the validation split. R^2 is unitless, at most 1, and can be negative.
+    """
+    x_train = np.asarray(x_train, np.float64)
+    y_train = np.asarray(y_train, np.float64)
+    x_val = np.asarray(x_val, np.float64)
+    y_val = np.asarray(y_val, np.float64)
+    groups_train = np.asarray(groups_train)
+    if alpha < 0:
+        raise ValueError(f"the ridge penalty must be >= 0 (got {alpha}; 0 chooses it)")
+    if len(x_train) != len(y_train) or len(x_train) != len(groups_train) or len(x_val) != len(y_val):
+        raise ValueError(
+            f"row counts differ: x_train {len(x_train)}, y_train {len(y_train)}, groups_train {len(groups_train)}, x_val {len(x_val)}, y_val {len(y_val)}"
+        )
+    mean = y_train.mean(axis=0)
+    std = y_train.std(axis=0)
+    scale = np.where(std > 1e-12, std, 1.0)
+    yt = (y_train - mean) / scale
+    yv = (y_val - mean) / scale
+    chosen = float(alpha) if alpha > 0 else _choose_alpha(x_train, yt, groups_train, list(alphas), folds)
+    scaler = StandardScaler().fit(x_train)
+    prediction = _fit(scaler.transform(x_train), yt, chosen).predict(scaler.transform(x_val))
+    total = float(((yv - yv.mean(axis=0)) ** 2).sum())
+    if total <= 1e-12 * yv.size:
+        return float("nan"), chosen
+    return 1.0 - float(((yv - prediction) ** 2).sum()) / total, chosen
 
 
 def _episode_stats(oof: OutOfFold, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
