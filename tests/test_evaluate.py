@@ -13,6 +13,7 @@ from pipeline.collect.errors import UnknownTaskError
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.evaluate.backbones import MismatchError, check_backbone, load_backbones
 from pipeline.evaluate.run import NotLearningError, run
+from pipeline.errors import UserError
 
 BACKBONE = dict(frame_stack=2, image_size=24, feature_dim=8, channels=4, depth=2)
 # cartpole at action repeat 8: 6 agent steps per episode, 2 training episodes, evaluations at 0, 48 and 96 frames.
@@ -197,14 +198,23 @@ def test_an_allowed_render_mode_mismatch_is_recorded_for_the_pretrained_backbone
 def test_the_finetune_arm_is_checked_before_any_work(tmp_path: Path, recorded_backbone: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.config.finetune import FinetuneParams
     from pipeline.evaluate import run as evaluate_run
-    from pipeline.finetune.run import ObservationMismatchError
+    from pipeline.evaluate.arms import finetune_params
+    from pipeline.finetune.encoder import read_spec
+    from pipeline.finetune.run import check_observation
 
     def no_work(*args, **kwargs):
         raise AssertionError("the probe started before the finetune arm was checked")
 
     monkeypatch.setattr(evaluate_run, "collect_heldout", no_work)
 
-    pixel = FinetuneParams(batch_size=8, hidden_dim=16, device="cpu", threads=1, render_mode="faithful")
-    with pytest.raises(ObservationMismatchError, match="render mode: backbone pretrained on 'fast' frames, finetune of cartpole-swingup uses 'faithful'"):
-        run(recorded_backbone, tmp_path / "eval", params(arms=["probe", "finetune"]), finetune=pixel)
+    pixel = FinetuneParams(batch_size=8, hidden_dim=16, device="cpu", threads=1, render_mode="fast", camera=0)
+    with pytest.raises(UserError, match="render mode: backbone pretrained on 'fast' frames, [a-z]+ of cartpole-swingup uses 'faithful'"):
+        run(recorded_backbone, tmp_path / "eval", params(arms=["finetune"], render_mode="faithful"), finetune=pixel)
     assert not (tmp_path / "eval").exists()
+    # The pixel arm sees what the evaluation renders, whatever the finetune section says, and
+    # evaluate.allow_mismatch governs it too.
+    section = params(arms=["finetune"], render_mode="faithful", camera=1, allow_mismatch=True)
+    arm = finetune_params(pixel, section, "cartpole-swingup", 8)
+    assert (arm.task, arm.action_repeat, arm.camera, arm.render_mode, arm.allow_mismatch) == ("cartpole-swingup", 8, 1, "faithful", True)
+    warnings = check_observation(read_spec(recorded_backbone), arm)
+    assert any("render mode" in w for w in warnings) and any("camera" in w for w in warnings)

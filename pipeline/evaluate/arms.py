@@ -130,18 +130,26 @@ def run_jobs(jobs: list[RLJob], section: EvaluateParams, *, workers: int, device
     return [results[i] for i in range(len(jobs))]
 
 
+def finetune_params(finetune: Any, section: EvaluateParams, task: str, action_repeat: int) -> Any:
+    """The finetune params of the pixel arm on ``task``: the evaluation's observation (action
+    repeat, camera, render mode) and ``allow_mismatch`` over the given ``FinetuneParams``."""
+    update = {"task": task, "action_repeat": action_repeat, "camera": section.camera, "render_mode": section.render_mode, "allow_mismatch": section.allow_mismatch}
+    return finetune.model_copy(update=update)
+
+
 def run_finetune_arm(backbone: str | Path, section: EvaluateParams, finetune: Any, repeats: dict[str, int], scratch_dir: Path) -> list[dict[str, Any]]:
     """The pixel SAC arm (``pipeline.finetune``, DrQ-style with augmentation) from the pretrained
-    backbone and from scratch, ``seeds`` runs per task, on evaluate's schedule; curves in the same
-    layout as :func:`run_job`'s. GPU-scale: off by default."""
+    backbone and from scratch, ``seeds`` runs per task, on evaluate's schedule and observation
+    (action repeat, camera, render mode); curves in the same layout as :func:`run_job`'s.
+    GPU-scale: off by default."""
     from pipeline.finetune.run import run as finetune_run
 
     results = []
     for task in section.tasks:
         for init in ("pretrained", "scratch"):
             for s in range(section.seeds):
-                params = finetune.model_copy(update={
-                    "task": task, "action_repeat": repeats[task], "frames": section.frames, "seed_frames": section.seed_frames,
+                params = finetune_params(finetune, section, task, repeats[task]).model_copy(update={
+                    "frames": section.frames, "seed_frames": section.seed_frames,
                     "eval_every_frames": section.eval_every_frames, "eval_episodes": section.eval_episodes, "episode_frames": section.episode_frames,
                     "encoder_init": init, "seed": derive_seed(section.seed, "agent", f"finetune:{init}", s), "video": False,
                     "checkpoint_dir": str(scratch_dir / "checkpoints"),

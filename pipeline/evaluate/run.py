@@ -34,7 +34,7 @@ from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.finetune import FinetuneParams
 from pipeline.device import select_device
 from pipeline.errors import UserError
-from pipeline.evaluate.arms import RLJob, run_finetune_arm, run_jobs
+from pipeline.evaluate.arms import RLJob, finetune_params, run_finetune_arm, run_jobs
 from pipeline.evaluate.backbones import Backbone, check_backbone, load_backbones
 from pipeline.evaluate.heldout import collect_heldout
 from pipeline.evaluate.seeding import derive_seed
@@ -95,7 +95,7 @@ def _preflight(
         # checks them itself: refuse here, not after the probe and the other arms have run.
         spec = read_spec(backbone)
         for task in section.tasks:
-            check_observation(spec, (finetune or FinetuneParams()).model_copy(update={"task": task, "action_repeat": repeats[task]}))
+            check_observation(spec, finetune_params(finetune or FinetuneParams(), section, task, repeats[task]))
     return backbones, repeats, image_size, frame_stack
 
 
