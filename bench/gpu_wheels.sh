@@ -22,6 +22,7 @@ WHEELS=(
   mujoco==3.17.0 glfw==2.11.0 pyopengl==3.1.10
   gymnasium==1.4.0 farama-notifications==0.0.6
   webdataset==1.0.2 braceexpand==0.1.7
+  scikit-learn==1.9.1 joblib==1.6.0 threadpoolctl==3.8.0
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
 )
 mkdir -p "$DEST"

@@ -38,10 +38,6 @@ from pipeline.annotate.truth import SceneTruth
 log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("caption", "objects", "motion")
-#: Ridge penalties the probe chooses from (inner CV): from nearly none to one that flattens a bag of ~100 words.
-ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
-#: Outer (and inner) folds of the probe, capped at the number of episodes.
-FOLDS = 5
 #: Fewest episodes the probe runs on: with two, each fold would train on a single episode.
 MIN_EPISODES = 3
 #: Slide joints whose position no tracking camera shows (dm_control and gymnasium runners' root x).
@@ -147,7 +143,7 @@ def text_information(texts: dict[str, list[str]], episode: np.ndarray, state: np
     try:
         from threadpoolctl import threadpool_limits
 
-        from pipeline.probe import out_of_fold, pooled_r2
+        from pipeline.probe import ALPHAS, FOLDS, out_of_fold, pooled_r2
     except ImportError as exc:  # a project dependency; a bare environment (the GPU check's image) may lack it
         log.warning("annotate: no text probe in text_information (%s); the counts are still reported", exc)
         can_probe = False

@@ -40,7 +40,7 @@ class PretrainParams(Section):
     workers: Int = Field(1, ge=0, le=64, description="DataLoader worker processes per training process (0: read in the main process).")
     shuffle_buffer: Int = Field(256, ge=0, description="Samples in each reader's shuffle buffer (0: no shuffling).")
     # Probe and scale-out.
-    probe_alpha: Float = Field(0.0, ge=0, description="Ridge penalty of the linear probe on standardised features (0: chosen per task by leave-one-episode-out error on the train split).")
+    probe_alpha: Float = Field(0.0, ge=0, description="Ridge penalty of the linear probe on standardised features (0: chosen per task from pipeline.probe.ALPHAS by episode-grouped cross-validation on the train split).")
     probe_max_per_task: Int = Field(5000, ge=0, description="Frames per task and split the probe reads at most (0: all).")
     nproc: Int = Field(1, ge=1, le=1024, description="Processes: > 1 relaunches the stage under torchrun with DDP (gloo on CPU, nccl on CUDA).")
     device: DeviceName = Field("auto")
