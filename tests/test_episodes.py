@@ -23,6 +23,7 @@ from pipeline.episodes import (
 )
 from pipeline.errors import UserError
 from pipeline.io import write_npz_atomic
+from support.episodes import make_episode
 
 SIZE = 12
 
@@ -35,29 +36,19 @@ def tiny_episode(steps: int = 3, index: int = 0, task: str = "synthetic-planes",
     quat[..., 0] = 1.0
     extrinsics = np.tile(np.eye(4), (n, 1, 1))
     c = (SIZE - 1) / 2
-    meta = EpisodeMeta(
-        task=task, suite="synthetic", episode=index, seed=index, policy="scripted", action_repeat=1, image_size=SIZE,
-        camera=0, render_mode="fast", control_timestep=0.05, length=steps, episode_return=0.0, terminated=False,
-        truncated=True, action_low=[-1.0], action_high=[1.0], body_names=["world", "body1"], geom_names=["plane0"],
-    )
     segmentation = np.where(rng.random((n, SIZE, SIZE)) < 0.5, 0, -1).astype(np.int32)
-    return Episode(
-        frames=rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
+    return make_episode(
+        rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
         actions=rng.uniform(-1, 1, (steps, 1)).astype(np.float32),
-        rewards=np.zeros(steps, np.float32),
-        discounts=np.ones(steps, np.float32),
-        terminated=np.zeros(steps, bool),
-        truncated=np.eye(1, steps, steps - 1, dtype=bool)[0],
-        qpos=np.zeros((n, 1)),
-        qvel=np.zeros((n, 1)),
         body_pos=np.tile(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]]), (n, 1, 1)),
         body_quat=quat,
         camera_extrinsics=extrinsics,
         camera_intrinsics=np.array([[10.0, 0.0, c], [0.0, 10.0, c], [0.0, 0.0, 1.0]]),
-        geom_body=np.array([1], np.int32),
-        meta=meta,
+        geom_body=np.array([1]),
         depth=np.full((n, SIZE, SIZE), 2.0, np.float32) if truth else None,
         segmentation=segmentation if truth else None,
+        task=task,
+        index=index,
     )
 
 

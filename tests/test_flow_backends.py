@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode, EpisodeHeader, EpisodeMeta
+from pipeline.episodes import Episode, EpisodeHeader
 from pipeline.errors import UserError
 from pipeline.flow.base import inside_mask, pixel_grid
+from support.episodes import make_episode
 from pipeline.flow.dis import DISBackend
 from pipeline.flow.metrics import end_point_error
 from pipeline.flow.registry import BACKENDS, make_backend
@@ -89,33 +90,10 @@ def synthetic_episode(
             seg[t][hit] = g
             depth[t][hit] = s[hit]
             frames[t][hit] = texture(local[..., 0], local[..., 1], seed=g)[hit]
-    steps = n - 1
-    meta = EpisodeMeta(
-        task="synthetic-planes", suite="synthetic", episode=0, seed=0, policy="scripted", action_repeat=1,
-        image_size=size, camera=0, render_mode="fast", control_timestep=0.05, length=steps, episode_return=0.0,
-        terminated=False, truncated=True, action_low=[-1.0], action_high=[1.0],
-        body_names=[f"body{i}" for i in range(nbody)], geom_names=[f"plane{g}" for g in range(len(half_sizes))],
+    return make_episode(
+        frames, body_pos=body_pos, body_quat=body_quat, camera_extrinsics=extrinsics, camera_intrinsics=k,
+        geom_body=np.arange(1, len(half_sizes) + 1), depth=depth, segmentation=seg,
     )
-    episode = Episode(
-        frames=frames,
-        actions=np.zeros((steps, 1), np.float32),
-        rewards=np.zeros(steps, np.float32),
-        discounts=np.ones(steps, np.float32),
-        terminated=np.zeros(steps, bool),
-        truncated=np.eye(1, steps, steps - 1, dtype=bool)[0],
-        qpos=np.zeros((n, 1)),
-        qvel=np.zeros((n, 1)),
-        body_pos=body_pos.astype(np.float64),
-        body_quat=body_quat.astype(np.float64),
-        camera_extrinsics=extrinsics,
-        camera_intrinsics=k,
-        geom_body=np.arange(1, len(half_sizes) + 1, dtype=np.int32),
-        meta=meta,
-        depth=depth,
-        segmentation=seg,
-    )
-    episode.validate()
-    return episode
 
 
 def translating_wall(size: int = 64, steps: int = 2, shift_px: tuple[float, float] = (2.0, -1.5), z: float = 2.0) -> Episode:
