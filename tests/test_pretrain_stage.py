@@ -88,6 +88,23 @@ def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path:
     assert digests(other)["pretrain/backbone/model.safetensors"] != digests(out)["pretrain/backbone/model.safetensors"]
 
 
+def test_validation_points_are_logged_and_leave_training_unchanged(tmp_path: Path, dataset: Path) -> None:
+    """pretrain.validate_every adds validation-loss points (metrics and DVCLive curves) without
+    touching the trajectory: the weights are the same bytes as without them."""
+    rc, every = run_stage(tmp_path, dataset, write_params(tmp_path / "every.yaml", **TINY, validate_every=2), "every")
+    assert rc == 0
+    rc, end = run_stage(tmp_path, dataset, write_params(tmp_path / "end.yaml", **TINY, validate_every=0), "end")
+    assert rc == 0
+    weights = "pretrain/backbone/model.safetensors"
+    assert digests(every)[weights] == digests(end)[weights]
+    curve = json.loads((every / "metrics.json").read_text())["validation_curve"]
+    assert [r["step"] for r in curve] == [2, 4, 6]
+    assert json.loads((end / "metrics.json").read_text())["validation_curve"] == [curve[-1]]
+    assert curve[0]["total"] != curve[-1]["total"]
+    logged = (every / "plots" / "plots" / "metrics" / "validation" / "total.tsv").read_text().splitlines()
+    assert logged[0] == "step\ttotal" and [line.split("\t")[0] for line in logged[1:]] == ["2", "4", "6"]
+
+
 def test_checkpoints_record_the_datasets_observation_facts(tmp_path: Path) -> None:
     """meta.observation of backbone/ and model/ carries each task's action repeat, camera and render
     mode from the dataset's provenance (here different per task), the frame size and the frame stack."""

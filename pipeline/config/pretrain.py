@@ -22,6 +22,7 @@ class PretrainParams(Section):
     # Training.
     batch_size: Int = Field(16, ge=1, description="Global batch (split evenly over DDP processes).")
     steps: Int = Field(1000, ge=1, description="Optimiser steps. Chosen on the pretraining data's own validation loss: at 300 steps the CLIP terms were still at cosine loss ~1 (untrained) for 2 of 3 seeds; at 1000 validation image/caption/flow losses were 0.06/0.37/0.43 (docs/RESULTS.md).")
+    validate_every: Int = Field(250, ge=0, description="Optimiser steps between evaluations of the loss on the validation split (no gradient; the training trajectory is unchanged), logged as validation/<term> curves and validation_curve in the metrics; 0: at the end only. Choose pretrain.steps where this curve flattens, not on a downstream score.")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="Optimiser.")
     lr: Float = Field(3e-4, gt=0, le=1.0, description="Learning rate.")
     weight_decay: Float = Field(0.0, ge=0, description="Weight decay (decoupled with adamw).")

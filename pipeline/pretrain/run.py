@@ -100,11 +100,13 @@ def final_losses(history: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def write_curves(folder: str | Path, history: list[dict[str, float]]) -> None:
-    """The loss curves as DVCLive logs in ``folder`` (one ``loss/<term>`` metric per term, step =
-    optimiser step; steps where the term had no target are left out), atomically."""
+def write_curves(folder: str | Path, history: list[dict[str, float]], validation: list[dict[str, float]] = ()) -> None:
+    """The loss curves as DVCLive logs in ``folder``, atomically: one ``loss/<term>`` metric per
+    term (step = optimiser step; steps where the term had no target are left out) and, at the
+    steps of ``validation`` records, ``validation/<term>``."""
     from pipeline.curves import open_live
 
+    validated = {int(r["step"]): r for r in validation}
     with atomic_path(folder) as tmp:
         with open_live(tmp) as live:
             for record in history:
@@ -112,6 +114,9 @@ def write_curves(folder: str | Path, history: list[dict[str, float]]) -> None:
                 for name in ("total", *TERMS):
                     if name in record and not math.isnan(record[name]):
                         live.log_metric(f"loss/{name}", float(record[name]))
+                for name, value in validated.get(live.step, {}).items():
+                    if name != "step" and not math.isnan(value):
+                        live.log_metric(f"validation/{name}", float(value))
 
 
 @dataclass(frozen=True)
@@ -251,11 +256,21 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
     if not any(w > 0 for w in weights.values()):
         raise UserError("every pretrain.weight_* is 0: set at least one loss weight above 0")
     optimizer = make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
-    history = train(model, loader, steps=params.steps, optimizer=optimizer, weights=weights, ctx=ctx, grad_clip=params.grad_clip, **loss_args)
+    validation_curve: list[dict[str, float]] = []
+
+    def validate(step: int) -> None:
+        batches = make_loader(info.shards["validation"], params.frame_stack, params.batch_size, workers=0, repeat=False)
+        validation_curve.append({"step": step, **evaluate_losses(model, batches, weights=weights, **loss_args)})
+        log.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in validation_curve[-1].items() if k != "step"))
+
+    history = train(
+        model, loader, steps=params.steps, optimizer=optimizer, weights=weights, ctx=ctx, grad_clip=params.grad_clip,
+        validate=validate, validate_every=params.validate_every, **loss_args,
+    )
     if not ctx.is_main:
         return None
-    validation = make_loader(info.shards["validation"], params.frame_stack, params.batch_size, workers=0, repeat=False)
-    validation_loss = evaluate_losses(model, validation, weights=weights, **loss_args)
+    validate(params.steps)
+    validation_loss = {k: v for k, v in validation_curve[-1].items() if k != "step"}
 
     probe_args = dict(alpha=params.probe_alpha, max_per_task=params.probe_max_per_task, flow_input=params.flow_input)
     trained = probe(model.backbone, info.shards["train"], info.shards["validation"], params.frame_stack, device, **probe_args)
@@ -265,6 +280,7 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
     metrics = finite_or_none({
         "loss": final_losses(history),
         "validation_loss": validation_loss,
+        "validation_curve": validation_curve,
         "empty_term_steps": empty_term_steps(history),
         "probe_r2": {"pretrained": trained["r2"], "random": baseline["r2"]},
         "probe_r2_per_task": {"pretrained": trained["per_task"], "random": baseline["per_task"]},
@@ -295,6 +311,6 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
         save_module(tmp / BACKBONE_DIR, model.backbone, config, meta)
         save_module(tmp / MODEL_DIR, model, model_config, meta)
     write_json_atomic(metrics_path, metrics)
-    write_curves(plots_dir, history)
+    write_curves(plots_dir, history, validation_curve)
     log.info("wrote %s (backbone/, model/), %s, %s", out, metrics_path, plots_dir)
     return metrics

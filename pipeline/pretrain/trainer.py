@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -85,12 +85,16 @@ def train(
     centres: Mapping[str, Tensor] | None = None,
     flow_moving_threshold: float = FLOW_MOVING_THRESHOLD,
     flow_static_share: float = FLOW_STATIC_SHARE,
+    validate: Callable[[int], None] | None = None,
+    validate_every: int = 0,
 ) -> list[dict[str, float]]:
     """Run ``steps`` optimiser steps on ``batches`` (this process's slice of each global batch).
 
     ``model`` is a :class:`models.heads.PretrainModel` already on ``device``; it is wrapped in
     DDP when ``ctx.distributed``. ``centres``, ``flow_moving_threshold``, ``flow_static_share``:
-    see :func:`pipeline.pretrain.losses.loss_terms`.
+    see :func:`pipeline.pretrain.losses.loss_terms`. ``validate(step)`` is called on the main
+    process after every ``validate_every``-th step but the last (the caller validates the final
+    model itself); it must not draw from the training's random streams.
 
     Returns one record per step: ``step`` (1-based); each active term's global mean (``nan``
     where the term had no valid target in the batch); ``empty_terms``, how many active terms had
@@ -140,6 +144,8 @@ def train(
         record["empty_terms"] = len(empty)
         record["total"] = float("nan") if empty else sum(weights[n] * record[n] for n in names)
         history.append(record)
+        if validate is not None and validate_every > 0 and ctx.is_main and (step + 1) % validate_every == 0 and step + 1 < steps:
+            validate(step + 1)
         if ctx.is_main and (step + 1) % max(1, steps // 10) == 0:
             log.info("step %d/%d: %s", step + 1, steps, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"))
     return history
