@@ -35,7 +35,7 @@ _NOT_IN_KEY = {
 #: keeps the state and random-init runs, which it cannot change.
 _CODE = (
     "models/actor.py", "models/backbone.py", "models/checkpoint.py", "models/critic.py", "models/interaction.py", "models/layers.py",
-    "pipeline/evaluate/workspace.py", "pipeline/evaluate/arms.py", "pipeline/evaluate/backbones.py", "pipeline/evaluate/seeding.py",
+    "pipeline/evaluate/workspace.py", "pipeline/evaluate/arms.py", "pipeline/evaluate/backbones.py", "pipeline/evaluate/seeding.py", "pipeline/seeding.py",
     "pipeline/finetune/sac.py", "pipeline/finetune/encoder.py", "pipeline/collect/envs", "pipeline/collect/render.py", "pipeline/rendering.py",
 )
 
