@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pipeline.config.evaluate import EvaluateParams
+from pipeline.config.finetune import FinetuneParams
 from pipeline.evaluate.cache import RunCache, job_key
 from pipeline.evaluate.seeding import derive_seed
 from pipeline.evaluate.workspace import FeatureObserver, Schedule, StateObserver, VectorWorkspace
@@ -130,7 +131,7 @@ def run_jobs(jobs: list[RLJob], section: EvaluateParams, *, workers: int, device
     return [results[i] for i in range(len(jobs))]
 
 
-def finetune_params(finetune: Any, section: EvaluateParams, task: str, action_repeat: int) -> Any:
+def finetune_params(finetune: FinetuneParams, section: EvaluateParams, task: str, action_repeat: int) -> FinetuneParams:
     """The finetune params of the pixel arm on ``task``: the evaluation's observation (action
     repeat, camera, render mode) and ``allow_mismatch`` over the given ``FinetuneParams``."""
     update = {"task": task, "action_repeat": action_repeat, "camera": section.camera, "render_mode": section.render_mode, "allow_mismatch": section.allow_mismatch}
