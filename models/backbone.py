@@ -18,6 +18,13 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
   that one path only. The single path then serves every head: :class:`PathOutputs` gives its
   vector and map as both the semantic and the motion ones, so the CLIP heads and the flow decoder
   read the same path and the loss set stays fixed; only the two-path structure is taken away.
+* ``semantic_stride``: the semantic path's second conv has this stride, so with 2 (the
+  pipeline's default, ``pretrain.semantic_stride``) its later layers run on maps half the motion
+  path's size each way (21 x 21 at 84 px): what is in the frame needs less resolution than how it
+  moves (the SlowFast argument), and it cuts the semantic path's conv cost about 4x, so the
+  backbone costs about two DrQ-v2 encoders. 1 (the constructor's default, so that checkpoints
+  written before the option rebuild as they were) keeps both paths at one resolution.
+  The ``global`` and ``attention`` exchanges work across map sizes; ``gated`` (per pixel) needs 1.
 * Each path ends in a vector (``path_dim`` = ``feature_dim``): pooled map -> Linear -> LayerNorm.
   The fused vector is ``LayerNorm(Linear(cat(semantic, motion)))``, size ``feature_dim``, float32:
   what the SAC stage consumes.
@@ -48,8 +55,8 @@ class PathOutputs:
         semantic: (B, feature_dim) semantic-path vector (the CLIP projection heads read it).
         motion: (B, feature_dim) motion-path vector.
         fused: (B, feature_dim) fused vector (``forward`` returns this; the reward head reads it).
-        semantic_map: (B, channels, h, w) last semantic feature map, h = ceil(H / 2).
-        motion_map: (B, channels, h, w) last motion feature map (the flow decoder reads it).
+        semantic_map: (B, channels, h', w') last semantic feature map, h' = ceil(h / semantic_stride).
+        motion_map: (B, channels, h, w) last motion feature map, h = ceil(H / 2) (the flow decoder reads it).
     """
 
     semantic: Tensor
@@ -59,9 +66,9 @@ class PathOutputs:
     motion_map: Tensor
 
 
-def _trunk(in_channels: int, channels: int, depth: int) -> nn.ModuleList:
+def _trunk(in_channels: int, channels: int, depth: int, second_stride: int = 1) -> nn.ModuleList:
     layers = [nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)]
-    layers += [nn.Conv2d(channels, channels, 3, stride=1, padding=1) for _ in range(depth - 1)]
+    layers += [nn.Conv2d(channels, channels, 3, stride=second_stride if i == 1 else 1, padding=1) for i in range(1, depth)]
     return nn.ModuleList(layers)
 
 
@@ -84,6 +91,9 @@ class DualPathBackbone(nn.Module):
             (keeps the Linear layers small: 32 x 21 x 21 inputs at 84 px with pool 2).
         paths: ``both``, or ``semantic`` / ``motion`` for that path alone (ablation; no exchange,
             and the one path feeds every head: see the module docstring).
+        semantic_stride: stride of the semantic path's second conv (1 or 2; needs ``depth`` >= 2
+            when 2). Its map is pooled by ``pool / semantic_stride`` so that both heads see the
+            same grid (``pool`` must be a multiple of it).
     """
 
     def __init__(
@@ -99,6 +109,7 @@ class DualPathBackbone(nn.Module):
         flow_input: bool = False,
         pool: int = 2,
         paths: str = "both",
+        semantic_stride: int = 1,
     ) -> None:
         super().__init__()
         if frame_stack < 1 or depth < 1 or image_size < 4 or feature_dim < 1 or channels < 1 or pool < 1:
@@ -109,6 +120,15 @@ class DualPathBackbone(nn.Module):
             raise ValueError("flow_input=True feeds the motion path, which paths='semantic' leaves out")
         if interaction_kind not in INTERACTIONS:
             raise ValueError(f"interaction_kind={interaction_kind!r}: expected one of {sorted(INTERACTIONS)}")
+        if semantic_stride not in (1, 2):
+            raise ValueError(f"semantic_stride={semantic_stride}: expected 1 or 2")
+        if semantic_stride > 1 and paths != "motion":
+            if depth < 2:
+                raise ValueError(f"semantic_stride={semantic_stride} strides the semantic path's second conv; depth={depth} has none (use depth >= 2 or semantic_stride 1)")
+            if pool % semantic_stride:
+                raise ValueError(f"pool={pool} must be a multiple of semantic_stride={semantic_stride} so that both heads see the same grid")
+            if interaction and interaction_kind == "gated" and paths == "both":
+                raise ValueError("interaction_kind='gated' exchanges per pixel and needs both paths' maps the same size: use semantic_stride 1, or the 'global' or 'attention' exchange")
         self.frame_stack = frame_stack
         self.image_size = image_size
         self.feature_dim = feature_dim
@@ -116,24 +136,27 @@ class DualPathBackbone(nn.Module):
         self.depth = depth
         self.flow_input = flow_input
         self.paths = paths
+        self.semantic_stride = semantic_stride
         self.interaction = interaction and paths == "both"
         layers = list(range(1, depth)) if interaction_layers is None else sorted(set(int(i) for i in interaction_layers))
         if any(i < 0 or i >= depth for i in layers):
             raise ValueError(f"interaction_layers={interaction_layers}: each must be in [0, {depth - 1}]")
         self.interaction_layers = layers if self.interaction else []
 
-        self.semantic_trunk = _trunk(3, channels, depth) if paths != "motion" else None
+        self.semantic_trunk = _trunk(3, channels, depth, semantic_stride) if paths != "motion" else None
         self.motion_trunk = _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth) if paths != "semantic" else None
         self.exchange = nn.ModuleDict({str(i): INTERACTIONS[interaction_kind](channels) for i in self.interaction_layers})
 
         self.map_size = (image_size + 1) // 2
         self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+        semantic_pool = pool // semantic_stride
+        self.semantic_pool = nn.AvgPool2d(semantic_pool) if semantic_pool > 1 else nn.Identity()
         pooled = self.map_size // pool
-        if pooled < 1:
+        semantic_pooled = -(-self.map_size // semantic_stride) // semantic_pool
+        if min(pooled, semantic_pooled) < 1:
             raise ValueError(f"pool={pool} is larger than the {self.map_size}px feature map of a {image_size}px image")
-        flat = channels * pooled * pooled
-        self.semantic_head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim)) if paths != "motion" else None
-        self.motion_head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim)) if paths != "semantic" else None
+        self.semantic_head = nn.Sequential(nn.Linear(channels * semantic_pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "motion" else None
+        self.motion_head = nn.Sequential(nn.Linear(channels * pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "semantic" else None
         self.fuse = nn.Sequential(nn.Linear((2 if paths == "both" else 1) * feature_dim, feature_dim), nn.LayerNorm(feature_dim))
 
     @property
@@ -163,20 +186,20 @@ class DualPathBackbone(nn.Module):
             m = F.relu_(self.motion_trunk[i](m))
             if str(i) in self.exchange:
                 s, m = self.exchange[str(i)](s, m)
-        semantic = self.semantic_head(self.pool(s).flatten(1))
+        semantic = self.semantic_head(self.semantic_pool(s).flatten(1))
         motion = self.motion_head(self.pool(m).flatten(1))
         fused = self.fuse(torch.cat([semantic, motion], dim=1))
         return PathOutputs(semantic=semantic, motion=motion, fused=fused, semantic_map=s, motion_map=m)
 
     def _one_path(self, x: Tensor, flow: Tensor | None) -> PathOutputs:
         if self.paths == "semantic":
-            h, trunk, head = x[:, -3:], self.semantic_trunk, self.semantic_head
+            h, trunk, head, pool = x[:, -3:], self.semantic_trunk, self.semantic_head, self.semantic_pool
         else:
             h = torch.cat([x, flow.float()], dim=1) if self.flow_input and flow is not None else x
-            trunk, head = self.motion_trunk, self.motion_head
+            trunk, head, pool = self.motion_trunk, self.motion_head, self.pool
         for layer in trunk:
             h = F.relu_(layer(h))
-        vector = head(self.pool(h).flatten(1))
+        vector = head(pool(h).flatten(1))
         return PathOutputs(semantic=vector, motion=vector, fused=self.fuse(vector), semantic_map=h, motion_map=h)
 
     def forward(self, obs: Tensor, flow: Tensor | None = None) -> Tensor:

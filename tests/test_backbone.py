@@ -154,3 +154,68 @@ def test_one_path_checkpoint_round_trips_and_bad_paths_are_named(tmp_path) -> No
         DualPathBackbone(**TINY, paths="both-ish")
     with pytest.raises(ValueError, match="flow_input=True feeds the motion path"):
         DualPathBackbone(**TINY, paths="semantic", flow_input=True)
+
+
+@pytest.mark.parametrize("paths", ["both", "semantic"])
+@pytest.mark.parametrize("size", [16, 15])
+def test_semantic_stride_halves_the_semantic_maps_and_keeps_every_head(paths: str, size: int) -> None:
+    """semantic_stride 2: the semantic map is half the motion map each way (ceil), the heads and the
+    flow decoder keep their shapes, the semantic path still sees the current frame only (without
+    exchange), and it costs fewer multiply-adds than stride 1."""
+    torch.manual_seed(0)
+    config = {**TINY, "image_size": size, "paths": paths, "semantic_stride": 2, "interaction": False}
+    model = PretrainModel(backbone=config, clip_dim=12, head_hidden=16)
+    obs = _obs(size=size)
+    out = model.backbone.forward_paths(obs)
+    half = -(-size // 2)
+    assert out.semantic_map.shape == (2, 4, -(-half // 2), -(-half // 2))
+    if paths == "both":
+        assert out.motion_map.shape == (2, 4, half, half)
+    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "flow": (2, 2, size, size), "reward": (2,), "fused": (2, 8)}
+    assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
+    changed = obs.clone()
+    changed[:, :6] = 255 - changed[:, :6]  # older frames only
+    assert torch.allclose(model.backbone.forward_paths(changed).semantic, out.semantic)
+    second = model.backbone.semantic_trunk[1]
+    assert second.stride == (2, 2) and all(layer.stride == (1, 1) for layer in model.backbone.semantic_trunk[2:])
+
+
+@pytest.mark.parametrize("kind", ["global", "attention"])
+def test_semantic_stride_exchanges_across_map_sizes_and_round_trips(kind: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    config = {**TINY, "semantic_stride": 2, "interaction_kind": kind}
+    backbone = DualPathBackbone(**config)
+    obs = _obs()
+    changed = obs.clone()
+    changed[:, :6] = 255 - changed[:, :6]  # older frames: reach the semantic vector only through the exchange
+    if kind == "global":  # the attention exchange starts at scale 0 (ReZero), so it passes nothing yet
+        assert not torch.allclose(backbone.forward_paths(obs).semantic, backbone.forward_paths(changed).semantic)
+    save_module(tmp_path / "b", backbone, config, {})
+    loaded, _ = load_module(tmp_path / "b")
+    assert loaded.semantic_stride == 2 and torch.equal(loaded(obs), backbone(obs))
+
+
+def test_checkpoint_without_semantic_stride_rebuilds_the_one_resolution_layout(tmp_path) -> None:
+    """Checkpoints written before the option hold no semantic_stride: they load as stride 1."""
+    torch.manual_seed(0)
+    backbone = DualPathBackbone(**TINY)
+    save_module(tmp_path / "b", backbone, dict(TINY), {})
+    loaded, _ = load_module(tmp_path / "b")
+    assert loaded.semantic_stride == 1 and loaded.semantic_trunk[1].stride == (1, 1)
+    assert torch.equal(loaded(_obs()), backbone(_obs()))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"semantic_stride": 3}, "semantic_stride=3: expected 1 or 2"),
+        ({"semantic_stride": 2, "depth": 1}, "depth=1 has none"),
+        ({"semantic_stride": 2, "interaction_kind": "gated"}, "needs both paths' maps the same size"),
+    ],
+)
+def test_bad_semantic_stride_is_named(config: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DualPathBackbone(**{**TINY, **config})
+    # the gated exchange is fine without it, and a motion-only backbone ignores it
+    DualPathBackbone(**{**TINY, "interaction_kind": "gated"})
+    DualPathBackbone(**{**TINY, "semantic_stride": 2, "depth": 1, "paths": "motion"})

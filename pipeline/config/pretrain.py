@@ -15,6 +15,7 @@ class PretrainParams(Section):
     channels: Int = Field(32, ge=4, le=1024, description="Conv width of each path.")
     depth: Int = Field(4, ge=1, le=16, description="Conv layers per path (the first has stride 2).")
     paths: Literal["both", "semantic", "motion"] = Field("both", description="'both': the dual-path design. 'semantic' / 'motion': that path alone (ablation): the one path feeds every head (CLIP heads and flow decoder alike), so the loss set is unchanged and only the two-path structure is taken away; no exchange.")
+    semantic_stride: Literal[1, 2] = Field(2, description="Stride of the semantic path's second conv: 2 runs its later layers on maps half the motion path's size each way (21 x 21 at 84 px; what is in one frame needs less resolution than how it moves), which makes the backbone cost about two DrQ-v2 encoders in SAC (bench/bench_backbone.py); 1: both paths at one resolution (the layout before; needed by interaction_kind 'gated').")
     interaction: Bool = Field(True, description="Let the semantic and motion paths exchange information (off for ablation).")
     interaction_kind: Literal["gated", "attention", "global"] = Field("global", description="'global': per-channel gated messages from the other path's spatial mean (nearly free); 'gated': per-pixel gated 1x1-conv feature exchange; 'attention': cross-attention over pooled tokens.")
     flow_input: Bool = Field(False, description="Also feed the flow between the last two frames to the motion path (comparison only: the online agent would need flow too).")
@@ -51,4 +52,9 @@ class PretrainParams(Section):
     def _check_paths(self) -> "PretrainParams":
         if self.flow_input and self.paths == "semantic":
             raise ValueError("flow_input: true feeds the motion path, which paths: semantic leaves out; set flow_input: false or paths: both|motion")
+        if self.semantic_stride > 1 and self.paths != "motion":
+            if self.depth < 2:
+                raise ValueError(f"semantic_stride: {self.semantic_stride} strides the semantic path's second conv, which depth: {self.depth} does not have; set depth >= 2 or semantic_stride: 1")
+            if self.paths == "both" and self.interaction and self.interaction_kind == "gated":
+                raise ValueError("interaction_kind: gated exchanges per pixel and needs both paths' maps the same size; set semantic_stride: 1, or interaction_kind: global|attention")
         return self

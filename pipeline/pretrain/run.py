@@ -63,6 +63,7 @@ def backbone_config(params: PretrainParams, info: Dataset) -> dict[str, Any]:
         "interaction_kind": params.interaction_kind,
         "flow_input": params.flow_input,
         "paths": params.paths,
+        "semantic_stride": params.semantic_stride,
     }
 
 
