@@ -3,8 +3,8 @@
 :func:`run` is the library entry point (the ``semore encode`` stage, tests and benchmarks call
 it). It checks every input first, then encodes one episode at a time in a plain loop
 (:func:`embed_episode` reads an episode and computes its CLIP targets; its samples are encoded to
-bytes on a second thread while the next episode is embedded, then written in order through
-:mod:`pipeline.dataset.writer`). The whole output folder is written next
+bytes, written through :mod:`pipeline.dataset.writer` and counted in the statistics on a second
+thread, in order, while the next episode is embedded). The whole output folder is written next
 to its target and renamed into place at the end, so an interrupted run leaves the previous
 dataset (or nothing) behind, never a half-written one; temporaries left by a killed run are
 removed by the next one.
@@ -140,12 +140,12 @@ def embed_episode(item: EpisodeInputs, encoder: ClipEncoder, texts: _TextEmbedde
 
 
 def _write_episode(
-    encoded: EncodedEpisode, samples: Future[list[dict[str, Any]]], sink: ShardSink, stats: SplitStats,
+    encoded: EncodedEpisode, sink: ShardSink, stats: SplitStats,
     tasks: dict[str, dict[str, Any]], shapes: dict[str, set[str]], split: str,
 ) -> None:
-    """Write one episode's samples to ``sink`` and add it to the split's ``stats``, the per-task provenance
-    ``tasks`` and the frame/action ``shapes`` seen."""
-    for sample in samples.result():
+    """Encode one episode's samples (PNG, npy, JSON), write them to ``sink`` and add the episode to the
+    split's ``stats``, the per-task provenance ``tasks`` and the frame/action ``shapes`` seen."""
+    for sample in encoded.samples():
         sink.write(sample)
     ep = encoded.episode
     stats.add_episode(
@@ -206,17 +206,18 @@ def run(
         tmp.mkdir()
         for split in SPLITS:
             sink = ShardSink(tmp / split, maxcount=section.shard_maxcount, maxsize_bytes=section.shard_maxsize_mb * 1e6)
-            # Episode i's samples are encoded (PNG, npy, JSON) on the second core while episode i+1 is read and
-            # embedded; they are written in order, so the bytes do not depend on the overlap.
-            pending: deque[tuple[EncodedEpisode, Future[list[dict[str, Any]]]]] = deque()
+            # Episode i is encoded (PNG, npy, JSON), written and counted on the helper thread (the second core)
+            # while episode i+1 is read and embedded here. The helper is the only writer of the sink and the
+            # statistics and runs episodes in submission order, so the bytes do not depend on the overlap.
+            pending: deque[Future[None]] = deque()
             for item in (i for i in inputs if split_of[(i.task, i.episode)] == split):
                 encoded = embed_episode(item, encoder, texts)
-                pending.append((encoded, pool.submit(encoded.samples)))
-                if len(pending) > 1:
-                    _write_episode(*pending.popleft(), sink, stats[split], tasks, shapes, split)
+                pending.append(pool.submit(_write_episode, encoded, sink, stats[split], tasks, shapes, split))
+                while len(pending) > 1 or (pending and pending[0].done()):  # at most one episode waits (memory)
+                    pending.popleft().result()  # re-raises the helper's error here
                     bar.update(1)
             while pending:
-                _write_episode(*pending.popleft(), sink, stats[split], tasks, shapes, split)
+                pending.popleft().result()
                 bar.update(1)
             shards[split] = sink.close()
         bar.close()
