@@ -105,6 +105,12 @@ def test_validation_points_are_logged_and_leave_training_unchanged(tmp_path: Pat
     assert logged[0] == "step\ttotal" and [line.split("\t")[0] for line in logged[1:]] == ["2", "4", "6"]
 
 
+def test_threads_param_sets_the_torch_thread_count_and_the_metrics_record_it(tmp_path: Path, dataset: Path) -> None:
+    assert torch.get_num_threads() == 1  # the torch_one_thread fixture
+    rc, out = run_stage(tmp_path, dataset, write_params(tmp_path / "p.yaml", **{**TINY, "steps": 2}, threads=2))
+    assert rc == 0 and json.loads((out / "metrics.json").read_text())["threads"] == 2
+
+
 def test_checkpoints_record_the_datasets_observation_facts(tmp_path: Path) -> None:
     """meta.observation of backbone/ and model/ carries each task's action repeat, camera and render
     mode from the dataset's provenance (here different per task), the frame size and the frame stack."""

@@ -46,6 +46,7 @@ class PretrainParams(Section):
     probe_max_per_task: Int = Field(5000, ge=0, description="Frames per task and split the probe reads at most (0: all).")
     nproc: Int = Field(1, ge=1, le=1024, description="Processes: > 1 relaunches the stage under torchrun with DDP (gloo on CPU, nccl on CUDA).")
     device: DeviceName = Field("auto")
+    threads: Int = Field(0, ge=0, le=1024, description="torch CPU threads per process (0: torch's default, one per core or OMP_NUM_THREADS). The weights' bytes depend on it (float sums split differently), so set it (1 is also the fastest when other processes share the cores) to get the same bytes on machines with other core counts; the count used is in the metrics.")
     seed: Seed = Field(0)
 
     @model_validator(mode="after")

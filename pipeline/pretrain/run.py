@@ -221,6 +221,8 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
     if params.batch_size % ctx.world_size:
         raise UserError(f"pretrain.batch_size = {params.batch_size} does not split evenly over {ctx.world_size} processes; make it a multiple of pretrain.nproc")
     config = backbone_config(params, info)
+    if params.threads:
+        torch.set_num_threads(params.threads)
     seed_everything(params.seed)
     model_config = {"backbone": config, "clip_dim": info.embed_dim, "head_hidden": params.head_hidden}
     model = PretrainModel(**model_config)
@@ -290,6 +292,7 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
         "steps": params.steps,
         "samples_seen": params.steps * params.batch_size,
         "processes": ctx.world_size,
+        "threads": torch.get_num_threads(),
         "probe_alpha": {"pretrained": trained["alpha"], "random": baseline["alpha"]},
     })
     meta = {
