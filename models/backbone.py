@@ -18,12 +18,12 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
   that one path only. The single path then serves every head: :class:`PathOutputs` gives its
   vector and map as both the semantic and the motion ones, so the CLIP heads and the flow decoder
   read the same path and the loss set stays fixed; only the two-path structure is taken away.
-* ``semantic_stride``: the semantic path's second conv has this stride, so with 2 (the
-  pipeline's default, ``pretrain.semantic_stride``) its later layers run on maps half the motion
-  path's size each way (21 x 21 at 84 px): what is in the frame needs less resolution than how it
-  moves (the SlowFast argument), and it cuts the semantic path's conv cost about 4x, so the
-  backbone costs about two DrQ-v2 encoders. 1 (the constructor's default, so that checkpoints
-  written before the option rebuild as they were) keeps both paths at one resolution.
+* ``semantic_stride``: the semantic path's second conv has this stride. 1 (the default) keeps
+  both paths at one resolution. 2 runs the semantic path's later layers on maps half the motion
+  path's size each way (21 x 21 at 84 px), on the argument that what is in a frame needs less
+  resolution than how it moves (SlowFast): it cuts that path's conv cost about 4x, so the
+  backbone costs about two DrQ-v2 encoders, but it measurably loses position information
+  (docs/RESULTS.md 1d), so it is an option, not the default.
   The ``global`` and ``attention`` exchanges work across map sizes; ``gated`` (per pixel) needs 1.
 * Each path ends in a vector (``path_dim`` = ``feature_dim``): pooled map -> Linear -> LayerNorm.
   The fused vector is ``LayerNorm(Linear(cat(semantic, motion)))``, size ``feature_dim``, float32:

@@ -46,8 +46,8 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ({"weights": {"on_missing": "ignore"}}, ["weights.on_missing = 'ignore'", "'error' or 'random'"]),
         ({"collect": 5}, ["collect = 5", "dictionary"]),
         ({"pretrain": {"paths": "semantic", "flow_input": True}}, ["pretrain", "flow_input: true feeds the motion path"]),
-        ({"pretrain": {"interaction_kind": "gated"}}, ["pretrain", "interaction_kind: gated exchanges per pixel", "semantic_stride: 1"]),
-        ({"pretrain": {"depth": 1}}, ["pretrain", "depth: 1 does not have", "semantic_stride: 1"]),
+        ({"pretrain": {"interaction_kind": "gated", "semantic_stride": 2}}, ["pretrain", "interaction_kind: gated exchanges per pixel", "semantic_stride: 1"]),
+        ({"pretrain": {"depth": 1, "semantic_stride": 2}}, ["pretrain", "depth: 1 does not have", "semantic_stride: 1"]),
         ({"pretrain": {"semantic_stride": 3}}, ["pretrain.semantic_stride = 3", "1 or 2"]),
     ],
 )
