@@ -149,10 +149,10 @@ class DualPathBackbone(nn.Module):
 
         self.map_size = (image_size + 1) // 2
         self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
-        semantic_pool = pool // semantic_stride
+        semantic_pool = pool // semantic_stride if paths != "motion" else pool  # (no semantic path: unused)
         self.semantic_pool = nn.AvgPool2d(semantic_pool) if semantic_pool > 1 else nn.Identity()
         pooled = self.map_size // pool
-        semantic_pooled = -(-self.map_size // semantic_stride) // semantic_pool
+        semantic_pooled = -(-self.map_size // semantic_stride) // semantic_pool if paths != "motion" else pooled
         if min(pooled, semantic_pooled) < 1:
             raise ValueError(f"pool={pool} is larger than the {self.map_size}px feature map of a {image_size}px image")
         self.semantic_head = nn.Sequential(nn.Linear(channels * semantic_pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "motion" else None

@@ -218,4 +218,4 @@ def test_bad_semantic_stride_is_named(config: dict, message: str) -> None:
         DualPathBackbone(**{**TINY, **config})
     # the gated exchange is fine without it, and a motion-only backbone ignores it
     DualPathBackbone(**{**TINY, "interaction_kind": "gated"})
-    DualPathBackbone(**{**TINY, "semantic_stride": 2, "depth": 1, "paths": "motion"})
+    DualPathBackbone(**{**TINY, "semantic_stride": 2, "depth": 1, "paths": "motion", "pool": 1})
