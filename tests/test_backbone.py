@@ -159,9 +159,9 @@ def test_one_path_checkpoint_round_trips_and_bad_paths_are_named(tmp_path) -> No
 @pytest.mark.parametrize("paths", ["both", "semantic"])
 @pytest.mark.parametrize("size", [16, 15])
 def test_semantic_stride_halves_the_semantic_maps_and_keeps_every_head(paths: str, size: int) -> None:
-    """semantic_stride 2: the semantic map is half the motion map each way (ceil), the heads and the
-    flow decoder keep their shapes, the semantic path still sees the current frame only (without
-    exchange), and it costs fewer multiply-adds than stride 1."""
+    """semantic_stride 2: the semantic map is half the motion map each way (ceil), only the second
+    semantic conv strides, the heads and the flow decoder keep their shapes, and the semantic path
+    still sees the current frame only (without exchange)."""
     torch.manual_seed(0)
     config = {**TINY, "image_size": size, "paths": paths, "semantic_stride": 2, "interaction": False}
     model = PretrainModel(backbone=config, clip_dim=12, head_hidden=16)
