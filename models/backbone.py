@@ -29,8 +29,10 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
   The fused vector is ``LayerNorm(Linear(cat(semantic, motion)))``, size ``feature_dim``, float32:
   what the SAC stage consumes.
 
-Trunks are DrQ-v2-like (3x3 convs, ``channels`` wide, the first with stride 2) but padded, so the
-spatial maps stay aligned with the image (``ceil(H / 2)`` x ``ceil(W / 2)``) for the flow decoder.
+Trunks are DrQ-v2-like (3x3 convs, ``channels`` wide, the first with stride 2). ``padding=1``
+(the constructor's default, so older checkpoints rebuild) keeps the maps aligned with the image
+(``ceil(H / 2)`` a side); ``padding=0`` uses valid convs as DrQ-v2 does (35 x 35 at 84 px): about
+0.7x the multiply-adds, and the flow decoder pads the ``map_border`` lost cells back.
 All constructor arguments are JSON-able, so :mod:`models.checkpoint` can rebuild the module.
 """
 from __future__ import annotations
@@ -55,8 +57,9 @@ class PathOutputs:
         semantic: (B, feature_dim) semantic-path vector (the CLIP projection heads read it).
         motion: (B, feature_dim) motion-path vector.
         fused: (B, feature_dim) fused vector (``forward`` returns this; the reward head reads it).
-        semantic_map: (B, channels, h', w') last semantic feature map, h' = ceil(h / semantic_stride).
-        motion_map: (B, channels, h, w) last motion feature map, h = ceil(H / 2) (the flow decoder reads it).
+        semantic_map: (B, channels, h', w') last semantic feature map (h' = ceil(h / semantic_stride) when padded).
+        motion_map: (B, channels, h, w) last motion feature map, h = ``map_size`` (ceil(H / 2) when
+            padded; ``map_border`` cells short of that on each side when not); the flow decoder reads it.
     """
 
     semantic: Tensor
@@ -66,10 +69,18 @@ class PathOutputs:
     motion_map: Tensor
 
 
-def _trunk(in_channels: int, channels: int, depth: int, second_stride: int = 1) -> nn.ModuleList:
-    layers = [nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)]
-    layers += [nn.Conv2d(channels, channels, 3, stride=second_stride if i == 1 else 1, padding=1) for i in range(1, depth)]
+def _trunk(in_channels: int, channels: int, depth: int, second_stride: int = 1, padding: int = 1) -> nn.ModuleList:
+    layers = [nn.Conv2d(in_channels, channels, 3, stride=2, padding=padding)]
+    layers += [nn.Conv2d(channels, channels, 3, stride=second_stride if i == 1 else 1, padding=padding) for i in range(1, depth)]
     return nn.ModuleList(layers)
+
+
+def _trunk_size(size: int, depth: int, second_stride: int, padding: int) -> int:
+    """Side of a :func:`_trunk`'s last map for a ``size`` x ``size`` input (< 1: too small)."""
+    for i in range(depth):
+        stride = 2 if i == 0 else second_stride if i == 1 else 1
+        size = (size + 2 * padding - 3) // stride + 1
+    return size
 
 
 class DualPathBackbone(nn.Module):
@@ -94,6 +105,9 @@ class DualPathBackbone(nn.Module):
         semantic_stride: stride of the semantic path's second conv (1 or 2; needs ``depth`` >= 2
             when 2). Its map is pooled by ``pool / semantic_stride`` so that both heads see the
             same grid (``pool`` must be a multiple of it).
+        padding: of every trunk conv: 1 (maps aligned with the image, ``ceil(H / 2)`` a side) or 0
+            (valid convs, as DrQ-v2: ``(H - 3) // 2 + 1 - 2 (depth - 1)`` a side, 35 at 84 px and
+            depth 4, about 0.7x the multiply-adds of the padded 42 x 42 maps).
     """
 
     def __init__(
@@ -110,6 +124,7 @@ class DualPathBackbone(nn.Module):
         pool: int = 2,
         paths: str = "both",
         semantic_stride: int = 1,
+        padding: int = 1,
     ) -> None:
         super().__init__()
         if frame_stack < 1 or depth < 1 or image_size < 4 or feature_dim < 1 or channels < 1 or pool < 1:
@@ -122,6 +137,8 @@ class DualPathBackbone(nn.Module):
             raise ValueError(f"interaction_kind={interaction_kind!r}: expected one of {sorted(INTERACTIONS)}")
         if semantic_stride not in (1, 2):
             raise ValueError(f"semantic_stride={semantic_stride}: expected 1 or 2")
+        if padding not in (0, 1):
+            raise ValueError(f"padding={padding}: expected 1 (maps aligned with the image) or 0 (valid convs, as DrQ-v2)")
         if semantic_stride > 1 and paths != "motion":
             if depth < 2:
                 raise ValueError(f"semantic_stride={semantic_stride} strides the semantic path's second conv; depth={depth} has none (use depth >= 2 or semantic_stride 1)")
@@ -137,24 +154,34 @@ class DualPathBackbone(nn.Module):
         self.flow_input = flow_input
         self.paths = paths
         self.semantic_stride = semantic_stride
+        self.padding = padding
         self.interaction = interaction and paths == "both"
         layers = list(range(1, depth)) if interaction_layers is None else sorted(set(int(i) for i in interaction_layers))
         if any(i < 0 or i >= depth for i in layers):
             raise ValueError(f"interaction_layers={interaction_layers}: each must be in [0, {depth - 1}]")
         self.interaction_layers = layers if self.interaction else []
 
-        self.semantic_trunk = _trunk(3, channels, depth, semantic_stride) if paths != "motion" else None
-        self.motion_trunk = _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth) if paths != "semantic" else None
+        self.semantic_trunk = _trunk(3, channels, depth, semantic_stride, padding) if paths != "motion" else None
+        self.motion_trunk = _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth, 1, padding) if paths != "semantic" else None
         self.exchange = nn.ModuleDict({str(i): INTERACTIONS[interaction_kind](channels) for i in self.interaction_layers})
 
-        self.map_size = (image_size + 1) // 2
+        self.map_size = _trunk_size(image_size, depth, 1, padding)  # the motion map's side
+        semantic_size = _trunk_size(image_size, depth, semantic_stride, padding) if paths != "motion" else self.map_size
+        if min(self.map_size, semantic_size) < 1:
+            raise ValueError(f"image_size={image_size} is too small for {depth} unpadded 3x3 convs; use padding=1, fewer layers or larger images")
+        # Cells the map the flow decoder reads (the motion map; the semantic one in a semantic-only
+        # backbone) lacks on each side of the image-aligned grid of a padded trunk (one per valid
+        # conv after the first): the decoder pads them back before upsampling.
+        flow_stride = semantic_stride if paths == "semantic" else 1
+        flow_size = semantic_size if paths == "semantic" else self.map_size
+        self.map_border = (_trunk_size(image_size, depth, flow_stride, 1) - flow_size) // 2
         self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
         semantic_pool = pool // semantic_stride if paths != "motion" else pool  # (no semantic path: unused)
         self.semantic_pool = nn.AvgPool2d(semantic_pool) if semantic_pool > 1 else nn.Identity()
         pooled = self.map_size // pool
-        semantic_pooled = -(-self.map_size // semantic_stride) // semantic_pool if paths != "motion" else pooled
+        semantic_pooled = semantic_size // semantic_pool if paths != "motion" else pooled
         if min(pooled, semantic_pooled) < 1:
-            raise ValueError(f"pool={pool} is larger than the {self.map_size}px feature map of a {image_size}px image")
+            raise ValueError(f"pool={pool} is larger than the {min(self.map_size, semantic_size)}px feature map of a {image_size}px image")
         self.semantic_head = nn.Sequential(nn.Linear(channels * semantic_pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "motion" else None
         self.motion_head = nn.Sequential(nn.Linear(channels * pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "semantic" else None
         self.fuse = nn.Sequential(nn.Linear((2 if paths == "both" else 1) * feature_dim, feature_dim), nn.LayerNorm(feature_dim))

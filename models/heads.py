@@ -22,15 +22,23 @@ from models.layers import mlp
 
 
 class FlowDecoder(nn.Module):
-    """(B, C, h, w) motion map -> (B, 2, H, W) flow in pixels: two 3x3 convs, bilinear upsampling."""
+    """(B, C, h, w) motion map -> (B, 2, H, W) flow in pixels: two 3x3 convs, bilinear upsampling.
 
-    def __init__(self, channels: int, image_size: int, hidden: int = 32) -> None:
+    ``border``: cells the map lacks on each side of the image-aligned grid (an unpadded trunk's,
+    :attr:`DualPathBackbone.map_border`); they are filled by replicating the edge first, so that
+    upsampling does not stretch the map over the whole image.
+    """
+
+    def __init__(self, channels: int, image_size: int, hidden: int = 32, border: int = 0) -> None:
         super().__init__()
         self.image_size = image_size
+        self.border = border
         self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1)
         self.conv2 = nn.Conv2d(hidden, 2, 3, padding=1)
 
     def forward(self, motion_map: Tensor) -> Tensor:
+        if self.border:
+            motion_map = F.pad(motion_map, (self.border,) * 4, mode="replicate")
         x = self.conv2(F.relu(self.conv1(motion_map)))
         return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
 
@@ -52,7 +60,7 @@ class PretrainModel(nn.Module):
         self.clip_image = mlp(d, head_hidden, clip_dim)
         self.clip_caption = mlp(d, head_hidden, clip_dim)
         self.clip_objects = mlp(d, head_hidden, clip_dim)
-        self.flow = FlowDecoder(self.backbone.channels, self.backbone.image_size)
+        self.flow = FlowDecoder(self.backbone.channels, self.backbone.image_size, border=self.backbone.map_border)
         self.reward = mlp(d, head_hidden, 1)
 
     def forward(self, obs: Tensor, flow: Tensor | None = None) -> dict[str, Tensor]:

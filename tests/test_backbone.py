@@ -219,3 +219,57 @@ def test_bad_semantic_stride_is_named(config: dict, message: str) -> None:
     # the gated exchange is fine without it, and a motion-only backbone ignores it
     DualPathBackbone(**{**TINY, "interaction_kind": "gated"})
     DualPathBackbone(**{**TINY, "semantic_stride": 2, "depth": 1, "paths": "motion", "pool": 1})
+
+
+@pytest.mark.parametrize("paths", ["both", "semantic", "motion"])
+@pytest.mark.parametrize("size", [16, 15])
+def test_valid_padding_shrinks_the_maps_as_drq_and_keeps_every_head(paths: str, size: int, tmp_path) -> None:
+    """padding 0: every trunk conv is valid (DrQ-v2's (H - 3) // 2 + 1 - 2 (depth - 1) a side), the
+    heads and the flow decoder keep their output shapes, the map border is recorded, and the
+    option survives a checkpoint round trip."""
+    torch.manual_seed(0)
+    config = {**TINY, "image_size": size, "paths": paths, "padding": 0, "pool": 1}
+    model = PretrainModel(backbone=config, clip_dim=12, head_hidden=16)
+    obs = _obs(size=size)
+    out = model.backbone.forward_paths(obs)
+    side = (size - 3) // 2 + 1 - 4  # depth 3: two valid convs after the first, each 2 px narrower
+    assert out.semantic_map.shape == out.motion_map.shape == (2, 4, side, side)
+    assert model.backbone.map_border == 2 and model.flow.border == 2
+    assert all(layer.padding == (0, 0) for trunk in (model.backbone.semantic_trunk, model.backbone.motion_trunk) if trunk is not None for layer in trunk)
+    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "flow": (2, 2, size, size), "reward": (2,), "fused": (2, 8)}
+    assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
+    save_module(tmp_path / "b", model.backbone, config, {})
+    loaded, _ = load_module(tmp_path / "b")
+    assert loaded.padding == 0 and torch.equal(loaded(obs), model.backbone(obs))
+
+
+def test_flow_decoder_pads_the_valid_border_back_so_the_flow_stays_on_its_pixels() -> None:
+    """An unpadded 84 px trunk's last map (35 x 35) has cell j centred on image pixel 2j + 7. With
+    pass-through decoder convs, the decoded value at pixel x must come from the cell over x, not
+    from a map stretched over the whole image (which is 3 cells off at x = 75)."""
+    backbone = DualPathBackbone(padding=0)
+    model = PretrainModel(backbone={"padding": 0}, clip_dim=4, head_hidden=8)
+    decoder = model.flow
+    with torch.no_grad():  # conv1: channel 0 through (ReLU keeps the non-negative ramp), conv2 likewise
+        for conv in (decoder.conv1, decoder.conv2):
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[0, 0, 1, 1] = 1.0
+    side = backbone.map_size
+    assert side == 35
+    ramp = torch.arange(side, dtype=torch.float32).expand(1, 32, side, side).contiguous()  # value = column index j
+    decoded = decoder(ramp)[0, 0, 0]  # (84,) along x
+    x = torch.arange(7, 76, dtype=torch.float32)
+    assert (decoded[7:76] - (x - 7) / 2).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"padding": 2}, "padding=2: expected 1"),
+        ({"padding": 0, "image_size": 8}, "image_size=8 is too small for 3 unpadded"),
+    ],
+)
+def test_bad_padding_is_named(config: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DualPathBackbone(**{**TINY, **config})

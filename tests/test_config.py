@@ -49,6 +49,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ({"pretrain": {"interaction_kind": "gated", "semantic_stride": 2}}, ["pretrain", "interaction_kind: gated exchanges per pixel", "semantic_stride: 1"]),
         ({"pretrain": {"depth": 1, "semantic_stride": 2}}, ["pretrain", "depth: 1 does not have", "semantic_stride: 1"]),
         ({"pretrain": {"semantic_stride": 3}}, ["pretrain.semantic_stride = 3", "1 or 2"]),
+        ({"pretrain": {"padding": 2}}, ["pretrain.padding = 2", "0 or 1"]),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(raw: dict, expected: list[str]) -> None:

@@ -64,6 +64,7 @@ def backbone_config(params: PretrainParams, info: Dataset) -> dict[str, Any]:
         "flow_input": params.flow_input,
         "paths": params.paths,
         "semantic_stride": params.semantic_stride,
+        "padding": params.padding,
     }
 
 
