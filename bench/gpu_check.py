@@ -916,7 +916,7 @@ def section_sac(ctx: Ctx) -> None:
     config = dict(frame_stack=3, image_size=s.sac_image, feature_dim=int(pre.get("feature_dim", 64)), channels=int(pre.get("channels", 32)),
                   depth=int(pre.get("depth", 4)), interaction=bool(pre.get("interaction", True)),
                   interaction_kind=str(pre.get("interaction_kind", "global")), flow_input=False,
-                  semantic_stride=int(pre.get("semantic_stride", 1)))
+                  semantic_stride=int(pre.get("semantic_stride", 1)), padding=int(pre.get("padding", 1)))
     encoders = {"dual-path": lambda: DualPathBackbone(**config), "drq-v2": lambda: drq_encoder(3, s.sac_image)}
     variants = [("fp32", False, False, False), ("channels_last", True, False, False), ("bf16 autocast", False, True, False),
                 ("compile", False, False, True), ("compile+channels_last+bf16", True, True, True)]
