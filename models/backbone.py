@@ -32,7 +32,7 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
 Trunks are DrQ-v2-like (3x3 convs, ``channels`` wide, the first with stride 2). ``padding=1``
 (the constructor's default, so older checkpoints rebuild) keeps the maps aligned with the image
 (``ceil(H / 2)`` a side); ``padding=0`` uses valid convs as DrQ-v2 does (35 x 35 at 84 px): about
-0.7x the multiply-adds, and the flow decoder pads the ``map_border`` lost cells back.
+0.8x the multiply-adds, and the flow decoder pads the ``map_border`` lost cells back.
 All constructor arguments are JSON-able, so :mod:`models.checkpoint` can rebuild the module.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ class DualPathBackbone(nn.Module):
             same grid (``pool`` must be a multiple of it).
         padding: of every trunk conv: 1 (maps aligned with the image, ``ceil(H / 2)`` a side) or 0
             (valid convs, as DrQ-v2: ``(H - 3) // 2 + 1 - 2 (depth - 1)`` a side, 35 at 84 px and
-            depth 4, about 0.7x the multiply-adds of the padded 42 x 42 maps).
+            depth 4, about 0.8x the multiply-adds of the padded 42 x 42 maps).
     """
 
     def __init__(
