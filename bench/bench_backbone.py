@@ -16,7 +16,9 @@ batch 32 and 256). Times are the fastest of ``--repeats`` rounds (on a shared ma
 minimum is the figure least disturbed by other load; medians are printed too), in CPU seconds
 of this process by default (``--clock cpu``: on one thread that is the wall time of an idle
 machine, and it does not count the time other processes hold the cores; ``--clock wall`` for
-wall time).
+wall time). The last column is the spread of the full update's ratio taken within each round
+(median [min, max]): on a loaded machine one run's ratio moved by up to 0.4 between runs, so read
+a figure near the goal against its spread.
 
     python bench/bench_backbone.py                                  # default backbone vs DrQ-v2
     python bench/bench_backbone.py --variant gated='{"interaction_kind": "gated"}' --variant off='{"interaction": false}'
@@ -130,14 +132,19 @@ def main() -> None:
             best = {w: min(case.times[w]) for w in ("fwd_bwd", "update")}
             med = {w: statistics.median(case.times[w]) for w in ("fwd_bwd", "update")}
             params_count = sum(p.numel() for p in case.encoder.parameters())
-            rows.append((batch_size, case.name, params_count, best["fwd_bwd"], best["fwd_bwd"] / base["fwd_bwd"], best["update"], best["update"] / base["update"]))
+            # The same round's times are taken back to back, so their ratio shares its load: the
+            # spread of these per-round ratios says how far one run's figure can be trusted.
+            rounds = sorted(u / b for u, b in zip(case.times["update"], cases[0].times["update"]))
+            rows.append((batch_size, case.name, params_count, best["fwd_bwd"], best["fwd_bwd"] / base["fwd_bwd"], best["update"], best["update"] / base["update"], rounds))
             print(f"  batch {batch_size}: {case.name}: forward+backward {best['fwd_bwd']:.0f} ms (median {med['fwd_bwd']:.0f}), "
                   f"full update {best['update']:.0f} ms (median {med['update']:.0f})", flush=True)
 
-    print(f"\n{'batch':>5}  {'encoder':<28} {'params':>9}  {'fwd+bwd ms':>10} {'ratio':>6}  {'update ms':>10} {'ratio':>6}")
-    for batch_size, name, count, fb, fb_ratio, up, up_ratio in rows:
-        print(f"{batch_size:>5}  {name:<28} {count:>9,}  {fb:>10.0f} {fb_ratio:>6.2f}  {up:>10.0f} {up_ratio:>6.2f}")
-    print("ratio = encoder / DrQ-v2 encoder+trunk in the same run (goal for the dual-path backbone: full update <= 2.2)")
+    print(f"\n{'batch':>5}  {'encoder':<28} {'params':>9}  {'fwd+bwd ms':>10} {'ratio':>6}  {'update ms':>10} {'ratio':>6}  {'per-round update ratio':>24}")
+    for batch_size, name, count, fb, fb_ratio, up, up_ratio, rounds in rows:
+        spread = f"{statistics.median(rounds):.2f} [{rounds[0]:.2f}, {rounds[-1]:.2f}]"
+        print(f"{batch_size:>5}  {name:<28} {count:>9,}  {fb:>10.0f} {fb_ratio:>6.2f}  {up:>10.0f} {up_ratio:>6.2f}  {spread:>24}")
+    print("ratio = encoder / DrQ-v2 encoder+trunk in the same run, fastest against fastest (goal for the dual-path backbone: "
+          "full update <= 2.2); per-round: median [min, max] over the rounds of the ratio within one round")
 
 
 if __name__ == "__main__":
