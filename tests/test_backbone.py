@@ -196,12 +196,13 @@ def test_semantic_stride_exchanges_across_map_sizes_and_round_trips(kind: str, t
 
 
 def test_checkpoint_without_semantic_stride_rebuilds_the_one_resolution_layout(tmp_path) -> None:
-    """Checkpoints written before the option hold no semantic_stride: they load as stride 1."""
+    """Checkpoints written before the options hold no semantic_stride or padding: they load as stride 1, padded."""
     torch.manual_seed(0)
     backbone = DualPathBackbone(**TINY)
     save_module(tmp_path / "b", backbone, dict(TINY), {})
     loaded, _ = load_module(tmp_path / "b")
     assert loaded.semantic_stride == 1 and loaded.semantic_trunk[1].stride == (1, 1)
+    assert loaded.padding == 1 and all(layer.padding == (1, 1) for layer in loaded.motion_trunk)  # nor padding: padded trunks
     assert torch.equal(loaded(_obs()), backbone(_obs()))
 
 
@@ -247,7 +248,6 @@ def test_flow_decoder_pads_the_valid_border_back_so_the_flow_stays_on_its_pixels
     """An unpadded 84 px trunk's last map (35 x 35) has cell j centred on image pixel 2j + 7. With
     pass-through decoder convs, the decoded value at pixel x must come from the cell over x, not
     from a map stretched over the whole image (which is 3 cells off at x = 75)."""
-    backbone = DualPathBackbone(padding=0)
     model = PretrainModel(backbone={"padding": 0}, clip_dim=4, head_hidden=8)
     decoder = model.flow
     with torch.no_grad():  # conv1: channel 0 through (ReLU keeps the non-negative ramp), conv2 likewise
@@ -255,7 +255,7 @@ def test_flow_decoder_pads_the_valid_border_back_so_the_flow_stays_on_its_pixels
             conv.weight.zero_()
             conv.bias.zero_()
             conv.weight[0, 0, 1, 1] = 1.0
-    side = backbone.map_size
+    side = model.backbone.map_size
     assert side == 35
     ramp = torch.arange(side, dtype=torch.float32).expand(1, 32, side, side).contiguous()  # value = column index j
     decoded = decoder(ramp)[0, 0, 0]  # (84,) along x
