@@ -131,6 +131,24 @@ def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_chang
         run(backbone, tmp_path / "c", p.model_copy(update={"agent": p.agent.model_copy(update={"lr": 3e-4})}))
 
 
+def test_runs_in_worker_processes_report_progress_each_under_its_own_name(tmp_path: Path, backbone: Path, capfd) -> None:
+    """Spawned workers start with unconfigured logging; their evaluation lines must still reach
+    stderr, and say which arm and seed they belong to (several run side by side)."""
+    from pipeline.evaluate.arms import run_jobs
+    from pipeline.evaluate.run import _rl_jobs
+    from pipeline.logs import setup_logging
+
+    setup_logging("INFO")
+    section = params(seeds=2)
+    backbones = load_backbones(backbone, random_inits=1, checkpoints=[], seed=0, device=torch.device("cpu"))
+    jobs = _rl_jobs("state", section, backbones, {"cartpole-swingup": 8}, 24)
+    results = run_jobs(jobs, section, workers=2, device_name="cpu")
+    assert [r["job"].seed_index for r in results] == [0, 1]
+    err = capfd.readouterr().err
+    for s in (0, 1):
+        assert err.count(f"state on cartpole-swingup seed {s} eval at frame") == 3  # frames 0, 48 and 96
+
+
 def test_paired_random_arm_runs_seed_s_on_random_init_s(backbone: Path) -> None:
     from pipeline.evaluate.run import _rl_jobs
 

@@ -88,7 +88,7 @@ class EvaluateParams(Section):
     probe: ProbeParams = Field(default_factory=ProbeParams, description="Probe settings.")
     min_final_return: Float = Field(-1.0, description="The state arm must reach at least this final mean return on every task, or the stage fails (a non-learning agent invalidates every other arm); -1 disables.")
     cache_dir: str | None = Field("data/cache/evaluate", description="Finished RL runs are kept here (one small JSON each) so a stopped evaluation resumes; a run is reused only when its job, params, weights and code are unchanged. null: off.")
-    workers: Int = Field(2, ge=1, le=64, description="Processes running RL runs side by side (one torch thread each on the CPU); 1: in-process. Results do not depend on it.")
+    workers: Int = Field(2, ge=1, le=64, description="Processes running RL runs side by side (one torch thread each; on a GPU they share it, and each renders on its own CPU core); 1: in-process. Results do not depend on it.")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'.")
     threads: Int = Field(0, ge=0, description="torch CPU threads; 0: one per core.")
 

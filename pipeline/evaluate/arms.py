@@ -96,7 +96,8 @@ def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> di
     schedule = Schedule(section.frames, section.seed_frames, section.eval_every_frames, section.eval_episodes, section.episode_frames, job.action_repeat)
     make_env = partial(_make_env, job.task, job.image_size, section.camera, job.action_repeat, section.render_mode, max(1, section.episode_frames // job.action_repeat))
     seed = derive_seed(section.seed, "agent", job.label, job.seed_index)
-    workspace = VectorWorkspace(job.task, make_env, _observer_factory(job, section, device), section.agent, schedule, seed, device)
+    workspace = VectorWorkspace(job.task, make_env, _observer_factory(job, section, device), section.agent, schedule, seed, device,
+                                name=f"{job.label} on {job.task} seed {job.seed_index}")
     try:
         result = workspace.train()
     finally:
@@ -106,10 +107,12 @@ def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> di
     return {"job": job, **record}
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, log_level: int) -> None:
+    from pipeline.logs import setup_logging
     from pipeline.rendering import setup_headless_rendering
 
     setup_headless_rendering()
+    setup_logging(logging.getLevelName(log_level))  # a spawned process starts unconfigured: its progress would be lost
     torch.set_num_threads(threads)
 
 
@@ -122,7 +125,7 @@ def run_jobs(jobs: list[RLJob], section: EvaluateParams, *, workers: int, device
         return [run_job(job, section, device_name) for job in jobs]
     results: dict[int, dict[str, Any]] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(1, logging.getLogger().getEffectiveLevel())) as pool:
         futures = {pool.submit(run_job, job, section, device_name): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]

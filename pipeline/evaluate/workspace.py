@@ -172,10 +172,11 @@ class VectorWorkspace:
         agent_params: SAC hyperparameters.
         schedule: frames, evaluation cadence, episode length.
         seed: this run's seed (every random stream derives from it).
+        name: what its log lines call the run (default: the task); runs side by side need their own.
     """
 
-    def __init__(self, task: str, make_env: Callable[[int], Any], make_observer: Callable[[], Observer], agent_params: AgentParams, schedule: Schedule, seed: int, device: torch.device) -> None:
-        self.task, self.schedule, self.seed = task, schedule, seed
+    def __init__(self, task: str, make_env: Callable[[int], Any], make_observer: Callable[[], Observer], agent_params: AgentParams, schedule: Schedule, seed: int, device: torch.device, *, name: str | None = None) -> None:
+        self.task, self.schedule, self.seed, self.name = task, schedule, seed, name or task
         self.observer, self.eval_observer = make_observer(), make_observer()
 
         def env(seed: int) -> ActionScale:
@@ -215,7 +216,7 @@ class VectorWorkspace:
             alive = [i for i in alive if not results[i].done]
         record = {"frames": self.frame, "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns))}
         self.result.curve.append(record)
-        log.info("%s eval at frame %d: return %.1f", self.task, self.frame, record["return_mean"])
+        log.info("%s eval at frame %d: return %.1f", self.name, self.frame, record["return_mean"])
         return record
 
     def train_episode(self) -> None:
