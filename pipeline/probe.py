@@ -11,7 +11,8 @@ episode-grouped ``GroupKFold``), used by three stages:
 Out-of-fold protocol (:func:`out_of_fold`, per task, per backbone):
 
 * Ridge regression from standardised features to the standardised observation vector (what a
-  state-based agent sees: angles as cos/sin, no untracked root position).
+  state-based agent sees: no untracked root position), with every unbounded angle as cos/sin
+  (``PixelEnv.probe_observation``: a frame shows it only modulo a turn).
 * k-fold cross-validation **by episode** (scikit-learn ``GroupKFold``): every held-out episode is
   predicted by a model that never saw any frame of it, and the ridge penalty is chosen inside
   each training fold by an inner episode-grouped CV (never on the test fold).

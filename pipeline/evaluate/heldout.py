@@ -22,7 +22,9 @@ class HeldOutTask:
     Attributes:
         task: task name.
         frames: per episode, (T+1, H, W, 3) uint8 RGB frames.
-        observations: per episode, (T+1, D) float32 observation vectors, aligned with ``frames``.
+        observations: per episode, (T+1, D) float32 probe targets, aligned with ``frames``: the
+            task's observation vector as a frame can show it (``PixelEnv.probe_observation``:
+            unbounded hinge angles as cos/sin).
         kinds: (D,) ``"position"`` / ``"velocity"`` / ``"other"`` per observation dimension.
         action_repeat: simulator steps per agent step used.
     """
@@ -50,14 +52,14 @@ def collect_heldout(task: str, *, episodes: int, frames_per_episode: int, action
         for i in range(episodes):
             rng = np.random.default_rng(derive_seed(seed, "heldout", task, i + 1))
             result = env.reset(seed=derive_seed(seed, "heldout", task, i + 1))
-            obs, kinds = env.state_observation()
+            obs, kinds = env.probe_observation()
             frames, observations = [result.frame], [obs]
             action = np.zeros(env.action_dim, np.float32)
             while not result.done:
                 action = np.clip(action - 0.15 * action + noise * rng.standard_normal(env.action_dim), -1.0, 1.0).astype(np.float32)
                 result = env.step(action)
                 frames.append(result.frame)
-                observations.append(env.state_observation()[0])
+                observations.append(env.probe_observation()[0])
             all_frames.append(np.stack(frames))
             all_obs.append(np.stack(observations).astype(np.float32))
     finally:

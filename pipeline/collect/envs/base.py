@@ -167,6 +167,51 @@ class PixelEnv(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no state observation")
 
+    def _observation_qpos(self) -> list[int | None]:
+        """Per dimension of :meth:`state_observation`, the ``qpos`` address it is a raw copy of, or None."""
+        raise NotImplementedError(f"{type(self).__name__} cannot map its observation to qpos")
+
+    def probe_observation(self) -> tuple[np.ndarray, list[str]]:
+        """The state observation as a frame can show it: the probe's target.
+
+        :meth:`state_observation` with each raw angle of an unbounded hinge (a hinge joint without
+        limits, copied from ``qpos``) replaced by its cos and sin, both of kind ``position``. A
+        frame shows such an angle only modulo a full turn: reacher-easy's shoulder starts anywhere
+        in [-pi, pi] and winds up to +-17 rad under the probe's noise policy, so no representation
+        of pixels could predict the raw value. Bounded hinges (reacher's wrist, +-160 deg) and
+        angles the task already gives as cos/sin are kept as they are.
+
+        Returns:
+            ``(obs, kinds)``: obs (D',) float32, D' = D + the number of unbounded-angle dims.
+        """
+        obs, kinds = self.state_observation()
+        wrap = self._unbounded_angle_dims()
+        if not wrap:
+            return obs, kinds
+        values: list[np.ndarray] = []
+        out_kinds: list[str] = []
+        for i, kind in enumerate(kinds):
+            if i in wrap:
+                values.append(np.array([np.cos(obs[i]), np.sin(obs[i])], np.float32))
+                out_kinds += ["position", "position"]
+            else:
+                values.append(obs[i : i + 1])
+                out_kinds.append(kind)
+        return np.concatenate(values), out_kinds
+
+    def _unbounded_angle_dims(self) -> frozenset[int]:
+        """Dims of :meth:`state_observation` that are raw angles of unbounded hinges (computed once)."""
+        if getattr(self, "_wrap_dims", None) is None:
+            import mujoco
+
+            model = self.model
+            joint_of = {int(model.jnt_qposadr[j]): j for j in range(model.njnt)}
+            unbounded = {
+                adr for adr, j in joint_of.items() if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE and not model.jnt_limited[j]
+            }
+            self._wrap_dims = frozenset(i for i, adr in enumerate(self._observation_qpos()) if adr in unbounded)
+        return self._wrap_dims
+
     def reset(self, seed: int | None = None) -> StepResult:
         """Start an episode. ``seed`` fixes its initial state; None continues the env's seed stream
         (the first reset without a seed uses ``make_env``'s ``seed``)."""

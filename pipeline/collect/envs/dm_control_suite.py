@@ -80,6 +80,26 @@ class DmControlEnv(PixelEnv):
             kinds += [_observation_kind(key)] * flat.size
         return np.concatenate(parts), kinds
 
+    def _observation_qpos(self) -> list[int | None]:
+        # The suite's observations are computed by each task's get_observation; which entries
+        # copy qpos is found by giving the hinges of a copy of the physics distinctive angles
+        # (twice, so no value can match by chance) and looking for them in its observation.
+        import mujoco
+
+        model = self.model
+        hinges = [int(model.jnt_qposadr[j]) for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE]
+        matches = None
+        for offset in (2.0, 5.0):
+            physics = self._env.physics.copy(share_model=True)
+            angles = {adr: offset + 0.1234567 * (k + 1) for k, adr in enumerate(hinges)}
+            for adr, angle in angles.items():
+                physics.data.qpos[adr] = angle
+            physics.forward()
+            obs = np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in self._env.task.get_observation(physics).values()])
+            found = [next((adr for adr, angle in angles.items() if abs(x - angle) < 1e-6), None) for x in obs]
+            matches = found if matches is None else [a if a == b else None for a, b in zip(matches, found)]
+        return matches or []
+
     def _close_backend(self) -> None:
         self._env.close()
 

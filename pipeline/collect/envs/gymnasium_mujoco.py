@@ -79,14 +79,23 @@ class GymnasiumEnv(PixelEnv):
 
     def state_observation(self) -> tuple[np.ndarray, list[str]]:
         obs = np.asarray(self._env._get_obs(), dtype=np.float32).reshape(-1)
-        # gymnasium's MuJoCo observations are qpos[skip:] (root x/y left out), then qvel, then extras.
-        nq, nv = self.model.nq, self.model.nv
-        qpos = np.asarray(self.data.qpos, dtype=np.float32)
-        skip = next((s for s in range(nq + 1) if np.allclose(obs[: nq - s], qpos[s:])), nq)
-        n_pos = nq - skip
-        n_vel = min(nv, obs.size - n_pos)
+        skip, n_pos = self._qpos_layout(obs)
+        n_vel = min(self.model.nv, obs.size - n_pos)
         kinds = ["position"] * n_pos + ["velocity"] * n_vel + ["other"] * (obs.size - n_pos - n_vel)
         return obs, kinds
+
+    def _qpos_layout(self, obs: np.ndarray) -> tuple[int, int]:
+        """gymnasium's MuJoCo observations are qpos[skip:] (root x/y left out), then qvel, then
+        extras: (skip, number of qpos entries) of ``obs``."""
+        nq = self.model.nq
+        qpos = np.asarray(self.data.qpos, dtype=np.float32)
+        skip = next((s for s in range(nq + 1) if np.allclose(obs[: nq - s], qpos[s:])), nq)
+        return skip, nq - skip
+
+    def _observation_qpos(self) -> list[int | None]:
+        obs = np.asarray(self._env._get_obs(), dtype=np.float32).reshape(-1)
+        skip, n_pos = self._qpos_layout(obs)
+        return [skip + i for i in range(n_pos)] + [None] * (obs.size - n_pos)
 
     def _close_backend(self) -> None:
         self._wrapped.close()
