@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -131,14 +132,13 @@ def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_chang
         run(backbone, tmp_path / "c", p.model_copy(update={"agent": p.agent.model_copy(update={"lr": 3e-4})}))
 
 
-def test_runs_in_worker_processes_report_progress_each_under_its_own_name(tmp_path: Path, backbone: Path, capfd) -> None:
+def test_runs_in_worker_processes_report_progress_each_under_its_own_name(tmp_path: Path, backbone: Path, capfd, caplog) -> None:
     """Spawned workers start with unconfigured logging; their evaluation lines must still reach
-    stderr, and say which arm and seed they belong to (several run side by side)."""
+    stderr at the parent's level, and say which arm and seed they belong to (several run side by side)."""
     from pipeline.evaluate.arms import run_jobs
     from pipeline.evaluate.run import _rl_jobs
-    from pipeline.logs import setup_logging
 
-    setup_logging("INFO")
+    caplog.set_level(logging.INFO)  # the parent's level, passed on to the workers
     section = params(seeds=2)
     backbones = load_backbones(backbone, random_inits=1, checkpoints=[], seed=0, device=torch.device("cpu"))
     jobs = _rl_jobs("state", section, backbones, {"cartpole-swingup": 8}, 24)

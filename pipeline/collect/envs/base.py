@@ -96,6 +96,7 @@ class PixelEnv(abc.ABC):
         #: False: steps return no frame (no OpenGL work at all); a state-only agent's env
         #: steps several times faster.
         self.render_frames = True
+        self._wrap_dims: frozenset[int] | None = None  # see _unbounded_angle_dims
 
     # -- backend hooks -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -201,7 +202,7 @@ class PixelEnv(abc.ABC):
 
     def _unbounded_angle_dims(self) -> frozenset[int]:
         """Dims of :meth:`state_observation` that are raw angles of unbounded hinges (computed once)."""
-        if getattr(self, "_wrap_dims", None) is None:
+        if self._wrap_dims is None:
             import mujoco
 
             model = self.model
