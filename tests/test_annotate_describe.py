@@ -20,7 +20,8 @@ from pipeline.annotate.describe import (
     part_name,
     pole_words,
 )
-from pipeline.annotate.information import Joint, entropy_bits, state_matrix, text_information
+from pipeline.annotate.information import entropy_bits, text_information
+from pipeline.joint_state import Joint, state_matrix
 from pipeline.annotate.simulator import MODEL_NAME, PhysicsReader, describe, load_task_physics
 from pipeline.annotate.truth import body_angular_velocities, scene_truths
 from pipeline.config import parse_params
@@ -189,7 +190,7 @@ def test_captions_carry_more_of_the_state_than_a_constant_caption(cartpole: Path
     assert info["episodes"] == 3 and info["state_dims"] == 5  # cart x, cos/sin of the hinge, 2 velocities
     assert info["caption"]["probe_r2"] > 0.2 and info["objects"]["probe_r2"] > 0.2
     # The same frames and states with one caption for all (what a near-constant caption gives): nothing to read.
-    from pipeline.annotate.information import model_joints
+    from pipeline.joint_state import model_joints
 
     qpos, qvel, episode = [], [], []
     for i, path in enumerate(list_episodes(cartpole)):

@@ -5,6 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -190,6 +191,34 @@ def test_nproc_relaunches_the_same_command_under_torchrun(tmp_path: Path, datase
     assert metrics["processes"] == 2 and metrics["samples_seen"] == 24
     backbone, _ = load_module(out / "pretrain" / "backbone")
     assert backbone(torch.zeros(1, 9, 16, 16)).shape == (1, 8)
+
+
+def test_probe_target_is_the_joint_state_a_frame_shows(dataset: Path) -> None:
+    """The diagnostic probe regresses on hinge angles as cos/sin, without the untracked root x
+    (pipeline.joint_state), not on raw qpos/qvel; frames of another model are refused by name."""
+    from pipeline.dataset import open_dataset
+    from pipeline.errors import UserError
+    from pipeline.pretrain.probe import extract
+
+    shards = open_dataset(dataset).shards["train"]
+    backbone = DualPathBackbone(frame_stack=3, image_size=16, feature_dim=8, channels=4, depth=2)
+    out = extract(backbone, shards, 3, torch.device("cpu"))
+    cartpole, walker = out["cartpole-swingup"][1], out["walker-walk"][1]
+    assert cartpole.shape[1] == 5  # cart x, cos and sin of the pole, 2 velocities (raw: 4 values)
+    assert walker.shape[1] == 1 + 2 * 7 + 9  # rootz, 7 hinges as cos/sin (rootx left out), 9 velocities (raw: 18)
+    np.testing.assert_allclose(cartpole[:, 1] ** 2 + cartpole[:, 2] ** 2, 1.0)
+    np.testing.assert_allclose(walker[:, 1] ** 2 + walker[:, 2] ** 2, 1.0)  # rooty, a hinge
+
+    other = write_synthetic_inputs(dataset.parent / "misnamed", tasks=("walker.walk",), episodes=1, length=6, size=16, every_k=3)
+    renamed = dataset.parent / "misnamed-dataset"
+    build_dataset(*other, renamed, EncodeParams(val_fraction=0.0, shard_maxcount=12, batch_size=16), WeightsParams())
+    import pipeline.pretrain.probe as probe_module
+
+    walker_joints = probe_module.model_joints("walker-walk")
+    with pytest.MonkeyPatch.context() as mp:  # frames recorded with 3 qpos values read as walker-walk's (nq 9)
+        mp.setattr(probe_module, "model_joints", lambda task: walker_joints)
+        with pytest.raises(UserError, match="walker.walk.*nq=9"):
+            extract(backbone, open_dataset(renamed).shards["train"], 3, torch.device("cpu"))
 
 
 def test_probe_beats_the_random_backbone_on_collected_episodes(tmp_path: Path) -> None:

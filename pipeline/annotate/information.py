@@ -34,72 +34,13 @@ import numpy as np
 
 from pipeline.annotate.schema import Annotation
 from pipeline.annotate.truth import SceneTruth
+from pipeline.joint_state import model_joints, state_matrix
 
 log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("caption", "objects", "motion")
 #: Fewest episodes the probe runs on: with two, each fold would train on a single episode.
 MIN_EPISODES = 3
-#: Slide joints whose position no tracking camera shows (dm_control and gymnasium runners' root x).
-UNTRACKED_SLIDES = frozenset({"rootx"})
-
-
-@dataclass(frozen=True)
-class Joint:
-    """One joint of the model: name, MuJoCo type (0 free, 1 ball, 2 slide, 3 hinge), qpos and qvel addresses."""
-
-    name: str
-    kind: int
-    qpos: int
-    dof: int
-
-
-def model_joints(task: str, suite: str = "") -> list[Joint]:
-    """The joints of ``task``'s model (:func:`pipeline.annotate.simulator.load_task_physics`, no renderer)."""
-    import mujoco
-
-    from pipeline.annotate.simulator import load_task_physics
-
-    model, _, close = load_task_physics(task, suite)
-    try:
-        return [
-            Joint(mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint{j}", int(model.jnt_type[j]),
-                  int(model.jnt_qposadr[j]), int(model.jnt_dofadr[j]))
-            for j in range(model.njnt)
-        ]
-    finally:
-        close()
-
-
-def state_matrix(joints: list[Joint], qpos: np.ndarray, qvel: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """The probe's target: (N, D) float64 joint state of frames ``qpos`` (N, nq), ``qvel`` (N, nv), and each column's kind.
-
-    Hinges give cos and sin of their angle, slides their position (not :data:`UNTRACKED_SLIDES`),
-    ball joints their quaternion, free joints their height and quaternion (kind ``position``);
-    every velocity (kind ``velocity``).
-    """
-    qpos, qvel = np.atleast_2d(np.asarray(qpos, np.float64)), np.atleast_2d(np.asarray(qvel, np.float64))
-    columns: list[np.ndarray] = []
-    kinds: list[str] = []
-    for joint in joints:
-        a = joint.qpos
-        if joint.kind == 3:  # hinge
-            columns += [np.cos(qpos[:, a]), np.sin(qpos[:, a])]
-            kinds += ["position"] * 2
-        elif joint.kind == 2 and joint.name not in UNTRACKED_SLIDES:
-            columns.append(qpos[:, a])
-            kinds.append("position")
-        elif joint.kind == 1:  # ball: quaternion
-            columns += [qpos[:, a + i] for i in range(4)]
-            kinds += ["position"] * 4
-        elif joint.kind == 0:  # free: height and quaternion
-            columns += [qpos[:, a + i] for i in range(2, 7)]
-            kinds += ["position"] * 5
-    columns += [qvel[:, i] for i in range(qvel.shape[1])]
-    kinds += ["velocity"] * qvel.shape[1]
-    return np.stack(columns, axis=1), kinds
-
-
 def text_features(texts: list[str]) -> np.ndarray:
     """(N, F) float64 binary bag of lower-case words and word pairs of each text (F >= 1; one zero column
     when no text has a word)."""
@@ -129,7 +70,7 @@ def text_information(texts: dict[str, list[str]], episode: np.ndarray, state: np
     Args:
         texts: field name -> (N,) texts, one per frame.
         episode: (N,) episode id of each frame (the probe's folds).
-        state: (N, D) float state of each frame (:func:`state_matrix`); ``kinds``: (D,) its columns' kinds.
+        state: (N, D) float state of each frame (:func:`pipeline.joint_state.state_matrix`); ``kinds``: (D,) its columns' kinds.
 
     Returns:
         ``{"frames", "episodes", "state_dims", <field>: {"distinct", "entropy_bits", "probe_r2",

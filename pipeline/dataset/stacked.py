@@ -105,7 +105,7 @@ def stacked_samples(
         frame_stack: k.
         keep: ``(index, every)``: yield only samples whose running index ``i`` has ``i % every == index``
             (the others are still read for stacking, never decoded).
-        with_state: also yield ``state`` (qpos then qvel of frame t, float32), ``task`` and ``episode``.
+        with_state: also yield ``qpos`` (nq,) and ``qvel`` (nv,) of frame t (float64, as recorded), ``task`` and ``episode``.
         only_annotated: yield only frames with a valid annotation (``text_valid``); ``keep`` then
             counts annotated frames only, so every consumer gets its share of them.
 
@@ -163,7 +163,8 @@ def stacked_samples(
             "key": key,
         }
         if with_state:
-            out["state"] = np.concatenate([np.asarray(meta["qpos"], np.float32).ravel(), np.asarray(meta["qvel"], np.float32).ravel()])
+            out["qpos"] = np.asarray(meta["qpos"], np.float64).ravel()
+            out["qvel"] = np.asarray(meta["qvel"], np.float64).ravel()
             out["task"] = str(meta["task"])
             out["episode"] = int(meta["episode"])
         yield out
@@ -179,7 +180,7 @@ class StackedFrames(IterableDataset):
         shuffle_buffer: samples in the shuffle buffer (0: stream order, no shuffling).
         repeat: loop over the shards forever (training) instead of one pass (evaluation).
         rank, world_size: this DDP process and the number of processes.
-        with_state: yield physics ``state``, ``task`` and ``episode`` too (for the probe; iterate it directly).
+        with_state: yield the physics state (``qpos``, ``qvel``), ``task`` and ``episode`` too (for the probe; iterate it directly).
         batch_size, annotated_per_batch: with ``annotated_per_batch`` m > 0, every consecutive group
             of ``batch_size`` samples (a batch, when the loader batches by the same size) holds at
             least m annotated frames (``text_valid``); see :func:`mix_annotated`. 0: the plain stream.

@@ -5,7 +5,10 @@ one probe, :func:`pipeline.probe.split_r2` (scikit-learn ridge). For each task (
 different size per task) a ridge regression from the backbone's fused features (standardised with
 train-split statistics) to the state (qpos then qvel of the current frame) is fitted on the train
 split and scored on the validation split: variance-weighted R^2 (1 - sum SSE / sum SST over the
-state dimensions, each scaled by its train-split std), averaged over tasks. The ridge penalty,
+state dimensions, each scaled by its train-split std), averaged over tasks. The state is the joint
+state a frame can show (:func:`pipeline.joint_state.state_matrix`: hinge angles as cos/sin, no
+untracked root x, velocities), not raw qpos: a raw winding angle or the runner's root x would
+cap R^2 for every backbone alike, whatever its features hold. The ridge penalty,
 unless given, is chosen from :data:`pipeline.probe.ALPHAS` on the train split by episode-grouped
 k-fold CV (frames of one episode are strongly correlated, so splitting by frame would pick too
 little regularisation for new episodes); with a single train episode it falls back to k-fold over
@@ -23,6 +26,8 @@ import torch
 from torch import nn
 
 from pipeline.dataset.stacked import StackedFrames
+from pipeline.errors import UserError
+from pipeline.joint_state import model_joints, state_matrix
 from pipeline.probe import split_r2
 
 log = logging.getLogger(__name__)
@@ -41,12 +46,15 @@ def extract(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """task -> (features (N, feature_dim) float64, state (N, S) float64, episode (N,) int64), in stream order.
 
+    ``state`` is :func:`pipeline.joint_state.state_matrix` of the frames' recorded qpos and qvel.
+
     Reads every shard once, in order, in this process. ``max_per_task`` > 0 keeps at most that
     many frames per task (the first ones).
     """
     backbone.eval()
     features: dict[str, list[np.ndarray]] = defaultdict(list)
-    states: dict[str, list[np.ndarray]] = defaultdict(list)
+    qpos: dict[str, list[np.ndarray]] = defaultdict(list)
+    qvel: dict[str, list[np.ndarray]] = defaultdict(list)
     episodes: dict[str, list[int]] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
     stream = StackedFrames(shards, frame_stack, with_state=True)
@@ -60,7 +68,8 @@ def extract(
         out = backbone(obs, flow).double().cpu().numpy()
         for sample, row in zip(pending, out, strict=True):
             features[sample["task"]].append(row)
-            states[sample["task"]].append(sample["state"].astype(np.float64))
+            qpos[sample["task"]].append(sample["qpos"])
+            qvel[sample["task"]].append(sample["qvel"])
             episodes[sample["task"]].append(sample["episode"])
         pending.clear()
 
@@ -73,7 +82,17 @@ def extract(
         if len(pending) >= batch_size:
             flush()
     flush()
-    return {task: (np.stack(features[task]), np.stack(states[task]), np.asarray(episodes[task], np.int64)) for task in sorted(features)}
+    out = {}
+    for task in sorted(features):
+        try:
+            state, _ = state_matrix(model_joints(task), np.stack(qpos[task]), np.stack(qvel[task]))
+        except ValueError as exc:
+            raise UserError(
+                f"{shards[0]}: the probe's state of task {task!r}: {exc}.\n"
+                f"  Fix: build the dataset from episodes the collect stage recorded with that task's own model."
+            ) from exc
+        out[task] = (np.stack(features[task]), state, np.asarray(episodes[task], np.int64))
+    return out
 
 
 def probe(

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +19,22 @@ import numpy as np
 
 from pipeline.episodes import Episode, EpisodeMeta, episode_filename, save_episode
 from pipeline.io import dumps_json, sha256_of, write_json_atomic, write_npz_atomic
+
+
+@functools.lru_cache(maxsize=None)
+def physics_sizes(task: str) -> tuple[int, int]:
+    """(nq, nv) of ``task``'s MuJoCo model, so that a synthetic episode's qpos/qvel have the widths the
+    probe's joint state (:func:`pipeline.joint_state.state_matrix`) expects; (3, 3) for a made-up task name."""
+    from pipeline.annotate.simulator import load_task_physics
+    from pipeline.errors import UserError
+
+    try:
+        model, _, close = load_task_physics(task)
+    except UserError:
+        return 3, 3
+    sizes = int(model.nq), int(model.nv)
+    close()
+    return sizes
 
 
 def synthetic_episode(task: str, index: int, length: int, size: int, seed: int = 0, action_dim: int = 2) -> tuple[Episode, np.ndarray, np.ndarray]:
@@ -38,6 +55,7 @@ def synthetic_episode(task: str, index: int, length: int, size: int, seed: int =
             flow[t, 0, y0 : y0 + side, x0 : x0 + side] = velocity[0]
             flow[t, 1, y0 : y0 + side, x0 : x0 + side] = velocity[1]
     valid = np.ones((length, size, size), bool)
+    nq, nv = physics_sizes(task)
     nbody = 2
     truncated = np.zeros(length, bool)
     truncated[-1] = True
@@ -49,8 +67,9 @@ def synthetic_episode(task: str, index: int, length: int, size: int, seed: int =
         discounts=np.ones(length, np.float32),
         terminated=np.zeros(length, bool),
         truncated=truncated,
-        qpos=np.concatenate([positions, np.zeros((length + 1, 1))], axis=1),
-        qvel=np.tile(np.append(velocity, 0.0), (length + 1, 1)),
+        # the square's position and velocity in the first two of the task's model's qpos / qvel
+        qpos=np.concatenate([positions, np.zeros((length + 1, nq - 2))], axis=1),
+        qvel=np.tile(np.append(velocity, np.zeros(nv - 2)), (length + 1, 1)),
         body_pos=np.zeros((length + 1, nbody, 3)),
         body_quat=np.tile(np.array([1.0, 0, 0, 0]), (length + 1, nbody, 1)),
         camera_extrinsics=np.tile(np.eye(4), (length + 1, 1, 1)),
