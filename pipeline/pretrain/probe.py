@@ -3,7 +3,7 @@
 This module reads the features (:func:`extract`); the regression and its score are the project's
 one probe, :func:`pipeline.probe.split_r2` (scikit-learn ridge). For each task (the state has a
 different size per task) a ridge regression from the backbone's fused features (standardised with
-train-split statistics) to the state (qpos then qvel of the current frame) is fitted on the train
+train-split statistics) to the state of the current frame is fitted on the train
 split and scored on the validation split: variance-weighted R^2 (1 - sum SSE / sum SST over the
 state dimensions, each scaled by its train-split std), averaged over tasks. The state is the joint
 state a frame can show (:func:`pipeline.joint_state.state_matrix`: hinge angles as cos/sin, no
