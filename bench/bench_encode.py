@@ -13,7 +13,11 @@
 The pretrain stage's consumption rate is the figure to compare the read rate with
 (``bench/bench_pretrain.py`` reports it).
 
-    .venv/bin/python bench/bench_encode.py [--episodes 4] [--steps 100] [--size 84] [--workers 0,1,2] [--dataset DIR]
+    .venv/bin/python bench/bench_encode.py [--episodes 4] [--steps 100] [--size 84] [--workers 0,1,2] [--dataset DIR] [--clip-model ViT-B-32]
+
+The ratio in part 1 depends on the CLIP model: the stage's own work per frame (PNG, npy, JSON,
+statistics, tar) is fixed, so the smaller the model the lower the ratio. ``--clip-model ViT-B-32``
+measures it at the full-scale configuration's architecture (random weights).
 """
 from __future__ import annotations
 
@@ -93,6 +97,9 @@ def main() -> None:
     parser.add_argument("--shard-maxcount", type=int, default=100, help="small shards so every loader worker gets some")
     parser.add_argument("--workers", default="0,1,2", help="loader worker counts to measure")
     parser.add_argument("--repeats", type=int, default=2, help="read passes per setting (best is reported)")
+    parser.add_argument("--clip-model", default=None,
+                        help="open_clip architecture with random weights (the speed does not depend on them), e.g. ViT-B-32, "
+                             "the full-scale configuration's; default: encode.clip_model's default (the tiny offline one)")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--dataset", default=None, help="read an existing dataset folder instead of building one (skips part 1)")
     args = parser.parse_args()
@@ -119,7 +126,7 @@ def main() -> None:
         else:
             tasks = tuple(args.tasks.split(","))
             inputs = write_synthetic_inputs(Path(tmp), tasks, args.episodes, args.steps, args.size, every_k=10)
-            params = EncodeParams(shard_maxcount=args.shard_maxcount)
+            params = EncodeParams(shard_maxcount=args.shard_maxcount, **({"clip_model": args.clip_model, "weights": "random"} if args.clip_model else {}))
             encoder = load_clip(params, WeightsParams())
             frames = np.concatenate([load_episode(p, ["frames"]).frames for t in tasks for p in list_episodes(inputs[0] / t)])
             encoder.encode_images(frames[: params.batch_size])  # warm-up

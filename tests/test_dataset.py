@@ -124,9 +124,11 @@ def test_pretrain_warns_when_the_batch_is_larger_than_the_dataset(dataset: Path,
     train = open_dataset(dataset).samples["train"]
     params = PretrainParams(channels=4, depth=2, feature_dim=8, head_hidden=8, batch_size=train + 4, steps=1, workers=0,
                             shuffle_buffer=0, device="cpu", probe_max_per_task=20)
-    with caplog.at_level(logging.WARNING, logger="pipeline.pretrain.run"):
-        pretrain(dataset, tmp_path / "out", tmp_path / "m.json", tmp_path / "plots", params)
+    with caplog.at_level(logging.WARNING, logger="pipeline.pretrain"):
+        metrics = pretrain(dataset, tmp_path / "out", tmp_path / "m.json", tmp_path / "plots", params)
     assert f"pretrain.batch_size = {train + 4} is larger than the dataset's {train} train samples" in caplog.text
+    # a made-up task has no model to read its recorded state by: the probe leaves it out, and says so
+    assert "probe: task 'squares-a' is skipped" in caplog.text and metrics["probe_r2_per_task"]["pretrained"] == {}
 
 
 def test_pretrain_refuses_a_modified_shard_through_the_cli(copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

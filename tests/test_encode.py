@@ -84,7 +84,7 @@ def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path,
             ep = load_episode(episodes_dir / task / f"episode_{episode:06d}.npz")
             flow = np.load(flow_dir / task / f"episode_{episode:06d}.npz")
             np.testing.assert_array_equal(s["rgb.png"], ep.frames[step])  # lossless
-            np.testing.assert_allclose(rec["qpos"], ep.qpos[step])
+            np.testing.assert_array_equal(rec["qpos"], ep.qpos[step])  # float64, exact
             last = step == LENGTH
             assert rec["has_action"] is (not last) and rec["length"] == LENGTH
             if last:
@@ -95,8 +95,8 @@ def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path,
                 np.testing.assert_allclose(s["flow"], flow["flow"][step].astype(np.float32), rtol=0, atol=1 / 128)
                 np.testing.assert_array_equal(s["flow"] * 64, np.round(s["flow"] * 64))
                 np.testing.assert_array_equal(s["flowvalid"], flow["valid"][step])
-                np.testing.assert_allclose(rec["action"], ep.actions[step])
-                assert rec["reward"] == pytest.approx(float(ep.rewards[step]))
+                np.testing.assert_array_equal(np.float32(rec["action"]), ep.actions[step])  # float32, exact
+                assert np.float32(rec["reward"]) == ep.rewards[step] and np.float32(rec["discount"]) == ep.discounts[step]
                 assert rec["truncated"] is bool(ep.truncated[step])
             failed = step in FAILED.get((task, episode), ())
             annotated = step % EVERY_K == 0 and not failed
@@ -304,3 +304,18 @@ def test_really_collected_episodes(tmp_path: Path) -> None:
     assert any(s["flowvalid"].any() for s in moving)
     provenance = json.loads((out / "stats.json").read_text())["provenance"]["tasks"][task]
     assert provenance["collect"]["suite"] and provenance["annotate"]["backend"] == "simulator"
+
+
+def test_float32_fields_are_written_as_their_shortest_exact_decimals() -> None:
+    from pipeline.encode.samples import float32_value
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        rng.standard_normal(20_000).astype(np.float32),
+        (rng.standard_normal(5_000) * 10.0 ** rng.integers(-30, 30, 5_000)).astype(np.float32),
+        np.array([0.0, -0.0, 1.0, np.finfo(np.float32).max, np.finfo(np.float32).tiny, np.finfo(np.float32).smallest_subnormal], np.float32),
+    ])
+    written = [float32_value(v) for v in values]
+    np.testing.assert_array_equal(np.array(written, np.float32), values)  # exact after the JSON round trip
+    assert json.loads(json.dumps(written)) == written
+    assert float32_value(np.float32(0.24024544656276703)) == 0.24024545  # not the float64 expansion's 17 digits

@@ -13,6 +13,7 @@ import io
 import json
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -29,8 +30,11 @@ def png_bytes(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-#: zlib level of the flow PNGs (cv2: 0..9). 6: within a tar block of 9 on the default data at a third of its time.
+#: zlib level and strategy of the flow PNGs (cv2). Run-length encoding (Z_RLE) suits flow: long runs of one
+#: value (zero flow, rigid parts), little repetition at a distance. On the default data it is both smaller
+#: than the default strategy at level 6 (459 vs 493 B per cartpole frame, 937 vs 1008 cheetah) and 1.6x faster.
 FLOW_PNG_COMPRESSION = 6
+FLOW_PNG_STRATEGY = cv2.IMWRITE_PNG_STRATEGY_RLE
 
 
 def quantize_flow(flow: np.ndarray) -> np.ndarray:
@@ -56,11 +60,9 @@ def dequantize_flow(values: np.ndarray) -> np.ndarray:
 def flow_png_bytes(flow: np.ndarray, valid: np.ndarray) -> bytes:
     """KITTI flow PNG of one frame: (2, H, W) flow in pixels and (H, W) bool validity -> 16-bit RGB PNG
     (R = dx, G = dy as ``flow * 64 + 2**15``, B = valid). Deterministic (no timestamp chunks)."""
-    import cv2
-
     values = quantize_flow(flow)
     bgr = np.stack([np.asarray(valid, np.uint16), values[1], values[0]], axis=-1)  # cv2 writes BGR: file RGB = (dx, dy, valid)
-    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, FLOW_PNG_COMPRESSION])
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, FLOW_PNG_COMPRESSION, cv2.IMWRITE_PNG_STRATEGY, FLOW_PNG_STRATEGY])
     if not ok:
         raise ValueError("cv2 could not encode the flow PNG")
     return buffer.tobytes()
@@ -123,8 +125,6 @@ def decode_flow_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: not a 16-bit 3-channel PNG.
     """
-    import cv2
-
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != 3:
         got = "undecodable bytes" if image is None else f"{image.shape} {image.dtype}"

@@ -15,6 +15,12 @@ from pipeline.encode.inputs import FrameAnnotation
 from pipeline.episodes import Episode
 
 
+def float32_value(value: np.floating | float) -> float:
+    """A float32 as the shortest decimal that reads back as the same float32 (``0.24024545``, not
+    ``0.24024544656276703``): the JSON stays exact for float32 fields at about half the characters."""
+    return float(str(np.float32(value)))
+
+
 def frame_record(episode: Episode, task: str, index: int, step: int, annotation: FrameAnnotation | None) -> dict[str, Any]:
     """The ``json`` member of frame ``step`` (see ``schema.JSON_DOCS`` for keys and units)."""
     length = episode.length
@@ -26,9 +32,10 @@ def frame_record(episode: Episode, task: str, index: int, step: int, annotation:
         "step": step,
         "length": length,
         "has_action": has_action,
-        "action": [float(a) for a in episode.actions[step]] if has_action else [0.0] * action_dim,
-        "reward": float(episode.rewards[step]) if has_action else 0.0,
-        "discount": float(episode.discounts[step]) if has_action else 1.0,
+        # float32 in the episode: written as their shortest exact decimals; qpos / qvel are float64, written in full
+        "action": [float32_value(a) for a in episode.actions[step]] if has_action else [0.0] * action_dim,
+        "reward": float32_value(episode.rewards[step]) if has_action else 0.0,
+        "discount": float32_value(episode.discounts[step]) if has_action else 1.0,
         "terminated": bool(episode.terminated[step]) if has_action else False,
         "truncated": bool(episode.truncated[step]) if has_action else False,
         "qpos": [float(q) for q in episode.qpos[step]],

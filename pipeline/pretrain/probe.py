@@ -46,7 +46,11 @@ def extract(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """task -> (features (N, feature_dim) float64, state (N, S) float64, episode (N,) int64), in stream order.
 
-    ``state`` is :func:`pipeline.joint_state.state_matrix` of the frames' recorded qpos and qvel.
+    ``state`` is :func:`pipeline.joint_state.state_matrix` of the frames' recorded qpos and qvel; a task
+    whose model this install cannot build (not a dm_control or gymnasium task) is left out, with a warning.
+
+    Raises:
+        UserError: a task's recorded qpos / qvel do not have its model's sizes.
 
     Reads every shard once, in order, in this process. ``max_per_task`` > 0 keeps at most that
     many frames per task (the first ones).
@@ -85,7 +89,12 @@ def extract(
     out = {}
     for task in sorted(features):
         try:
-            state, _ = state_matrix(model_joints(task), np.stack(qpos[task]), np.stack(qvel[task]))
+            joints = model_joints(task)
+        except UserError as exc:  # a task this install cannot build: which qpos are angles is unknown
+            log.warning("probe: task %r is skipped: its model is needed to read its recorded state as joint state (%s)", task, str(exc).splitlines()[0])
+            continue
+        try:
+            state, _ = state_matrix(joints, np.stack(qpos[task]), np.stack(qvel[task]))
         except ValueError as exc:
             raise UserError(
                 f"{shards[0]}: the probe's state of task {task!r}: {exc}.\n"
