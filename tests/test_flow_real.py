@@ -69,10 +69,30 @@ def test_simulator_mask_keeps_only_pixels_that_land_inside_the_image(cheetah: Pa
 
 
 def test_stage_on_the_real_episode_scores_dis_against_exact_flow(cheetah: Path, tmp_path: Path) -> None:
-    sim = run(cheetah, tmp_path / "sim", FlowParams(backend="simulator", previews=2), WeightsParams()).metrics()
-    dis = run(cheetah, tmp_path / "dis", FlowParams(backend="dis", previews=2), WeightsParams()).metrics()
+    sim = run(cheetah, tmp_path / "sim", FlowParams(backend="simulator", previews=2, metrics_every=1), WeightsParams()).metrics()
+    dis = run(cheetah, tmp_path / "dis", FlowParams(backend="dis", previews=2, metrics_every=1), WeightsParams()).metrics()
     assert sim["epe"]["mean"] < 0.01 and dis["epe"]["mean"] > 0.05  # DIS is an estimate, the simulator exact
     assert sim["exact_valid_fraction"] == dis["exact_valid_fraction"] == sim["valid_fraction"]
     assert dis["valid_fraction"] > sim["valid_fraction"]  # DIS masks only pixels leaving the image
     assert sim["photometric"]["flow"]["mean"] < dis["photometric"]["flow"]["mean"] < dis["photometric"]["zero_flow"]["mean"]
     assert len(list((tmp_path / "dis" / "previews").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("backend", ["simulator", "dis"])
+def test_metrics_every_k_measures_exactly_pairs_0_k_2k(cheetah: Path, tmp_path: Path, backend: str) -> None:
+    """flow.metrics_every: the errors are those of the sampled pairs, computed here by hand from the written flow."""
+    from pipeline.flow.files import read_flow
+    from pipeline.flow.metrics import end_point_error
+
+    path = list_episodes(cheetah)[0]
+    metrics = run(cheetah, tmp_path / "out", FlowParams(backend=backend, previews=0, metrics_every=3), WeightsParams()).metrics()
+    flow, valid = read_flow(tmp_path / "out" / path.name)
+    exact = SimulatorBackend().episode_flow(load_episode(path))
+    sampled = np.arange(0, 20, 3)
+    mask = exact.valid[sampled]
+    epe = end_point_error(flow[sampled].astype(np.float32), exact.flow[sampled])[mask]
+    assert metrics["pairs"] == 20 and metrics["measured_pairs"] == len(sampled) == 7
+    assert metrics["epe"]["pixels"] == mask.sum() == metrics["epe_zero_flow"]["pixels"]
+    assert metrics["epe"]["mean"] == pytest.approx(epe.mean(), abs=1e-6)
+    assert metrics["exact_valid_fraction"] == pytest.approx(mask.mean(), abs=1e-6)
+    assert metrics["valid_fraction"] == pytest.approx(valid.mean(), abs=1e-6)  # the written mask: every pair

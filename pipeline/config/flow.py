@@ -34,4 +34,10 @@ class FlowParams(Section):
         le=1.0,
         description="Simulator flow: a moved point counts as visible in frame t+1 when that frame's depth near its target agrees within this fraction of its depth.",
     )
+    metrics_every: Int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="The quality metrics (end-point error against the simulator's exact flow, photometric error) are computed on pairs 0, k, 2k, ... of each episode: a systematic sample, so they cost 1/k (for an estimating backend the exact flow they compare with costs about half as much as DIS itself); 1 measures every pair.",
+    )
     previews: Int = Field(4, ge=0, le=1000, description="Colour-wheel flow images (beside their frames) written per task for people to look at.")

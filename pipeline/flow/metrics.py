@@ -1,7 +1,8 @@
 """How right a flow is: end-point error against exact flow, and photometric error of warping.
 
 Each episode is measured on its own (:func:`measure_episode`, vectorised over the episode and
-only at the pixels the metrics count) into a small value; :class:`TaskQuality` adds those up in
+only at the pixels the metrics count; on pairs 0, k, 2k, ... with ``flow.metrics_every`` k, a
+systematic sample that costs 1/k) into a small value; :class:`TaskQuality` adds those up in
 bounded memory: exact sums and counts, and a fine histogram (:data:`BIN_WIDTH` wide bins) for
 the median, so the result does not depend on the order the episodes are added in.
 """
@@ -127,9 +128,10 @@ class EpisodeQuality:
     """The metrics of one episode's flow, reduced (see :func:`measure_episode`)."""
 
     pairs: int
-    valid: int  # pixels of the written mask
+    measured: int  # pairs the errors and the exact mask count (:func:`measured_pairs`)
+    valid: int  # pixels of the written mask (every pair)
     pixels: int
-    exact_valid: int  # pixels of the exact mask (0 without simulator truth)
+    exact_valid: int  # pixels of the exact mask on the measured pairs (0 without simulator truth)
     exact_pixels: int
     epe: ErrorSample | None  # None without simulator truth
     epe_zero: ErrorSample | None
@@ -137,20 +139,34 @@ class EpisodeQuality:
     photo_zero: ErrorSample | None
 
 
-def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exact: FlowResult | None) -> EpisodeQuality:
-    """The metrics of one episode's flow, computed only at the pixels they count.
+def measured_pairs(pairs: int, every: int) -> np.ndarray:
+    """(P,) int64 indices of the pairs the metrics measure: 0, ``every``, 2 ``every``, ... below ``pairs``."""
+    return np.arange(0, pairs, every, dtype=np.int64)
+
+
+def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exact: FlowResult | None, every: int = 1) -> EpisodeQuality:
+    """The metrics of one episode's flow on the pairs :func:`measured_pairs` picks, computed only at the pixels they count.
 
     With exact (simulator) flow: end-point error of ``flow`` and of zero flow under the exact
     flow's mask. Always: photometric error (mean absolute RGB difference, 0-255) of frame t+1
     warped back onto frame t by ``flow`` (bilinear, :func:`warp_back`'s sampling), and by zero
-    flow, under the exact mask when there is one, else under ``valid``.
+    flow, under the exact mask when there is one, else under ``valid``. The written mask's valid
+    fraction counts every pair; the errors and the exact mask's fraction, the measured pairs.
 
     Args:
         frames: (T+1, H, W, 3) uint8 RGB.
         flow: (T, 2, H, W) float, as written (float16 or float32).
         valid: (T, H, W) bool, as written.
-        exact: the simulator's flow of the same pairs, or None.
+        exact: the simulator's flow of the measured pairs only (P of them, in order), or None.
+        every: measure pairs 0, every, 2 every, ... (1: all).
     """
+    pairs = measured_pairs(len(flow), every)
+    if exact is not None and len(exact.flow) != len(pairs):
+        raise ValueError(f"exact flow of {len(exact.flow)} pairs given for the {len(pairs)} measured pairs (every {every} of {len(flow)})")
+    valid_all = valid
+    if every > 1:
+        flow, valid = flow[pairs], valid[pairs]
+    first, second = frames[pairs], frames[pairs + 1]
     mask = exact.valid if exact is not None else valid
     t_count, h, w = mask.shape
     hw = h * w
@@ -164,26 +180,27 @@ def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exa
         epe = ErrorSample.of(end_point_error(np.stack([dx, dy])[..., None], np.stack([ex, ey])[..., None]).ravel(), THRESHOLD)
         epe_zero = ErrorSample.of(np.hypot(ex, ey), THRESHOLD)
     if len(flow):
-        first = frames[:-1].reshape(-1, 3)[where].astype(np.float32)
+        first_at = first.reshape(-1, 3)[where].astype(np.float32)
         # frame t+1 sampled at pixel + flow (warp_back's sampling), at the counted pixels only
         u, v = (g.ravel() for g in pixel_grid(h, w))
         map_u = u[pixel] + dx.astype(np.float32)
         map_v = v[pixel] + dy.astype(np.float32)
         bounds = np.searchsorted(where, np.arange(t_count + 1) * hw)
-        warped = np.empty_like(first)
+        warped = np.empty_like(first_at)
         for t in np.flatnonzero(np.diff(bounds)):
-            image = frames[t + 1].astype(np.float32)
+            image = second[t].astype(np.float32)
             for a in range(bounds[t], bounds[t + 1], _REMAP_ROWS):  # OpenCV maps hold < 32767 rows
                 b = min(a + _REMAP_ROWS, bounds[t + 1])
                 sampled = cv2.remap(image, map_u[a:b, None], map_v[a:b, None], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 warped[a:b] = sampled.reshape(-1, 3)
-        photo = ErrorSample.of(_rgb_mean(np.abs(warped - first)), THRESHOLD)
-        second = frames[1:].reshape(-1, 3)[where].astype(np.float32)
-        photo_zero = ErrorSample.of(_rgb_mean(np.abs(second - first)), THRESHOLD)  # zero flow: frame t+1 itself
+        photo = ErrorSample.of(_rgb_mean(np.abs(warped - first_at)), THRESHOLD)
+        second_at = second.reshape(-1, 3)[where].astype(np.float32)
+        photo_zero = ErrorSample.of(_rgb_mean(np.abs(second_at - first_at)), THRESHOLD)  # zero flow: frame t+1 itself
     return EpisodeQuality(
-        pairs=len(flow),
-        valid=int(valid.sum()),
-        pixels=int(valid.size),
+        pairs=len(valid_all),
+        measured=len(pairs),
+        valid=int(valid_all.sum()),
+        pixels=int(valid_all.size),
         exact_valid=int(exact.valid.sum()) if exact is not None else 0,
         exact_pixels=int(exact.valid.size) if exact is not None else 0,
         epe=epe,
@@ -211,11 +228,12 @@ class TaskQuality:
     def __init__(self) -> None:
         self.epe, self.epe_zero = ErrorStats(THRESHOLD), ErrorStats(THRESHOLD)
         self.photo, self.photo_zero = ErrorStats(THRESHOLD), ErrorStats(THRESHOLD)
-        self.pairs = self.valid = self.pixels = self.exact_valid = self.exact_pixels = 0
+        self.pairs = self.measured = self.valid = self.pixels = self.exact_valid = self.exact_pixels = 0
 
     def add(self, episode: EpisodeQuality) -> None:
         """Add one episode's reduced metrics."""
         self.pairs += episode.pairs
+        self.measured += episode.measured
         self.valid += episode.valid
         self.pixels += episode.pixels
         self.exact_valid += episode.exact_valid
@@ -236,6 +254,7 @@ class TaskQuality:
             "model": backend.get("model"),
             "episodes": episodes,
             "pairs": self.pairs,
+            "measured_pairs": self.measured,
             "valid_fraction": fraction(self.valid, self.pixels),
             "exact_valid_fraction": fraction(self.exact_valid, self.exact_pixels) if has_exact else None,
             "epe": self.epe.summary() if has_exact else None,

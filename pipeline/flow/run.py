@@ -35,7 +35,7 @@ from pipeline.episodes import Episode, EpisodeHeader, check_episodes, load_episo
 from pipeline.errors import UserError
 from pipeline.flow.base import FlowBackend, FlowResult
 from pipeline.flow.files import FLOAT16_MAX, as_float16, flow_meta, flow_source, read_flow, read_flow_meta, write_flow
-from pipeline.flow.metrics import EpisodeQuality, TaskQuality, measure_episode
+from pipeline.flow.metrics import EpisodeQuality, TaskQuality, measure_episode, measured_pairs
 from pipeline.flow.registry import BACKENDS
 from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend
 from pipeline.flow.visualize import preview_image, write_png
@@ -61,6 +61,7 @@ class FlowSummary(StageSummary):
     model: str | None
     episodes: int
     pairs: int
+    measured_pairs: int
     valid_fraction: float | None
     exact_valid_fraction: float | None
     epe: dict[str, Any] | None
@@ -140,12 +141,13 @@ def run(
     quality, previews = TaskQuality(), set()
     bar = progress(desc=f"flow ({backend.name})", total=sum(job.header.length for job in jobs), unit="pair")
     with ThreadPoolExecutor(1, thread_name_prefix="flow-io") as pool, contextlib.closing(_loaded(pool, todo)) as loaded:
-        finishing = deque((job, Task(pool, finish_kept, job, backend, reference, out)) for job in kept)
+        every = section.metrics_every
+        finishing = deque((job, Task(pool, finish_kept, job, backend, reference, out, every)) for job in kept)
         try:
             for job, episode, result in backend.flows(loaded):
                 flow16 = to_float16(result.flow, job.header.path)  # non-finite flow is refused before its file is written
                 finishing.append((job, Task(pool, write_episode, job, flow16, result.valid, backend.compressible)))
-                finishing.append((job, Task(pool, measure_episode_flow, job, episode, flow16, result, backend, reference, out)))
+                finishing.append((job, Task(pool, measure_episode_flow, job, episode, flow16, result, backend, reference, out, every)))
                 if len(finishing) > 2 * AHEAD:
                     finishing[-1][1].run_here()  # the helper is behind: do this here rather than wait
                 while finishing and finishing[0][1].done():
@@ -206,25 +208,22 @@ def write_episode(job: EpisodeJob, flow16: np.ndarray, valid: np.ndarray, deflat
 
 
 def measure_episode_flow(
-    job: EpisodeJob, episode: Episode, flow16: np.ndarray, result: FlowResult, backend: FlowBackend, reference: SimulatorBackend, out: Path
+    job: EpisodeJob, episode: Episode, flow16: np.ndarray, result: FlowResult, backend: FlowBackend, reference: SimulatorBackend, out: Path, every: int = 1
 ) -> Finished:
-    """Measure one computed episode's flow as written (``flow16``) and draw its previews.
+    """Measure one computed episode's flow as written (``flow16``) on pairs 0, every, 2 every, ... and draw its previews.
 
     Args:
         reference: the simulator backend the metrics compare against (``backend`` itself when it is one).
     """
-    exact = None
-    if job.has_truth:
-        exact = result if backend is reference else reference.episode_flow(episode)
-    return _measure(job, episode, flow16, result.valid, exact if backend is not reference else None, exact, out)
+    is_exact = backend is reference
+    return _measure(job, episode, flow16, result.valid, result if is_exact else None, reference, out, every, show_exact=not is_exact)
 
 
-def finish_kept(job: EpisodeJob, backend: FlowBackend, reference: SimulatorBackend, out: Path) -> Finished:
+def finish_kept(job: EpisodeJob, backend: FlowBackend, reference: SimulatorBackend, out: Path, every: int = 1) -> Finished:
     """Measure an up-to-date flow file (read back) and draw its previews."""
     episode = load(job)
     flow16, valid = read_flow(job.out)
-    exact = reference.episode_flow(episode) if job.has_truth else None
-    finished = _measure(job, episode, flow16, valid, exact if backend is not reference else None, exact, out)
+    finished = _measure(job, episode, flow16, valid, None, reference, out, every, show_exact=backend is not reference)
     return Finished(finished.quality, finished.previews, job.header.length)
 
 
@@ -247,15 +246,27 @@ def to_float16(flow: np.ndarray, episode_path: Path) -> np.ndarray:
 
 
 def _measure(
-    job: EpisodeJob, episode: Episode, flow16: np.ndarray, valid: np.ndarray, shown: FlowResult | None, exact: FlowResult | None, out: Path
+    job: EpisodeJob, episode: Episode, flow16: np.ndarray, valid: np.ndarray, exact_all: FlowResult | None, reference: SimulatorBackend,
+    out: Path, every: int, *, show_exact: bool,
 ) -> Finished:
-    """Metrics of the written flow against ``exact``; previews with ``shown`` (the exact flow, unless that is what was written) beside it."""
-    quality = measure_episode(episode.frames, flow16, valid, exact)
+    """Metrics of the written flow against the exact flow (``reference``'s, on the measured pairs only, when the episode
+    has simulator truth), and previews.
+
+    Args:
+        exact_all: the exact flow of every pair when it is at hand (the simulator backend's own result), else None.
+        show_exact: draw the exact flow beside the written one in the previews (not when it is the written one).
+    """
+    pairs = measured_pairs(len(flow16), every)
+    exact = None
+    if job.has_truth:
+        exact = reference.episode_flow(episode, pairs) if exact_all is None else FlowResult(exact_all.flow[pairs], exact_all.valid[pairs])
+    quality = measure_episode(episode.frames, flow16, valid, exact, every)
+    shown = reference.episode_flow(episode, np.array(job.previews, np.int64)) if show_exact and job.has_truth and job.previews else None
     names = []
-    for t in job.previews:
+    for row, t in enumerate(job.previews):
         flows = [(flow16[t].astype(np.float32), valid[t])]
         if shown is not None:
-            flows.append((shown.flow[t], shown.valid[t]))
+            flows.append((shown.flow[row], shown.valid[row]))
         name = f"{job.header.path.stem}_pair{t:05d}.png"
         write_png(out / PREVIEW_DIR / name, preview_image(episode.frames[t], episode.frames[t + 1], flows))
         names.append(name)

@@ -87,8 +87,9 @@ def simulator_flow(
     camera_extrinsics: np.ndarray,
     camera_intrinsics: np.ndarray,
     occlusion_tolerance: float = 0.03,
+    pairs: np.ndarray | None = None,
 ) -> FlowResult:
-    """Exact forward flow for every consecutive frame pair (see the module docstring).
+    """Exact forward flow for every consecutive frame pair, or for the pairs ``pairs`` (see the module docstring).
 
     Args:
         depth: (T+1, H, W) float32 z-depth in metres.
@@ -99,9 +100,10 @@ def simulator_flow(
         camera_intrinsics: (3, 3) K in pixels, pixel centres at integer coordinates.
         occlusion_tolerance: a moved point is visible in frame t+1 when that frame's depth
             near its target is within this fraction of the point's depth.
+        pairs: (P,) int indices t in [0, T) of the pairs t -> t+1 to compute, in the order wanted (None: all T).
 
     Returns:
-        :class:`FlowResult`: flow (T, 2, H, W) float32 pixels, valid (T, H, W) bool.
+        :class:`FlowResult`: flow (T, 2, H, W) float32 pixels, valid (T, H, W) bool (P rows with ``pairs``).
     """
     n, h, w = depth.shape
     if segmentation.shape != depth.shape:
@@ -114,9 +116,12 @@ def simulator_flow(
     rays = np.stack([u.ravel(), v.ravel(), np.ones(h * w, np.float32)], -1) @ np.linalg.inv(k).T  # (HW, 3)
     geom_body = np.asarray(geom_body, np.int64)
 
-    flow = np.zeros((max(n - 1, 0), 2, h, w), np.float32)
-    valid = np.zeros((max(n - 1, 0), h, w), bool)
-    for t in range(n - 1):
+    pairs = np.arange(max(n - 1, 0)) if pairs is None else np.asarray(pairs, np.int64)
+    if pairs.size and (pairs.min() < 0 or pairs.max() >= n - 1):
+        raise ValueError(f"pairs {pairs.min()}..{pairs.max()} outside the episode's {n - 1} pairs")
+    flow = np.zeros((len(pairs), 2, h, w), np.float32)
+    valid = np.zeros((len(pairs), h, w), bool)
+    for row, t in enumerate(pairs):
         # camera t -> camera t+1 through each body: (nbody, 4, 4)
         moves = cam_from_world[t + 1] @ world_from_body[t + 1] @ body_from_world[t] @ camera_extrinsics[t]
         seg = segmentation[t].ravel()
@@ -134,9 +139,9 @@ def simulator_flow(
         tu, tv = proj[:, 0] / safe_z, proj[:, 1] / safe_z
         ok = in_front & (tu >= -0.5) & (tu <= w - 0.5) & (tv >= -0.5) & (tv <= h - 0.5)
         ok &= _visible(depth[t + 1], tu, tv, zn, ok, occlusion_tolerance)
-        flow[t, 0].flat[idx] = np.where(ok, tu - u.flat[idx], 0.0)
-        flow[t, 1].flat[idx] = np.where(ok, tv - v.flat[idx], 0.0)
-        valid[t].flat[idx] = ok
+        flow[row, 0].flat[idx] = np.where(ok, tu - u.flat[idx], 0.0)
+        flow[row, 1].flat[idx] = np.where(ok, tv - v.flat[idx], 0.0)
+        valid[row].flat[idx] = ok
     return FlowResult(flow, valid)
 
 
@@ -181,7 +186,8 @@ class SimulatorBackend(FlowBackend):
                 f"or choose a backend that reads frames only (flow.backend: dis or ptlflow)."
             )
 
-    def episode_flow(self, episode: Episode) -> FlowResult:
+    def episode_flow(self, episode: Episode, pairs: np.ndarray | None = None) -> FlowResult:
+        """The exact flow of every pair of ``episode``, or of the pairs ``pairs`` (see :func:`simulator_flow`)."""
         return simulator_flow(
             episode.depth,
             episode.segmentation,
@@ -191,6 +197,7 @@ class SimulatorBackend(FlowBackend):
             episode.camera_extrinsics,
             episode.camera_intrinsics,
             self.occlusion_tolerance,
+            pairs,
         )
 
     def describe(self) -> dict[str, Any]:
