@@ -5,8 +5,8 @@ stage (``pipeline.annotate.run.run``: episode loading, cache, schema parsing, JS
 metrics) is timed on every ``--every-k``-th frame, next to a bare loop measured in the
 same run that does only the backend's core work on the same frames:
 
-* ``simulator``: bare = the task's model built without a renderer
-  (``load_task_physics``), then per frame segmentation -> visible bodies, and
+* ``simulator``: bare = the task's model compiled without a renderer
+  (``load_task_physics``, its per-process cache cleared first, as the stage's cold run has it), then per frame segmentation -> visible bodies, and
   qpos/qvel -> ``mj_forward`` -> contacts (episodes already in memory); stage =
   ``backend: simulator``. The previous bare loop, which built the model through
   ``make_env`` (with a renderer, as the stage then did), is shown on a third row.
@@ -80,6 +80,7 @@ def main() -> None:
 
     from pipeline.annotate.openai_backend import png_data_url
     from pipeline.annotate.run import run as annotate
+    from pipeline.annotate.simulator import clear_model_cache
     from pipeline.annotate.schema import annotated_steps
     from pipeline.annotate.truth import model_entities, visible_entities
     from pipeline.config import parse_params
@@ -98,6 +99,7 @@ def main() -> None:
     def stage(name: str, cold_cache: bool = True, **annotate_params: Any) -> float:
         """Best time of the stage; each run with an empty answer cache unless ``cold_cache`` is False (then one shared cache)."""
         def once() -> None:
+            clear_model_cache()  # a cold run, as the stage's own process has: it compiles the task's model once
             out = tmp / f"out-{name}-{time.monotonic_ns()}"
             p = params(cache_dir=str(out / "cache" if cold_cache else tmp / f"cache-{name}"), **annotate_params)
             annotate(episodes_dir, out, p.annotate, p.weights, metrics=out / "metrics.json")
@@ -111,6 +113,7 @@ def main() -> None:
         from pipeline.annotate.simulator import load_task_physics
 
         def bare_simulator() -> None:
+            clear_model_cache()
             model, data, close = load_task_physics(args.task, episodes[0].meta.suite)
             for ep in episodes:
                 entities = model_entities(ep.meta.body_names, ep.meta.geom_names, ep.geom_body)

@@ -117,8 +117,30 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_json_atomic(target: str | Path, obj: Any) -> None:
-    write_bytes_atomic(target, dumps_json(obj).encode())
+#: Stands in for the one-line-per-item list while the rest of the object is laid out (a string no value holds).
+_ITEMS_MARK = "\u0000semore-items\u0000"
+
+
+def dumps_json_items(obj: dict[str, Any], key: str) -> str:
+    """:func:`dumps_json`, but the list ``obj[key]`` holds one compact item per line (sorted keys).
+
+    For files of many records (an episode's annotations): a line per record reads and diffs
+    well, and the compact items go through the json module's C encoder, about 10x faster than
+    its indenting Python one. Deterministic like :func:`dumps_json`.
+    """
+    encoder = json.JSONEncoder(sort_keys=True, default=_json_default)
+    items = obj[key]
+    inner = ",\n".join("    " + encoder.encode(item) for item in items)
+    text = dumps_json({**obj, key: _ITEMS_MARK})
+    mark = json.dumps(_ITEMS_MARK)
+    if text.count(mark) != 1:
+        raise ValueError(f"a value holds the placeholder {mark}")
+    return text.replace(mark, f"[\n{inner}\n  ]" if items else "[]")
+
+
+def write_json_atomic(target: str | Path, obj: Any, *, items: str | None = None) -> None:
+    """Write ``obj`` as :func:`dumps_json` (``items``: as :func:`dumps_json_items` with that key), atomically."""
+    write_bytes_atomic(target, (dumps_json(obj) if items is None else dumps_json_items(obj, items)).encode())
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool | Collection[str] = True) -> bytes:

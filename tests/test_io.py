@@ -1,6 +1,7 @@
 """Atomic, deterministic writing and the episode file round trip."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,18 @@ def test_a_killed_writers_temporaries_are_swept_from_a_stage_folder(tmp_path: Pa
     removed = remove_stale_temporaries_in(tmp_path)
     assert sorted(p.name for p in removed) == [".episode_000001.npz.ab12cd34.tmp", ".previews.zz99yy88.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)
+
+
+def test_json_with_one_line_per_item_reads_back_equal_and_is_deterministic(tmp_path: Path) -> None:
+    from pipeline.io import dumps_json_items, write_json_atomic
+
+    body = {"task": "cartpole", "records": [{"step": 0, "caption": "pole \u00e9 up", "box": [1.0, 2.5]}, {"step": 1, "caption": ""}], "every_k": 1}
+    text = dumps_json_items(body, "records")
+    assert json.loads(text) == body and text == dumps_json_items(dict(reversed(body.items())), "records")
+    lines = text.splitlines()
+    assert '    {"box": [1.0, 2.5], "caption": "pole \\u00e9 up", "step": 0},' in lines and '    {"caption": "", "step": 1}' in lines
+    write_json_atomic(tmp_path / "a.json", body, items="records")
+    assert (tmp_path / "a.json").read_text() == text
+    assert json.loads(dumps_json_items({"records": []}, "records")) == {"records": []}
+    with pytest.raises(ValueError, match="placeholder"):
+        dumps_json_items({"records": [1], "other": "\u0000semore-items\u0000"}, "records")

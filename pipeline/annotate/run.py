@@ -335,7 +335,7 @@ def _annotate_episodes(backend: Backend, headers: list[EpisodeHeader], have_trut
             bar.update(len(job.cached))
             answered = query_backend(backend, job.todo, cache, bar)
             results = sorted(job.cached + answered, key=lambda r: r.item.step)
-            write_json_atomic(out_dir / output_filename(meta.episode), episode_file(job, results, run_fields).to_json())
+            write_json_atomic(out_dir / output_filename(meta.episode), episode_file(job, results, run_fields).to_json(), items="records")
             tally.add(job, answered, results, section.max_invalid_runs)
     finally:
         bar.close()

@@ -66,6 +66,10 @@ class PhysicsState:
     ang_vel: np.ndarray
 
 
+#: (task, suite) -> (the environment that owns the model, MjModel): each model compiled once per process.
+_MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def load_task_physics(task: str, suite: str = "") -> tuple[Any, Any, Callable[[], None]]:
     """``(MjModel, MjData, close)`` of ``task``, the model the collect stage simulates, without a renderer.
 
@@ -74,24 +78,42 @@ def load_task_physics(task: str, suite: str = "") -> tuple[Any, Any, Callable[[]
     more than annotating a whole task (about 1 s on the 2-core CPU machine). ``suite``
     (an episode's ``meta.suite``) saves looking the task up in both suites' registries.
 
+    The model is compiled once per process and shared (compiling it costs about as much as
+    restoring 150 frames; the annotate stage needs it twice, for the physics and for its text
+    probe's joints); callers must not change it. Each call gets its own ``MjData``; ``close``
+    releases nothing (kept for callers that own what they open).
+
     Raises:
         UnknownTaskError: ``task`` is not a task name of either suite.
     """
+    import mujoco
+
     if suite not in ("dm_control", "gymnasium"):
         from pipeline.collect.envs import resolve_task
 
         suite = resolve_task(task)
-    if suite == "dm_control":
-        from dm_control import suite as dm_suite
+    if (task, suite) not in _MODELS:
+        if suite == "dm_control":
+            from dm_control import suite as dm_suite
 
-        logging.getLogger("absl").setLevel(logging.ERROR)  # the XML compiler warns at every load
-        domain, _, name = task.partition("-")
-        env = dm_suite.load(domain, name, task_kwargs={"time_limit": float("inf")})
-        return env.physics.model.ptr, env.physics.data.ptr, env.close
-    import gymnasium as gym
+            logging.getLogger("absl").setLevel(logging.ERROR)  # the XML compiler warns at every load
+            domain, _, name = task.partition("-")
+            env = dm_suite.load(domain, name, task_kwargs={"time_limit": float("inf")})
+            _MODELS[(task, suite)] = (env, env.physics.model.ptr)
+        else:
+            import gymnasium as gym
 
-    wrapped = gym.make(task, disable_env_checker=True)
-    return wrapped.unwrapped.model, wrapped.unwrapped.data, wrapped.close
+            wrapped = gym.make(task, disable_env_checker=True)
+            _MODELS[(task, suite)] = (wrapped, wrapped.unwrapped.model)
+    model = _MODELS[(task, suite)][1]
+    return model, mujoco.MjData(model), lambda: None
+
+
+def clear_model_cache() -> None:
+    """Forget the compiled models (benchmarks timing a cold stage run, as a fresh process has)."""
+    for env, _ in _MODELS.values():
+        env.close()
+    _MODELS.clear()
 
 
 class PhysicsReader:
