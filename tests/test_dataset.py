@@ -129,6 +129,9 @@ def test_pretrain_warns_when_the_batch_is_larger_than_the_dataset(dataset: Path,
     assert f"pretrain.batch_size = {train + 4} is larger than the dataset's {train} train samples" in caplog.text
     # a made-up task has no model to read its recorded state by: the probe leaves it out, and says so
     assert "probe: task 'squares-a' is skipped" in caplog.text and metrics["probe_r2_per_task"]["pretrained"] == {}
+    from pipeline.pretrain.run import PretrainSummary
+
+    assert "probe R^2 pretrained n/a vs random n/a" in PretrainSummary(stage="pretrain", out="o", values=metrics).line()
 
 
 def test_pretrain_refuses_a_modified_shard_through_the_cli(copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -134,8 +134,10 @@ class PretrainSummary(StageSummary):
     def line(self) -> str:
         if self.values is None:
             return f"pretrain: worker rank done -> {self.out}"
-        r2 = self.values["probe_r2"]
-        return f"pretrain: {self.values['steps']} steps, final total loss {self.values['loss'].get('total', float('nan')):.4f}, probe R^2 pretrained {r2['pretrained']:.3f} vs random {r2['random']:.3f} -> {self.out}"
+        r2 = {k: "n/a" if v is None else f"{v:.3f}" for k, v in self.values["probe_r2"].items()}  # None: no task could be probed
+        total = self.values["loss"].get("total")
+        return (f"pretrain: {self.values['steps']} steps, final total loss {'n/a' if total is None else f'{total:.4f}'}, "
+                f"probe R^2 pretrained {r2['pretrained']} vs random {r2['random']} -> {self.out}")
 
 
 def run(dataset: str | Path, out: str | Path, section: PretrainParams, *, metrics: str | Path, plots: str | Path) -> PretrainSummary:
