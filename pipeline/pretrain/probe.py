@@ -49,11 +49,11 @@ def extract(
     ``state`` is :func:`pipeline.joint_state.state_matrix` of the frames' recorded qpos and qvel; a task
     whose model this install cannot build (not a dm_control or gymnasium task) is left out, with a warning.
 
-    Raises:
-        UserError: a task's recorded qpos / qvel do not have its model's sizes.
-
     Reads every shard once, in order, in this process. ``max_per_task`` > 0 keeps at most that
     many frames per task (the first ones).
+
+    Raises:
+        UserError: a task's recorded qpos / qvel do not have its model's sizes.
     """
     backbone.eval()
     features: dict[str, list[np.ndarray]] = defaultdict(list)
