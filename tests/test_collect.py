@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.collect import collect_task, make_env
+from pipeline.collect import collect_task, collector, make_env
 from pipeline.collect.camera import project, unproject
 from pipeline.collect.collector import episode_seed, record_episode
 from pipeline.collect.policies import make_policy
@@ -83,7 +83,10 @@ def test_each_task_collects_at_its_benchmark_action_repeat_unless_overridden(tmp
     assert cheetah_file.stat().st_ino == recorded  # another task's override leaves its episodes as they were
 
 
-def test_same_params_same_bytes_for_any_worker_count(tmp_path: Path) -> None:
+def test_same_params_same_bytes_for_any_worker_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    previews: list[str] = []
+    write_preview = collector._write_preview
+    monkeypatch.setattr(collector, "_write_preview", lambda out, *a: (previews.append(Path(out).name), write_preview(out, *a)))
     params = small()
     one = collect_task("cartpole-swingup", params, tmp_path / "one", workers=1)  # in this process
     # This process and a spawned worker (3 asked, 2 used: one per episode at most).
@@ -92,10 +95,12 @@ def test_same_params_same_bytes_for_any_worker_count(tmp_path: Path) -> None:
     files = folder_bytes(tmp_path / "one")
     assert sorted(files) == ["episode_000000.npz", "episode_000001.npz", "index.json", "preview.gif"]
     assert files == folder_bytes(tmp_path / "pool")
-    # More episodes than workers: the worker records from the first, this process from the last.
-    many = small(episodes_per_task=4, preview_episodes=0, depth=False, segmentation=False)
+    # More episodes than workers: the worker records from the first, this process from the last,
+    # and writes the preview once the episodes it shows are done (while the pool finishes, or after).
+    many = small(episodes_per_task=4, preview_episodes=2, depth=False, segmentation=False)
     assert collect_task("cartpole-swingup", many, tmp_path / "one4", workers=1) == collect_task("cartpole-swingup", many, tmp_path / "pool4", workers=2)
     assert folder_bytes(tmp_path / "one4") == folder_bytes(tmp_path / "pool4")
+    assert previews == ["one", "pool", "one4", "pool4"]  # once per run
     # Different episodes really differ, and the index says what each file holds.
     a, b = (load_episode(p) for p in list_episodes(tmp_path / "one"))
     assert a.meta.seed == episode_seed(0, "cartpole-swingup", 0) != b.meta.seed
@@ -128,6 +133,27 @@ def test_rerun_keeps_finished_episodes_and_redoes_changed_ones(tmp_path: Path) -
     assert sorted(p.name for p in out.iterdir()) == ["episode_000000.npz", "index.json"]
     collect_task("cartpole-swingup", params.model_copy(update={"episodes_per_task": 1, "image_size": 24}), out)
     assert load_episode(first).frames.shape[1:] == (24, 24, 3)
+
+
+def test_preview_is_written_while_the_pool_records_its_last_episodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the shown episodes already on disk, this process writes the preview as soon as it has
+    no episode left to take, before the run's new index: the same bytes as a one-process run."""
+    indexed: list[int] = []
+    write_preview = collector._write_preview
+
+    def spy(out: Path, *args: object) -> None:
+        indexed.append(len(json.loads((Path(out) / "index.json").read_text())["episodes"]))
+        write_preview(out, *args)
+
+    params = small(episodes_per_task=2, preview_episodes=1, depth=False, segmentation=False)
+    collect_task("cartpole-swingup", params, tmp_path / "pool", workers=1)
+    monkeypatch.setattr(collector, "_write_preview", spy)
+    more = params.model_copy(update={"episodes_per_task": 4})
+    collect_task("cartpole-swingup", more, tmp_path / "pool", workers=2)  # keeps 0 and 1, records 2 and 3
+    assert indexed == [2], "the preview waited for the end of the run"
+    monkeypatch.undo()
+    collect_task("cartpole-swingup", more, tmp_path / "one", workers=1)
+    assert folder_bytes(tmp_path / "pool") == folder_bytes(tmp_path / "one")
 
 
 def test_time_limit_is_truncation_not_termination(tmp_path: Path) -> None:

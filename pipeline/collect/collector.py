@@ -23,7 +23,8 @@ record): the calling process and a spawned ``ProcessPoolExecutor`` of N - 1 work
 N = 1). The pool's initializer builds each worker's env and policy once; every episode is one
 submitted job, taken by the pool from the first on, while the calling process records the jobs
 the pool has not started yet from the last one back (cancelling them in the pool); the pool's
-results come through ``as_completed``. Bad input (task, camera, policy checkpoint, disk space)
+results come through ``as_completed``. When the calling process has no episode left to take, it
+writes the preview beside the pool's last episodes (when the episodes shown are done). Bad input (task, camera, policy checkpoint, disk space)
 is found in the calling process before any worker starts. A worker dies with the calling
 process, even when that is SIGKILLed (see :func:`die_with_parent`).
 
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -273,13 +274,18 @@ def _worker_run(job: _Job) -> EpisodeMeta:
     return _worker_recorder.run(job)
 
 
-def _record_in_pool(recorder: _Recorder, task: str, params: "CollectParams", jobs: list[_Job], workers: int) -> Iterator[EpisodeMeta]:
+def _record_in_pool(
+    recorder: _Recorder, task: str, params: "CollectParams", jobs: list[_Job], workers: int, when_idle: Callable[[set[int]], None] | None = None
+) -> Iterator[EpisodeMeta]:
     """Record ``jobs`` on ``workers`` processes: this one (with ``recorder``) and ``workers - 1``
     spawned ones; yield each episode's meta as it finishes.
 
     The pool takes the episodes from the first one on; this process takes those the pool has not
     started yet, from the last one back. It starts at once, so the seconds a spawned worker needs
-    to start (an interpreter, imports, an env and a GL context) are not lost.
+    to start (an interpreter, imports, an env and a GL context) are not lost. When no episode is
+    left for this process to take, ``when_idle`` is called with the indices of the jobs finished
+    so far (on disk, whether yielded yet or not), so this process can do other work while the
+    pool records its last episodes.
     """
     pool = ProcessPoolExecutor(
         max_workers=workers - 1,
@@ -290,10 +296,14 @@ def _record_in_pool(recorder: _Recorder, task: str, params: "CollectParams", job
     finished = False
     try:
         futures = [pool.submit(_worker_run, job) for job in jobs]
+        here: set[int] = set()
         for future, job in zip(reversed(futures), reversed(jobs)):
             if not future.cancel():  # the pool has started it (and, first in first out, all before it)
                 break
             yield recorder.run(job)
+            here.add(job.index)
+        if when_idle is not None:
+            when_idle(here | {job.index for future, job in zip(futures, jobs) if future.done() and not future.cancelled() and future.exception() is None})
         for future in as_completed([f for f in futures if not f.cancelled()]):
             yield future.result()  # a worker's error surfaces here
         finished = True
@@ -395,8 +405,19 @@ def collect_task(task: str, params: "CollectParams", out_dir: str | Path, worker
 
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(out_dir, params.episodes_per_task)
+        shown = range(min(params.preview_episodes, params.episodes_per_task))
+        control_timestep, previewed = recorder.env.control_timestep, False
+
+        def preview_while_idle(finished: set[int]) -> None:
+            # This process has nothing left to record: write the preview now, beside the pool's
+            # last episodes, when the episodes it shows are all on disk.
+            nonlocal previewed
+            if all(i in metas or i in finished for i in shown):
+                _write_preview(out_dir, shown, control_timestep)
+                previewed = True
+
         if workers > 1:
-            recorded = _record_in_pool(recorder, task, params, jobs, workers)
+            recorded = _record_in_pool(recorder, task, params, jobs, workers, preview_while_idle if shown else None)
         else:
             recorded = (recorder.run(job) for job in jobs)
         with progress(desc=f"collect {task}", total=len(jobs), unit="episode") as bar:
@@ -409,14 +430,17 @@ def collect_task(task: str, params: "CollectParams", out_dir: str | Path, worker
 
     ordered = [metas[i] for i in range(params.episodes_per_task)]
     write_index(out_dir, ordered)
-    preview = out_dir / PREVIEW_FILE
-    if params.preview_episodes > 0:
-        from pipeline.collect.preview import write_preview
-
-        shown = [load_episode(out_dir / episode_filename(i)) for i in range(min(params.preview_episodes, len(ordered)))]
-        write_preview(preview, shown, fps=1.0 / ordered[0].control_timestep)
-    elif preview.exists():
-        preview.unlink()
+    if shown and not previewed:
+        _write_preview(out_dir, shown, control_timestep)
+    elif not shown:
+        (out_dir / PREVIEW_FILE).unlink(missing_ok=True)
     frames = sum(m.length + 1 for m in ordered)
     log.info("%s: %d episodes, %d frames in %s", task, len(ordered), frames, out_dir)
     return ordered
+
+
+def _write_preview(out_dir: Path, shown: range, control_timestep: float) -> None:
+    """``preview.gif`` of the episodes ``shown`` (their files in ``out_dir``), at the control rate."""
+    from pipeline.collect.preview import write_preview
+
+    write_preview(out_dir / PREVIEW_FILE, [load_episode(out_dir / episode_filename(i)) for i in shown], fps=1.0 / control_timestep)
