@@ -5,11 +5,16 @@ stage (``pipeline.annotate.run.run``: episode loading, cache, schema parsing, JS
 metrics) is timed on every ``--every-k``-th frame, next to a bare loop measured in the
 same run that does only the backend's core work on the same frames:
 
-* ``simulator``: bare = the task's model compiled without a renderer
-  (``load_task_physics``, its per-process cache cleared first, as the stage's cold run has it), then per frame segmentation -> visible bodies, and
-  qpos/qvel -> ``mj_forward`` -> contacts (episodes already in memory); stage =
-  ``backend: simulator``. The previous bare loop, which built the model through
-  ``make_env`` (with a renderer, as the stage then did), is shown on a third row.
+* ``simulator``: bare = everything the backend computes, on episodes already in memory: the
+  task's model compiled without a renderer (``load_task_physics``, its per-process cache cleared
+  first, as the stage's cold run has it), each frame's scene truth (``scene_truths``: visible
+  entities and their boxes from the segmentation, body velocities), the physics read
+  (``PhysicsReader.read``: qpos/qvel -> ``mj_forward`` -> contacts and body velocities, with
+  ``physics: true``) and the caption and key objects (``describe``); stage = ``backend:
+  simulator``. Two earlier, narrower bare loops are shown on further rows: segmentation ->
+  visible bodies and ``mj_forward`` -> contacts only (no captions: they were written before the
+  annotator described the state), and the same with the model built through ``make_env`` (with a
+  renderer, as the stage once did).
 * ``transformers`` (the tiny random VLM saved to a folder; CPU unless CUDA is present):
   bare = processor + ``generate`` in batches of ``--batch-size``, no retries; stage =
   ``backend: transformers`` with ``max_retries: 0`` (so both generate once per frame).
@@ -80,9 +85,9 @@ def main() -> None:
 
     from pipeline.annotate.openai_backend import png_data_url
     from pipeline.annotate.run import run as annotate
-    from pipeline.annotate.simulator import clear_model_cache
+    from pipeline.annotate.simulator import PhysicsReader, clear_model_cache, describe
     from pipeline.annotate.schema import annotated_steps
-    from pipeline.annotate.truth import model_entities, visible_entities
+    from pipeline.annotate.truth import model_entities, scene_truths, visible_entities
     from pipeline.config import parse_params
     from pipeline.episodes import list_episodes, load_episode
 
@@ -137,11 +142,29 @@ def main() -> None:
                     [(env.data.contact.geom1[i], env.data.contact.geom2[i]) for i in range(env.data.ncon)]
             env.close()
 
+        min_pixels = params().annotate.min_visible_pixels
+
+        def bare_backend(physics: bool) -> Callable[[], None]:
+            def run() -> None:  # everything the backend computes, on episodes already in memory
+                clear_model_cache()
+                reader = PhysicsReader() if physics else None
+                for ep in episodes:
+                    for scene in scene_truths(ep, annotated_steps(ep.length, args.every_k), min_pixels).values():
+                        describe(scene, reader.read(scene) if reader is not None else None)
+                if reader is not None:
+                    reader.close()
+
+            return run
+
         bare = timed(bare_simulator)
         bare_make_env = timed(bare_simulator_make_env)
-        rows.append(("simulator (physics: true)", n / stage("sim", backend="simulator"), "model + segmentation + mj_forward + contacts", n / bare))
-        rows.append(("simulator (physics: false)", n / stage("simnp", backend="simulator", physics=False), "model + segmentation + mj_forward + contacts", n / bare))
-        rows.append(("simulator (physics: true), previous baseline", rows[-2][1], "make_env (renderer) + the same", n / bare_make_env))
+        sim, simnp = stage("sim", backend="simulator"), stage("simnp", backend="simulator", physics=False)
+        own = "the backend's own work: scene truth, physics read, captions"
+        rows.append(("simulator (physics: true)", n / sim, own, n / timed(bare_backend(True))))
+        rows.append(("simulator (physics: false)", n / simnp, own.replace("physics read, ", ""), n / timed(bare_backend(False))))
+        rows.append(("simulator (physics: true), earlier baseline", n / sim, "model + segmentation + mj_forward + contacts", n / bare))
+        rows.append(("simulator (physics: false), earlier baseline", n / simnp, "model + segmentation + mj_forward + contacts", n / bare))
+        rows.append(("simulator (physics: true), first baseline", n / sim, "make_env (renderer) + the same", n / bare_make_env))
 
     if "transformers" in wanted:
         from PIL import Image

@@ -205,3 +205,42 @@ def test_captions_carry_more_of_the_state_than_a_constant_caption(cartpole: Path
     # Fewer than 3 episodes: no probe, counts still.
     few = text_information({"caption": ["a", "b"]}, np.array([0, 1]), np.array([[0.0], [1.0]]), ["position"])
     assert few["caption"] == {"distinct": 2, "entropy_bits": 1.0, "probe_r2": None, "probe_r2_position": None, "probe_r2_velocity": None}
+
+
+def test_a_prefetched_model_is_compiled_once_and_a_failed_compile_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prefetch_task_physics compiles on a thread; load_task_physics waits for that compile instead
+    of starting its own, and a compile that failed is not kept: the next call compiles again."""
+    import threading
+    import time
+
+    from pipeline.annotate import simulator
+
+    simulator.clear_model_cache()
+    compiled: list[str] = []
+    compile_task = simulator._compile_task
+    started = threading.Event()
+
+    def slow_compile(task: str, suite: str):  # type: ignore[no-untyped-def]
+        compiled.append(task)
+        started.set()
+        time.sleep(0.2)  # long enough for the call below to arrive while this one compiles
+        return compile_task(task, suite)
+
+    monkeypatch.setattr(simulator, "_compile_task", slow_compile)
+    simulator.prefetch_task_physics("cartpole-swingup", "dm_control")
+    assert started.wait(10)
+    model, data, _ = load_task_physics("cartpole-swingup", "dm_control")
+    again, _, _ = load_task_physics("cartpole-swingup", "dm_control")
+    assert compiled == ["cartpole-swingup"] and again is model and data.qpos.shape == (model.nq,)
+
+    def broken(task: str, suite: str):  # type: ignore[no-untyped-def]
+        compiled.append(task)
+        raise RuntimeError("compiler crashed")
+
+    monkeypatch.setattr(simulator, "_compile_task", broken)
+    simulator.prefetch_task_physics("cheetah-run", "dm_control")  # fails quietly on its thread
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        load_task_physics("cheetah-run", "dm_control")
+    monkeypatch.setattr(simulator, "_compile_task", compile_task)
+    assert load_task_physics("cheetah-run", "dm_control")[0].nq == 9
+    simulator.clear_model_cache()

@@ -43,6 +43,7 @@ from pipeline.annotate.base import BACKENDS, Backend, FrameItem, FrameResult, cr
 from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.information import TextSamples
 from pipeline.annotate.schema import AnnotationFile, AnnotationSource, annotated_steps, output_filename
+from pipeline.annotate.simulator import prefetch_task_physics
 from pipeline.annotate.truth import TRUTH_FIELDS, SceneTruth, scene_truths
 from pipeline.episodes import EpisodeHeader, EpisodeMeta, check_episodes, load_episode
 from pipeline.errors import UserError
@@ -268,6 +269,8 @@ def run(
     cls = type(backend) if backend is not None else BACKENDS.get(section.backend)
     headers, have_truth = check_inputs(episodes_dir, cls.needs_scene, section.backend)
     task = headers[0].meta.task
+    if have_truth:  # the physics reader and the text probe need the task's model: compile it beside the first episode's loading
+        prefetch_task_physics(task, headers[0].meta.suite)
     prompt = section.prompt.format(task=task)
     for stale in remove_stale_temporaries_in(out_dir):  # left by a killed earlier run
         log.info("removed %s, left by an interrupted run", stale)
