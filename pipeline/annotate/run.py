@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -328,18 +329,27 @@ def _annotate_episodes(backend: Backend, headers: list[EpisodeHeader], have_trut
               "weights": backend.provenance()}
     steps = {h.meta.episode: annotated_steps(h.length, section.every_k) for h in headers}
     tally = Tally()
+
+    def prepare(header: EpisodeHeader) -> EpisodeJob:
+        return prepare_episode(
+            header, steps[header.meta.episode], backend, cache, prompt, have_truth, section.min_visible_pixels, section.max_invalid_runs
+        )
+
     bar = progress(total=sum(len(s) for s in steps.values()), desc=f"annotate {task} ({backend.name})", unit="frame")
     try:
-        for header in headers:
-            meta = header.meta
-            job = prepare_episode(
-                header, steps[meta.episode], backend, cache, prompt, have_truth, section.min_visible_pixels, section.max_invalid_runs
-            )
-            bar.update(len(job.cached))
-            answered = query_backend(backend, job.todo, cache, bar)
-            results = sorted(job.cached + answered, key=lambda r: r.item.step)
-            write_json_atomic(out_dir / output_filename(meta.episode), episode_file(job, results, run_fields).to_json(), items="records")
-            tally.add(job, answered, results, section.max_invalid_runs)
+        # The next episode is loaded (decompressed, its scene truth computed) on a helper thread
+        # while the backend answers this one.
+        with ThreadPoolExecutor(1, thread_name_prefix="annotate-load") as pool:
+            upcoming = pool.submit(prepare, headers[0])
+            for i, header in enumerate(headers):
+                job = upcoming.result()  # a loading error is raised here, in episode order
+                if i + 1 < len(headers):
+                    upcoming = pool.submit(prepare, headers[i + 1])
+                bar.update(len(job.cached))
+                answered = query_backend(backend, job.todo, cache, bar)
+                results = sorted(job.cached + answered, key=lambda r: r.item.step)
+                write_json_atomic(out_dir / output_filename(header.meta.episode), episode_file(job, results, run_fields).to_json(), items="records")
+                tally.add(job, answered, results, section.max_invalid_runs)
     finally:
         bar.close()
 
