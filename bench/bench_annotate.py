@@ -85,7 +85,8 @@ def main() -> None:
 
     from pipeline.annotate.openai_backend import png_data_url
     from pipeline.annotate.run import run as annotate
-    from pipeline.annotate.simulator import PhysicsReader, clear_model_cache, describe
+    from pipeline.annotate.simulator import PhysicsReader, describe
+    from pipeline.task_physics import clear_model_cache
     from pipeline.annotate.schema import annotated_steps
     from pipeline.annotate.truth import model_entities, scene_truths, visible_entities
     from pipeline.config import parse_params
@@ -115,7 +116,7 @@ def main() -> None:
     if "simulator" in wanted:
         import mujoco
 
-        from pipeline.annotate.simulator import load_task_physics
+        from pipeline.task_physics import load_task_physics
 
         def bare_simulator() -> None:
             clear_model_cache()

@@ -22,7 +22,8 @@ from pipeline.annotate.describe import (
 )
 from pipeline.annotate.information import entropy_bits, text_information
 from pipeline.joint_state import Joint, state_matrix
-from pipeline.annotate.simulator import MODEL_NAME, PhysicsReader, describe, load_task_physics
+from pipeline.annotate.simulator import MODEL_NAME, PhysicsReader, describe
+from pipeline.task_physics import load_task_physics
 from pipeline.annotate.truth import body_angular_velocities, scene_truths
 from pipeline.config import parse_params
 from pipeline.episodes import list_episodes, load_episode
@@ -213,11 +214,11 @@ def test_a_prefetched_model_is_compiled_once_and_a_failed_compile_is_retried(mon
     import threading
     import time
 
-    from pipeline.annotate import simulator
+    from pipeline import task_physics
 
-    simulator.clear_model_cache()
+    task_physics.clear_model_cache()
     compiled: list[str] = []
-    compile_task = simulator._compile_task
+    compile_task = task_physics._compile_task
     started = threading.Event()
 
     def slow_compile(task: str, suite: str):  # type: ignore[no-untyped-def]
@@ -226,8 +227,8 @@ def test_a_prefetched_model_is_compiled_once_and_a_failed_compile_is_retried(mon
         time.sleep(0.2)  # long enough for the call below to arrive while this one compiles
         return compile_task(task, suite)
 
-    monkeypatch.setattr(simulator, "_compile_task", slow_compile)
-    simulator.prefetch_task_physics("cartpole-swingup", "dm_control")
+    monkeypatch.setattr(task_physics, "_compile_task", slow_compile)
+    task_physics.prefetch_task_physics("cartpole-swingup", "dm_control")
     assert started.wait(10)
     model, data, _ = load_task_physics("cartpole-swingup", "dm_control")
     again, _, _ = load_task_physics("cartpole-swingup", "dm_control")
@@ -237,10 +238,10 @@ def test_a_prefetched_model_is_compiled_once_and_a_failed_compile_is_retried(mon
         compiled.append(task)
         raise RuntimeError("compiler crashed")
 
-    monkeypatch.setattr(simulator, "_compile_task", broken)
-    simulator.prefetch_task_physics("cheetah-run", "dm_control")  # fails quietly on its thread
+    monkeypatch.setattr(task_physics, "_compile_task", broken)
+    task_physics.prefetch_task_physics("cheetah-run", "dm_control")  # fails quietly on its thread
     with pytest.raises(RuntimeError, match="compiler crashed"):
         load_task_physics("cheetah-run", "dm_control")
-    monkeypatch.setattr(simulator, "_compile_task", compile_task)
+    monkeypatch.setattr(task_physics, "_compile_task", compile_task)
     assert load_task_physics("cheetah-run", "dm_control")[0].nq == 9
-    simulator.clear_model_cache()
+    task_physics.clear_model_cache()

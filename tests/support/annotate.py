@@ -231,7 +231,8 @@ def scene_at_state(scene: Any, qpos: Any, qvel: Any, reader: Any = None) -> tupl
 
     import mujoco
 
-    from pipeline.annotate.simulator import PhysicsReader, load_task_physics
+    from pipeline.annotate.simulator import PhysicsReader
+    from pipeline.task_physics import load_task_physics
 
     model, data, close = load_task_physics(scene.task, scene.suite)
     try:

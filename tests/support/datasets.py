@@ -25,7 +25,7 @@ from pipeline.io import dumps_json, sha256_of, write_json_atomic, write_npz_atom
 def physics_sizes(task: str) -> tuple[int, int]:
     """(nq, nv) of ``task``'s MuJoCo model, so that a synthetic episode's qpos/qvel have the widths the
     probe's joint state (:func:`pipeline.joint_state.state_matrix`) expects; (3, 3) for a made-up task name."""
-    from pipeline.annotate.simulator import load_task_physics
+    from pipeline.task_physics import load_task_physics
     from pipeline.errors import UserError
 
     try:
