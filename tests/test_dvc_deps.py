@@ -1,0 +1,96 @@
+"""dvc.yaml's code deps cover the code each stage runs, so that a change to it reruns the stage.
+
+DVC reruns a stage when one of its ``deps`` changes. The deps are kept by hand; this test follows
+every project import (module level and inside functions) from each stage's entry module
+(``stages/<name>.py``) and asks that every module reached is a dep, or a file or folder under one,
+unless it is listed in :data:`OUTPUT_NEUTRAL` with the reason it cannot change an output.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "models", "stages")
+
+#: Modules whose code cannot change what a stage writes, and why. Imports are not followed through them.
+OUTPUT_NEUTRAL = {
+    "pipeline/__init__.py": "package marker",
+    "stages/__init__.py": "package marker",
+    "pipeline/config": "params are deps by value (each stage's `params:`); these modules validate them",
+    "pipeline/errors.py": "exception classes and messages",
+    "pipeline/logs.py": "logging and progress bars",
+    "pipeline/registry.py": "name -> backend class lookup; the classes themselves are deps",
+    "pipeline/device.py": "picks the device a param names; the machine, not this code, decides the numerics",
+}
+
+
+def _module_file(name: str) -> Path | None:
+    path = ROOT.joinpath(*name.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Project modules ``path`` imports anywhere (``from a import b`` gives ``a`` and ``a.b``; ``a.b`` counts only if it is a module)."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts)
+    package = package[:-1] if path.name == "__init__.py" else package[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name and name.split(".")[0] in PACKAGES}
+
+
+def _covered(relative: str, entries: list[str]) -> bool:
+    return any(relative == entry or relative.startswith(entry.rstrip("/") + "/") for entry in entries)
+
+
+def _reached(entry: str) -> set[str]:
+    """Repository-relative files of the project modules reachable from ``entry`` (not through neutral ones)."""
+    seen: set[str] = set()
+    todo = [entry]
+    while todo:
+        path = _module_file(todo.pop())
+        if path is None:
+            continue
+        relative = str(path.relative_to(ROOT))
+        if relative in seen:
+            continue
+        seen.add(relative)
+        if not _covered(relative, list(OUTPUT_NEUTRAL)):
+            todo.extend(_imports(path))
+    return seen
+
+
+def _stages() -> dict[str, dict]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+@pytest.mark.parametrize("stage", sorted(_stages()))
+def test_every_module_a_stage_runs_is_one_of_its_deps(stage: str) -> None:
+    deps = [d for d in _stages()[stage]["deps"] if not d.startswith("data/")]
+    missing = sorted(f for f in _reached(f"stages.{stage}") if not _covered(f, deps + list(OUTPUT_NEUTRAL)))
+    assert not missing, (
+        f"dvc.yaml stage {stage!r} runs code that is not among its deps, so changing it would not rerun the stage: {missing}. "
+        "Add each (or its folder) to the stage's deps, or, if it cannot change the stage's outputs, to OUTPUT_NEUTRAL with the reason."
+    )
+
+
+def test_the_import_walk_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
+    """The walk itself: the flow stage imports pipeline.flow.run inside a function, which imports pipeline.io."""
+    reached = _reached("stages.flow")
+    assert {"stages/flow.py", "pipeline/flow/run.py", "pipeline/io.py", "pipeline/flow/simulator.py"} <= reached
+    assert not any(f.startswith("pipeline/config/") and f != "pipeline/config/__init__.py" for f in reached)  # not followed
+    assert not _covered("pipeline/flowers.py", ["pipeline/flow"]) and _covered("pipeline/flow/run.py", ["pipeline/flow"])
