@@ -44,13 +44,13 @@ from pipeline.annotate.base import BACKENDS, Backend, FrameItem, FrameResult, cr
 from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.information import TextSamples
 from pipeline.annotate.schema import AnnotationFile, AnnotationSource, annotated_steps, output_filename
-from pipeline.task_physics import prefetch_task_physics
 from pipeline.annotate.truth import TRUTH_FIELDS, SceneTruth, scene_truths
 from pipeline.episodes import EpisodeHeader, EpisodeMeta, check_episodes, load_episode
 from pipeline.errors import UserError
 from pipeline.io import remove_stale_temporaries_in, sha256_of, write_json_atomic
 from pipeline.logs import progress
 from pipeline.stage import StageSummary
+from pipeline.task_physics import prefetch_task_physics
 
 if TYPE_CHECKING:
     from pipeline.config import AnnotateParams, WeightsParams

@@ -24,8 +24,9 @@ N = 1). The pool's initializer builds each worker's env and policy once; every e
 submitted job, taken by the pool from the first on, while the calling process records the jobs
 the pool has not started yet from the last one back (cancelling them in the pool); the pool's
 results come through ``as_completed``. When the calling process has no episode left to take, it
-writes the preview beside the pool's last episodes (when the episodes shown are done). Bad input (task, camera, policy checkpoint, disk space)
-is found in the calling process before any worker starts. A worker dies with the calling
+writes the preview beside the pool's last episodes (if the episodes shown are done by then). Bad
+input (task, camera, policy checkpoint, disk space) is found in the calling process before any
+worker starts. A worker dies with the calling
 process, even when that is SIGKILLed (see :func:`die_with_parent`).
 
 Resuming: an episode file that already exists, passes its zip CRC check and was recorded
