@@ -181,6 +181,25 @@ def _frame(body: dict[str, Any]) -> np.ndarray:
     return frame_of(body)
 
 
+def test_a_frame_recurring_in_a_later_episode_is_asked_once(episodes: Path, tmp_path: Path) -> None:
+    """The next episode is loaded while the backend answers this one, but its cache lookups wait
+    for this one's answers: a frame seen again in the next episode comes from the cache."""
+    import shutil
+
+    from pipeline.episodes import save_episode
+
+    copy = tmp_path / "episodes"
+    shutil.copytree(episodes, copy)
+    first, second = list_episodes(copy)
+    episode = load_episode(second)
+    episode.frames[0] = load_episode(first, fields_=["frames"]).frames[0]
+    save_episode(second, episode)
+    with ChatServer() as server:
+        summary = annotate(copy, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, server, concurrency=1))
+    assert server.chat_calls == 2 * len(STEPS) - 1 and max(server.calls_by_frame.values()) == 1
+    assert summary.cache_hits == 1 and summary.ok == 2 * len(STEPS)
+
+
 def test_http_server_goes_away_mid_run(episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path) -> None:
     with ChatServer(stop_after=4) as server:
         p = http_params(tmp_path, server, concurrency=2)

@@ -9,8 +9,9 @@ Outputs (docs/ARCHITECTURE.md, annotate):
   how much of the state the texts carry (``text_information``: distinct texts and a
   cross-validated probe, :mod:`pipeline.annotate.information`).
 
-The work is a plain loop over episodes: :func:`prepare_episode` loads one episode
-and looks its frames up in the cache, :func:`query_backend` sends the misses to the
+The work is a plain loop over episodes: :func:`load_frames` loads one episode (the next one
+on a helper thread while the backend answers this one), :func:`prepare_episode` looks its
+frames up in the cache, :func:`query_backend` sends the misses to the
 backend (caching every answer as it arrives, so an interrupted run resumes where it
 stopped), :func:`episode_file` builds the output file, and :class:`Tally` adds the
 episode's counts to the run's.
@@ -45,7 +46,7 @@ from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.information import TextSamples
 from pipeline.annotate.schema import AnnotationFile, AnnotationSource, annotated_steps, output_filename
 from pipeline.annotate.truth import TRUTH_FIELDS, SceneTruth, scene_truths
-from pipeline.episodes import EpisodeHeader, EpisodeMeta, check_episodes, load_episode
+from pipeline.episodes import Episode, EpisodeHeader, EpisodeMeta, check_episodes, load_episode
 from pipeline.errors import UserError
 from pipeline.io import remove_stale_temporaries_in, sha256_of, write_json_atomic
 from pipeline.logs import progress
@@ -194,18 +195,34 @@ def check_inputs(episodes_dir: Path, needs_scene: bool, backend_name: str) -> tu
     return headers, all(with_segmentation)
 
 
-def prepare_episode(
-    header: EpisodeHeader, steps: list[int], backend: Backend, cache: AnnotationCache, prompt: str,
-    with_truth: bool, min_visible_pixels: int, max_invalid_runs: int,
-) -> EpisodeJob:
-    """Load one episode's annotated frames (and their simulator truth) and look each up in the cache.
+@dataclass(frozen=True)
+class LoadedEpisode:
+    """What :func:`load_frames` reads of one episode: its frames, the SHA-256 of its file and each annotated step's truth."""
 
-    A cached invalid answer is asked again (with ``rerun`` set) while fewer than
-    ``max_invalid_runs`` runs have got one; then it is served as the final failure.
-    """
-    path, meta = header.path, header.meta
-    episode = load_episode(path, fields_=["frames", *(TRUTH_FIELDS if with_truth else ())], header=header)
+    episode: Episode
+    sha256: str
+    scenes: dict[int, SceneTruth]
+
+
+def load_frames(header: EpisodeHeader, steps: list[int], with_truth: bool, min_visible_pixels: int) -> LoadedEpisode:
+    """Load one episode's frames (and, ``with_truth``, each of ``steps``' simulator truth): a pure
+    function of the file, so the stage runs it for the next episode on a helper thread."""
+    episode = load_episode(header.path, fields_=["frames", *(TRUTH_FIELDS if with_truth else ())], header=header)
     scenes = scene_truths(episode, steps, min_visible_pixels) if with_truth else {}
+    return LoadedEpisode(episode, sha256_of(header.path), scenes)
+
+
+def prepare_episode(
+    header: EpisodeHeader, loaded: LoadedEpisode, steps: list[int], backend: Backend, cache: AnnotationCache, prompt: str, max_invalid_runs: int,
+) -> EpisodeJob:
+    """Look each annotated frame of one loaded episode up in the cache.
+
+    Runs in episode order on the stage's thread, after the previous episode's answers are cached,
+    so a frame that recurs across episodes is asked once. A cached invalid answer is asked again
+    (with ``rerun`` set) while fewer than ``max_invalid_runs`` runs have got one; then it is served
+    as the final failure.
+    """
+    path, meta, episode, scenes = header.path, header.meta, loaded.episode, loaded.scenes
     cached: list[FrameResult] = []
     todo: list[FrameItem] = []
     for t in steps:
@@ -219,7 +236,7 @@ def prepare_episode(
             if hit is not None:
                 item.rerun = hit.runs
         todo.append(item)
-    source = AnnotationSource(episode=path.name, episode_sha256=sha256_of(path))
+    source = AnnotationSource(episode=path.name, episode_sha256=loaded.sha256)
     return EpisodeJob(meta, steps, source, scenes, cached, todo)
 
 
@@ -330,21 +347,20 @@ def _annotate_episodes(backend: Backend, headers: list[EpisodeHeader], have_trut
     steps = {h.meta.episode: annotated_steps(h.length, section.every_k) for h in headers}
     tally = Tally()
 
-    def prepare(header: EpisodeHeader) -> EpisodeJob:
-        return prepare_episode(
-            header, steps[header.meta.episode], backend, cache, prompt, have_truth, section.min_visible_pixels, section.max_invalid_runs
-        )
+    def load(header: EpisodeHeader) -> LoadedEpisode:
+        return load_frames(header, steps[header.meta.episode], have_truth, section.min_visible_pixels)
 
     bar = progress(total=sum(len(s) for s in steps.values()), desc=f"annotate {task} ({backend.name})", unit="frame")
     try:
-        # The next episode is loaded (decompressed, its scene truth computed) on a helper thread
-        # while the backend answers this one.
+        # The next episode is loaded (decompressed, hashed, its scene truth computed) on a helper
+        # thread while the backend answers this one.
         with ThreadPoolExecutor(1, thread_name_prefix="annotate-load") as pool:
-            upcoming = pool.submit(prepare, headers[0])
+            upcoming = pool.submit(load, headers[0])
             for i, header in enumerate(headers):
-                job = upcoming.result()  # a loading error is raised here, in episode order
+                loaded = upcoming.result()  # a loading error is raised here, in episode order
                 if i + 1 < len(headers):
-                    upcoming = pool.submit(prepare, headers[i + 1])
+                    upcoming = pool.submit(load, headers[i + 1])
+                job = prepare_episode(header, loaded, steps[header.meta.episode], backend, cache, prompt, section.max_invalid_runs)
                 bar.update(len(job.cached))
                 answered = query_backend(backend, job.todo, cache, bar)
                 results = sorted(job.cached + answered, key=lambda r: r.item.step)
