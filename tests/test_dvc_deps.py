@@ -39,8 +39,7 @@ def _module_file(name: str) -> Path | None:
 
 def _imports(path: Path) -> set[str]:
     """Project modules ``path`` imports anywhere (``from a import b`` gives ``a`` and ``a.b``; ``a.b`` counts only if it is a module)."""
-    package = list(path.relative_to(ROOT).with_suffix("").parts)
-    package = package[:-1] if path.name == "__init__.py" else package[:-1]
+    package = list(path.relative_to(ROOT).with_suffix("").parts)[:-1]  # the package a relative import starts from (for __init__.py: its own)
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
