@@ -26,8 +26,8 @@ the pool has not started yet from the last one back (cancelling them in the pool
 results come through ``as_completed``. When the calling process has no episode left to take, it
 writes the preview beside the pool's last episodes (if the episodes shown are done by then). Bad
 input (task, camera, policy checkpoint, disk space) is found in the calling process before any
-worker starts. A worker dies with the calling
-process, even when that is SIGKILLed (see :func:`die_with_parent`).
+worker starts. A worker dies with the calling process, even when that is SIGKILLed (see
+:func:`die_with_parent`).
 
 Resuming: an episode file that already exists, passes its zip CRC check and was recorded
 with the same content fingerprint (the params that shape an episode, the policy and its
