@@ -18,6 +18,10 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
   that one path only. The single path then serves every head: :class:`PathOutputs` gives its
   vector and map as both the semantic and the motion ones, so the CLIP heads and the flow decoder
   read the same path and the loss set stays fixed; only the two-path structure is taken away.
+* ``semantic_channels``: the semantic path's conv width (default: ``channels``, both paths alike).
+  Fewer channels cut that path's conv cost by about the square of the ratio (24 of 32: 0.56x) while
+  keeping its resolution, the other way (with ``semantic_stride``) to make the backbone cost about
+  two DrQ-v2 encoders; docs/RESULTS.md 1h checks it on the probe.
 * ``semantic_stride``: the semantic path's second conv has this stride. 1 (the default) keeps
   both paths at one resolution. 2 runs the semantic path's later layers on maps half the motion
   path's size each way (21 x 21 at 84 px), on the argument that what is in a frame needs less
@@ -57,7 +61,7 @@ class PathOutputs:
         semantic: (B, feature_dim) semantic-path vector (the CLIP projection heads read it).
         motion: (B, feature_dim) motion-path vector.
         fused: (B, feature_dim) fused vector (``forward`` returns this; the reward head reads it).
-        semantic_map: (B, channels, h', w') last semantic feature map (h' = ceil(h / semantic_stride) when padded).
+        semantic_map: (B, semantic_channels, h', w') last semantic feature map (h' = ceil(h / semantic_stride) when padded).
         motion_map: (B, channels, h, w) last motion feature map, h = ``map_size`` (ceil(H / 2) when
             padded; ``map_border`` cells short of that on each side when not); the flow decoder reads it.
     """
@@ -90,7 +94,8 @@ class DualPathBackbone(nn.Module):
         frame_stack: frames k in the input stack (input channels 3k).
         image_size: input height = width in pixels.
         feature_dim: size of the fused vector (and of each path's vector).
-        channels: conv width of each path.
+        channels: conv width of the motion path (and of the semantic path unless ``semantic_channels``).
+        semantic_channels: conv width of the semantic path; None: ``channels``.
         depth: conv layers per path (the first has stride 2).
         interaction: let the paths exchange information (False: independent paths, ablation).
         interaction_kind: ``global``, ``gated`` or ``attention`` (see :mod:`models.interaction`).
@@ -125,10 +130,12 @@ class DualPathBackbone(nn.Module):
         paths: str = "both",
         semantic_stride: int = 1,
         padding: int = 1,
+        semantic_channels: int | None = None,
     ) -> None:
         super().__init__()
-        if frame_stack < 1 or depth < 1 or image_size < 4 or feature_dim < 1 or channels < 1 or pool < 1:
-            raise ValueError(f"bad backbone sizes: frame_stack={frame_stack}, depth={depth}, image_size={image_size}, feature_dim={feature_dim}, channels={channels}, pool={pool}")
+        semantic_width = channels if semantic_channels is None else semantic_channels
+        if frame_stack < 1 or depth < 1 or image_size < 4 or feature_dim < 1 or channels < 1 or semantic_width < 1 or pool < 1:
+            raise ValueError(f"bad backbone sizes: frame_stack={frame_stack}, depth={depth}, image_size={image_size}, feature_dim={feature_dim}, channels={channels}, semantic_channels={semantic_channels}, pool={pool}")
         if paths not in PATHS:
             raise ValueError(f"paths={paths!r}: expected one of {PATHS}")
         if flow_input and paths == "semantic":
@@ -150,6 +157,7 @@ class DualPathBackbone(nn.Module):
         self.image_size = image_size
         self.feature_dim = feature_dim
         self.channels = channels
+        self.semantic_channels = semantic_width
         self.depth = depth
         self.flow_input = flow_input
         self.paths = paths
@@ -161,9 +169,9 @@ class DualPathBackbone(nn.Module):
             raise ValueError(f"interaction_layers={interaction_layers}: each must be in [0, {depth - 1}]")
         self.interaction_layers = layers if self.interaction else []
 
-        self.semantic_trunk = _trunk(3, channels, depth, semantic_stride, padding) if paths != "motion" else None
+        self.semantic_trunk = _trunk(3, semantic_width, depth, semantic_stride, padding) if paths != "motion" else None
         self.motion_trunk = _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth, 1, padding) if paths != "semantic" else None
-        self.exchange = nn.ModuleDict({str(i): INTERACTIONS[interaction_kind](channels) for i in self.interaction_layers})
+        self.exchange = nn.ModuleDict({str(i): INTERACTIONS[interaction_kind](semantic_width, channels) for i in self.interaction_layers})
 
         self.map_size = _trunk_size(image_size, depth, 1, padding)  # the motion map's side
         semantic_size = _trunk_size(image_size, depth, semantic_stride, padding) if paths != "motion" else self.map_size
@@ -182,9 +190,14 @@ class DualPathBackbone(nn.Module):
         semantic_pooled = semantic_size // semantic_pool if paths != "motion" else pooled
         if min(pooled, semantic_pooled) < 1:
             raise ValueError(f"pool={pool} is larger than the {min(self.map_size, semantic_size)}px feature map of a {image_size}px image")
-        self.semantic_head = nn.Sequential(nn.Linear(channels * semantic_pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "motion" else None
+        self.semantic_head = nn.Sequential(nn.Linear(semantic_width * semantic_pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "motion" else None
         self.motion_head = nn.Sequential(nn.Linear(channels * pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "semantic" else None
         self.fuse = nn.Sequential(nn.Linear((2 if paths == "both" else 1) * feature_dim, feature_dim), nn.LayerNorm(feature_dim))
+
+    @property
+    def flow_channels(self) -> int:
+        """Channels of the map the flow decoder reads (the motion map; the semantic one in a semantic-only backbone)."""
+        return self.semantic_channels if self.paths == "semantic" else self.channels
 
     @property
     def num_parameters(self) -> int:

@@ -60,7 +60,7 @@ class PretrainModel(nn.Module):
         self.clip_image = mlp(d, head_hidden, clip_dim)
         self.clip_caption = mlp(d, head_hidden, clip_dim)
         self.clip_objects = mlp(d, head_hidden, clip_dim)
-        self.flow = FlowDecoder(self.backbone.channels, self.backbone.image_size, border=self.backbone.map_border)
+        self.flow = FlowDecoder(self.backbone.flow_channels, self.backbone.image_size, border=self.backbone.map_border)
         self.reward = mlp(d, head_hidden, 1)
 
     def forward(self, obs: Tensor, flow: Tensor | None = None) -> dict[str, Tensor]:

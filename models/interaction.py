@@ -1,8 +1,9 @@
 """Information exchange between the semantic and motion paths (unsupervised).
 
-Each module maps ``(s, m)`` -> ``(s', m')`` for two feature maps of the same shape
-``(B, C, h, w)``, as residual updates: ``s' = s + f(s, m)`` and ``m' = m + g(s, m)``.
-A new kind is one class and one line in :data:`INTERACTIONS`.
+Each module maps ``(s, m)`` -> ``(s', m')`` for the semantic map ``(B, Cs, h, w)`` and the motion
+map ``(B, Cm, h', w')``, as residual updates: ``s' = s + f(s, m)`` and ``m' = m + g(s, m)``. It is
+constructed as ``Kind(semantic_channels, motion_channels)`` (the motion width defaults to the
+semantic one). A new kind is one class and one line in :data:`INTERACTIONS`.
 """
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from torch.nn import functional as F
 
 class GatedExchange(nn.Module):
     """Gated feature exchange: each path adds a 1x1-conv message from the other, scaled by a
-    sigmoid gate computed from both (per pixel and channel). Six 1x1 convs over the full maps: on a CPU one exchange costs more than two 3x3 layers."""
+    sigmoid gate computed from both (per pixel and channel). Six 1x1 convs over the full maps: on a CPU one exchange costs more than two 3x3 layers.
+    Both maps must have the same size (h, w)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, semantic_channels: int, motion_channels: int | None = None) -> None:
         super().__init__()
-        self.to_semantic = nn.Conv2d(channels, channels, 1)
-        self.to_motion = nn.Conv2d(channels, channels, 1)
-        self.gate_semantic = nn.Conv2d(2 * channels, channels, 1)
-        self.gate_motion = nn.Conv2d(2 * channels, channels, 1)
+        cs, cm = semantic_channels, motion_channels or semantic_channels
+        self.to_semantic = nn.Conv2d(cm, cs, 1)
+        self.to_motion = nn.Conv2d(cs, cm, 1)
+        self.gate_semantic = nn.Conv2d(cs + cm, cs, 1)
+        self.gate_motion = nn.Conv2d(cs + cm, cm, 1)
         # Start mostly closed (sigmoid(-2) ~ 0.12) so each path first learns its own task.
         nn.init.constant_(self.gate_semantic.bias, -2.0)
         nn.init.constant_(self.gate_motion.bias, -2.0)
@@ -38,19 +41,22 @@ class GlobalGatedExchange(nn.Module):
     both paths' means. It never convolves the maps: per path one mean and one broadcast add, a
     small fraction of a 3x3 layer's cost (the per-pixel ``gated`` exchange costs more than two).
 
-    Shapes: ``s``, ``m`` (B, C, h, w) -> the same; messages and gates (B, C) per path."""
+    Shapes: ``s`` (B, Cs, h, w), ``m`` (B, Cm, h', w') -> the same; messages and gates (B, Cs)
+    and (B, Cm)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, semantic_channels: int, motion_channels: int | None = None) -> None:
         super().__init__()
-        self.to_semantic = nn.Linear(channels, channels)
-        self.to_motion = nn.Linear(channels, channels)
-        self.gates = nn.Linear(2 * channels, 2 * channels)
+        cs, cm = semantic_channels, motion_channels or semantic_channels
+        self.to_semantic = nn.Linear(cm, cs)
+        self.to_motion = nn.Linear(cs, cm)
+        self.gates = nn.Linear(cs + cm, cs + cm)
+        self.widths = (cs, cm)
         # Start mostly closed (sigmoid(-2) ~ 0.12) so each path first learns its own task.
         nn.init.constant_(self.gates.bias, -2.0)
 
     def forward(self, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         mean_s, mean_m = s.mean((2, 3)), m.mean((2, 3))  # (B, C) each
-        gate_s, gate_m = torch.sigmoid(self.gates(torch.cat([mean_s, mean_m], dim=1))).chunk(2, dim=1)
+        gate_s, gate_m = torch.sigmoid(self.gates(torch.cat([mean_s, mean_m], dim=1))).split(self.widths, dim=1)
         to_s = gate_s * self.to_semantic(mean_m)
         to_m = gate_m * self.to_motion(mean_s)
         return s + to_s[:, :, None, None], m + to_m[:, :, None, None]
@@ -61,14 +67,15 @@ class CrossAttentionExchange(nn.Module):
     ``tokens`` x ``tokens`` grid) attend to the other path's tokens; the result is upsampled
     back to the map and added with a learned per-path scale (starting at 0, ReZero-style)."""
 
-    def __init__(self, channels: int, tokens: int = 7, heads: int = 4) -> None:
+    def __init__(self, semantic_channels: int, motion_channels: int | None = None, tokens: int = 7, heads: int = 4) -> None:
         super().__init__()
-        heads = heads if channels % heads == 0 else 1
+        cs, cm = semantic_channels, motion_channels or semantic_channels
         self.tokens = tokens
-        self.norm_s = nn.LayerNorm(channels)
-        self.norm_m = nn.LayerNorm(channels)
-        self.attend_s = nn.MultiheadAttention(channels, heads, batch_first=True)
-        self.attend_m = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.norm_s = nn.LayerNorm(cs)
+        self.norm_m = nn.LayerNorm(cm)
+        # Each attention's queries come from one path and its keys and values from the other.
+        self.attend_s = nn.MultiheadAttention(cs, heads if cs % heads == 0 else 1, kdim=cm, vdim=cm, batch_first=True)
+        self.attend_m = nn.MultiheadAttention(cm, heads if cm % heads == 0 else 1, kdim=cs, vdim=cs, batch_first=True)
         self.scale_s = nn.Parameter(torch.zeros(1))
         self.scale_m = nn.Parameter(torch.zeros(1))
 
@@ -88,7 +95,7 @@ class CrossAttentionExchange(nn.Module):
         return s + self.scale_s * self._back(from_m, s), m + self.scale_m * self._back(from_s, m)
 
 
-#: ``interaction_kind`` -> module class (constructed with the channel count).
+#: ``interaction_kind`` -> module class (constructed with the semantic and motion channel counts).
 INTERACTIONS: dict[str, type[nn.Module]] = {
     "gated": GatedExchange,
     "global": GlobalGatedExchange,

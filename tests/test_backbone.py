@@ -273,3 +273,49 @@ def test_flow_decoder_pads_the_valid_border_back_so_the_flow_stays_on_its_pixels
 def test_bad_padding_is_named(config: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DualPathBackbone(**{**TINY, **config})
+
+
+@pytest.mark.parametrize("kind", list(INTERACTIONS))
+@pytest.mark.parametrize("paths", ["both", "semantic", "motion"])
+def test_semantic_channels_narrows_the_semantic_path_only(kind: str, paths: str, tmp_path) -> None:
+    """semantic_channels: the semantic trunk (and its map) has that width, the motion trunk keeps
+    ``channels``, every exchange kind passes messages between the two widths, every head keeps its
+    shape (the flow decoder reads the map of the path it reads), and the checkpoint rebuilds it."""
+    torch.manual_seed(0)
+    config = {**TINY, "channels": 8, "semantic_channels": 4, "interaction_kind": kind, "paths": paths}
+    model = PretrainModel(backbone=config, clip_dim=12, head_hidden=16)
+    backbone = model.backbone
+    obs = _obs()
+    out = backbone.forward_paths(obs)
+    if paths != "motion":
+        assert all(layer.out_channels == 4 for layer in backbone.semantic_trunk)
+        assert out.semantic_map.shape == (2, 4, 8, 8)
+    if paths != "semantic":
+        assert all(layer.out_channels == 8 for layer in backbone.motion_trunk)
+        assert out.motion_map.shape == (2, 8, 8, 8)
+    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "flow": (2, 2, 16, 16), "reward": (2,), "fused": (2, 8)}
+    assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
+    if paths == "both":
+        assert backbone.num_parameters < DualPathBackbone(**{**TINY, "channels": 8}).num_parameters
+        for exchange in backbone.exchange.values():  # residual messages of each path's own width
+            s, m = torch.randn(2, 4, 8, 8), torch.randn(2, 8, 8, 8)
+            s2, m2 = exchange(s, m)
+            assert s2.shape == s.shape and m2.shape == m.shape
+    save_module(tmp_path / "b", backbone, config, {})
+    loaded, _ = load_module(tmp_path / "b")
+    assert loaded.semantic_channels == 4 and torch.equal(loaded(obs), backbone(obs))
+
+
+def test_global_exchange_between_widths_carries_the_other_paths_content() -> None:
+    torch.manual_seed(0)
+    exchange = GlobalGatedExchange(4, 8)
+    s, m = torch.randn(2, 4, 6, 6), torch.randn(2, 8, 6, 6)
+    s2, m2 = exchange(s, m)
+    assert not torch.allclose(exchange(s, m + 1.0)[0], s2)  # the semantic map hears the motion one
+    assert not torch.allclose(exchange(s + 1.0, m)[1], m2)  # and the other way round
+
+
+def test_semantic_channels_default_is_channels_and_bad_width_is_named() -> None:
+    assert DualPathBackbone(**TINY).semantic_channels == 4
+    with pytest.raises(ValueError, match="semantic_channels=0"):
+        DualPathBackbone(**TINY, semantic_channels=0)

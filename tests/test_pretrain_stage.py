@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from models.checkpoint import load_module, read_checkpoint_config
 from models.heads import PretrainModel
 from pipeline.cli import main
 from pipeline.config import EncodeParams, WeightsParams
+from pipeline.config.pretrain import PretrainParams
+from pipeline.pretrain.run import backbone_config
 from pipeline.encode.run import run as build_dataset
 from support.datasets import restamp, write_synthetic_inputs
 
@@ -250,3 +254,15 @@ def test_probe_beats_the_random_backbone_on_collected_episodes(tmp_path: Path) -
     assert r2["pretrained"] > 0.3, r2
     first_flow = float((out / "plots" / "plots" / "metrics" / "loss" / "flow.tsv").read_text().splitlines()[1].split("\t")[1])
     assert metrics["loss"]["flow"] < first_flow
+
+
+def test_every_backbone_param_reaches_the_backbone() -> None:
+    """Each pretrain param named as a DualPathBackbone argument is carried into the checkpoint's
+    config with its value: a new backbone option cannot be declared in params and silently dropped."""
+    shared = set(inspect.signature(DualPathBackbone).parameters) & set(PretrainParams.model_fields)
+    assert {"channels", "semantic_channels", "semantic_stride", "padding", "paths"} <= shared
+    params = PretrainParams(channels=8, semantic_channels=4, semantic_stride=2, padding=0, paths="semantic", interaction=False, frame_stack=4, feature_dim=16, depth=3)
+    config = backbone_config(params, SimpleNamespace(image_size=32))
+    assert {name: config[name] for name in shared} == {name: getattr(params, name) for name in shared}
+    assert config["image_size"] == 32
+    DualPathBackbone(**config)  # and it builds

@@ -12,7 +12,8 @@ class PretrainParams(Section):
     # The backbone (models/backbone.py); the image size and CLIP dimension come from the dataset.
     frame_stack: Int = Field(3, ge=2, le=16, description="Consecutive RGB frames stacked as the backbone's input.")
     feature_dim: Int = Field(64, ge=8, le=4096, description="Size of the fused feature vector the SAC stage consumes (and of each path's vector).")
-    channels: Int = Field(32, ge=4, le=1024, description="Conv width of each path.")
+    channels: Int = Field(32, ge=4, le=1024, description="Conv width of the motion path, and of the semantic path unless semantic_channels is set.")
+    semantic_channels: Int | None = Field(None, ge=4, le=1024, description="Conv width of the semantic path (null: channels). Fewer channels cut that path's conv cost by about the square of the ratio at full resolution: 24 of 32 makes a SAC update cheaper by about a fifth (bench/bench_backbone.py); its effect on the probe is in docs/RESULTS.md 1h.")
     depth: Int = Field(4, ge=1, le=16, description="Conv layers per path (the first has stride 2).")
     paths: Literal["both", "semantic", "motion"] = Field("both", description="'both': the dual-path design. 'semantic' / 'motion': that path alone (ablation): the one path feeds every head (CLIP heads and flow decoder alike), so the loss set is unchanged and only the two-path structure is taken away; no exchange.")
     semantic_stride: Literal[1, 2] = Field(1, description="Stride of the semantic path's second conv. 1: both paths at one resolution. 2: the semantic path's later layers on maps half the motion path's size each way (21 x 21 at 84 px), so a SAC update costs 1.55x a DrQ-v2 encoder's instead of 2.59x at batch 32 (bench/bench_backbone.py, idle machine), but the probe loses position information (cheetah-run R^2 -0.02 to -0.03, position -0.04 to -0.09: docs/RESULTS.md 1d), so it is not the default. interaction_kind 'gated' needs 1.")

@@ -58,6 +58,7 @@ def backbone_config(params: PretrainParams, info: Dataset) -> dict[str, Any]:
         "image_size": info.image_size,
         "feature_dim": params.feature_dim,
         "channels": params.channels,
+        "semantic_channels": params.semantic_channels,
         "depth": params.depth,
         "interaction": params.interaction,
         "interaction_kind": params.interaction_kind,
