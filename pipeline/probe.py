@@ -17,11 +17,17 @@ Out-of-fold protocol (:func:`out_of_fold`, per task, per backbone):
   predicted by a model that never saw any frame of it, and the ridge penalty is chosen inside
   each training fold by an inner episode-grouped CV (never on the test fold).
 * The score is the **pooled out-of-fold R^2**: all out-of-fold predictions against all targets
-  at once, averaged over dimensions (each dimension standardised, so each counts equally), and
-  also over position-like and velocity-like dimensions separately.
+  at once, ``1 - sum SSE / sum SST`` over the group's dimensions (each standardised on the held-out
+  rows, so on them every dimension counts equally and this is the mean of the per-dimension R^2),
+  for all dimensions and for position-like and velocity-like ones separately.
 * Uncertainty: a bootstrap over held-out episodes (the independent unit). Comparisons are
   **paired**: the same resampled episodes score both backbones, and the 95% percentile CI is
-  that of the difference.
+  that of the difference. Each resample is scored by the same ratio of sums, so a dimension
+  weighs what it varies in that resample. (The mean of per-dimension R^2 did not survive
+  resampling: a dimension whose variance sits in a few episodes, such as cheetah-run's body
+  pitch, which moves only when the cheetah flips, kept 0.3% of its variance in resamples without
+  them, its R^2 there ran to large negative values, and one such dimension stretched a gap's
+  CI from [+0.075, +0.120] to [+0.079, +0.450].)
 
 Split protocol (:func:`split_r2`): the same ridge fitted on a train split (penalty chosen on the
 train split alone by the same episode-grouped CV) and scored once on a separate validation split
@@ -208,15 +214,17 @@ def _episode_stats(oof: OutOfFold, cols: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _pooled_r2_weighted(stats: tuple[np.ndarray, ...], weights: np.ndarray) -> np.ndarray:
-    """Pooled R^2 (mean over dimensions) for each row of ``weights`` (R, E): episode multiplicities."""
+    """Pooled R^2, ``1 - sum SSE / sum SST`` over dimensions, for each row of ``weights`` (R, E):
+    episode multiplicities."""
     count, sums, squares, residuals = stats
     n = weights @ count  # (R,)
-    total = weights @ squares - (weights @ sums) ** 2 / n[:, None]  # (R, D)
-    return np.mean(1.0 - (weights @ residuals) / np.maximum(total, 1e-12), axis=1)
+    total = (weights @ squares - (weights @ sums) ** 2 / n[:, None]).sum(axis=1)  # (R,)
+    return 1.0 - (weights @ residuals).sum(axis=1) / np.maximum(total, 1e-12)
 
 
 def pooled_r2(oof: OutOfFold, group: str = "all", weights: np.ndarray | None = None) -> float | np.ndarray:
-    """Mean over the group's dimensions of the pooled out-of-fold R^2.
+    """Pooled out-of-fold R^2 of the group's dimensions, ``1 - sum SSE / sum SST`` (on all
+    held-out rows the mean of the per-dimension R^2, the dimensions being standardised there).
 
     With ``weights`` (R, E) (how often each episode is drawn, per resample; episodes in sorted
     id order) returns the (R,) R^2 of each resample. NaN when the group has no dimension (e.g. a

@@ -23,7 +23,7 @@ def _fmt(e: dict[str, float], digits: int = 3) -> str:
 
 def _probe_tables(probe: dict[str, Any]) -> list[str]:
     lines = ["## Probe: ridge from frozen features to the observation vector", "",
-             "Pooled out-of-fold R^2 (episode-grouped k-fold; mean over standardised dimensions) with 95% episode-bootstrap CIs. "
+             "Pooled out-of-fold R^2 (episode-grouped k-fold; 1 - sum SSE / sum SST over standardised dimensions) with 95% episode-bootstrap CIs. "
              "1 = the features determine the observation linearly, 0 = no better than its mean.", ""]
     for task, pr in probe.items():
         lines += [f"### {task} ({pr['episodes']} held-out episodes, {pr['frames']} frames; dims {pr['dims']})", "",
