@@ -27,7 +27,7 @@ Out-of-fold protocol (:func:`out_of_fold`, per task, per backbone):
   resampling: a dimension whose variance sits in a few episodes, such as cheetah-run's body
   pitch, which moves only when the cheetah flips, kept 0.3% of its variance in resamples without
   them, its R^2 there ran to large negative values, and one such dimension stretched a gap's
-  CI from [+0.075, +0.120] to [+0.079, +0.450].)
+  CI from [+0.074, +0.120] to [+0.079, +0.450].)
 
 Split protocol (:func:`split_r2`): the same ridge fitted on a train split (penalty chosen on the
 train split alone by the same episode-grouped CV) and scored once on a separate validation split
