@@ -21,7 +21,8 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
 * ``semantic_channels``: the semantic path's conv width (default: ``channels``, both paths alike).
   Fewer channels cut that path's conv cost by about the square of the ratio (24 of 32: 0.56x) while
   keeping its resolution, the other way (with ``semantic_stride``) to make the backbone cost about
-  two DrQ-v2 encoders; docs/RESULTS.md 1h checks it on the probe.
+  two DrQ-v2 encoders; but it loses velocity information on the probe (docs/RESULTS.md 1h), so it
+  is not the default.
 * ``semantic_stride``: the semantic path's second conv has this stride. 1 (the default) keeps
   both paths at one resolution. 2 runs the semantic path's later layers on maps half the motion
   path's size each way (21 x 21 at 84 px), on the argument that what is in a frame needs less
