@@ -19,7 +19,7 @@ class GatedExchange(nn.Module):
 
     def __init__(self, semantic_channels: int, motion_channels: int | None = None) -> None:
         super().__init__()
-        cs, cm = semantic_channels, motion_channels or semantic_channels
+        cs, cm = semantic_channels, semantic_channels if motion_channels is None else motion_channels
         self.to_semantic = nn.Conv2d(cm, cs, 1)
         self.to_motion = nn.Conv2d(cs, cm, 1)
         self.gate_semantic = nn.Conv2d(cs + cm, cs, 1)
@@ -46,7 +46,7 @@ class GlobalGatedExchange(nn.Module):
 
     def __init__(self, semantic_channels: int, motion_channels: int | None = None) -> None:
         super().__init__()
-        cs, cm = semantic_channels, motion_channels or semantic_channels
+        cs, cm = semantic_channels, semantic_channels if motion_channels is None else motion_channels
         self.to_semantic = nn.Linear(cm, cs)
         self.to_motion = nn.Linear(cs, cm)
         self.gates = nn.Linear(cs + cm, cs + cm)
@@ -69,7 +69,7 @@ class CrossAttentionExchange(nn.Module):
 
     def __init__(self, semantic_channels: int, motion_channels: int | None = None, tokens: int = 7, heads: int = 4) -> None:
         super().__init__()
-        cs, cm = semantic_channels, motion_channels or semantic_channels
+        cs, cm = semantic_channels, semantic_channels if motion_channels is None else motion_channels
         self.tokens = tokens
         self.norm_s = nn.LayerNorm(cs)
         self.norm_m = nn.LayerNorm(cm)
