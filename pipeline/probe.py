@@ -36,7 +36,8 @@ as variance-weighted R^2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.linear_model import Ridge
@@ -285,3 +286,46 @@ def paired_difference(a: OutOfFold, b: OutOfFold, group: str, weights: np.ndarra
         raise ValueError("paired_difference needs two probes of the same held-out frames")
     diffs = pooled_r2(a, group, weights) - pooled_r2(b, group, weights)
     return _interval(pooled_r2(a, group) - pooled_r2(b, group), diffs)
+
+
+def probe_arrays(oofs: Mapping[str, OutOfFold], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """One task's probes as the arrays of its probe file (the evaluate stage's ``probe/<task>.npz``),
+    so that any re-analysis starts from the out-of-fold predictions instead of refitting:
+
+    * ``names`` (K,) str: the backbones, in the order of ``oofs`` (``pretrained`` first);
+    * ``target`` (N, D) float64, ``episode`` (N,) int64, ``kinds`` (D,) str: shared by every probe;
+    * ``prediction`` (K, N, D) float64: each backbone's out-of-fold predictions of ``target``;
+    * ``alphas`` (K, folds) float64: the penalty each outer fold chose;
+    * ``bootstrap_weights`` (R, E) uint16: the resamples behind every CI (:func:`bootstrap_weights`).
+
+    :func:`read_probe_file` turns them back into the same :class:`OutOfFold` objects and weights.
+    """
+    names = list(oofs)
+    first = oofs[names[0]]
+    for name in names[1:]:
+        if not (np.array_equal(oofs[name].target, first.target) and np.array_equal(oofs[name].episode, first.episode)):
+            raise ValueError(f"probe {name!r} is not of the same held-out frames as {names[0]!r}")
+    if weights.size and (weights.max() >= 2**16 or np.any(weights != np.round(weights))):
+        raise ValueError("bootstrap weights must be episode counts below 65536")
+    return {
+        "names": np.array(names, dtype=str),
+        "target": first.target,
+        "episode": np.asarray(first.episode, np.int64),
+        "kinds": np.array(first.kinds, dtype=str),
+        "prediction": np.stack([oofs[n].prediction for n in names]),
+        "alphas": np.array([oofs[n].alphas for n in names], np.float64),
+        "bootstrap_weights": weights.astype(np.uint16),
+    }
+
+
+def read_probe_file(path: str | Path) -> tuple[dict[str, OutOfFold], np.ndarray]:
+    """A probe file written from :func:`probe_arrays`: backbone name -> :class:`OutOfFold`, and
+    the (R, E) float64 bootstrap weights. ``r2_with_ci`` / ``paired_difference`` on them give the
+    numbers of the evaluate stage's ``results.json`` exactly."""
+    with np.load(path, allow_pickle=False) as f:
+        kinds = tuple(str(k) for k in f["kinds"])
+        oofs = {
+            str(name): OutOfFold(f["target"], f["prediction"][i], f["episode"], kinds, tuple(float(a) for a in f["alphas"][i]))
+            for i, name in enumerate(f["names"])
+        }
+        return oofs, f["bootstrap_weights"].astype(np.float64)

@@ -10,6 +10,7 @@ import torch
 
 from models.backbone import DualPathBackbone
 from models.checkpoint import save_module
+from pipeline import probe as probes
 from pipeline.collect.errors import UnknownTaskError
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.evaluate.backbones import MismatchError, check_backbone, load_backbones
@@ -61,8 +62,22 @@ def test_same_params_give_the_same_bytes(tmp_path: Path, backbone: Path, torch_o
     p = params(arms=["probe", "state"])
     run(backbone, tmp_path / "a", p)
     run(backbone, tmp_path / "b", p)
-    for name in ("results.json", "report.md", "plots/probe.png", "plots/learning_curves.png", "dvclive/metrics.json"):
+    for name in ("results.json", "report.md", "probe/cartpole-swingup.npz", "plots/probe.png", "plots/learning_curves.png", "dvclive/metrics.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_the_probe_file_gives_back_every_probe_number_exactly(tmp_path: Path, backbone: Path, torch_one_thread) -> None:
+    """Re-analysis starts from ``probe/<task>.npz``: the stage's own statistics on it reproduce results.json."""
+    run(backbone, tmp_path / "eval", params(arms=["probe"], random_inits=2))
+    recorded = json.loads((tmp_path / "eval" / "results.json").read_text())["probe"]["cartpole-swingup"]
+    oofs, weights = probes.read_probe_file(tmp_path / "eval" / "probe" / "cartpole-swingup.npz")
+    assert list(oofs) == ["pretrained", "random-0", "random-1"] and weights.shape == (100, 4)
+    assert {n: list(o.alphas) for n, o in oofs.items()} == recorded["alphas"]
+    for group in probes.GROUPS:
+        for name, oof in oofs.items():
+            assert probes.r2_with_ci(oof, group, weights).as_dict() == recorded["r2"][name][group]
+        for name in ("random-0", "random-1"):
+            assert probes.paired_difference(oofs["pretrained"], oofs[name], group, weights).as_dict() == recorded["pretrained_minus"][name][group]
 
 
 def test_unknown_task_is_refused_before_work(tmp_path: Path, backbone: Path) -> None:

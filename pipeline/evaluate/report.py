@@ -1,4 +1,4 @@
-"""The evaluate stage's outputs: ``results.json``, ``report.md``, ``plots/`` and ``dvclive/``.
+"""The evaluate stage's outputs: ``results.json``, ``report.md``, ``probe/``, ``plots/`` and ``dvclive/``.
 
 Everything is written into one folder atomically, with deterministic bytes (no wall-clock
 figures: speeds go to the log). ``dvclive/`` is DVCLive's layout (``metrics.json``, ``plots/``),
@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.benchmark import FRAME_COUNTING, PUBLISHED_100K
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.evaluate.backbones import Backbone
-from pipeline.io import atomic_path, dumps_json
+from pipeline.io import atomic_path, dumps_json, npz_bytes
 
 
 def _fmt(e: dict[str, float], digits: int = 3) -> str:
@@ -128,8 +128,10 @@ def _log_dvclive(folder: Path, probe: dict[str, Any], results: list[dict[str, An
 
 
 def write_outputs(out: str | Path, section: EvaluateParams, *, repeats: dict[str, int], image_size: int, frame_stack: int, backbones: list[Backbone],
-                  probe: dict[str, Any], results: list[dict[str, Any]], aggregates: dict[str, Any], warnings: list[str]) -> None:
-    """Write every output of the stage into ``out`` as one atomic folder."""
+                  probe: dict[str, Any], results: list[dict[str, Any]], aggregates: dict[str, Any], warnings: list[str],
+                  probe_files: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+    """Write every output of the stage into ``out`` as one atomic folder; ``probe_files``: task ->
+    the arrays of ``probe/<task>.npz`` (:func:`pipeline.probe.probe_arrays`)."""
     record = {
         "frame_counting": FRAME_COUNTING,
         "tasks": {t: {"action_repeat": repeats[t]} for t in section.tasks},
@@ -154,6 +156,9 @@ def write_outputs(out: str | Path, section: EvaluateParams, *, repeats: dict[str
         tmp.mkdir()
         (tmp / "results.json").write_text(dumps_json(record))
         (tmp / "report.md").write_text("\n".join(lines))
+        for task, arrays in (probe_files or {}).items():
+            (tmp / "probe").mkdir(exist_ok=True)
+            (tmp / "probe" / f"{task}.npz").write_bytes(npz_bytes(arrays))
         (tmp / "plots").mkdir()
         if probe:
             _plot_probe(tmp / "plots" / "probe.png", probe)

@@ -99,8 +99,9 @@ def _preflight(
     return backbones, repeats, image_size, frame_stack
 
 
-def _probe_task(task: str, backbones: list[Backbone], section: EvaluateParams, action_repeat: int, image_size: int) -> dict[str, Any]:
-    """Held-out episodes of ``task`` and every backbone's probe on them, with paired CIs."""
+def _probe_task(task: str, backbones: list[Backbone], section: EvaluateParams, action_repeat: int, image_size: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Held-out episodes of ``task`` and every backbone's probe on them, with paired CIs: the
+    record for ``results.json``, and the probe file's arrays (:func:`pipeline.probe.probe_arrays`)."""
     p = section.probe
     heldout = collect_heldout(
         task, episodes=section.heldout_episodes, frames_per_episode=section.heldout_frames, action_repeat=action_repeat,
@@ -122,10 +123,11 @@ def _probe_task(task: str, backbones: list[Backbone], section: EvaluateParams, a
     }
     randoms = [n for n in oofs if n.startswith("random-")]
     best_random = max(randoms, key=lambda n: probes.pooled_r2(oofs[n])) if randoms else None
-    return {
+    record = {
         "episodes": heldout.episodes, "frames": int(len(keep)), "dims": {k: heldout.kinds.count(k) for k in sorted(set(heldout.kinds))},
         "r2": r2, "pretrained_minus": diff, "best_random": best_random, "alphas": {n: list(o.alphas) for n, o in oofs.items()},
     }
+    return record, probes.probe_arrays(oofs, weights)
 
 
 def _rl_jobs(arm: str, section: EvaluateParams, backbones: list[Backbone], repeats: dict[str, int], image_size: int) -> list[RLJob]:
@@ -173,7 +175,8 @@ def _final_scores(results: list[dict[str, Any]], tasks: list[str], seeds: int) -
 
 def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finetune: FinetuneParams | None = None) -> EvaluateSummary:
     """Evaluate the backbone under ``backbone`` (the pretrain stage's output folder or a checkpoint
-    folder) and write ``out``: ``report.md``, ``results.json``, ``plots/`` and ``dvclive/``.
+    folder) and write ``out``: ``report.md``, ``results.json``, ``probe/<task>.npz`` (the probe arm's
+    out-of-fold predictions: :func:`pipeline.probe.read_probe_file`), ``plots/`` and ``dvclive/``.
 
     ``finetune`` supplies the pixel agent's hyperparameters when ``section.arms`` has ``finetune``."""
     from pipeline.evaluate.report import write_outputs
@@ -184,7 +187,8 @@ def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finet
     backbones, repeats, image_size, frame_stack = _preflight(backbone, section, device, finetune)
     start = time.perf_counter()
 
-    probe = {task: _probe_task(task, backbones, section, repeats[task], image_size) for task in section.tasks} if "probe" in section.arms else {}
+    probed = {task: _probe_task(task, backbones, section, repeats[task], image_size) for task in section.tasks} if "probe" in section.arms else {}
+    probe = {task: record for task, (record, _) in probed.items()}
     workers = section.workers  # on a GPU too: one MLP-sized SAC process leaves it mostly idle
     results: list[dict[str, Any]] = []
     if "state" in section.arms:
@@ -201,7 +205,10 @@ def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finet
     for r in results:
         log.info("%s %s seed %d: %.1f updates/s, %.1f acting frames/s", r["job"].label, r["job"].task, r["job"].seed_index, r["speed"]["updates_per_s"], r["speed"]["acting_frames_per_s"])
     warnings = sorted({w for b in backbones for w in b.warnings})
-    write_outputs(out, section, repeats=repeats, image_size=image_size, frame_stack=frame_stack, backbones=backbones, probe=probe, results=results, aggregates=aggregates, warnings=warnings)
+    write_outputs(
+        out, section, repeats=repeats, image_size=image_size, frame_stack=frame_stack, backbones=backbones, probe=probe,
+        probe_files={task: arrays for task, (_, arrays) in probed.items()}, results=results, aggregates=aggregates, warnings=warnings,
+    )
     log.info("evaluate: %.1f s", time.perf_counter() - start)
     gap = {
         task: pr["pretrained_minus"][pr["best_random"]]["all"] for task, pr in probe.items() if pr["best_random"] is not None
