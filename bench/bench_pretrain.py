@@ -95,7 +95,7 @@ def main() -> None:
         start = time.perf_counter()
         count = 0
         while count < n_batches * batch:
-            for _ in wds.DataPipeline(wds.SimpleShardList(list(info.shards["train"])), wds.tarfile_to_samples()):
+            for _ in wds.DataPipeline(wds.SimpleShardList([str(s) for s in info.shards["train"]]), wds.tarfile_to_samples()):
                 count += 1
                 if count >= n_batches * batch:
                     break

@@ -41,7 +41,7 @@ def _stage(name: str) -> ModuleType:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semore",
-        description="Semore pipeline: collect, flow, annotate, encode, pretrain, finetune. Params come from params.yaml.",
+        description="Semore pipeline: collect, flow, annotate, encode, pretrain, finetune, evaluate. Params come from params.yaml.",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default: %(default)s)")
