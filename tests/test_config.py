@@ -194,3 +194,23 @@ def test_every_number_and_switch_is_strict() -> None:
             assert f"{'.'.join(path)} = {junk!r}" in str(info.value)
             checked += 1
     assert checked > 100  # the sweep really covered the sections
+
+
+@pytest.mark.parametrize(
+    "section, field, registry",
+    [
+        ("flow", "backend", "pipeline.flow.registry:BACKENDS"),
+        ("annotate", "backend", "pipeline.annotate.base:BACKENDS"),
+        ("encode", "clip_backend", "pipeline.encode.clip:BACKENDS"),
+        ("pretrain", "interaction_kind", "models.interaction:INTERACTIONS"),
+    ],
+)
+def test_a_param_that_picks_a_backend_admits_exactly_its_registry_names(section: str, field: str, registry: str) -> None:
+    """The params' Literal and the registry are two lists of one set of names: a backend added to
+    one and not the other would be refused by validation or fail at lookup."""
+    import importlib
+
+    module, name = registry.split(":")
+    entries = getattr(importlib.import_module(module), name)
+    annotation = Params.model_fields[section].annotation.model_fields[field].annotation
+    assert set(typing.get_args(annotation)) == set(entries), f"{section}.{field}"
