@@ -150,18 +150,24 @@ def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_chang
 def test_runs_in_worker_processes_report_progress_each_under_its_own_name(tmp_path: Path, backbone: Path, capfd, caplog) -> None:
     """Spawned workers start with unconfigured logging; their evaluation lines must still reach
     stderr at the parent's level, and say which arm and seed they belong to (several run side by side)."""
-    from pipeline.evaluate.arms import run_jobs
+    from pipeline.evaluate.arms import job_pool, run_jobs
     from pipeline.evaluate.run import _rl_jobs
 
     caplog.set_level(logging.INFO)  # the parent's level, passed on to the workers
     section = params(seeds=2)
     backbones = load_backbones(backbone, random_inits=1, checkpoints=[], seed=0, device=torch.device("cpu"))
     jobs = _rl_jobs("state", section, backbones, {"cartpole-swingup": 8}, 24)
-    results = run_jobs(jobs, section, workers=2, device_name="cpu")
+    with job_pool(2) as pool:
+        results = run_jobs(jobs, section, pool=pool, device_name="cpu")
+        workers = set(pool._processes)
+        again = run_jobs(jobs[:1] * 2, section, pool=pool, device_name="cpu")  # a second arm reuses the same processes
+        assert set(pool._processes) == workers and len(workers) == 2
     assert [r["job"].seed_index for r in results] == [0, 1]
+    assert [r["final_return"] for r in again] == [results[0]["final_return"]] * 2  # same job, same result in any worker
     err = capfd.readouterr().err
     for s in (0, 1):
-        assert err.count(f"state on cartpole-swingup seed {s} eval at frame") == 3  # frames 0, 48 and 96
+        assert err.count(f"state on cartpole-swingup seed {s} eval at frame") == 3 + 6 * (s == 0)  # frames 0, 48 and 96
+    assert job_pool(1) is None
 
 
 def test_paired_random_arm_runs_seed_s_on_random_init_s(backbone: Path) -> None:

@@ -18,6 +18,7 @@ Does the backbone help control? Answered on held-out data with seeds and confide
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -34,7 +35,7 @@ from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.finetune import FinetuneParams
 from pipeline.device import select_device
 from pipeline.errors import UserError
-from pipeline.evaluate.arms import RLJob, finetune_params, run_finetune_arm, run_jobs
+from pipeline.evaluate.arms import RLJob, finetune_params, job_pool, run_finetune_arm, run_jobs
 from pipeline.evaluate.backbones import Backbone, check_backbone, load_backbones
 from pipeline.evaluate.heldout import collect_heldout
 from pipeline.evaluate.seeding import derive_seed
@@ -189,14 +190,17 @@ def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finet
 
     probed = {task: _probe_task(task, backbones, section, repeats[task], image_size) for task in section.tasks} if "probe" in section.arms else {}
     probe = {task: record for task, (record, _) in probed.items()}
-    workers = section.workers  # on a GPU too: one MLP-sized SAC process leaves it mostly idle
     results: list[dict[str, Any]] = []
-    if "state" in section.arms:
-        state = run_jobs(_rl_jobs("state", section, backbones, repeats, image_size), section, workers=workers, device_name=str(device))
-        _check_learning(state, section.min_final_return)
-        results += state
-    if "frozen" in section.arms:
-        results += run_jobs(_rl_jobs("frozen", section, backbones, repeats, image_size), section, workers=workers, device_name=str(device))
+    if {"state", "frozen"} & set(section.arms):
+        # workers on a GPU too: one MLP-sized SAC process leaves it mostly idle
+        pool = job_pool(section.workers)
+        with pool if pool is not None else contextlib.nullcontext():
+            if "state" in section.arms:
+                state = run_jobs(_rl_jobs("state", section, backbones, repeats, image_size), section, pool=pool, device_name=str(device))
+                _check_learning(state, section.min_final_return)
+                results += state
+            if "frozen" in section.arms:
+                results += run_jobs(_rl_jobs("frozen", section, backbones, repeats, image_size), section, pool=pool, device_name=str(device))
     if "finetune" in section.arms:
         with tempfile.TemporaryDirectory(prefix="evaluate-finetune-") as scratch:
             results += run_finetune_arm(backbone, section, finetune or FinetuneParams(), repeats, Path(scratch))
