@@ -39,9 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import warnings
+
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold, KFold
+from sklearn.neural_network import MLPRegressor
 from sklearn.preprocessing import StandardScaler
 
 #: Dimension groups reported beside the whole vector.
@@ -51,6 +55,13 @@ GROUPS = ("all", "position", "velocity")
 ALPHAS: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
 #: Folds of :func:`split_r2`'s penalty choice, capped at the number of train episodes (or frames).
 FOLDS = 5
+#: Probe models of :func:`out_of_fold`: ``ridge`` (linear: what the protocol calls "the features
+#: hold it") or ``mlp`` (is it in the features at all, linearly or not).
+MODELS = ("ridge", "mlp")
+#: The ``mlp`` probe: one hidden layer of 256 ReLU units (the width of the SAC heads that would read
+#: these features), L2 weight 1e-3, Adam for at most 500 epochs, fixed seed. Fixed, not searched: a
+#: probe of what the features hold, not a model tuned on the held-out episodes.
+MLP = {"hidden_layer_sizes": (256,), "alpha": 1e-3, "max_iter": 500, "random_state": 0}
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class OutOfFold:
         prediction: (N, D) float64 out-of-fold predictions of ``target``.
         episode: (N,) int episode id of each row (the bootstrap's unit).
         kinds: (D,) kind of each dimension (``position`` / ``velocity`` / ``other``).
-        alphas: the ridge penalty chosen in each outer fold.
+        alphas: the ridge penalty chosen in each outer fold (``mlp``: its fixed L2 weight).
     """
 
     target: np.ndarray
@@ -105,17 +116,30 @@ def _choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Sequ
     return float(alphas[int(np.argmin(errors))])
 
 
-def out_of_fold(features: np.ndarray, targets: np.ndarray, episode: np.ndarray, kinds: list[str], *, alphas: list[float], folds: int) -> OutOfFold:
-    """Episode-grouped k-fold ridge probe.
+def _fit_mlp(x: np.ndarray, y: np.ndarray) -> MLPRegressor:
+    with warnings.catch_warnings():
+        # The epoch budget is part of the probe's definition; stopping at it is expected.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return MLPRegressor(**MLP).fit(x, y)
+
+
+def out_of_fold(
+    features: np.ndarray, targets: np.ndarray, episode: np.ndarray, kinds: list[str], *, alphas: list[float], folds: int, model: str = "ridge",
+) -> OutOfFold:
+    """Episode-grouped k-fold probe, ridge (default) or :data:`MLP`.
 
     Args:
         features: (N, F) float features, one row per frame.
         targets: (N, D) float observation vectors.
         episode: (N,) episode id of each frame; at least 2 distinct episodes.
         kinds: (D,) kind of each target dimension.
-        alphas: ridge penalties to choose from (inner CV per outer fold).
+        alphas: ridge penalties to choose from (inner CV per outer fold; unused by ``mlp``).
         folds: outer (and inner) folds; capped at the number of episodes.
+        model: one of :data:`MODELS`; ``mlp`` fits the fixed :data:`MLP` per outer fold (its
+            ``alphas`` record is the MLP's L2 weight).
     """
+    if model not in MODELS:
+        raise ValueError(f"probe model {model!r}: expected one of {MODELS}")
     features = np.asarray(features, np.float64)
     targets = np.asarray(targets, np.float64)
     episode = np.asarray(episode)
@@ -130,9 +154,14 @@ def out_of_fold(features: np.ndarray, targets: np.ndarray, episode: np.ndarray, 
     chosen = []
     outer = GroupKFold(n_splits=min(folds, n_episodes))
     for train, test in outer.split(features, y, episode):
-        alpha = _choose_alpha(features[train], y[train], episode[train], alphas, folds)
         scaler = StandardScaler().fit(features[train])
-        prediction[test] = _fit(scaler.transform(features[train]), y[train], alpha).predict(scaler.transform(features[test]))
+        xt, xv = scaler.transform(features[train]), scaler.transform(features[test])
+        if model == "mlp":
+            prediction[test] = _fit_mlp(xt, y[train]).predict(xv).reshape(len(test), -1)
+            chosen.append(float(MLP["alpha"]))
+            continue
+        alpha = _choose_alpha(features[train], y[train], episode[train], alphas, folds)
+        prediction[test] = _fit(xt, y[train], alpha).predict(xv)
         chosen.append(alpha)
     return OutOfFold(y, prediction, episode, kept_kinds, tuple(chosen))
 

@@ -92,3 +92,31 @@ def test_a_dimension_that_moves_in_one_episode_cannot_stretch_the_ci() -> None:
     assert 0 < diff.low < diff.value < diff.high < 0.5, diff  # the mean of per-dimension R^2: high ~ 100
     for probe_ in (good, worse):  # no resample's score runs off
         assert pooled_r2(probe_, "all", rows).min() > -1.0  # (the mean of per-dimension R^2: below -1000)
+
+
+def test_the_mlp_probe_finds_what_is_in_the_features_non_linearly_and_ridge_does_not() -> None:
+    """A target that is an even function of the features (|x0| + x1^2) is invisible to a linear
+    probe and plain to the MLP one: the two models answer different questions."""
+    rng = np.random.default_rng(5)
+    episode = np.repeat(np.arange(20), 30)
+    features = rng.standard_normal((len(episode), 6))
+    targets = np.stack([np.abs(features[:, 0]) + features[:, 1] ** 2, features[:, 2] ** 2 - np.abs(features[:, 3]), features[:, 4]], axis=1)
+    ridge = out_of_fold(features, targets, episode, KINDS, alphas=[0.1, 1.0, 10.0], folds=4)
+    mlp = out_of_fold(features, targets, episode, KINDS, alphas=[0.1, 1.0, 10.0], folds=4, model="mlp")
+    assert pooled_r2(ridge, "position") < 0.1 < 0.7 < pooled_r2(mlp, "position")
+    assert pooled_r2(ridge, "velocity") > 0.95 and pooled_r2(mlp, "velocity") > 0.9  # both read a linear target
+    assert mlp.alphas == (1e-3,) * 4 and ridge.alphas != mlp.alphas
+    again = out_of_fold(features, targets, episode, KINDS, alphas=[0.1], folds=4, model="mlp")
+    assert np.array_equal(again.prediction, mlp.prediction)  # fixed seed: the same bytes
+
+
+def test_an_unknown_probe_model_is_refused_and_the_param_admits_exactly_the_models() -> None:
+    import typing
+
+    from pipeline.config.evaluate import ProbeParams
+    from pipeline.probe import MODELS
+
+    targets, episode = _episodes()
+    with pytest.raises(ValueError, match="probe model 'lasso'"):
+        out_of_fold(targets, targets, episode, KINDS, alphas=[1.0], folds=3, model="lasso")
+    assert set(typing.get_args(ProbeParams.model_fields["model"].annotation)) == set(MODELS)

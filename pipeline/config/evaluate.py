@@ -41,7 +41,13 @@ class AgentParams(SACParams):
 
 
 class ProbeParams(Section):
-    """Ridge probe from frozen features to the task's observation vector, k-fold by episode."""
+    """Probe from frozen features to the task's observation vector, k-fold by episode (ridge by default)."""
+
+    model: Literal["ridge", "mlp"] = Field(
+        "ridge",
+        description="'ridge': linear, the penalty chosen per fold from alphas (the protocol's probe: is the state linearly in the features). "
+        "'mlp': one hidden layer of 256 ReLU units with fixed settings (pipeline.probe.MLP; alphas unused): is it in the features at all.",
+    )
 
     folds: Int = Field(5, ge=2, le=100, description="Folds of the episode-grouped cross-validation (each episode is in exactly one test fold).")
     alphas: list[Float] = Field([0.1, 1.0, 10.0, 100.0, 1000.0], min_length=1, description="Ridge penalties tried; one is chosen per fold by an inner episode-grouped CV on that fold's training episodes only.")

@@ -22,7 +22,8 @@ def _fmt(e: dict[str, float], digits: int = 3) -> str:
 
 
 def _probe_tables(probe: dict[str, Any]) -> list[str]:
-    lines = ["## Probe: ridge from frozen features to the observation vector", "",
+    model = {"ridge": "ridge (linear)", "mlp": "MLP (one hidden layer of 256, fixed settings)"}[next(iter(probe.values()))["model"]] if probe else "ridge"
+    lines = [f"## Probe: {model} from frozen features to the observation vector", "",
              "Pooled out-of-fold R^2 (episode-grouped k-fold; 1 - sum SSE / sum SST over standardised dimensions) with 95% episode-bootstrap CIs. "
              "1 = the features determine the observation linearly, 0 = no better than its mean.", ""]
     for task, pr in probe.items():

@@ -6,7 +6,7 @@ Does the backbone help control? Answered on held-out data with seeds and confide
    initialisations of its architecture, extra checkpoints) matches each task's image size, frame
    stack, and the action repeat, camera and render mode its checkpoint records; with the
    ``finetune`` arm, the pixel agent's runs pass the finetune stage's own check.
-2. **probe**: held-out episodes per task (:mod:`pipeline.evaluate.heldout`); ridge probe from
+2. **probe**: held-out episodes per task (:mod:`pipeline.evaluate.heldout`); ridge (or MLP: ``probe.model``) probe from
    each backbone's frozen features to the observation vector, episode-grouped k-fold, pooled R^2
    with bootstrap CIs; pretrained vs each other backbone, paired (:mod:`pipeline.probe`).
 3. **state** then **frozen**: SAC on the observation vector, then on each backbone's frozen
@@ -116,7 +116,7 @@ def _probe_task(task: str, backbones: list[Backbone], section: EvaluateParams, a
     oofs = {}
     for b in backbones:
         features = np.concatenate([b.episode_features(f, section.feature_batch) for f in heldout.frames])
-        oofs[b.name] = probes.out_of_fold(features[keep], targets[keep], episode[keep], heldout.kinds, alphas=list(p.alphas), folds=p.folds)
+        oofs[b.name] = probes.out_of_fold(features[keep], targets[keep], episode[keep], heldout.kinds, alphas=list(p.alphas), folds=p.folds, model=p.model)
     r2 = {name: {g: probes.r2_with_ci(o, g, weights).as_dict() for g in probes.GROUPS} for name, o in oofs.items()}
     diff = {
         name: {g: probes.paired_difference(oofs["pretrained"], o, g, weights).as_dict() for g in probes.GROUPS}
@@ -125,7 +125,7 @@ def _probe_task(task: str, backbones: list[Backbone], section: EvaluateParams, a
     randoms = [n for n in oofs if n.startswith("random-")]
     best_random = max(randoms, key=lambda n: probes.pooled_r2(oofs[n])) if randoms else None
     record = {
-        "episodes": heldout.episodes, "frames": int(len(keep)), "dims": {k: heldout.kinds.count(k) for k in sorted(set(heldout.kinds))},
+        "model": p.model, "episodes": heldout.episodes, "frames": int(len(keep)), "dims": {k: heldout.kinds.count(k) for k in sorted(set(heldout.kinds))},
         "r2": r2, "pretrained_minus": diff, "best_random": best_random, "alphas": {n: list(o.alphas) for n, o in oofs.items()},
     }
     return record, probes.probe_arrays(oofs, weights)
