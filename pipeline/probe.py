@@ -8,6 +8,11 @@ episode-grouped ``GroupKFold``), used by three stages:
 * annotate (:func:`out_of_fold`, :func:`pooled_r2`): the words of a text field -> the simulator state;
 * pretrain (:func:`split_r2`): backbone features -> the physics state, train split -> validation split.
 
+:func:`out_of_fold` can fit a fixed one-hidden-layer MLP (:data:`MLP`) instead of the ridge, in the
+same folds and statistics (the evaluate stage's ``probe.model: mlp``): ridge asks whether a
+quantity is linearly in the features, the MLP whether it is there at all. The evaluate stage
+saves its out-of-fold predictions (:func:`probe_arrays`, :func:`read_probe_file`).
+
 Out-of-fold protocol (:func:`out_of_fold`, per task, per backbone):
 
 * Ridge regression from standardised features to the standardised observation vector (what a
@@ -35,11 +40,10 @@ as variance-weighted R^2.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
-
-import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning

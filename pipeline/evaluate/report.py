@@ -25,7 +25,7 @@ def _probe_tables(probe: dict[str, Any]) -> list[str]:
     model = {"ridge": "ridge (linear)", "mlp": "MLP (one hidden layer of 256, fixed settings)"}[next(iter(probe.values()))["model"]] if probe else "ridge"
     lines = [f"## Probe: {model} from frozen features to the observation vector", "",
              "Pooled out-of-fold R^2 (episode-grouped k-fold; 1 - sum SSE / sum SST over standardised dimensions) with 95% episode-bootstrap CIs. "
-             "1 = the features determine the observation linearly, 0 = no better than its mean.", ""]
+             "1 = the features determine the observation (linearly, for ridge), 0 = no better than its mean.", ""]
     for task, pr in probe.items():
         lines += [f"### {task} ({pr['episodes']} held-out episodes, {pr['frames']} frames; dims {pr['dims']})", "",
                   "| backbone | all | position | velocity |", "| --- | --- | --- | --- |"]
