@@ -12,6 +12,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
+def _widths(semantic_channels: int, motion_channels: int | None) -> tuple[int, int]:
+    """(semantic, motion) widths; the motion width defaults to the semantic one only when None."""
+    return semantic_channels, semantic_channels if motion_channels is None else motion_channels
+
+
 class GatedExchange(nn.Module):
     """Gated feature exchange: each path adds a 1x1-conv message from the other, scaled by a
     sigmoid gate computed from both (per pixel and channel). Six 1x1 convs over the full maps: on a CPU one exchange costs more than two 3x3 layers.
@@ -19,7 +24,7 @@ class GatedExchange(nn.Module):
 
     def __init__(self, semantic_channels: int, motion_channels: int | None = None) -> None:
         super().__init__()
-        cs, cm = semantic_channels, semantic_channels if motion_channels is None else motion_channels
+        cs, cm = _widths(semantic_channels, motion_channels)
         self.to_semantic = nn.Conv2d(cm, cs, 1)
         self.to_motion = nn.Conv2d(cs, cm, 1)
         self.gate_semantic = nn.Conv2d(cs + cm, cs, 1)
@@ -46,7 +51,7 @@ class GlobalGatedExchange(nn.Module):
 
     def __init__(self, semantic_channels: int, motion_channels: int | None = None) -> None:
         super().__init__()
-        cs, cm = semantic_channels, semantic_channels if motion_channels is None else motion_channels
+        cs, cm = _widths(semantic_channels, motion_channels)
         self.to_semantic = nn.Linear(cm, cs)
         self.to_motion = nn.Linear(cs, cm)
         self.gates = nn.Linear(cs + cm, cs + cm)
@@ -69,7 +74,7 @@ class CrossAttentionExchange(nn.Module):
 
     def __init__(self, semantic_channels: int, motion_channels: int | None = None, tokens: int = 7, heads: int = 4) -> None:
         super().__init__()
-        cs, cm = semantic_channels, semantic_channels if motion_channels is None else motion_channels
+        cs, cm = _widths(semantic_channels, motion_channels)
         self.tokens = tokens
         self.norm_s = nn.LayerNorm(cs)
         self.norm_m = nn.LayerNorm(cm)
