@@ -106,7 +106,7 @@ def main() -> None:
             model = PretrainModel(backbone=backbone_config(params, info), clip_dim=info.embed_dim, head_hidden=params.head_hidden).to(device)
             return model, make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
 
-        weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward)
+        weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward, params.weight_clip_motion)
         kwargs = dict(weights=weights, clip_loss=params.clip_loss, temperature=params.temperature, device=device, flow_input=params.flow_input, show_progress=False)
 
         # bare training: one in-memory batch, repeated (warm-up step excluded)

@@ -721,7 +721,7 @@ def section_pretrain(ctx: Ctx) -> None:
         info = open_dataset(dataset)
         train_shards = info.shards["train"]
         device = ctx.device
-        weights = term_weights(section.weight_clip_image, section.weight_clip_text, section.weight_flow, section.weight_reward)
+        weights = term_weights(section.weight_clip_image, section.weight_clip_text, section.weight_flow, section.weight_reward, section.weight_clip_motion)
         kwargs = dict(weights=weights, clip_loss=section.clip_loss, temperature=section.temperature, device=device, flow_input=section.flow_input, show_progress=False)
 
         def fresh() -> tuple[Any, Any]:

@@ -3,6 +3,9 @@
 * ``clip_image``: semantic vector -> MLP -> (B, clip_dim), aligned to the frame's CLIP image embedding.
 * ``clip_caption`` / ``clip_objects``: semantic vector -> MLP -> (B, clip_dim), aligned to the CLIP
   text embeddings of the frame's VLM caption and key-objects text (annotated frames only).
+* ``clip_motion``: **motion** vector -> MLP -> (B, clip_dim), aligned to the CLIP text embedding of
+  the VLM's motion sentence (which way and how fast things move or turn): the one text a single
+  frame cannot show, so it is the motion path's, which sees the whole stack.
 * ``flow``: motion feature map -> light conv decoder -> (B, 2, H, W) optical flow between the
   last two frames of the stack, pixels (channel 0 = dx right, 1 = dy down).
 * ``reward``: fused vector -> MLP -> (B,) reward of the transition into the current frame.
@@ -60,13 +63,14 @@ class PretrainModel(nn.Module):
         self.clip_image = mlp(d, head_hidden, clip_dim)
         self.clip_caption = mlp(d, head_hidden, clip_dim)
         self.clip_objects = mlp(d, head_hidden, clip_dim)
+        self.clip_motion = mlp(d, head_hidden, clip_dim)
         self.flow = FlowDecoder(self.backbone.flow_channels, self.backbone.image_size, border=self.backbone.map_border)
         self.reward = mlp(d, head_hidden, 1)
 
     def forward(self, obs: Tensor, flow: Tensor | None = None) -> dict[str, Tensor]:
         """Every head's prediction (float32), plus ``fused`` (B, feature_dim).
 
-        Returns a dict: ``clip_image``, ``clip_caption``, ``clip_objects`` (B, clip_dim);
+        Returns a dict: ``clip_image``, ``clip_caption``, ``clip_objects``, ``clip_motion`` (B, clip_dim);
         ``flow`` (B, 2, H, W) pixels; ``reward`` (B,); ``fused`` (B, feature_dim).
         """
         paths = self.backbone.forward_paths(obs, flow)
@@ -74,6 +78,7 @@ class PretrainModel(nn.Module):
             "clip_image": self.clip_image(paths.semantic),
             "clip_caption": self.clip_caption(paths.semantic),
             "clip_objects": self.clip_objects(paths.semantic),
+            "clip_motion": self.clip_motion(paths.motion),
             "flow": self.flow(paths.motion_map),
             "reward": self.reward(paths.fused).squeeze(1),
             "fused": paths.fused,

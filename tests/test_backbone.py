@@ -32,7 +32,7 @@ def test_shapes_and_dtypes_through_every_head(kind: str, interaction: bool) -> N
     assert paths.semantic.shape == paths.motion.shape == paths.fused.shape == (2, 8)
     assert paths.semantic_map.shape == paths.motion_map.shape == (2, 4, 8, 8)
     out = model(obs)
-    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "flow": (2, 2, 16, 16), "reward": (2,), "fused": (2, 8)}
+    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "clip_motion": (2, 12), "flow": (2, 2, 16, 16), "reward": (2,), "fused": (2, 8)}
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
     assert all(v.dtype == torch.float32 for v in out.values())
     assert all(torch.isfinite(v).all() for v in out.values())
@@ -171,7 +171,7 @@ def test_semantic_stride_halves_the_semantic_maps_and_keeps_every_head(paths: st
     assert out.semantic_map.shape == (2, 4, -(-half // 2), -(-half // 2))
     if paths == "both":
         assert out.motion_map.shape == (2, 4, half, half)
-    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "flow": (2, 2, size, size), "reward": (2,), "fused": (2, 8)}
+    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "clip_motion": (2, 12), "flow": (2, 2, size, size), "reward": (2,), "fused": (2, 8)}
     assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
     changed = obs.clone()
     changed[:, :6] = 255 - changed[:, :6]  # older frames only
@@ -237,7 +237,7 @@ def test_valid_padding_shrinks_the_maps_as_drq_and_keeps_every_head(paths: str, 
     assert out.semantic_map.shape == out.motion_map.shape == (2, 4, side, side)
     assert model.backbone.map_border == 2 and model.flow.border == 2
     assert all(layer.padding == (0, 0) for trunk in (model.backbone.semantic_trunk, model.backbone.motion_trunk) if trunk is not None for layer in trunk)
-    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "flow": (2, 2, size, size), "reward": (2,), "fused": (2, 8)}
+    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "clip_motion": (2, 12), "flow": (2, 2, size, size), "reward": (2,), "fused": (2, 8)}
     assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
     save_module(tmp_path / "b", model.backbone, config, {})
     loaded, _ = load_module(tmp_path / "b")
@@ -293,7 +293,7 @@ def test_semantic_channels_narrows_the_semantic_path_only(kind: str, paths: str,
     if paths != "semantic":
         assert all(layer.out_channels == 8 for layer in backbone.motion_trunk)
         assert out.motion_map.shape == (2, 8, 8, 8)
-    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "flow": (2, 2, 16, 16), "reward": (2,), "fused": (2, 8)}
+    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "clip_motion": (2, 12), "flow": (2, 2, 16, 16), "reward": (2,), "fused": (2, 8)}
     assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
     if paths == "both":
         assert backbone.num_parameters < DualPathBackbone(**{**TINY, "channels": 8}).num_parameters

@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.dataset import DatasetError, open_dataset
+from pipeline.dataset.schema import SCHEMA_VERSION
 from pipeline.dataset.hub import HubError, check_repo_id, pull_dataset, push_dataset
 from support.datasets import write_synthetic_dataset
 
@@ -59,7 +60,7 @@ def test_open_checks_sizes_and_hashes(copy: Path) -> None:
     stats = json.loads((copy / "stats.json").read_text())
     stats["schema_version"] = 99
     (copy / "stats.json").write_text(json.dumps(stats))
-    with pytest.raises(DatasetError, match=r"stats\.json: schema_version 99, this code reads 2"):
+    with pytest.raises(DatasetError, match=rf"stats\.json: schema_version 99, this code reads {SCHEMA_VERSION}"):
         open_dataset(copy)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.dataset.codec import decode_sample, encode_sample, flow_png_bytes, decode_flow_png, quantize_flow
-from pipeline.dataset.schema import FIELDS, FLOW_MAX, FLOW_MIN
+from pipeline.dataset.schema import FIELDS, FLOW_MAX, FLOW_MIN, TEXT_ROWS
 
 
 def _flow(rng: np.random.Generator, h: int = 24, w: int = 40) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +64,10 @@ def test_a_sample_round_trips_through_the_codec() -> None:
     flow, valid = _flow(rng, 8, 8)
     rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     clip_image = rng.standard_normal(6).astype(np.float16)
-    clip_text = rng.standard_normal((2, 6)).astype(np.float16)
+    clip_text = rng.standard_normal((len(TEXT_ROWS), 6)).astype(np.float16)
     record = {"task": "t", "step": 0, "reward": 0.5}
+    with pytest.raises(ValueError, match=r"clip_text is \(2, 6\), expected \(3, D\): rows caption, objects, motion"):
+        encode_sample("t__ep000000__000000", rgb, flow, valid, clip_image, clip_text[:2], record)
     sample = encode_sample("t__ep000000__000000", rgb, flow, valid, clip_image, clip_text, record)
     assert set(sample) == {"__key__", *FIELDS}
     out = decode_sample(sample)

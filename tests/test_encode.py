@@ -14,7 +14,7 @@ from pipeline.config import EncodeParams, WeightsParams, parse_params
 from pipeline.dataset import FIELDS, SPLITS, hf_features, parse_key, validate_dataset
 from pipeline.encode.clip import load_clip
 from pipeline.dataset.codec import decode_flow_png
-from pipeline.dataset.schema import FIELD_DOCS, JSON_DOCS
+from pipeline.dataset.schema import CLIP_ROWS, FIELD_DOCS, JSON_DOCS, TEXT_ROWS, text_targets
 from pipeline.encode.inputs import EpisodeInputs, assign_splits
 from pipeline.encode.run import run as encode
 from pipeline.episodes import load_episode
@@ -73,7 +73,7 @@ def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path,
             assert s["rgb.png"].shape == (SIZE, SIZE, 3) and s["rgb.png"].dtype == np.uint8
             assert s["flow"].shape == (2, SIZE, SIZE) and s["flow"].dtype == np.float32
             assert s["flowvalid"].shape == (SIZE, SIZE) and s["flowvalid"].dtype == np.bool_
-            assert s["clip.npy"].shape == (3, dim) and s["clip.npy"].dtype == np.float16
+            assert s["clip.npy"].shape == (len(CLIP_ROWS), dim) and s["clip.npy"].dtype == np.float16
             assert np.linalg.norm(s["clipimage"].astype(np.float32)) == pytest.approx(1.0, abs=2e-3)
             rec = s["json"]
             assert set(rec) == {k.split(".")[0] for k in JSON_DOCS}
@@ -149,7 +149,7 @@ def test_hf_datasets_loads_both_splits_and_streams(dataset: Path, tmp_path: Path
         assert ds[split].num_rows == stats["splits"][split]["samples"]
         assert ds[split].features == hf_features()
     row = ds["train"].with_format("numpy")[0]
-    assert row["clip.npy"].shape == (3, 128) and np.asarray(row["rgb.png"]).shape == (SIZE, SIZE, 3)
+    assert row["clip.npy"].shape == (len(CLIP_ROWS), 128) and np.asarray(row["rgb.png"]).shape == (SIZE, SIZE, 3)
     flow, valid = decode_flow_png(row["flow.png"])  # bytes, decoded exactly (HF's image decoder would keep 8 bits)
     assert flow.shape == (2, SIZE, SIZE) and valid.dtype == np.bool_ and valid.any()
     first = _wds_samples(dataset, "train")[0]
@@ -319,3 +319,22 @@ def test_float32_fields_are_written_as_their_shortest_exact_decimals() -> None:
     np.testing.assert_array_equal(np.array(written, np.float32), values)  # exact after the JSON round trip
     assert json.loads(json.dumps(written)) == written
     assert float32_value(np.float32(0.24024544656276703)) == 0.24024545  # not the float64 expansion's 17 digits
+
+
+def test_text_rows_embed_the_caption_objects_and_motion_sentence(dataset: Path) -> None:
+    """clip.npy's text rows are the CLIP text embeddings of text_targets(annotation), row for row:
+    the motion sentence included (the motion path's text target), not a copy of another row."""
+    encoder = load_clip(PARAMS, WeightsParams())
+    checked = 0
+    for s in _wds_samples(dataset, "train"):
+        rec = s["json"]
+        if not rec["annotated"]:
+            continue
+        texts = text_targets(rec["annotation"])
+        assert texts[TEXT_ROWS.index("motion")] == rec["annotation"]["motion"].strip() != ""
+        expected = encoder.encode_texts(list(texts)).astype(np.float16)
+        np.testing.assert_allclose(s["cliptext"].astype(np.float32), expected.astype(np.float32), atol=2e-3)
+        motion = s["cliptext"][TEXT_ROWS.index("motion")].astype(np.float32)
+        assert all(np.abs(motion - s["cliptext"][i].astype(np.float32)).max() > 1e-2 for i in range(len(TEXT_ROWS) - 1))
+        checked += 1
+    assert checked >= 3

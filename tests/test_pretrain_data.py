@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.dataset import DatasetError, open_dataset
 from pipeline.dataset.codec import decode_flow_png
+from pipeline.dataset.schema import TEXT_ROWS
 from pipeline.dataset.stacked import StackedFrames, make_loader
 from support.datasets import write_synthetic_dataset
 
@@ -68,7 +69,7 @@ def test_frames_are_stacked_oldest_first_with_targets_of_the_last_transition(dat
         task, ep, step = k.split("__")[0], int(k.split("__ep")[1][:6]), int(k[-6:])
         assert s["obs"].shape == (9, 16, 16) and s["obs"].dtype == np.uint8
         assert s["flow"].dtype == np.float32 and s["flow_valid"].dtype == bool
-        assert s["clip_image"].shape == (8,) and s["clip_text"].shape == (2, 8)
+        assert s["clip_image"].shape == (8,) and s["clip_text"].shape == (len(TEXT_ROWS), 8)
         assert s["text_valid"] == (step % 4 == 0)
         np.testing.assert_array_equal(s["obs"][6:], raw[k]["rgb"].transpose(2, 0, 1))
         prev = key(task, ep, step - 1)

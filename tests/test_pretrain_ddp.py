@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 from torch.nn import functional as F
 
 from models.heads import PretrainModel
+from pipeline.dataset.schema import TEXT_ROWS
 from pipeline.pretrain.losses import TERMS
 from pipeline.pretrain.trainer import DistContext, train
 
@@ -30,7 +31,7 @@ def batches(seed: int = 0) -> list[dict[str, torch.Tensor]]:
             "flow": torch.randn(BATCH, 2, 12, 12, generator=g),
             "flow_valid": torch.rand(BATCH, 12, 12, generator=g) < torch.linspace(0.1, 0.9, BATCH)[:, None, None],
             "clip_image": F.normalize(torch.randn(BATCH, CLIP_DIM, generator=g), dim=1),
-            "clip_text": F.normalize(torch.randn(BATCH, 2, CLIP_DIM, generator=g), dim=2) * text_valid[:, None, None],
+            "clip_text": F.normalize(torch.randn(BATCH, len(TEXT_ROWS), CLIP_DIM, generator=g), dim=2) * text_valid[:, None, None],
             "text_valid": text_valid,
             "reward": torch.randn(BATCH, generator=g),
             "reward_valid": torch.rand(BATCH, generator=g) < 0.8,

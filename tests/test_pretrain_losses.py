@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from models.heads import PretrainModel
+from pipeline.dataset.schema import TEXT_ROWS
 from pipeline.pretrain.losses import (
     DUPLICATE_DISTANCE,
     FLOW_MOVING_THRESHOLD,
@@ -45,7 +46,7 @@ def make_batch(batch: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
         "flow": F.interpolate(torch.randn(batch, 2, 4, 4, generator=g) * 2, size=(16, 16), mode="bilinear", align_corners=False),
         "flow_valid": flow_valid,
         "clip_image": F.normalize(torch.randn(batch, CLIP_DIM, generator=g), dim=1),
-        "clip_text": F.normalize(torch.randn(batch, 2, CLIP_DIM, generator=g), dim=2) * text_valid[:, None, None],
+        "clip_text": F.normalize(torch.randn(batch, len(TEXT_ROWS), CLIP_DIM, generator=g), dim=2) * text_valid[:, None, None],
         "text_valid": text_valid,
         "reward": torch.randn(batch, generator=g),
         "reward_valid": reward_valid,
@@ -125,19 +126,20 @@ def test_zero_weight_stops_that_terms_gradient(term: str) -> None:
     with_term = _grads(model, weights, batch)
     without = _grads(model, {**weights, term: 0.0}, batch)
     alone = _grads(model, only(term), batch)
-    head = {"clip_image": "clip_image.", "clip_caption": "clip_caption.", "clip_objects": "clip_objects.", "flow": "flow.", "reward": "reward."}[term]
+    head = f"{term}."
     for name, grad in without.items():
         if name.startswith(head):
             assert grad is None, name  # the head of a zero-weight term gets no gradient at all
             assert with_term[name] is not None and with_term[name].abs().sum() > 0
     # and the shared backbone's gradient is exactly the sum of the other terms' gradients
-    trunk = "backbone.motion_trunk.0.weight" if term in ("flow", "reward") else "backbone.semantic_trunk.0.weight"
+    trunk = "backbone.motion_trunk.0.weight" if term in ("flow", "reward", "clip_motion") else "backbone.semantic_trunk.0.weight"
     assert not torch.allclose(with_term[trunk], without[trunk])
     assert torch.allclose(with_term[trunk], without[trunk] + alone[trunk], atol=1e-6)
 
 
 def test_term_weights_share_the_text_weight() -> None:
-    assert term_weights(1.0, 0.5, 2.0, 0.1) == {"clip_image": 1.0, "clip_caption": 0.5, "clip_objects": 0.5, "flow": 2.0, "reward": 0.1}
+    assert term_weights(1.0, 0.5, 2.0, 0.1, 0.3) == {"clip_image": 1.0, "clip_caption": 0.5, "clip_objects": 0.5, "clip_motion": 0.3, "flow": 2.0, "reward": 0.1}
+    assert set(term_weights(1.0, 0.5, 2.0, 0.1, 0.3)) == set(TERMS)
 
 
 def test_batch_without_annotations_counts_the_empty_terms_and_trains_the_rest() -> None:
@@ -151,9 +153,9 @@ def test_batch_without_annotations_counts_the_empty_terms_and_trains_the_rest() 
         clip_loss="infonce", temperature=0.1, device=torch.device("cpu"), show_progress=False,
     )
     record = history[0]
-    assert math.isnan(record["clip_caption"]) and math.isnan(record["clip_objects"])
+    assert all(math.isnan(record[t]) for t in ("clip_caption", "clip_objects", "clip_motion"))
     # the total is over the fixed set of active terms: not a silently smaller sum, but NaN, and counted
-    assert record["empty_terms"] == 2 and math.isnan(record["total"])
+    assert record["empty_terms"] == 3 and math.isnan(record["total"])
     assert all(math.isfinite(record[t]) for t in ("clip_image", "flow", "reward"))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

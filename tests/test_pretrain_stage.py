@@ -18,6 +18,7 @@ from models.heads import PretrainModel
 from pipeline.cli import main
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.config.pretrain import PretrainParams
+from pipeline.pretrain.losses import TERMS
 from pipeline.pretrain.run import backbone_config
 from pipeline.encode.run import run as build_dataset
 from support.datasets import restamp, write_synthetic_inputs
@@ -54,7 +55,7 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path: Path, dataset: Path) -> None:
-    params = write_params(tmp_path / "params.yaml", **TINY, interaction_kind="attention")
+    params = write_params(tmp_path / "params.yaml", **TINY, interaction_kind="attention", weight_clip_motion=1.0)  # every term on
     rc, out = run_stage(tmp_path, dataset, params)
     assert rc == 0
     backbone, meta = load_module(out / "pretrain" / "backbone")
@@ -68,7 +69,7 @@ def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path:
     assert meta["clip_dim"] == model.clip_dim and meta["params"]["steps"] == 6
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["loss"]) == {"total", "clip_image", "clip_caption", "clip_objects", "flow", "reward"}
+    assert set(metrics["loss"]) == {"total", *TERMS}
     assert all(isinstance(v, float) for v in metrics["loss"].values())
     assert set(metrics["probe_r2"]) == {"pretrained", "random"}
     assert set(metrics["probe_r2_per_task"]["pretrained"]) == {"cartpole-swingup", "walker-walk"}
@@ -77,13 +78,13 @@ def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path:
     curve = (out / "plots" / "plots" / "metrics" / "loss" / "flow.tsv").read_text().splitlines()  # DVCLive
     assert curve[0] == "step\tflow" and len(curve) == 7 and curve[1].startswith("1\t")
     # every batch held annotated frames (pretrain.annotated_per_batch), so the total over the fixed terms is logged every step
-    assert metrics["empty_term_steps"] == {t: 0 for t in ("clip_image", "clip_caption", "clip_objects", "flow", "reward")}
+    assert metrics["empty_term_steps"] == {t: 0 for t in TERMS}
     assert len((out / "plots" / "plots" / "metrics" / "loss" / "total.tsv").read_text().splitlines()) == 7
     assert set(metrics["validation_loss"]) == set(metrics["loss"]) and all(isinstance(v, float) for v in metrics["validation_loss"].values())
     # the targets' centring travels with the model: the train split's means from stats.json
     train_clip = json.loads((dataset / "stats.json").read_text())["stats"]["train"]["fields"]["clip.npy"]
     assert meta["targets"]["clip_mean"] == {"clip_image": train_clip["image"]["mean"], "clip_caption": train_clip["caption"]["mean"],
-                                           "clip_objects": train_clip["objects"]["mean"]}
+                                           "clip_objects": train_clip["objects"]["mean"], "clip_motion": train_clip["motion"]["mean"]}
     assert str(tmp_path) not in json.dumps(meta)
 
     rc, again = run_stage(tmp_path, dataset, params, "again")

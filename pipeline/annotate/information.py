@@ -116,13 +116,12 @@ class TextSamples:
 
     def add(self, episode: int, annotation: Annotation, scene: SceneTruth) -> None:
         """One frame's ``ok`` annotation and its truth."""
-        from pipeline.dataset.schema import objects_text
+        from pipeline.dataset.schema import TEXT_ROWS, text_targets
 
         self.task, self.suite = scene.task, scene.suite
         self.episode.append(episode)
-        self.texts["caption"].append(annotation.caption.strip())
-        self.texts["objects"].append(objects_text([o.model_dump() for o in annotation.objects]))
-        self.texts["motion"].append(annotation.motion.strip())
+        for name, text in zip(TEXT_ROWS, text_targets(annotation.model_dump())):
+            self.texts[name].append(text)
         self.qpos.append(scene.qpos)
         self.qvel.append(scene.qvel)
 

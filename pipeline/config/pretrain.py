@@ -32,10 +32,11 @@ class PretrainParams(Section):
     grad_clip: Float = Field(0.0, ge=0, description="Clip the global gradient norm to this (0: off).")
     clip_loss: Literal["cosine", "infonce"] = Field("cosine", description="CLIP alignment: 1 - cosine, or multi-positive InfoNCE over the global batch (duplicate targets, such as the same caption, are positives, not negatives). cosine by default: it needs no negatives, so it does not depend on the batch size or on how many distinct captions a batch holds.")
     temperature: Float = Field(0.1, gt=0, le=10, description="InfoNCE temperature.")
-    centre_clip_targets: Bool = Field(True, description="Subtract the train split's mean CLIP embedding per field (stats.json: image, caption, objects) from the targets and renormalise, before any loss; the means are recorded in the checkpoint meta. On by default: uncentred CLIP targets of one dataset share one dominant direction (random-CLIP images: mean pairwise cosine 0.9992), which a constant prediction matches; false reproduces the raw targets.")
-    annotated_per_batch: Int = Field(4, ge=0, description="Annotated frames every global batch holds at least (topped up from the annotated frames when the stream has fewer; used only while weight_clip_text > 0; 0: no guarantee). 4 of 16 by default: enough rows for a text term whose mean is not one frame's, while three quarters of each batch keeps the natural frame mix the image, flow and reward terms see.")
+    centre_clip_targets: Bool = Field(True, description="Subtract the train split's mean CLIP embedding per field (stats.json: image, caption, objects, motion) from the targets and renormalise, before any loss; the means are recorded in the checkpoint meta. On by default: uncentred CLIP targets of one dataset share one dominant direction (random-CLIP images: mean pairwise cosine 0.9992), which a constant prediction matches; false reproduces the raw targets.")
+    annotated_per_batch: Int = Field(4, ge=0, description="Annotated frames every global batch holds at least (topped up from the annotated frames when the stream has fewer; used only while a text term is on: weight_clip_text or weight_clip_motion > 0; 0: no guarantee). 4 of 16 by default: enough rows for a text term whose mean is not one frame's, while three quarters of each batch keeps the natural frame mix the image, flow and reward terms see.")
     weight_clip_image: Float = Field(1.0, ge=0, description="Weight of the semantic vs CLIP image embedding term.")
     weight_clip_text: Float = Field(1.0, ge=0, description="Weight of each semantic vs CLIP text (caption, key objects) term.")
+    weight_clip_motion: Float = Field(0.0, ge=0, description="Weight of the motion path vs CLIP text of the VLM's motion sentence (how things move or turn, which one frame cannot show; the semantic path sees one frame). 0 (off) until checked on the probe (docs/RESULTS.md 1l).")
     weight_flow: Float = Field(1.0, ge=0, description="Weight of the flow end-point error (pixels).")
     flow_moving_threshold: Float = Field(0.0625, ge=0, description="Pixels: a valid pixel whose target flow is longer than this counts as moving in the flow loss. 1/16 px by default: four steps of the flow PNG's 1/64 px resolution, so storage rounding never makes a still pixel moving and a flow estimator's sub-pixel noise on still background mostly does not; raise it for noisy estimated flow (DIS, RAFT).")
     flow_static_share: Float = Field(0.5, ge=0, le=1, description="Most of the flow loss's weight the static (not moving) pixels of a batch may carry; static pixels are down-weighted to meet it, never up-weighted. 0.5 by default: moving and static pixels count alike (class balance) when static ones outnumber moving ones, as on cartpole, where 96% of valid pixels do not move; 1: the plain mean end-point error; 0: moving pixels only.")
@@ -50,6 +51,11 @@ class PretrainParams(Section):
     device: DeviceName = Field("auto")
     threads: Int = Field(0, ge=0, le=1024, description="torch CPU threads per process (0: torch's default, one per core or OMP_NUM_THREADS). The weights' bytes depend on it (float sums split differently), so set it (1 is also the fastest when other processes share the cores) to get the same bytes on machines with other core counts; the count used is in the metrics.")
     seed: Seed = Field(0)
+
+    @property
+    def text_terms_on(self) -> bool:
+        """Some loss term reads the annotation's text embeddings (caption, key objects or motion)."""
+        return self.weight_clip_text > 0 or self.weight_clip_motion > 0
 
     @model_validator(mode="after")
     def _check_paths(self) -> "PretrainParams":

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipeline.dataset.schema import FLOW_MAX, FLOW_MIN, FLOW_OFFSET, FLOW_SCALE
+from pipeline.dataset.schema import CLIP_ROWS, FLOW_MAX, FLOW_MIN, FLOW_OFFSET, FLOW_SCALE, TEXT_ROWS
 
 #: zlib level of the PNG frames (lossless at any level; 6 is PIL's default trade-off).
 PNG_COMPRESS_LEVEL = 6
@@ -96,9 +96,14 @@ def encode_sample(
         rgb: (H, W, 3) uint8 frame t.
         flow: (2, H, W) pixels, t -> t+1 (zeros at an episode's last frame), stored to 1/64 px.
         flow_valid: (H, W) bool.
-        clip_image: (D,); clip_text: (2, D): stored together as ``clip.npy`` (3, D) float16.
+        clip_image: (D,); clip_text: (R, D), ``TEXT_ROWS``: stored together as ``clip.npy`` (1 + R, D) float16.
         record: the ``json`` member (``schema.JSON_DOCS``).
+
+    Raises:
+        ValueError: ``clip_text`` does not have one row per ``TEXT_ROWS`` entry (a reader would refuse the sample).
     """
+    if np.ndim(clip_text) != 2 or len(clip_text) != len(TEXT_ROWS):
+        raise ValueError(f"{key}: clip_text is {np.shape(clip_text)}, expected ({len(TEXT_ROWS)}, D): rows {', '.join(TEXT_ROWS)}")
     return {
         "__key__": key,
         "rgb.png": png_bytes(rgb),
@@ -139,10 +144,10 @@ def decode_flow(fields: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decode_clip(fields: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(image embedding (D,) float16, text embeddings (2, D) float16: caption, key objects) of a sample."""
+    """(image embedding (D,) float16, text embeddings (R, D) float16 in ``TEXT_ROWS`` order) of a sample."""
     clip = decode_npy(fields, "clip.npy")
-    if clip.ndim != 2 or clip.shape[0] != 3:
-        raise ValueError(f"clip.npy is {clip.shape}, expected (3, D)")
+    if clip.ndim != 2 or clip.shape[0] != len(CLIP_ROWS):
+        raise ValueError(f"clip.npy is {clip.shape}, expected ({len(CLIP_ROWS)}, D): rows {', '.join(CLIP_ROWS)}")
     return clip[0], clip[1:]
 
 
@@ -153,7 +158,7 @@ def decode_json(fields: dict[str, Any]) -> Any:
 
 def decode_sample(fields: dict[str, Any]) -> dict[str, Any]:
     """Decode one sample's members: ``rgb`` (H, W, 3) uint8, ``flow`` (2, H, W) float32, ``flowvalid`` (H, W) bool,
-    ``clipimage`` (D,) float16, ``cliptext`` (2, D) float16, ``json`` dict.
+    ``clipimage`` (D,) float16, ``cliptext`` (R, D) float16, ``json`` dict.
 
     Raises:
         OSError, ValueError: a member does not decode (the callers name the shard and key).

@@ -23,8 +23,9 @@ class DatasetError(UserError, ValueError):
 
 #: Version of the folder layout and sample schema, written to ``stats.json``
 #: (2: flow as one KITTI flow PNG, ``flow.png``, instead of ``flow.npy`` + ``flowvalid.npy``; the CLIP image
-#: and text embeddings in one ``clip.npy`` instead of ``clipimage.npy`` + ``cliptext.npy``: 8.4 -> 7.4 KB a frame).
-SCHEMA_VERSION = 2
+#: and text embeddings in one ``clip.npy`` instead of ``clipimage.npy`` + ``cliptext.npy``: 8.4 -> 7.4 KB a frame;
+#: 3: ``clip.npy`` gains a row, the embedding of the annotation's motion sentence).
+SCHEMA_VERSION = 3
 #: The folder's metadata files.
 STATS_FILE = "stats.json"
 CARD_FILE = "README.md"
@@ -43,7 +44,7 @@ FLOW_OFFSET = 2**15
 #: The flow a ``flow.png`` can hold, in pixels: [-512, 511.984375].
 FLOW_MIN, FLOW_MAX = -FLOW_OFFSET / FLOW_SCALE, (2**16 - 1 - FLOW_OFFSET) / FLOW_SCALE
 #: Rows of ``clip.npy``: the image embedding, then the text embeddings (``TEXT_ROWS``).
-CLIP_ROWS: tuple[str, ...] = ("image", "caption", "objects")
+CLIP_ROWS: tuple[str, ...] = ("image", "caption", "objects", "motion")
 TEXT_ROWS: tuple[str, ...] = CLIP_ROWS[1:]
 #: The values ``json.annotation.status`` takes.
 ANNOTATION_STATUSES: tuple[str, ...] = ("ok", "failed", "none")
@@ -64,11 +65,11 @@ FIELD_DOCS: dict[str, tuple[str, str, str]] = {
         "PIL reads it as 8 bits and loses the flow.",
     ),
     "clip.npy": (
-        "(3, D)",
+        "(4, D)",
         "float16",
         "CLIP embeddings, L2-normalised (unit norm up to float16 rounding): row 0 = the image embedding of frame t; "
         "row 1 = the text embedding of the annotation's caption, row 2 = of its key objects joined as text "
-        "('name: description; ...'). A text row is all zeros when the frame has no ok annotation or that text is empty.",
+        "('name: description; ...'), row 3 = of its motion sentence. A text row is all zeros when the frame has no ok annotation or that text is empty.",
     ),
     "json": ("-", "JSON object", "Per-frame record, see the json keys table."),
 }
@@ -131,6 +132,12 @@ def objects_text(objects: list[dict[str, Any]]) -> str:
         name, description = obj["name"].strip(), obj["description"].strip()
         parts.append(f"{name}: {description}" if description else name)
     return "; ".join(p for p in parts if p)
+
+
+def text_targets(annotation: dict[str, Any]) -> tuple[str, ...]:
+    """The texts of an ok annotation record that ``clip.npy``'s text rows embed, in :data:`TEXT_ROWS` order
+    (caption, key objects as :func:`objects_text`, motion sentence); '' where the VLM gave none."""
+    return (annotation["caption"].strip(), objects_text(annotation["objects"]), annotation.get("motion", "").strip())
 
 
 #: The sample's HF ``datasets`` features in the card's YAML form (``dataset_info.features``): the one

@@ -15,7 +15,7 @@ what the stack can see):
   i.e. the motion between the last two frames of the stack; all-invalid when frame t-1 is not
   available (episode start / shard boundary).
 * ``reward`` / ``reward_valid``: the ``reward`` stored on frame t-1 (reward of transition t-1 -> t).
-* ``clip_image`` (D,), ``clip_text`` (2, D) [caption, key objects], ``text_valid``: of frame t.
+* ``clip_image`` (D,), ``clip_text`` (R, D) [caption, key objects, motion: ``TEXT_ROWS``], ``text_valid``: of frame t.
 
 Splitting: the shard list (reshuffled each pass with the seed) is split over all consumers
 (DDP ranks x loader workers). With fewer shards than consumers every consumer reads every shard
@@ -111,7 +111,7 @@ def stacked_samples(
 
     Yields:
         dicts of numpy arrays: ``obs`` (3k, H, W) uint8, ``flow`` (2, H, W) float32 pixels,
-        ``flow_valid`` (H, W) bool, ``clip_image`` (D,) float32, ``clip_text`` (2, D) float32,
+        ``flow_valid`` (H, W) bool, ``clip_image`` (D,) float32, ``clip_text`` (R, D) float32,
         ``text_valid`` bool, ``reward`` float32, ``reward_valid`` bool, ``key`` str.
 
     Raises:

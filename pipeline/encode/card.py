@@ -108,8 +108,8 @@ def card_body(name: str, splits: dict[str, dict[str, Any]], shapes: dict[str, st
 Frames of simulated continuous-control tasks with everything the
 Semore (VLM-guided semantic and motion representations) pretraining pipeline knows about each of them: the RGB
 frame, the optical flow to the next frame and its validity mask, the CLIP embedding of the frame,
-the CLIP embeddings of what a vision-language model (VLM) reads from it (a caption and the key
-objects), and the agent's action, reward, discount and physics state. One
+the CLIP embeddings of what a vision-language model (VLM) reads from it (a caption, the key
+objects and how things move), and the agent's action, reward, discount and physics state. One
 [WebDataset](https://github.com/webdataset/webdataset) sample per frame; train and validation are
 split by episode, never by frame; the samples of an episode are contiguous and in step order.
 {random_note}
@@ -148,7 +148,7 @@ loader = torch.utils.data.DataLoader(ds.frames("train", frame_stack=3, shuffle_b
 
 Each sample is a dict: `obs` (3k, H, W) uint8 (k frames of the same episode, oldest first; the
 first frame repeated at an episode's start), `flow` (2, H, W) float32 and `flow_valid` (H, W) bool
-of the last transition, `clip_image` (D,) and `clip_text` (2, D) float32 with `text_valid`,
+of the last transition, `clip_image` (D,) and `clip_text` (3, D) float32 (caption, key objects, motion) with `text_valid`,
 `reward` and `reward_valid`, and `key`. `ds.field_stats("train")` gives the statistics of
 `stats.json`; a corrupt or truncated shard raises `DatasetError` naming the shard and the sample.
 

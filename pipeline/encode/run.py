@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset.codec import dequantize_flow, quantize_flow
-from pipeline.dataset.schema import SCHEMA_VERSION, SPLITS, TEXT_ROWS, objects_text
+from pipeline.dataset.schema import SCHEMA_VERSION, SPLITS, TEXT_ROWS, text_targets
 from pipeline.dataset.writer import ShardInfo, ShardSink, write_metadata
 from pipeline.encode.card import build_card
 from pipeline.encode.clip import ClipEncoder, load_clip
@@ -88,7 +88,7 @@ class EncodedEpisode:
     flow: np.ndarray  # (T, 2, H, W) float32 pixels, as stored (1/64 px steps)
     valid: np.ndarray  # (T, H, W) bool
     clip_image: np.ndarray  # (T+1, D) float16
-    clip_text: np.ndarray  # (T+1, 2, D) float16
+    clip_text: np.ndarray  # (T+1, R, D) float16, R = len(TEXT_ROWS)
     text_present: np.ndarray  # (T+1, 2) bool
     statuses: list[str]  # per frame: ok | failed | none
     annotations: dict[int, FrameAnnotation]
@@ -122,7 +122,7 @@ def embed_episode(item: EpisodeInputs, encoder: ClipEncoder, texts: _TextEmbedde
     notes = load_annotations(item.annotation_path, t)
 
     clip_image = encoder.encode_images(ep.frames)
-    text_of = {step: (a.record["caption"].strip(), objects_text(a.record["objects"])) for step, a in notes.frames.items() if a.status == "ok"}
+    text_of = {step: text_targets(a.record) for step, a in notes.frames.items() if a.status == "ok"}
     embedded = texts([s for pair in text_of.values() for s in pair])
     clip_text = np.zeros((t + 1, len(TEXT_ROWS), encoder.dim), np.float32)
     for step, pair in text_of.items():

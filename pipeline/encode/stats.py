@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.dataset.schema import TEXT_ROWS
+
 
 class RunningStats:
     """Column-wise count, mean, population std, min and max of (N, d) batches."""
@@ -103,7 +105,7 @@ class SplitStats:
         """Add one episode, with arrays exactly as stored (float16 embeddings, flow in 1/64 px steps).
 
         Shapes: frames (T+1, H, W, 3); flow (T, 2, H, W); valid (T, H, W); clip_image (T+1, D);
-        clip_text (T+1, 2, D) with text_present (T+1, 2) bool marking non-zero rows; statuses per frame.
+        clip_text (T+1, R, D) with text_present (T+1, R) bool (R = len(TEXT_ROWS)) marking non-zero rows; statuses per frame.
         """
         self.samples += frames.shape[0]
         self.episodes += 1
@@ -139,7 +141,6 @@ class SplitStats:
         task_stats["qvel"].update(qvel)
 
     def to_json(self) -> dict[str, Any]:
-        text_rows = ("caption", "objects")
         return {
             "samples": self.samples,
             "episodes": self.episodes,
@@ -153,7 +154,7 @@ class SplitStats:
                     "image": {"axis": "embedding dim", "unit": "unit-norm embedding", **(self.clip_image.to_json() if self.clip_image else {})},
                     **{
                         name: {"axis": "embedding dim", "over": "non-zero rows", **acc.to_json()}
-                        for name, acc in zip(text_rows, self.clip_text or [])
+                        for name, acc in zip(TEXT_ROWS, self.clip_text or [])
                     },
                 },
                 "json.reward": {"over": "frames with has_action", **self.reward.to_json(scalar=True)},

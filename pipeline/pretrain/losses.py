@@ -10,6 +10,8 @@ Terms (name -> weight param -> target):
 * ``clip_image`` (``weight_clip_image``): semantic projection vs the frame's CLIP image embedding.
 * ``clip_caption``, ``clip_objects`` (``weight_clip_text`` each): semantic projections vs the CLIP
   text embeddings of the VLM caption and key-objects text, annotated frames only.
+* ``clip_motion`` (``weight_clip_motion``): the motion path's projection vs the CLIP text embedding
+  of the VLM's motion sentence, annotated frames only.
 * ``flow`` (``weight_flow``): end-point error (pixels) of the decoded flow between the last two
   frames, a weighted mean over valid pixels in which moving pixels count (:func:`flow_loss`).
 * ``reward`` (``weight_reward``): squared error of the predicted reward of the transition into
@@ -18,7 +20,7 @@ Terms (name -> weight param -> target):
 **CLIP targets are centred.** A random (or any) CLIP puts every frame of a task in a narrow cone
 (on the default data the image embeddings' mean pairwise cosine is 0.9992), so the raw targets
 are mostly one shared direction, which a constant prediction matches. With a train-split mean
-``m`` per field (``stats.json``, ``clip.npy`` ``image`` / ``caption`` / ``objects``) the target is
+``m`` per field (``stats.json``, ``clip.npy`` ``image`` / ``caption`` / ``objects`` / ``motion``) the target is
 ``normalize(raw - m)`` (:func:`centre_targets`): what is left is how a frame differs from the
 others, and a constant prediction scores about chance. Rows that are all zero (no annotation)
 stay zero and are not targets.
@@ -38,7 +40,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-TERMS = ("clip_image", "clip_caption", "clip_objects", "flow", "reward")
+TERMS = ("clip_image", "clip_caption", "clip_objects", "clip_motion", "flow", "reward")
+#: Text loss terms, in the order of ``clip.npy``'s text rows (``pipeline.dataset.schema.TEXT_ROWS``).
+TEXT_TERMS = ("clip_caption", "clip_objects", "clip_motion")
 ClipLoss = Literal["cosine", "infonce"]
 
 #: Gathers a tensor's rows from every process (identity on one process); no gradient needed.
@@ -210,7 +214,7 @@ def loss_terms(
     ``outputs`` is :meth:`models.heads.PretrainModel.forward`'s dict; ``batch`` holds the loader's
     tensors (``clip_image``, ``clip_text``, ``text_valid``, ``flow``, ``flow_valid``, ``reward``,
     ``reward_valid``); ``weights`` maps term name -> weight. ``centres`` maps a CLIP term name
-    (``clip_image``, ``clip_caption``, ``clip_objects``) to its (D,) train mean; a term absent from
+    (``clip_image`` or one of :data:`TEXT_TERMS`) to its (D,) train mean; a term absent from
     it (or None) is not centred.
     """
     centres = centres or {}
@@ -220,7 +224,7 @@ def loss_terms(
         terms["clip_image"] = alignment(
             outputs["clip_image"], batch["clip_image"], rows, clip_loss, temperature, gather, offset, centres.get("clip_image")
         )
-    for i, name in enumerate(("clip_caption", "clip_objects")):
+    for i, name in enumerate(TEXT_TERMS):
         if weights.get(name, 0.0) > 0:
             terms[name] = alignment(
                 outputs[name], batch["clip_text"][:, i], batch["text_valid"].bool(), clip_loss, temperature, gather, offset, centres.get(name)
@@ -232,12 +236,15 @@ def loss_terms(
     return terms
 
 
-def term_weights(weight_clip_image: float, weight_clip_text: float, weight_flow: float, weight_reward: float) -> dict[str, float]:
-    """Map the params' loss weights onto the term names (both text terms share ``weight_clip_text``)."""
+def term_weights(
+    weight_clip_image: float, weight_clip_text: float, weight_flow: float, weight_reward: float, weight_clip_motion: float
+) -> dict[str, float]:
+    """Map the params' loss weights onto the term names (caption and objects share ``weight_clip_text``)."""
     return {
         "clip_image": weight_clip_image,
         "clip_caption": weight_clip_text,
         "clip_objects": weight_clip_text,
+        "clip_motion": weight_clip_motion,
         "flow": weight_flow,
         "reward": weight_reward,
     }

@@ -151,17 +151,17 @@ def _check_text_targets(info: Dataset, params: PretrainParams) -> None:
     """Refuse a dataset whose train split has no valid annotation while the text losses are on
     (they would silently train on nothing)."""
     train = info.stats.get("stats", {}).get("train", {})
-    if params.weight_clip_text > 0 and train.get("annotated_frames", 1) == 0:
+    if params.text_terms_on and train.get("annotated_frames", 1) == 0:
         tasks = ", ".join(sorted(info.stats.get("provenance", {}).get("tasks", {}))) or "?"
         raise UserError(
             f"{info.folder}: the train split has no frame with a valid annotation (tasks: {tasks}; "
-            f"{train.get('failed_annotations', 0)} failed), so the caption and object losses have no target. "
-            "Rerun annotate (and encode) with a working backend, or set pretrain.weight_clip_text: 0 to train without them"
+            f"{train.get('failed_annotations', 0)} failed), so the caption, object and motion losses have no target. "
+            "Rerun annotate (and encode) with a working backend, or set pretrain.weight_clip_text: 0 and pretrain.weight_clip_motion: 0 to train without them"
         )
 
 
 #: CLIP loss term -> its field in ``stats.json``'s ``clip.npy`` statistics.
-CLIP_FIELDS = {"clip_image": "image", "clip_caption": "caption", "clip_objects": "objects"}
+CLIP_FIELDS = {"clip_image": "image", "clip_caption": "caption", "clip_objects": "objects", "clip_motion": "motion"}
 
 
 def clip_means(info: Dataset) -> dict[str, list[float] | None]:
@@ -187,7 +187,7 @@ def clip_means(info: Dataset) -> dict[str, list[float] | None]:
 def annotated_per_process(params: PretrainParams, world_size: int) -> int:
     """Annotated frames each process's batch holds at least: ``ceil(annotated_per_batch / world_size)``
     (so the global batch holds at least ``annotated_per_batch``), 0 while the text terms are off."""
-    if params.weight_clip_text <= 0 or params.annotated_per_batch == 0:
+    if not params.text_terms_on or params.annotated_per_batch == 0:
         return 0
     if params.annotated_per_batch > params.batch_size:
         raise UserError(
@@ -259,7 +259,7 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
         clip_loss=params.clip_loss, temperature=params.temperature, device=device, flow_input=params.flow_input, centres=centres,
         flow_moving_threshold=params.flow_moving_threshold, flow_static_share=params.flow_static_share,
     )
-    weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward)
+    weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward, params.weight_clip_motion)
     if not any(w > 0 for w in weights.values()):
         raise UserError("every pretrain.weight_* is 0: set at least one loss weight above 0")
     optimizer = make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
