@@ -63,9 +63,11 @@ class PretrainModel(nn.Module):
         self.clip_image = mlp(d, head_hidden, clip_dim)
         self.clip_caption = mlp(d, head_hidden, clip_dim)
         self.clip_objects = mlp(d, head_hidden, clip_dim)
-        self.clip_motion = mlp(d, head_hidden, clip_dim)
         self.flow = FlowDecoder(self.backbone.flow_channels, self.backbone.image_size, border=self.backbone.map_border)
         self.reward = mlp(d, head_hidden, 1)
+        # Built last, so the heads before it draw the same initial weights as before it existed:
+        # with weight_clip_motion 0 a run trains to the same bytes as one without this head.
+        self.clip_motion = mlp(d, head_hidden, clip_dim)
 
     def forward(self, obs: Tensor, flow: Tensor | None = None) -> dict[str, Tensor]:
         """Every head's prediction (float32), plus ``fused`` (B, feature_dim).

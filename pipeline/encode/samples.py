@@ -64,7 +64,7 @@ def episode_samples(
         flow: (T, 2, H, W) pixels; valid: (T, H, W) bool.
         annotations: frame index -> annotation (frames without one are absent).
         clip_image: (T+1, D) float16, L2-normalised.
-        clip_text: (T+1, 2, D) float16, L2-normalised rows or zeros.
+        clip_text: (T+1, R, D) float16 (R = len(TEXT_ROWS)), L2-normalised rows or zeros.
 
     Returns:
         dicts with ``__key__`` and one bytes value per field of ``schema.FIELDS``.
