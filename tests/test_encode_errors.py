@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset import DatasetError, validate_dataset
+from pipeline.dataset.schema import CLIP_ROWS
 from pipeline.encode.inputs import EncodeInputError
 from pipeline.encode.run import run as encode
 from pipeline.io import write_npz_atomic
@@ -187,16 +188,23 @@ def test_sample_missing_a_field_names_shard_and_key(copy: Path) -> None:
     assert str(shard) in message and repr(victim) in message and "flow.png" in message
 
 
-def test_field_with_the_wrong_shape_names_shard_and_key(copy: Path) -> None:
+@pytest.mark.parametrize(
+    "rows, dim, expected",
+    [
+        (len(CLIP_ROWS), 7, r"clip\.npy \(clipimage\) is \(7,\)"),  # another CLIP's size than the first sample's
+        (3, 16, r"clip\.npy is \(3, 16\), expected \(4, D\): rows image, caption, objects, motion"),  # a schema-2 sample
+    ],
+)
+def test_field_with_the_wrong_shape_names_shard_and_key(copy: Path, rows: int, dim: int, expected: str) -> None:
     shard = copy / "train" / "shard-000001.tar"
     members = _members(shard)
     buffer = io.BytesIO()
-    np.save(buffer, np.zeros((3, 7), np.float16))
+    np.save(buffer, np.zeros((rows, dim), np.float16))
     index = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".clip.npy"))
     key = members[index][0].name.split(".")[0]
     members[index] = (members[index][0], buffer.getvalue())
     _rewrite(shard, members)
-    with pytest.raises(DatasetError, match=rf"shard-000001\.tar: sample '{key}': clip\.npy \(clipimage\) is \(7,\)"):
+    with pytest.raises(DatasetError, match=rf"shard-000001\.tar: sample '{key}': .*{expected}"):
         validate_dataset(copy, check_hashes=False)
 
 
