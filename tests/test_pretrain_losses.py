@@ -14,6 +14,7 @@ from pipeline.pretrain.losses import (
     FLOW_MOVING_THRESHOLD,
     FLOW_STATIC_SHARE,
     TERMS,
+    TEXT_TERMS,
     alignment,
     centre_targets,
     duplicates,
@@ -135,6 +136,15 @@ def test_zero_weight_stops_that_terms_gradient(term: str) -> None:
     trunk = "backbone.motion_trunk.0.weight" if term in ("flow", "reward", "clip_motion") else "backbone.semantic_trunk.0.weight"
     assert not torch.allclose(with_term[trunk], without[trunk])
     assert torch.allclose(with_term[trunk], without[trunk] + alone[trunk], atol=1e-6)
+
+
+def test_text_terms_follow_the_rows_of_clip_npy() -> None:
+    """The i-th text term reads clip_text[:, i]: its name must be that row's (schema.TEXT_ROWS), and its
+    centre the same field of stats.json (pretrain.run.CLIP_FIELDS)."""
+    from pipeline.pretrain.run import CLIP_FIELDS
+
+    assert [t.removeprefix("clip_") for t in TEXT_TERMS] == list(TEXT_ROWS)
+    assert [CLIP_FIELDS[t] for t in TEXT_TERMS] == list(TEXT_ROWS) and set(CLIP_FIELDS) == set(TERMS) - {"flow", "reward"}
 
 
 def test_term_weights_share_the_text_weight() -> None:
