@@ -149,9 +149,10 @@ def main() -> None:
 
     print("exact flow")
     readout("pooled 7x7", pool(target, 7))
+    obs = torch.as_tensor(np.stack([r["obs"] for r in rows]))
+    valid = np.stack([r["flow_valid"] for r in rows])
     for folder in args.models:
         model = load_pretrain_model(folder)
-        obs = torch.as_tensor(np.stack([r["obs"] for r in rows]))
         with torch.no_grad():
             pred, maps = [], []
             for k in range(0, len(obs), 64):
@@ -159,7 +160,6 @@ def main() -> None:
                 pred.append(model.flow(paths.motion_map))
                 maps.append(pool(paths.motion_map, 7))
         pred_np, motion_map = torch.cat(pred).numpy(), np.concatenate(maps)
-        valid = np.stack([r["flow_valid"] for r in rows])
         print(f"{folder}\n  decoder on the validation episodes:\n    " + decoder_table(pred_np[is_held], target[is_held], valid[is_held]))
         readout("decoded flow pooled 21x21", pool(pred_np, 21))
         readout("motion map pooled 7x7", motion_map)

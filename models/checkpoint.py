@@ -203,7 +203,8 @@ def load_module(folder: str | Path, map_location: str | torch.device = "cpu") ->
         if len(detail) > 400:
             detail = detail[:400] + " ..."
         raise CheckpointError(
-            f"{folder}: {CONFIG_FILE} does not match {WEIGHTS_FILE} ({detail}); the two files come from different checkpoints: "
-            "use a folder written in one piece by the pretrain or finetune stage (or rerun that stage)"
+            f"{folder}: {CONFIG_FILE} does not match {WEIGHTS_FILE} ({detail}); the two files come from different checkpoints, "
+            "or the folder was written by a version of this project whose module had other layers (a pretrain model/ from before "
+            "the clip_motion head, say): use a folder written in one piece by the pretrain or finetune stage of this version (or rerun that stage)"
         ) from None
     return module, record["meta"]

@@ -249,3 +249,19 @@ def test_every_torch_load_in_the_repository_is_weights_only() -> None:
                 if not (isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
+
+
+def test_a_pretrain_model_from_before_a_head_existed_is_refused_naming_the_version(tmp_path: Path) -> None:
+    """A pretrain model/ saved before the clip_motion head lacks only that head's weights: refused
+    (never loaded with a random head), and the message says another version may have written it."""
+    from safetensors.torch import load_file, save_file
+
+    from models.heads import PretrainModel
+
+    folder = tmp_path / "pretrain" / "model"
+    config = {"backbone": BACKBONE, "clip_dim": 8, "head_hidden": 16}
+    save_module(folder, PretrainModel(**config), config)
+    weights = folder / WEIGHTS_FILE
+    save_file({k: v for k, v in load_file(str(weights)).items() if not k.startswith("clip_motion.")}, str(weights))
+    with pytest.raises(CheckpointError, match=r"Missing key\(s\).*clip_motion.*version of this project.*rerun that stage"):
+        load_module(folder)

@@ -38,7 +38,6 @@ from pipeline.joint_state import model_joints, state_matrix
 
 log = logging.getLogger(__name__)
 
-TEXT_FIELDS = ("caption", "objects", "motion")
 #: Fewest episodes the probe runs on: with two, each fold would train on a single episode.
 MIN_EPISODES = 3
 def text_features(texts: list[str]) -> np.ndarray:
@@ -110,7 +109,7 @@ class TextSamples:
     task: str = ""
     suite: str = ""
     episode: list[int] = field(default_factory=list)
-    texts: dict[str, list[str]] = field(default_factory=lambda: {name: [] for name in TEXT_FIELDS})
+    texts: dict[str, list[str]] = field(default_factory=dict)  # TEXT_ROWS name -> one text per frame
     qpos: list[np.ndarray] = field(default_factory=list)
     qvel: list[np.ndarray] = field(default_factory=list)
 
@@ -121,7 +120,7 @@ class TextSamples:
         self.task, self.suite = scene.task, scene.suite
         self.episode.append(episode)
         for name, text in zip(TEXT_ROWS, text_targets(annotation.model_dump())):
-            self.texts[name].append(text)
+            self.texts.setdefault(name, []).append(text)
         self.qpos.append(scene.qpos)
         self.qvel.append(scene.qvel)
 
