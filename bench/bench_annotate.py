@@ -27,6 +27,7 @@ of anything in a process also pays imports and warm-up), stage and bare alike.
 
     .venv/bin/python bench/bench_annotate.py [--task cartpole-swingup] [--episodes 2] [--steps 100] [--every-k 1] [--torch-threads 1] [--repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,10 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -46,7 +48,6 @@ from pipeline.rendering import setup_headless_rendering  # noqa: E402
 setup_headless_rendering()  # before anything opens an EGL context (it preloads triton)
 
 from support.annotate import ChatServer, collect_episodes, save_tiny_vlm  # noqa: E402
-
 
 REPEAT = 3
 
@@ -72,7 +73,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--backends", default="simulator,transformers,openai")
-    parser.add_argument("--torch-threads", type=int, default=1, help="torch CPU threads (a tiny model on a shared 2-core machine runs best on 1)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (a tiny model on a shared 2-core machine runs best on 1)",
+    )
     parser.add_argument("--repeat", type=int, default=REPEAT, help="runs of each measurement; the best is reported")
     args = parser.parse_args()
     globals()["REPEAT"] = args.repeat
@@ -85,12 +91,12 @@ def main() -> None:
 
     from pipeline.annotate.openai_backend import png_data_url
     from pipeline.annotate.run import run as annotate
-    from pipeline.annotate.simulator import PhysicsReader, describe
-    from pipeline.task_physics import clear_model_cache
     from pipeline.annotate.schema import annotated_steps
+    from pipeline.annotate.simulator import PhysicsReader, describe
     from pipeline.annotate.truth import model_entities, scene_truths, visible_entities
     from pipeline.config import parse_params
     from pipeline.episodes import list_episodes, load_episode
+    from pipeline.task_physics import clear_model_cache
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_annotate_"))
     episodes_dir = collect_episodes(tmp / "episodes", args.task, args.episodes, args.steps, args.size)
@@ -100,10 +106,13 @@ def main() -> None:
     rows: list[tuple[str, float, str, float]] = []
 
     def params(**annotate: Any):
-        return parse_params({"annotate": {"every_k": args.every_k, **annotate}, "weights": {"cache_dir": str(tmp / "w")}})
+        return parse_params(
+            {"annotate": {"every_k": args.every_k, **annotate}, "weights": {"cache_dir": str(tmp / "w")}}
+        )
 
     def stage(name: str, cold_cache: bool = True, **annotate_params: Any) -> float:
         """Best time of the stage; each run with an empty answer cache unless ``cold_cache`` is False (then one shared cache)."""
+
         def once() -> None:
             clear_model_cache()  # a cold run, as the stage's own process has: it compiles the task's model once
             out = tmp / f"out-{name}-{time.monotonic_ns()}"
@@ -130,7 +139,9 @@ def main() -> None:
                     [(data.contact.geom1[i], data.contact.geom2[i]) for i in range(data.ncon)]
             close()
 
-        def bare_simulator_make_env() -> None:  # the previous baseline: the model from make_env, which also opens a renderer
+        def bare_simulator_make_env() -> (
+            None
+        ):  # the previous baseline: the model from make_env, which also opens a renderer
             from pipeline.collect import make_env
 
             env = make_env(args.task, image_size=8)
@@ -162,10 +173,28 @@ def main() -> None:
         sim, simnp = stage("sim", backend="simulator"), stage("simnp", backend="simulator", physics=False)
         own = "the backend's own work: scene truth, physics read, captions"
         rows.append(("simulator (physics: true)", n / sim, own, n / timed(bare_backend(True))))
-        rows.append(("simulator (physics: false)", n / simnp, own.replace("physics read, ", ""), n / timed(bare_backend(False))))
-        rows.append(("simulator (physics: true), earlier baseline", n / sim, "model + segmentation + mj_forward + contacts", n / bare))
-        rows.append(("simulator (physics: false), earlier baseline", n / simnp, "model + segmentation + mj_forward + contacts", n / bare))
-        rows.append(("simulator (physics: true), first baseline", n / sim, "make_env (renderer) + the same", n / bare_make_env))
+        rows.append(
+            ("simulator (physics: false)", n / simnp, own.replace("physics read, ", ""), n / timed(bare_backend(False)))
+        )
+        rows.append(
+            (
+                "simulator (physics: true), earlier baseline",
+                n / sim,
+                "model + segmentation + mj_forward + contacts",
+                n / bare,
+            )
+        )
+        rows.append(
+            (
+                "simulator (physics: false), earlier baseline",
+                n / simnp,
+                "model + segmentation + mj_forward + contacts",
+                n / bare,
+            )
+        )
+        rows.append(
+            ("simulator (physics: true), first baseline", n / sim, "make_env (renderer) + the same", n / bare_make_env)
+        )
 
     if "transformers" in wanted:
         from PIL import Image
@@ -179,21 +208,44 @@ def main() -> None:
         processor = AutoProcessor.from_pretrained(folder)
         processor.tokenizer.padding_side = "left"
         prompt = params().annotate.prompt.format(task=args.task)
-        text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}], add_generation_prompt=True, tokenize=False)
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
 
         def bare_generate() -> None:
             with torch.inference_mode():
                 for i in range(0, n, args.batch_size):
                     chunk = frames[i : i + args.batch_size]
-                    inputs = processor(images=[Image.fromarray(f) for f in chunk], text=[text] * len(chunk), padding=True, return_tensors="pt").to(device)
+                    inputs = processor(
+                        images=[Image.fromarray(f) for f in chunk],
+                        text=[text] * len(chunk),
+                        padding=True,
+                        return_tensors="pt",
+                    ).to(device)
                     out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-                    processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                    processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
         bare_generate()  # warm-up (first calls are slow)
         bare = timed(bare_generate)
-        tf = stage("tf", backend="transformers", model=str(folder), batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_retries=0,
-                   max_failure_rate=1.0)  # a random model's answers are noise
-        rows.append((f"transformers (tiny VLM, {device.type}, batch {args.batch_size})", n / tf, "processor + generate", n / bare))
+        tf = stage(
+            "tf",
+            backend="transformers",
+            model=str(folder),
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            max_retries=0,
+            max_failure_rate=1.0,
+        )  # a random model's answers are noise
+        rows.append(
+            (
+                f"transformers (tiny VLM, {device.type}, batch {args.batch_size})",
+                n / tf,
+                "processor + generate",
+                n / bare,
+            )
+        )
 
     if "openai" in wanted:
         with ChatServer() as server:
@@ -201,7 +253,18 @@ def main() -> None:
             session = requests.Session()
 
             def post(frame: Any) -> None:
-                body = {"model": server.model, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": png_data_url(frame)}}]}]}
+                body = {
+                    "model": server.model,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "x"},
+                                {"type": "image_url", "image_url": {"url": png_data_url(frame)}},
+                            ],
+                        }
+                    ],
+                }
                 session.post(url, json=body, timeout=60).json()
 
             def bare_http() -> None:
@@ -209,13 +272,29 @@ def main() -> None:
                     list(pool.map(post, frames))
 
             bare = timed(bare_http)
-            http = {"backend": "openai", "model": server.model, "base_url": server.base_url, "concurrency": args.concurrency}
+            http = {
+                "backend": "openai",
+                "model": server.model,
+                "base_url": server.base_url,
+                "concurrency": args.concurrency,
+            }
             cold = stage("http", **http)
-            warm = stage("http-warm", cold_cache=False, **http)  # the first of its runs fills the cache; the best is a rerun
-        rows.append((f"openai (local canned server, {args.concurrency} in flight)", n / cold, "PNG + requests.post pool", n / bare))
+            warm = stage(
+                "http-warm", cold_cache=False, **http
+            )  # the first of its runs fills the cache; the best is a rerun
+        rows.append(
+            (
+                f"openai (local canned server, {args.concurrency} in flight)",
+                n / cold,
+                "PNG + requests.post pool",
+                n / bare,
+            )
+        )
         rows.append(("openai, rerun (all from the cache)", n / warm, "PNG + requests.post pool", n / bare))
 
-    print(f"\n{args.task}: {n} frames ({args.episodes} episodes x {args.steps} steps, every {args.every_k}, {args.size}x{args.size}), torch threads {torch.get_num_threads()}")
+    print(
+        f"\n{args.task}: {n} frames ({args.episodes} episodes x {args.steps} steps, every {args.every_k}, {args.size}x{args.size}), torch threads {torch.get_num_threads()}"
+    )
     print(f"{'backend':<52} {'stage fr/s':>11} {'bare fr/s':>10} {'ratio':>6}  bare loop")
     for name, stage_fps, bare_name, bare_fps in rows:
         print(f"{name:<52} {stage_fps:>11.1f} {bare_fps:>10.1f} {stage_fps / bare_fps:>6.2f}  {bare_name}")

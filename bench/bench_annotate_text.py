@@ -30,6 +30,7 @@ state dimensions, v2 caption / v2 key objects / v1 caption / constant caption):
 Most of cheetah's, walker's and finger's state is limb joint angles that the words do not name; on walker,
 whose noisy episodes mostly lie on the ground, the v2 words are no better than v1 by this probe.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,11 @@ TASKS = ("cartpole-swingup", "cheetah-run", "reacher-easy", "ball_in_cup-catch",
 def v1_caption(scene, physics) -> str:
     """The simulator's caption before state words (model ``mujoco-truth-v1``), from the same truth."""
     bodies = [v.entity.name for v in scene.visible if v.entity.kind == "body"]
-    caption = f"A {scene.task} frame with {len(bodies)} bodies in view: {', '.join(bodies)}" if bodies else f"A {scene.task} frame with no body of the agent in view"
+    caption = (
+        f"A {scene.task} frame with {len(bodies)} bodies in view: {', '.join(bodies)}"
+        if bodies
+        else f"A {scene.task} frame with no body of the agent in view"
+    )
     n = len(physics.contacts)
     return caption + f"; {n} contact{'s' if n != 1 else ''}."
 
@@ -72,7 +77,13 @@ def measure(task: str, episodes: int, steps: int, size: int, work: Path) -> dict
     folder = collect_episodes(work / task / "episodes", task=task, episodes=episodes, steps=steps, size=size)
     params = parse_params({"annotate": {"every_k": 1, "cache_dir": str(work / "cache")}})
     annotate(folder, work / task / "annotations", work / task / "metrics.json", params)
-    texts: dict[str, list[str]] = {"v2 caption": [], "v2 objects": [], "v2 motion": [], "v1 caption": [], "constant": []}
+    texts: dict[str, list[str]] = {
+        "v2 caption": [],
+        "v2 objects": [],
+        "v2 motion": [],
+        "v1 caption": [],
+        "constant": [],
+    }
     qpos, qvel, episode = [], [], []
     reader = PhysicsReader()
     try:
@@ -113,11 +124,27 @@ def main() -> None:
     for task, info in results.items():
         for name in ("v2 caption", "v2 objects", "v2 motion", "v1 caption", "constant"):
             row = info[name]
-            cells = [row["distinct"], row["entropy_bits"], row["probe_r2"], row["probe_r2_position"], row["probe_r2_velocity"]]
-            print(f"| {task} | {name} | " + " | ".join("-" if c is None else f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+            cells = [
+                row["distinct"],
+                row["entropy_bits"],
+                row["probe_r2"],
+                row["probe_r2_position"],
+                row["probe_r2_velocity"],
+            ]
+            print(
+                f"| {task} | {name} | "
+                + " | ".join("-" if c is None else f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells)
+                + " |"
+            )
     out = ROOT / "bench" / "out" / "annotate_text.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"episodes": args.episodes, "steps": args.steps, "size": args.size, "results": results}, indent=1, sort_keys=True))
+    out.write_text(
+        json.dumps(
+            {"episodes": args.episodes, "steps": args.steps, "size": args.size, "results": results},
+            indent=1,
+            sort_keys=True,
+        )
+    )
     print(f"-> {out}")
 
 

@@ -18,6 +18,7 @@ Goals: wall ratio >= 0.9 with depth and segmentation (issue 16), and >= 250 fram
 in fast mode, RGB only (issue 4). On a machine shared with other work, the CPU ratio is the
 steadier figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,16 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 
-def _bare_worker(task: str, frames: int, image_size: int, action_repeat: int, render_mode: str, depth: bool, segmentation: bool, seed: int) -> int:
+def _bare_worker(
+    task: str,
+    frames: int,
+    image_size: int,
+    action_repeat: int,
+    render_mode: str,
+    depth: bool,
+    segmentation: bool,
+    seed: int,
+) -> int:
     """Step-and-render loop with dm_control and raw MuJoCo rendering calls only; returns frames rendered.
 
     Same passes as the stage: one RGB pass, plus one id-colour pass read for depth and/or
@@ -54,7 +64,11 @@ def _bare_worker(task: str, frames: int, image_size: int, action_repeat: int, re
     camera.type, camera.fixedcamid = mujoco.mjtCamera.mjCAMERA_FIXED, 0
     rect = mujoco.MjrRect(0, 0, image_size, image_size)
     if render_mode == "fast":
-        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+        for flag in (
+            mujoco.mjtRndFlag.mjRND_SHADOW,
+            mujoco.mjtRndFlag.mjRND_REFLECTION,
+            mujoco.mjtRndFlag.mjRND_SKYBOX,
+        ):
             scene.flags[flag] = 0
     rgb = np.empty((image_size, image_size, 3), np.uint8)
     ids = np.empty((image_size, image_size, 3), np.uint8) if segmentation else None
@@ -92,19 +106,39 @@ def run_bare(task: str, total_frames: int, workers: int, **kwargs) -> tuple[floa
     shares = [total_frames // workers + (1 if i < total_frames % workers else 0) for i in range(workers)]
     cpu, start = _cpu_seconds(), time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        done = sum(pool.map(_bare_worker, [task] * workers, shares, *[[v] * workers for v in kwargs.values()], range(workers)))
+        done = sum(
+            pool.map(_bare_worker, [task] * workers, shares, *[[v] * workers for v in kwargs.values()], range(workers))
+        )
     assert done == total_frames
     return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
-def run_stage(task: str, episodes: int, steps: int, workers: int, image_size: int, action_repeat: int, render_mode: str, depth: bool, segmentation: bool) -> tuple[float, float, int]:
+def run_stage(
+    task: str,
+    episodes: int,
+    steps: int,
+    workers: int,
+    image_size: int,
+    action_repeat: int,
+    render_mode: str,
+    depth: bool,
+    segmentation: bool,
+) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds, frames) of ``collect_task``, end to end (files, index, preview)."""
     from pipeline.collect import collect_task
     from pipeline.config.collect import CollectParams
 
     params = CollectParams(
-        tasks=[task], episodes_per_task=episodes, episode_steps=steps, action_repeat={task: action_repeat}, image_size=image_size,
-        render_mode=render_mode, depth=depth, segmentation=segmentation, workers=workers, preview_episodes=1,
+        tasks=[task],
+        episodes_per_task=episodes,
+        episode_steps=steps,
+        action_repeat={task: action_repeat},
+        image_size=image_size,
+        render_mode=render_mode,
+        depth=depth,
+        segmentation=segmentation,
+        workers=workers,
+        preview_episodes=1,
     )
     with tempfile.TemporaryDirectory() as out:
         cpu, start = _cpu_seconds(), time.perf_counter()
@@ -123,17 +157,30 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=84)
     parser.add_argument("--action-repeat", type=int, default=2)
     parser.add_argument("--render-mode", default="fast", choices=["fast", "faithful"])
-    parser.add_argument("--repeats", type=int, default=2, help="alternate stage and bare runs this many times; the best of each is reported")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="alternate stage and bare runs this many times; the best of each is reported",
+    )
     parser.add_argument("--configs", default="rgb,rgb+depth+seg", help="comma list of: rgb, rgb+depth+seg")
     args = parser.parse_args()
 
-    print(f"collect benchmark: {args.task}, {args.image_size}x{args.image_size}, {args.render_mode} render, action repeat {args.action_repeat}, "
-          f"{args.episodes} episodes x {args.steps} steps, {args.workers} workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"collect benchmark: {args.task}, {args.image_size}x{args.image_size}, {args.render_mode} render, action repeat {args.action_repeat}, "
+        f"{args.episodes} episodes x {args.steps} steps, {args.workers} workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
+    )
     print("  wall: frames / end-to-end seconds (process start and env construction included in both);")
     print("  cpu: frames per CPU-second of all processes involved (robust to other load on the machine)")
     for config in args.configs.split(","):
         extra = config == "rgb+depth+seg"
-        common = dict(image_size=args.image_size, action_repeat=args.action_repeat, render_mode=args.render_mode, depth=extra, segmentation=extra)
+        common = dict(
+            image_size=args.image_size,
+            action_repeat=args.action_repeat,
+            render_mode=args.render_mode,
+            depth=extra,
+            segmentation=extra,
+        )
         stage_wall = stage_cpu = bare_wall = bare_cpu = float("inf")
         for _ in range(args.repeats):
             wall, cpu, frames = run_stage(args.task, args.episodes, args.steps, args.workers, **common)

@@ -19,6 +19,7 @@ The ratio in part 1 depends on the CLIP model: the stage's own work per frame (P
 statistics, tar) is fixed, so the smaller the model the lower the ratio. ``--clip-model ViT-B-32``
 measures it at the full-scale configuration's architecture (random weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,9 @@ def loader_read(shards: list[Path], workers: int) -> int:
     import webdataset as wds
     from torch.utils.data import DataLoader
 
-    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, nodesplitter=None, empty_check=False).decode(_kitti_flow, "rgb8")
+    dataset = wds.WebDataset([str(s) for s in shards], shardshuffle=False, nodesplitter=None, empty_check=False).decode(
+        _kitti_flow, "rgb8"
+    )
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
     count = 0
     for sample in loader:
@@ -97,25 +100,29 @@ def main() -> None:
     parser.add_argument("--shard-maxcount", type=int, default=100, help="small shards so every loader worker gets some")
     parser.add_argument("--workers", default="0,1,2", help="loader worker counts to measure")
     parser.add_argument("--repeats", type=int, default=2, help="read passes per setting (best is reported)")
-    parser.add_argument("--clip-model", default=None,
-                        help="open_clip architecture with random weights (the speed does not depend on them), e.g. ViT-B-32, "
-                             "the full-scale configuration's; default: encode.clip_model's default (the tiny offline one)")
+    parser.add_argument(
+        "--clip-model",
+        default=None,
+        help="open_clip architecture with random weights (the speed does not depend on them), e.g. ViT-B-32, "
+        "the full-scale configuration's; default: encode.clip_model's default (the tiny offline one)",
+    )
     parser.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--dataset", default=None, help="read an existing dataset folder instead of building one (skips part 1)")
+    parser.add_argument(
+        "--dataset", default=None, help="read an existing dataset folder instead of building one (skips part 1)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    import huggingface_hub  # noqa: F401  (imported before timing: the figures are steady-state rates)
     import numpy as np
     import torch
+    import webdataset  # noqa: F401
 
     from pipeline.config import EncodeParams, WeightsParams
     from pipeline.encode.clip import load_clip
     from pipeline.encode.run import run as build_dataset
-    from tests.support.datasets import write_synthetic_inputs
     from pipeline.episodes import list_episodes, load_episode
-
-    import huggingface_hub  # noqa: F401  (imported before timing: the figures are steady-state rates)
-    import webdataset  # noqa: F401
+    from tests.support.datasets import write_synthetic_inputs
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -126,9 +133,14 @@ def main() -> None:
         else:
             tasks = tuple(args.tasks.split(","))
             inputs = write_synthetic_inputs(Path(tmp), tasks, args.episodes, args.steps, args.size, every_k=10)
-            params = EncodeParams(shard_maxcount=args.shard_maxcount, **({"clip_model": args.clip_model, "weights": "random"} if args.clip_model else {}))
+            params = EncodeParams(
+                shard_maxcount=args.shard_maxcount,
+                **({"clip_model": args.clip_model, "weights": "random"} if args.clip_model else {}),
+            )
             encoder = load_clip(params, WeightsParams())
-            frames = np.concatenate([load_episode(p, ["frames"]).frames for t in tasks for p in list_episodes(inputs[0] / t)])
+            frames = np.concatenate(
+                [load_episode(p, ["frames"]).frames for t in tasks for p in list_episodes(inputs[0] / t)]
+            )
             encoder.encode_images(frames[: params.batch_size])  # warm-up
             start = time.perf_counter()
             encoder.encode_images(frames)
@@ -137,7 +149,9 @@ def main() -> None:
             start = time.perf_counter()
             summary = build_dataset(*inputs, dataset, params, WeightsParams(), encoder=encoder)
             stage = summary.samples / (time.perf_counter() - start)
-            print(f"encode  {summary.samples} frames {args.size}x{args.size}, CLIP {params.clip_model} (dim {encoder.dim}), batch {params.batch_size}")
+            print(
+                f"encode  {summary.samples} frames {args.size}x{args.size}, CLIP {params.clip_model} (dim {encoder.dim}), batch {params.batch_size}"
+            )
             print(f"  bare CLIP image encoding : {bare:9.1f} frames/s")
             print(f"  encode stage (library)   : {stage:9.1f} frames/s   ratio {stage / bare:.2f}")
 
@@ -150,10 +164,15 @@ def main() -> None:
                 start = time.perf_counter()
                 n = fn()
                 return n / (time.perf_counter() - start)
+
             return best(once)
 
         per_frame, fields = bytes_per_frame(shards)
-        print(f"size    {per_frame:,.0f} bytes per frame (tar) = " + ", ".join(f"{f} {v:,.0f}" for f, v in fields.items()) + " + tar headers")
+        print(
+            f"size    {per_frame:,.0f} bytes per frame (tar) = "
+            + ", ".join(f"{f} {v:,.0f}" for f, v in fields.items())
+            + " + tar headers"
+        )
         bare_rate = rate(lambda: bare_tar_read(shards))
         print(f"read    {len(shards)} shards, {size_mb:.1f} MB")
         print(f"  bare tar read (no decode): {bare_rate:9.1f} samples/s")

@@ -10,6 +10,7 @@
 
     .venv/bin/python bench/bench_evaluate.py --backbone data/pretrain [--task cartpole-swingup] [--run]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,14 +84,21 @@ def main() -> None:
 
     repeat = action_repeat_for(args.task)
     backbone = load_one("pretrained", args.backbone, seed=0, device=torch.device("cpu"))
-    mk = partial(lambda s, size: make_env(args.task, image_size=size, action_repeat=repeat, episode_steps=1000 // repeat, seed=s), size=backbone.spec.image_size)
+    mk = partial(
+        lambda s, size: make_env(
+            args.task, image_size=size, action_repeat=repeat, episode_steps=1000 // repeat, seed=s
+        ),
+        size=backbone.spec.image_size,
+    )
     probe_env = mk(0)
     probe_env.reset(seed=0)
     state_dim = probe_env.state_observation()[0].size
     probe_env.close()
     agent = AgentParams()
     section = EvaluateParams(frames=args.frames, seed_frames=4000, eval_every_frames=10_000, eval_episodes=10)
-    schedule = Schedule(section.frames, section.seed_frames, section.eval_every_frames, section.eval_episodes, 1000, repeat)
+    schedule = Schedule(
+        section.frames, section.seed_frames, section.eval_every_frames, section.eval_episodes, 1000, repeat
+    )
 
     spaces = {"state": partial(StateObserver, state_dim), "frozen": partial(FeatureObserver, backbone)}
     figures = {}
@@ -99,25 +107,46 @@ def main() -> None:
         try:
             rng = np.random.default_rng(0)
             for _ in range(max(agent.batch_size, 1024)):
-                ws.replay.add(rng.standard_normal(ws.observer.dim), rng.uniform(-1, 1, ws.action_dim), 0.0, False, rng.standard_normal(ws.observer.dim))
-            figures[arm] = {"updates_per_s": updates_per_s(ws.agent, ws.replay, agent.batch_size, args.updates), "acting_fps": acting_fps(ws, args.steps)}
+                ws.replay.add(
+                    rng.standard_normal(ws.observer.dim),
+                    rng.uniform(-1, 1, ws.action_dim),
+                    0.0,
+                    False,
+                    rng.standard_normal(ws.observer.dim),
+                )
+            figures[arm] = {
+                "updates_per_s": updates_per_s(ws.agent, ws.replay, agent.batch_size, args.updates),
+                "acting_fps": acting_fps(ws, args.steps),
+            }
             start = time.perf_counter()
             ws.evaluate()  # eval_episodes full episodes in lockstep
             figures[arm]["eval_s"] = time.perf_counter() - start
         finally:
             ws.close()
     bare = bare_env_fps(mk, args.steps)
-    print(f"{args.task}, action repeat {repeat}, batch {agent.batch_size}, hidden {agent.hidden_dim}, torch threads {torch.get_num_threads()}, backbone {backbone.spec.folder}")
-    print(f"updates/s: frozen {figures['frozen']['updates_per_s']:.1f} vs state {figures['state']['updates_per_s']:.1f} (ratio {figures['frozen']['updates_per_s'] / figures['state']['updates_per_s']:.2f})")
+    print(
+        f"{args.task}, action repeat {repeat}, batch {agent.batch_size}, hidden {agent.hidden_dim}, torch threads {torch.get_num_threads()}, backbone {backbone.spec.folder}"
+    )
+    print(
+        f"updates/s: frozen {figures['frozen']['updates_per_s']:.1f} vs state {figures['state']['updates_per_s']:.1f} (ratio {figures['frozen']['updates_per_s'] / figures['state']['updates_per_s']:.2f})"
+    )
     for arm in ("state", "frozen"):
-        print(f"acting frames/s: {arm} {figures[arm]['acting_fps']:.1f} vs bare env step + render {bare:.1f} (ratio {figures[arm]['acting_fps'] / bare:.2f})")
+        print(
+            f"acting frames/s: {arm} {figures[arm]['acting_fps']:.1f} vs bare env step + render {bare:.1f} (ratio {figures[arm]['acting_fps'] / bare:.2f})"
+        )
     steps = args.frames // repeat
     updates = steps - section.seed_frames // repeat
     evals = args.frames // section.eval_every_frames + 1
     for arm in ("state", "frozen"):
         print(f"one evaluation ({section.eval_episodes} episodes in lockstep): {arm} {figures[arm]['eval_s']:.1f} s")
-    projected = steps * repeat / figures["frozen"]["acting_fps"] + updates / figures["frozen"]["updates_per_s"] + evals * figures["frozen"]["eval_s"]
-    print(f"projected wall time of one {args.frames}-frame frozen run: {projected / 60:.1f} min ({steps} acting steps, {updates} updates, {evals} evaluations)")
+    projected = (
+        steps * repeat / figures["frozen"]["acting_fps"]
+        + updates / figures["frozen"]["updates_per_s"]
+        + evals * figures["frozen"]["eval_s"]
+    )
+    print(
+        f"projected wall time of one {args.frames}-frame frozen run: {projected / 60:.1f} min ({steps} acting steps, {updates} updates, {evals} evaluations)"
+    )
     if args.run:
         ws = VectorWorkspace(args.task, mk, spaces["frozen"], agent, schedule, 0, torch.device("cpu"))
         start = time.perf_counter()
@@ -125,7 +154,9 @@ def main() -> None:
             result = ws.train()
         finally:
             ws.close()
-        print(f"measured wall time of one {args.frames}-frame frozen run: {(time.perf_counter() - start) / 60:.1f} min, final return {result.final_return:.1f}")
+        print(
+            f"measured wall time of one {args.frames}-frame frozen run: {(time.perf_counter() - start) / 60:.1f} min, final return {result.final_return:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ towards the CPU ratio. ptlflow models use random weights (the speed does not dep
 best of ``--repeats`` runs is kept for each figure. The default shape, 4 episodes of 100 steps, is
 the default pipeline's (``collect.episodes_per_task``, ``collect.episode_steps``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,11 @@ from pipeline.rendering import setup_headless_rendering  # noqa: E402
 
 setup_headless_rendering()
 
+import pipeline.flow.run as flow_run  # noqa: E402
 from pipeline.config import CollectParams, FlowParams, WeightsParams  # noqa: E402
 from pipeline.episodes import list_episodes, load_episode  # noqa: E402
 from pipeline.flow.base import FlowBackend  # noqa: E402
 from pipeline.flow.dis import DISBackend  # noqa: E402
-import pipeline.flow.run as flow_run  # noqa: E402
 from pipeline.flow.run import run as run_stage  # noqa: E402
 from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend  # noqa: E402
 
@@ -56,8 +57,15 @@ def collect(task: str, episodes: int, steps: int, size: int) -> Path:
 
     folder = OUT / "episodes" / f"{task}-{episodes}x{steps}-{size}px"
     params = CollectParams(
-        tasks=[task], episodes_per_task=episodes, episode_steps=steps, image_size=size, action_repeat={task: 2},
-        depth=True, segmentation=True, workers=1, preview_episodes=0,
+        tasks=[task],
+        episodes_per_task=episodes,
+        episode_steps=steps,
+        image_size=size,
+        action_repeat={task: 2},
+        depth=True,
+        segmentation=True,
+        workers=1,
+        preview_episodes=0,
     )
     collect_task(task, params, folder, workers=1)  # keeps finished episodes on a rerun
     return folder
@@ -115,10 +123,15 @@ def bare_runner(backend: FlowBackend, paths: list[Path], batch: int):
         episodes = [load_episode(p, SIMULATOR_FIELDS) for p in paths]
         return lambda: [backend.episode_flow(e) for e in episodes]
     frames = np.concatenate([load_episode(p, ["frames"]).frames for p in paths])
-    first, second = frames[:-1], frames[1:]  # pairs as many as the episodes hold (one bogus pair per boundary, same count)
+    first, second = (
+        frames[:-1],
+        frames[1:],
+    )  # pairs as many as the episodes hold (one bogus pair per boundary, same count)
     first, second = first[: len(first) - (len(paths) - 1)], second[: len(second) - (len(paths) - 1)]
     if isinstance(backend, DISBackend):
-        return lambda: [backend.pairs_flow(first[i : i + batch], second[i : i + batch]) for i in range(0, len(first), batch)]
+        return lambda: [
+            backend.pairs_flow(first[i : i + batch], second[i : i + batch]) for i in range(0, len(first), batch)
+        ]
     import torch
     import torch.nn.functional as F
 
@@ -131,7 +144,9 @@ def bare_runner(backend: FlowBackend, paths: list[Path], batch: int):
         b = torch.from_numpy(second[i : i + batch]).to(backend.device)
         images = to_ptlflow_images(a, b)
         if size != tuple(frames.shape[1:3]):
-            images = F.interpolate(images.flatten(0, 1), size=size, mode="bilinear", align_corners=False).unflatten(0, (-1, 2))
+            images = F.interpolate(images.flatten(0, 1), size=size, mode="bilinear", align_corners=False).unflatten(
+                0, (-1, 2)
+            )
         inputs.append(images)
 
     def run() -> None:
@@ -147,10 +162,16 @@ def make(spec: str, batch: int, device: str) -> tuple[FlowBackend, FlowParams]:
     if spec.startswith("ptlflow:"):
         from pipeline.flow.ptlflow_backend import PtlflowBackend
 
-        params = FlowParams(backend="ptlflow", model=spec.split(":", 1)[1], weights="random", batch_size=batch, device=device)
+        params = FlowParams(
+            backend="ptlflow", model=spec.split(":", 1)[1], weights="random", batch_size=batch, device=device
+        )
         return PtlflowBackend.from_params(params, WeightsParams()), params
     params = FlowParams(backend=spec, batch_size=batch, device=device)
-    backend = SimulatorBackend.from_params(params, WeightsParams()) if spec == "simulator" else DISBackend.from_params(params, WeightsParams())
+    backend = (
+        SimulatorBackend.from_params(params, WeightsParams())
+        if spec == "simulator"
+        else DISBackend.from_params(params, WeightsParams())
+    )
     return backend, params
 
 

@@ -15,6 +15,7 @@ training" is close to 1.
 
     .venv/bin/python bench/bench_pretrain.py [--steps 20] [--batch-size 16] [--workers 1] [--torch-threads 2] [--dataset data/dataset]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,14 @@ def write_dataset(root: Path, size: int, episodes: int, length: int) -> Path:
     from pipeline.encode.run import run as build_dataset
     from tests.support.datasets import write_synthetic_inputs
 
-    inputs = write_synthetic_inputs(root / "inputs", tasks=("cartpole-swingup", "cheetah-run"), episodes=episodes, length=length, size=size, every_k=10)
+    inputs = write_synthetic_inputs(
+        root / "inputs",
+        tasks=("cartpole-swingup", "cheetah-run"),
+        episodes=episodes,
+        length=length,
+        size=size,
+        every_k=10,
+    )
     build_dataset(*inputs, root / "dataset", EncodeParams(val_fraction=0.25, shard_maxcount=200), WeightsParams())
     return root / "dataset"
 
@@ -63,26 +71,40 @@ def main() -> None:
 
     from models.heads import PretrainModel
     from pipeline.config import load_params
-    from pipeline.device import select_device
     from pipeline.dataset import open_dataset
     from pipeline.dataset.stacked import make_loader
+    from pipeline.device import select_device
     from pipeline.pretrain.losses import term_weights
     from pipeline.pretrain.run import backbone_config
     from pipeline.pretrain.trainer import make_optimizer, train
 
     torch.set_num_threads(args.torch_threads)
-    overrides = {k: v for k, v in {"batch_size": args.batch_size, "workers": args.workers, "device": args.device}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"batch_size": args.batch_size, "workers": args.workers, "device": args.device}.items()
+        if v is not None
+    }
     params = load_params(args.params).pretrain.model_copy(update=overrides)
     device = select_device(params.device)
 
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = Path(args.dataset) if args.dataset else write_dataset(Path(tmp), args.size, args.episodes, args.length)
+        dataset = (
+            Path(args.dataset) if args.dataset else write_dataset(Path(tmp), args.size, args.episodes, args.length)
+        )
         info = open_dataset(dataset)
         batch = params.batch_size
         n_batches = args.steps
 
         # loader alone (first batch excluded: worker start-up)
-        loader = make_loader(info.shards["train"], params.frame_stack, batch, workers=params.workers, seed=params.seed, shuffle_buffer=params.shuffle_buffer, repeat=True)
+        loader = make_loader(
+            info.shards["train"],
+            params.frame_stack,
+            batch,
+            workers=params.workers,
+            seed=params.seed,
+            shuffle_buffer=params.shuffle_buffer,
+            repeat=True,
+        )
         it = iter(loader)
         next(it)
         start = time.perf_counter()
@@ -95,7 +117,9 @@ def main() -> None:
         start = time.perf_counter()
         count = 0
         while count < n_batches * batch:
-            for _ in wds.DataPipeline(wds.SimpleShardList([str(s) for s in info.shards["train"]]), wds.tarfile_to_samples()):
+            for _ in wds.DataPipeline(
+                wds.SimpleShardList([str(s) for s in info.shards["train"]]), wds.tarfile_to_samples()
+            ):
                 count += 1
                 if count >= n_batches * batch:
                     break
@@ -103,11 +127,26 @@ def main() -> None:
 
         def model_and_optimizer() -> tuple[PretrainModel, torch.optim.Optimizer]:
             torch.manual_seed(params.seed)
-            model = PretrainModel(backbone=backbone_config(params, info), clip_dim=info.embed_dim, head_hidden=params.head_hidden).to(device)
+            model = PretrainModel(
+                backbone=backbone_config(params, info), clip_dim=info.embed_dim, head_hidden=params.head_hidden
+            ).to(device)
             return model, make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
 
-        weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward, params.weight_clip_motion)
-        kwargs = dict(weights=weights, clip_loss=params.clip_loss, temperature=params.temperature, device=device, flow_input=params.flow_input, show_progress=False)
+        weights = term_weights(
+            params.weight_clip_image,
+            params.weight_clip_text,
+            params.weight_flow,
+            params.weight_reward,
+            params.weight_clip_motion,
+        )
+        kwargs = dict(
+            weights=weights,
+            clip_loss=params.clip_loss,
+            temperature=params.temperature,
+            device=device,
+            flow_input=params.flow_input,
+            show_progress=False,
+        )
 
         # bare training: one in-memory batch, repeated (warm-up step excluded)
         model, optimizer = model_and_optimizer()
@@ -121,7 +160,17 @@ def main() -> None:
 
         # stage training: the loop fed by the stage's loader (worker start-up and warm-up step excluded)
         model, optimizer = model_and_optimizer()
-        it = iter(make_loader(info.shards["train"], params.frame_stack, batch, workers=params.workers, seed=params.seed, shuffle_buffer=params.shuffle_buffer, repeat=True))
+        it = iter(
+            make_loader(
+                info.shards["train"],
+                params.frame_stack,
+                batch,
+                workers=params.workers,
+                seed=params.seed,
+                shuffle_buffer=params.shuffle_buffer,
+                repeat=True,
+            )
+        )
         train(model, it, steps=1, optimizer=optimizer, **kwargs)
         start = time.perf_counter()
         train(model, it, steps=n_batches, optimizer=optimizer, **kwargs)
@@ -132,8 +181,10 @@ def main() -> None:
     samples = n_batches * batch
     loader_rate, read_rate = rate(samples, loader_s), rate(samples, bare_read_s)
     train_rate, bare_rate = rate(samples, train_s), rate(samples, bare_train_s)
-    print(f"pretrain bench: {info.image_size}px, frame_stack {params.frame_stack}, batch {batch}, workers {params.workers}, "
-          f"device {device}, torch threads {args.torch_threads}, {n_batches} batches")
+    print(
+        f"pretrain bench: {info.image_size}px, frame_stack {params.frame_stack}, batch {batch}, workers {params.workers}, "
+        f"device {device}, torch threads {args.torch_threads}, {n_batches} batches"
+    )
     print(f"  loader (stage)          {loader_rate:10.1f} samples/s")
     print(f"  bare tar reading        {read_rate:10.1f} samples/s   stage/bare = {loader_rate / read_rate:.3f}")
     print(f"  training (stage loop)   {train_rate:10.1f} samples/s")

@@ -34,6 +34,7 @@ through ``bench/gpu_check.sh`` (installs the carried wheels first).
     .venv/bin/python bench/gpu_check.py --cpu-tiny --out /tmp/gpu_check
     OUT=/tmp/o bash bench/gpu_check.sh            # on the GPU machine
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,11 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -131,24 +133,80 @@ class Sizes:
 
 
 GPU = Sizes(
-    flow_models=("raft_small", "raft"), flow_sizes=(128, 256), flow_episodes=2, flow_steps=48, flow_batch=32,
-    clip_model="ViT-B-32", clip_frames=1024, clip_batch=256,
-    vlm_scale="0.5b", vlm_frames=32, vlm_batch=16, vlm_new_tokens=32, openai_frames=64,
-    pretrain_size=84, pretrain_episodes=4, pretrain_steps_per_episode=128, pretrain_batch=256, pretrain_timed_steps=10,
-    pretrain_cli_steps=20, pretrain_workers=4,
-    sac_batches=(256, 512), sac_image=84, sac_hidden=1024, sac_updates=20, sac_compile=True,
-    online_frames=3000, online_seed_frames=1000, online_episode_frames=500, online_batch=256,
-    e2e_steps=32, e2e_size=84, e2e_clip="ViT-B-32", e2e_pretrain_steps=20, e2e_batch=32, repeats=2, warm_up=True,
+    flow_models=("raft_small", "raft"),
+    flow_sizes=(128, 256),
+    flow_episodes=2,
+    flow_steps=48,
+    flow_batch=32,
+    clip_model="ViT-B-32",
+    clip_frames=1024,
+    clip_batch=256,
+    vlm_scale="0.5b",
+    vlm_frames=32,
+    vlm_batch=16,
+    vlm_new_tokens=32,
+    openai_frames=64,
+    pretrain_size=84,
+    pretrain_episodes=4,
+    pretrain_steps_per_episode=128,
+    pretrain_batch=256,
+    pretrain_timed_steps=10,
+    pretrain_cli_steps=20,
+    pretrain_workers=4,
+    sac_batches=(256, 512),
+    sac_image=84,
+    sac_hidden=1024,
+    sac_updates=20,
+    sac_compile=True,
+    online_frames=3000,
+    online_seed_frames=1000,
+    online_episode_frames=500,
+    online_batch=256,
+    e2e_steps=32,
+    e2e_size=84,
+    e2e_clip="ViT-B-32",
+    e2e_pretrain_steps=20,
+    e2e_batch=32,
+    repeats=2,
+    warm_up=True,
 )
 TINY_SIZES = Sizes(
-    flow_models=("raft_small",), flow_sizes=(128,), flow_episodes=1, flow_steps=1, flow_batch=1,
-    clip_model="semore-tiny-clip", clip_frames=8, clip_batch=4,
-    vlm_scale="tiny", vlm_frames=2, vlm_batch=2, vlm_new_tokens=4, openai_frames=2,
-    pretrain_size=16, pretrain_episodes=2, pretrain_steps_per_episode=8, pretrain_batch=8, pretrain_timed_steps=2,
-    pretrain_cli_steps=1, pretrain_workers=0,
-    sac_batches=(8,), sac_image=24, sac_hidden=32, sac_updates=1, sac_compile=False,
-    online_frames=8, online_seed_frames=4, online_episode_frames=4, online_batch=4,
-    e2e_steps=3, e2e_size=32, e2e_clip="semore-tiny-clip", e2e_pretrain_steps=1, e2e_batch=4, repeats=1, warm_up=False,
+    flow_models=("raft_small",),
+    flow_sizes=(128,),
+    flow_episodes=1,
+    flow_steps=1,
+    flow_batch=1,
+    clip_model="semore-tiny-clip",
+    clip_frames=8,
+    clip_batch=4,
+    vlm_scale="tiny",
+    vlm_frames=2,
+    vlm_batch=2,
+    vlm_new_tokens=4,
+    openai_frames=2,
+    pretrain_size=16,
+    pretrain_episodes=2,
+    pretrain_steps_per_episode=8,
+    pretrain_batch=8,
+    pretrain_timed_steps=2,
+    pretrain_cli_steps=1,
+    pretrain_workers=0,
+    sac_batches=(8,),
+    sac_image=24,
+    sac_hidden=32,
+    sac_updates=1,
+    sac_compile=False,
+    online_frames=8,
+    online_seed_frames=4,
+    online_episode_frames=4,
+    online_batch=4,
+    e2e_steps=3,
+    e2e_size=32,
+    e2e_clip="semore-tiny-clip",
+    e2e_pretrain_steps=1,
+    e2e_batch=4,
+    repeats=1,
+    warm_up=False,
 )
 
 
@@ -180,7 +238,9 @@ class Report:
 
     def error(self, section: str, name: str, exc: BaseException) -> None:
         text = f"{type(exc).__name__}: {exc}"
-        self.sections[section].append({"name": name, "status": "error", "reason": text, "traceback": traceback.format_exc(limit=8)})
+        self.sections[section].append(
+            {"name": name, "status": "error", "reason": text, "traceback": traceback.format_exc(limit=8)}
+        )
         print(f"[{section}] {name}: ERROR {text}\n{traceback.format_exc(limit=8)}", flush=True)
         self.write()
 
@@ -192,17 +252,23 @@ class Report:
         """Rewrite both files (after every row: a run killed at its time limit keeps what it measured)."""
         self.meta["wall_s"] = time.perf_counter() - self.started
         self.out.mkdir(parents=True, exist_ok=True)
-        body = {"meta": self.meta, "sections": {s: {"title": TITLES[s], "rows": self.sections[s], "notes": self.notes[s]} for s in SECTIONS}}
+        body = {
+            "meta": self.meta,
+            "sections": {s: {"title": TITLES[s], "rows": self.sections[s], "notes": self.notes[s]} for s in SECTIONS},
+        }
         _write_text(self.out / "gpu_check.json", json.dumps(body, indent=1, sort_keys=False, default=str) + "\n")
         _write_text(self.out / "gpu_check.md", self.markdown())
 
     def markdown(self) -> str:
         m = self.meta
         lines = [
-            "# GPU check (issue 17)", "",
+            "# GPU check (issue 17)",
+            "",
             f"mode **{m.get('mode')}**, device {m.get('device')} ({m.get('gpu_name') or 'no GPU'}), torch {m.get('torch')}, "
-            f"Python {m.get('python')}, EGL renderer: {m.get('egl_renderer')}, wall {m.get('wall_s', 0):.0f} s", "",
-            "Anchors: " + "; ".join(ANCHORS), "",
+            f"Python {m.get('python')}, EGL renderer: {m.get('egl_renderer')}, wall {m.get('wall_s', 0):.0f} s",
+            "",
+            "Anchors: " + "; ".join(ANCHORS),
+            "",
         ]
         for section in SECTIONS:
             lines += [f"## {TITLES[section]}", "", "| check | status | figures | checks |", "| --- | --- | --- | --- |"]
@@ -316,7 +382,9 @@ def cli(argv: list[str]) -> int:
     return main(argv)
 
 
-def synthetic_inputs(root: Path, task: str, episodes: int, steps: int, size: int, every_k: int) -> tuple[Path, Path, Path]:
+def synthetic_inputs(
+    root: Path, task: str, episodes: int, steps: int, size: int, every_k: int
+) -> tuple[Path, Path, Path]:
     """Episodes / flow / annotations in the upstream stages' formats (a moving square), per task folder."""
     from tests.support.datasets import write_synthetic_inputs
 
@@ -401,7 +469,9 @@ def section_flow(ctx: Ctx) -> None:
     sync = cuda_sync(ctx)
     for model in ("raft_small", "raft"):
         if model not in s.flow_models:
-            ctx.report.skip("flow", f"{model} (all sizes)", f"{TINY} (runs raft_small only: RAFT's full model is slow on this CPU)")
+            ctx.report.skip(
+                "flow", f"{model} (all sizes)", f"{TINY} (runs raft_small only: RAFT's full model is slow on this CPU)"
+            )
     for size in (128, 256):
         if size not in s.flow_sizes:
             ctx.report.skip("flow", f"{size} px (all models)", f"{TINY} (128 px only)")
@@ -423,8 +493,18 @@ def section_flow(ctx: Ctx) -> None:
                     ctx.report.skip("flow", name, BUDGET)
                     continue
                 try:
-                    section = params_section(ctx, "flow", backend="ptlflow", model=model, weights="random", batch_size=s.flow_batch,
-                                             device="auto", fp16=fp16, min_size=128, previews=0)
+                    section = params_section(
+                        ctx,
+                        "flow",
+                        backend="ptlflow",
+                        model=model,
+                        weights="random",
+                        batch_size=s.flow_batch,
+                        device="auto",
+                        fp16=fp16,
+                        min_size=128,
+                        previews=0,
+                    )
                     backend = PtlflowBackend.from_params(section, WeightsParams(**weights_overrides(ctx)))
                     hw = backend.input_size(size, size)
                     inputs = []
@@ -433,7 +513,9 @@ def section_flow(ctx: Ctx) -> None:
                         b = torch.from_numpy(second[i : i + s.flow_batch]).to(backend.device)
                         images = to_ptlflow_images(a, b)
                         if hw != (size, size):
-                            images = F.interpolate(images.flatten(0, 1), size=hw, mode="bilinear", align_corners=False).unflatten(0, (-1, 2))
+                            images = F.interpolate(
+                                images.flatten(0, 1), size=hw, mode="bilinear", align_corners=False
+                            ).unflatten(0, (-1, 2))
                         inputs.append(images)
                     outputs: list[Any] = []
 
@@ -449,13 +531,26 @@ def section_flow(ctx: Ctx) -> None:
                         bare()  # the first ptlflow calls are slow (cudnn autotune, allocations)
                     bare_s, stage_s = best_of([bare, stage], s.repeats, sync)
                     flow = torch.cat([o.float() for o in outputs])
-                    checks: dict[str, Any] = {"finite": bool(torch.isfinite(flow).all()), "pairs": pairs, "mean_abs_px": float(flow.abs().mean())}
+                    checks: dict[str, Any] = {
+                        "finite": bool(torch.isfinite(flow).all()),
+                        "pairs": pairs,
+                        "mean_abs_px": float(flow.abs().mean()),
+                    }
                     if not fp16:
                         reference = flow
                     elif reference is not None:
                         rel = float((flow - reference).abs().mean() / reference.abs().mean().clamp(min=1e-6))
                         checks.update(fp16_vs_fp32_rel=rel, fp16_matches_fp32=rel < 0.05)
-                    ctx.report.ok("flow", name, {"stage_pairs_s": pairs / stage_s, "bare_pairs_s": pairs / bare_s, "stage_over_bare": bare_s / stage_s}, **checks)
+                    ctx.report.ok(
+                        "flow",
+                        name,
+                        {
+                            "stage_pairs_s": pairs / stage_s,
+                            "bare_pairs_s": pairs / bare_s,
+                            "stage_over_bare": bare_s / stage_s,
+                        },
+                        **checks,
+                    )
                     del backend, inputs, outputs
                 except Exception as exc:  # one configuration's failure must not lose the others' figures
                     ctx.report.error("flow", name, exc)
@@ -477,18 +572,34 @@ def section_clip(ctx: Ctx) -> None:
     sync = cuda_sync(ctx)
     if ctx.tiny:
         ctx.report.skip("clip", "ViT-B-32 fp16", f"{NEEDS_CUDA} (fp16); --cpu-tiny measures {s.clip_model} in fp32")
-    section = params_section(ctx, "encode", clip_model=s.clip_model, weights="random", batch_size=s.clip_batch, device="auto", fp16=True, shard_maxcount=100_000)
+    section = params_section(
+        ctx,
+        "encode",
+        clip_model=s.clip_model,
+        weights="random",
+        batch_size=s.clip_batch,
+        device="auto",
+        fp16=True,
+        shard_maxcount=100_000,
+    )
     encoder = load_clip(section, WeightsParams(**weights_overrides(ctx)))
     precision = "fp16" if ctx.cuda else "fp32"
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (s.clip_frames, 84, 84, 3), dtype=np.uint8)
-    texts = [f"a cheetah runs {i} steps to the {'left' if i % 2 else 'right'} of the floor" for i in range(s.clip_frames)]
+    texts = [
+        f"a cheetah runs {i} steps to the {'left' if i % 2 else 'right'} of the floor" for i in range(s.clip_frames)
+    ]
     model = encoder.model
     cfg = encoder.preprocess_cfg
     side = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
     autocast = lambda: torch.autocast(encoder.device.type, dtype=torch.float16, enabled=ctx.cuda)  # noqa: E731
-    images = [torch.rand(len(frames[i : i + s.clip_batch]), 3, side, side, device=encoder.device) for i in range(0, len(frames), s.clip_batch)]
-    tokens = [encoder.tokenizer(texts[i : i + s.clip_batch]).to(encoder.device) for i in range(0, len(texts), s.clip_batch)]
+    images = [
+        torch.rand(len(frames[i : i + s.clip_batch]), 3, side, side, device=encoder.device)
+        for i in range(0, len(frames), s.clip_batch)
+    ]
+    tokens = [
+        encoder.tokenizer(texts[i : i + s.clip_batch]).to(encoder.device) for i in range(0, len(texts), s.clip_batch)
+    ]
 
     def bare_images() -> None:
         with torch.inference_mode(), autocast():
@@ -506,22 +617,49 @@ def section_clip(ctx: Ctx) -> None:
         bare_texts()
         encoder.encode_images(frames[: s.clip_batch])
         encoder.encode_texts(texts[: s.clip_batch])
-    bi, li, bt, lt = best_of([bare_images, lambda: out.update(img=encoder.encode_images(frames)),
-                              bare_texts, lambda: out.update(txt=encoder.encode_texts(texts))], s.repeats, sync)
+    bi, li, bt, lt = best_of(
+        [
+            bare_images,
+            lambda: out.update(img=encoder.encode_images(frames)),
+            bare_texts,
+            lambda: out.update(txt=encoder.encode_texts(texts)),
+        ],
+        s.repeats,
+        sync,
+    )
     n = len(frames)
     norms = np.linalg.norm(out["img"], axis=1)
     name = f"{s.clip_model} {precision}, batch {s.clip_batch}, {n} 84px frames (resized to {side})"
-    ctx.report.ok("clip", f"{name}: images", {"library_images_s": n / li, "bare_images_s": n / bi, "library_over_bare": bi / li},
-                  finite=bool(np.isfinite(out["img"]).all()), unit_norm=bool(np.allclose(norms, 1.0, atol=1e-2)), dim=int(out["img"].shape[1]))
-    ctx.report.ok("clip", f"{name}: texts", {"library_texts_s": n / lt, "bare_texts_s": n / bt, "library_over_bare": bt / lt},
-                  finite=bool(np.isfinite(out["txt"]).all()))
+    ctx.report.ok(
+        "clip",
+        f"{name}: images",
+        {"library_images_s": n / li, "bare_images_s": n / bi, "library_over_bare": bi / li},
+        finite=bool(np.isfinite(out["img"]).all()),
+        unit_norm=bool(np.allclose(norms, 1.0, atol=1e-2)),
+        dim=int(out["img"].shape[1]),
+    )
+    ctx.report.ok(
+        "clip",
+        f"{name}: texts",
+        {"library_texts_s": n / lt, "bare_texts_s": n / bt, "library_over_bare": bt / lt},
+        finite=bool(np.isfinite(out["txt"]).all()),
+    )
     # the encode stage on episode files (PNG/npy encoding, statistics and tar writing included)
     per_episode = max(2, s.clip_frames // 16)
     inputs = synthetic_inputs(ctx.work / "clip-inputs", "clipcheck", 4, per_episode - 1, 84, every_k=5)
     frames_in = 4 * per_episode
-    stage_s = best_of([lambda: encode_stage(inputs, ctx.work / f"clip-ds-{time.monotonic_ns()}", section, encoder)], s.repeats, sync)[0]
-    ctx.report.ok("clip", f"encode stage ({s.clip_model} {precision}, {frames_in} frames + their texts)",
-                  {"stage_frames_s": frames_in / stage_s, "bare_images_s": n / bi, "stage_over_bare": (frames_in / stage_s) / (n / bi)})
+    stage_s = best_of(
+        [lambda: encode_stage(inputs, ctx.work / f"clip-ds-{time.monotonic_ns()}", section, encoder)], s.repeats, sync
+    )[0]
+    ctx.report.ok(
+        "clip",
+        f"encode stage ({s.clip_model} {precision}, {frames_in} frames + their texts)",
+        {
+            "stage_frames_s": frames_in / stage_s,
+            "bare_images_s": n / bi,
+            "stage_over_bare": (frames_in / stage_s) / (n / bi),
+        },
+    )
     del encoder, model, images, tokens
     if ctx.cuda:
         torch.cuda.empty_cache()
@@ -539,21 +677,51 @@ def build_llava(scale: str, folder: Path) -> tuple[Path, int]:
 
     model, processor = build_tiny_vlm()
     if scale != "tiny":
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPVisionConfig,
+            LlamaConfig,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
 
         tokenizer = processor.tokenizer
         processor = LlavaProcessor(
-            image_processor=CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True),
-            tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
-            image_token="<image>", num_additional_image_tokens=1,
+            image_processor=CLIPImageProcessor(
+                size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True
+            ),
+            tokenizer=tokenizer,
+            patch_size=14,
+            vision_feature_select_strategy="default",
+            chat_template=CHAT_TEMPLATE,
+            image_token="<image>",
+            num_additional_image_tokens=1,
         )
         config = LlavaConfig(
-            vision_config=CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                                           image_size=336, patch_size=14, projection_dim=768),
-            text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                    num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=2048,
-                                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+            vision_config=CLIPVisionConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                image_size=336,
+                patch_size=14,
+                projection_dim=768,
+            ),
+            text_config=LlamaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=896,
+                intermediate_size=4864,
+                num_hidden_layers=24,
+                num_attention_heads=14,
+                num_key_value_heads=2,
+                max_position_embeddings=2048,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            ),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            vision_feature_select_strategy="default",
             pad_token_id=tokenizer.pad_token_id,
         )
         torch.manual_seed(0)
@@ -561,7 +729,9 @@ def build_llava(scale: str, folder: Path) -> tuple[Path, int]:
             model = LlavaForConditionalGeneration(config)
         model = model.to(torch.bfloat16).eval()
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = None  # random weights: every answer runs to max_new_tokens (same work per frame)
+        model.generation_config.eos_token_id = (
+            None  # random weights: every answer runs to max_new_tokens (same work per frame)
+        )
     else:
         model.generation_config.eos_token_id = None
     params = sum(p.numel() for p in model.parameters())
@@ -600,7 +770,18 @@ def section_vlm(ctx: Ctx) -> None:
         concurrency = 8
 
         def post(frame: np.ndarray) -> None:
-            body = {"model": server.model, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": png_data_url(frame)}}]}]}
+            body = {
+                "model": server.model,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "x"},
+                            {"type": "image_url", "image_url": {"url": png_data_url(frame)}},
+                        ],
+                    }
+                ],
+            }
             session.post(url, json=body, timeout=60).json()
 
         def bare() -> None:
@@ -612,17 +793,33 @@ def section_vlm(ctx: Ctx) -> None:
 
         def stage() -> None:
             k = next(counter)
-            section = params_section(ctx, "annotate", backend="openai", model=server.model, base_url=server.base_url, every_k=1,
-                                     concurrency=concurrency, max_retries=0, cache_dir=str(ctx.work / f"vlm-http-cache-{k}"))
+            section = params_section(
+                ctx,
+                "annotate",
+                backend="openai",
+                model=server.model,
+                base_url=server.base_url,
+                every_k=1,
+                concurrency=concurrency,
+                max_retries=0,
+                cache_dir=str(ctx.work / f"vlm-http-cache-{k}"),
+            )
             result["summary"] = annotate_stage(episodes, ctx.work / f"vlm-http-{k}", section, ctx)
 
         bare_s, stage_s = best_of([bare, stage], s.repeats, sync)
     stage_n = n  # the stage annotates every frame of the episode (every_k 1)
     ok = summary_metric(result.get("summary"), "ok")
-    ctx.report.ok("vlm", f"openai backend, local stand-in server on 127.0.0.1, {concurrency} in flight",
-                  {"stage_frames_s": stage_n / stage_s, "bare_frames_s": len(openai_frames) / bare_s,
-                   "stage_over_bare": (stage_n / stage_s) / (len(openai_frames) / bare_s)},
-                  frames=stage_n, ok_frames=ok)
+    ctx.report.ok(
+        "vlm",
+        f"openai backend, local stand-in server on 127.0.0.1, {concurrency} in flight",
+        {
+            "stage_frames_s": stage_n / stage_s,
+            "bare_frames_s": len(openai_frames) / bare_s,
+            "stage_over_bare": (stage_n / stage_s) / (len(openai_frames) / bare_s),
+        },
+        frames=stage_n,
+        ok_frames=ok,
+    )
 
 
 def summary_metric(summary: Any, key: str) -> Any:
@@ -641,10 +838,24 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
     folder, n_params = build_llava(s.vlm_scale, ctx.work / f"llava-{s.vlm_scale}")
     dtype = "bf16" if ctx.cuda else "fp32"
     if ctx.tiny:
-        ctx.report.skip("vlm", "random Llava ~0.5B in bf16", f"{NEEDS_CUDA} (bf16 on CUDA; --cpu-tiny runs the library's tiny random VLM in fp32)")
+        ctx.report.skip(
+            "vlm",
+            "random Llava ~0.5B in bf16",
+            f"{NEEDS_CUDA} (bf16 on CUDA; --cpu-tiny runs the library's tiny random VLM in fp32)",
+        )
     label = f"random Llava {n_params / 1e9:.2f}B params, {dtype}, {s.vlm_new_tokens} new tokens"
-    section = params_section(ctx, "annotate", backend="transformers", model=str(folder), device="auto", batch_size=s.vlm_batch,
-                             max_new_tokens=s.vlm_new_tokens, max_retries=0, every_k=1, max_failure_rate=1.0)
+    section = params_section(
+        ctx,
+        "annotate",
+        backend="transformers",
+        model=str(folder),
+        device="auto",
+        batch_size=s.vlm_batch,
+        max_new_tokens=s.vlm_new_tokens,
+        max_retries=0,
+        every_k=1,
+        max_failure_rate=1.0,
+    )
     from pipeline.device import select_device
 
     device = select_device("auto")
@@ -655,18 +866,28 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
         net = net.to(torch.bfloat16)
     net.eval()
     prompt = section.prompt.format(task="vlmcheck")
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}], add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
 
     def bare(batch: int, count: int = n) -> Callable[[], None]:
         def run() -> None:
             with torch.inference_mode():
                 for i in range(0, count, batch):
                     chunk = frames[i : min(i + batch, count)]
-                    inputs = processor(images=[Image.fromarray(f) for f in chunk], text=[text] * len(chunk), padding=True, return_tensors="pt").to(device)
+                    inputs = processor(
+                        images=[Image.fromarray(f) for f in chunk],
+                        text=[text] * len(chunk),
+                        padding=True,
+                        return_tensors="pt",
+                    ).to(device)
                     if inputs["pixel_values"].is_floating_point():
                         inputs["pixel_values"] = inputs["pixel_values"].to(net.dtype)
                     out = net.generate(**inputs, max_new_tokens=s.vlm_new_tokens, do_sample=False)
-                    processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                    processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
         return run
 
     if s.warm_up:
@@ -693,10 +914,21 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
         stage_s = best_of([stage], s.repeats, sync)[0]
     finally:
         backend.close()
-    ctx.report.ok("vlm", f"transformers backend, {label}, batch {s.vlm_batch}",
-                  {"stage_frames_s": n / stage_s, "bare_frames_s": n / batched_s, "bare_batch1_frames_s": few / one_s,
-                   "stage_over_bare": batched_s / stage_s, "batching_speedup": (n / batched_s) / (few / one_s)},
-                  frames=n, parameters=n_params, backend_dtype=backend_dtype, ok_frames=summary_metric(summary.get("s"), "ok"))
+    ctx.report.ok(
+        "vlm",
+        f"transformers backend, {label}, batch {s.vlm_batch}",
+        {
+            "stage_frames_s": n / stage_s,
+            "bare_frames_s": n / batched_s,
+            "bare_batch1_frames_s": few / one_s,
+            "stage_over_bare": batched_s / stage_s,
+            "batching_speedup": (n / batched_s) / (few / one_s),
+        },
+        frames=n,
+        parameters=n_params,
+        backend_dtype=backend_dtype,
+        ok_frames=summary_metric(summary.get("s"), "ok"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -707,9 +939,19 @@ def section_pretrain(ctx: Ctx) -> None:
 
     s = ctx.sizes
     sync = cuda_sync(ctx)
-    dataset = synthetic_dataset(ctx.work / "pretrain-ds", s.pretrain_episodes, s.pretrain_steps_per_episode, s.pretrain_size)
-    section = params_section(ctx, "pretrain", batch_size=s.pretrain_batch, workers=s.pretrain_workers, device="auto", nproc=1,
-                             steps=s.pretrain_cli_steps, probe_max_per_task=256)
+    dataset = synthetic_dataset(
+        ctx.work / "pretrain-ds", s.pretrain_episodes, s.pretrain_steps_per_episode, s.pretrain_size
+    )
+    section = params_section(
+        ctx,
+        "pretrain",
+        batch_size=s.pretrain_batch,
+        workers=s.pretrain_workers,
+        device="auto",
+        nproc=1,
+        steps=s.pretrain_cli_steps,
+        probe_max_per_task=256,
+    )
     try:
         from models.heads import PretrainModel
         from pipeline.dataset import open_dataset
@@ -721,12 +963,27 @@ def section_pretrain(ctx: Ctx) -> None:
         info = open_dataset(dataset)
         train_shards = info.shards["train"]
         device = ctx.device
-        weights = term_weights(section.weight_clip_image, section.weight_clip_text, section.weight_flow, section.weight_reward, section.weight_clip_motion)
-        kwargs = dict(weights=weights, clip_loss=section.clip_loss, temperature=section.temperature, device=device, flow_input=section.flow_input, show_progress=False)
+        weights = term_weights(
+            section.weight_clip_image,
+            section.weight_clip_text,
+            section.weight_flow,
+            section.weight_reward,
+            section.weight_clip_motion,
+        )
+        kwargs = dict(
+            weights=weights,
+            clip_loss=section.clip_loss,
+            temperature=section.temperature,
+            device=device,
+            flow_input=section.flow_input,
+            show_progress=False,
+        )
 
         def fresh() -> tuple[Any, Any]:
             torch.manual_seed(section.seed)
-            model = PretrainModel(backbone=backbone_config(section, info), clip_dim=info.embed_dim, head_hidden=section.head_hidden).to(device)
+            model = PretrainModel(
+                backbone=backbone_config(section, info), clip_dim=info.embed_dim, head_hidden=section.head_hidden
+            ).to(device)
             return model, make_optimizer(model, section.optimizer, section.lr, section.weight_decay)
 
         b, n = s.pretrain_batch, s.pretrain_timed_steps
@@ -738,7 +995,17 @@ def section_pretrain(ctx: Ctx) -> None:
             train(model, itertools.repeat(one), steps=n, optimizer=opt, **kwargs)
 
         model2, opt2 = fresh()
-        it = iter(make_loader(train_shards, section.frame_stack, b, workers=s.pretrain_workers, seed=section.seed, shuffle_buffer=section.shuffle_buffer, repeat=True))
+        it = iter(
+            make_loader(
+                train_shards,
+                section.frame_stack,
+                b,
+                workers=s.pretrain_workers,
+                seed=section.seed,
+                shuffle_buffer=section.shuffle_buffer,
+                repeat=True,
+            )
+        )
         train(model2, it, steps=1, optimizer=opt2, **kwargs)  # warm-up (and the loader workers' start)
 
         def stage() -> None:
@@ -749,9 +1016,16 @@ def section_pretrain(ctx: Ctx) -> None:
                 next(it)
 
         bare_s, stage_s, loader_s = best_of([bare, stage, loader_only], s.repeats, sync)
-        ctx.report.ok("pretrain", f"training loop, batch {b}, {info.image_size}px, {s.pretrain_workers} loader workers, {device}",
-                      {"stage_samples_s": n * b / stage_s, "bare_samples_s": n * b / bare_s, "loader_samples_s": n * b / loader_s,
-                       "stage_over_bare": bare_s / stage_s})
+        ctx.report.ok(
+            "pretrain",
+            f"training loop, batch {b}, {info.image_size}px, {s.pretrain_workers} loader workers, {device}",
+            {
+                "stage_samples_s": n * b / stage_s,
+                "bare_samples_s": n * b / bare_s,
+                "loader_samples_s": n * b / loader_s,
+                "stage_over_bare": bare_s / stage_s,
+            },
+        )
         del model, opt, model2, opt2, it
     except Exception as exc:
         ctx.report.error("pretrain", "training loop throughput", exc)
@@ -763,8 +1037,21 @@ def section_pretrain(ctx: Ctx) -> None:
     runs: dict[str, Any] = {}
     for mode in ("single", "torchrun"):
         out = ctx.work / f"pretrain-{mode}"
-        argv = ["--params", str(params), "--log-level", "WARNING", "pretrain", "--dataset", str(dataset), "--out", str(out / "model"),
-                "--metrics", str(out / "metrics.json"), "--plots", str(out / "plots")]
+        argv = [
+            "--params",
+            str(params),
+            "--log-level",
+            "WARNING",
+            "pretrain",
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(out / "model"),
+            "--metrics",
+            str(out / "metrics.json"),
+            "--plots",
+            str(out / "plots"),
+        ]
         start = time.perf_counter()
         if mode == "single":
             rc = cli(argv)
@@ -782,14 +1069,25 @@ def section_pretrain(ctx: Ctx) -> None:
         diff = abs(a - b) / max(abs(a), 1e-12)
         tol = 1e-3 if ctx.cuda else 1e-6
         ddp = runs["torchrun"]
-        ctx.report.ok("pretrain", f"pretrain stage (CLI) {s.pretrain_cli_steps} steps at batch {s.pretrain_batch}: one process vs torchrun --nproc_per_node 1",
-                      {"single_wall_s": runs["single"]["wall"], "torchrun_wall_s": runs["torchrun"]["wall"]},
-                      loss_single=a, loss_torchrun=b, loss_rel_diff=diff, losses_match=diff <= tol,
-                      process_group=ddp.get("backend"), allreduce_ok=ddp.get("allreduce_ok"), ddp_step_ok=ddp.get("ddp_step_ok"))
-        ctx.report.note("pretrain", "With one process (WORLD_SIZE=1) the stage runs without a process group "
-                        "(pipeline.pretrain.trainer.distributed_context): the torchrun run checks the launch path and the loss, and "
-                        f"the {ddp.get('backend')} process group is checked by the worker itself (an all-reduce and one DDP step "
-                        "of PretrainModel) before it calls the stage.")
+        ctx.report.ok(
+            "pretrain",
+            f"pretrain stage (CLI) {s.pretrain_cli_steps} steps at batch {s.pretrain_batch}: one process vs torchrun --nproc_per_node 1",
+            {"single_wall_s": runs["single"]["wall"], "torchrun_wall_s": runs["torchrun"]["wall"]},
+            loss_single=a,
+            loss_torchrun=b,
+            loss_rel_diff=diff,
+            losses_match=diff <= tol,
+            process_group=ddp.get("backend"),
+            allreduce_ok=ddp.get("allreduce_ok"),
+            ddp_step_ok=ddp.get("ddp_step_ok"),
+        )
+        ctx.report.note(
+            "pretrain",
+            "With one process (WORLD_SIZE=1) the stage runs without a process group "
+            "(pipeline.pretrain.trainer.distributed_context): the torchrun run checks the launch path and the loss, and "
+            f"the {ddp.get('backend')} process group is checked by the worker itself (an all-reduce and one DDP step "
+            "of PretrainModel) before it calls the stage.",
+        )
 
 
 def _total_loss(metrics: dict[str, Any]) -> float:
@@ -803,10 +1101,24 @@ def torchrun_pretrain(argv: list[str], out: Path) -> tuple[int, dict[str, Any]]:
     """``torchrun --standalone --nproc_per_node 1`` of this script's ``--ddp-worker`` mode running ``semore <argv>``."""
     out.mkdir(parents=True, exist_ok=True)
     report = out / "ddp.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           str(Path(__file__).resolve()), "--ddp-worker", str(report), "--", *argv]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "OMP_NUM_THREADS": str(__import__("torch").get_num_threads())}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        str(Path(__file__).resolve()),
+        "--ddp-worker",
+        str(report),
+        "--",
+        *argv,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "OMP_NUM_THREADS": str(__import__("torch").get_num_threads()),
+    }
     rc = subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
     ddp = json.loads(report.read_text()) if report.exists() else {}
     return rc, ddp
@@ -830,11 +1142,19 @@ def ddp_worker(report: Path, argv: list[str]) -> int:
     try:
         x = torch.ones(4, device=device) * (dist.get_rank() + 1)
         dist.all_reduce(x)
-        result["allreduce_ok"] = bool(torch.allclose(x, torch.full_like(x, float(sum(range(1, dist.get_world_size() + 1))))))
-        model = PretrainModel(backbone=dict(frame_stack=2, image_size=16, feature_dim=8, channels=4, depth=2), clip_dim=6, head_hidden=8).to(device)
+        result["allreduce_ok"] = bool(
+            torch.allclose(x, torch.full_like(x, float(sum(range(1, dist.get_world_size() + 1)))))
+        )
+        model = PretrainModel(
+            backbone=dict(frame_stack=2, image_size=16, feature_dim=8, channels=4, depth=2), clip_dim=6, head_hidden=8
+        ).to(device)
         net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
         outputs = net(torch.randint(0, 256, (2, 6, 16, 16), dtype=torch.uint8, device=device), None)
-        tensors = [v for v in (outputs.values() if isinstance(outputs, dict) else vars(outputs).values()) if torch.is_tensor(v) and v.is_floating_point()]
+        tensors = [
+            v
+            for v in (outputs.values() if isinstance(outputs, dict) else vars(outputs).values())
+            if torch.is_tensor(v) and v.is_floating_point()
+        ]
         sum(t.float().mean() for t in tensors).backward()
         result["ddp_step_ok"] = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
     finally:
@@ -865,7 +1185,9 @@ class ChannelsLast:
         return _Wrapped(encoder)
 
 
-def sac_updates(ctx: Ctx, encoder: Any, batch: int, *, channels_last: bool, bf16: bool, compile_: bool) -> tuple[float, float, bool]:
+def sac_updates(
+    ctx: Ctx, encoder: Any, batch: int, *, channels_last: bool, bf16: bool, compile_: bool
+) -> tuple[float, float, bool]:
     """(updates/s, seconds of the warm-up updates (compile included), losses finite) of SAC with ``encoder``."""
     import numpy as np
     import torch
@@ -887,7 +1209,12 @@ def sac_updates(ctx: Ctx, encoder: Any, batch: int, *, channels_last: bool, bf16
     for _ in range(2):
         buffer.start_episode(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
         for _ in range(max(batch, 64)):
-            buffer.add_step(rng.uniform(-1, 1, 6).astype(np.float32), 0.5, False, rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+            buffer.add_step(
+                rng.uniform(-1, 1, 6).astype(np.float32),
+                0.5,
+                False,
+                rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            )
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     info: dict[str, float] = {}
 
@@ -913,13 +1240,26 @@ def section_sac(ctx: Ctx) -> None:
 
     s = ctx.sizes
     pre = ctx.params_yaml.get("pretrain", {})
-    config = dict(frame_stack=3, image_size=s.sac_image, feature_dim=int(pre.get("feature_dim", 64)), channels=int(pre.get("channels", 32)),
-                  depth=int(pre.get("depth", 4)), interaction=bool(pre.get("interaction", True)),
-                  interaction_kind=str(pre.get("interaction_kind", "global")), flow_input=False,
-                  semantic_stride=int(pre.get("semantic_stride", 1)), padding=int(pre.get("padding", 1)))
+    config = dict(
+        frame_stack=3,
+        image_size=s.sac_image,
+        feature_dim=int(pre.get("feature_dim", 64)),
+        channels=int(pre.get("channels", 32)),
+        depth=int(pre.get("depth", 4)),
+        interaction=bool(pre.get("interaction", True)),
+        interaction_kind=str(pre.get("interaction_kind", "global")),
+        flow_input=False,
+        semantic_stride=int(pre.get("semantic_stride", 1)),
+        padding=int(pre.get("padding", 1)),
+    )
     encoders = {"dual-path": lambda: DualPathBackbone(**config), "drq-v2": lambda: drq_encoder(3, s.sac_image)}
-    variants = [("fp32", False, False, False), ("channels_last", True, False, False), ("bf16 autocast", False, True, False),
-                ("compile", False, False, True), ("compile+channels_last+bf16", True, True, True)]
+    variants = [
+        ("fp32", False, False, False),
+        ("channels_last", True, False, False),
+        ("bf16 autocast", False, True, False),
+        ("compile", False, False, True),
+        ("compile+channels_last+bf16", True, True, True),
+    ]
     baseline: dict[tuple[str, int], float] = {}
     best: dict[str, float] = {}
 
@@ -927,20 +1267,34 @@ def section_sac(ctx: Ctx) -> None:
         for ename, make in encoders.items():
             name = f"{ename}, batch {batch}, {vname}"
             if comp and not s.sac_compile:
-                ctx.report.skip("sac", name, f"{TINY} (torch.compile takes about a minute per model on this CPU; measured on the device)")
+                ctx.report.skip(
+                    "sac",
+                    name,
+                    f"{TINY} (torch.compile takes about a minute per model on this CPU; measured on the device)",
+                )
                 continue
             if comp and batch != s.sac_batches[0]:
-                ctx.report.skip("sac", name, f"skipped: compile measured at batch {s.sac_batches[0]} only (each compile costs device time)")
+                ctx.report.skip(
+                    "sac",
+                    name,
+                    f"skipped: compile measured at batch {s.sac_batches[0]} only (each compile costs device time)",
+                )
                 continue
             if ctx.budget.spent or (comp and ctx.budget.left < COMPILE_S):
-                ctx.report.skip("sac", name, BUDGET if not comp else f"{BUDGET[:-1]}: under {COMPILE_S} s left for a compile")
+                ctx.report.skip(
+                    "sac", name, BUDGET if not comp else f"{BUDGET[:-1]}: under {COMPILE_S} s left for a compile"
+                )
                 continue
             try:
                 torch.manual_seed(0)
                 ups, warm, finite = sac_updates(ctx, make(), batch, channels_last=cl, bf16=bf16, compile_=comp)
                 if vname == "fp32":
                     baseline[(ename, batch)] = ups
-                figures = {"updates_s": ups, "warmup_s": warm, "speedup_vs_fp32": ups / baseline.get((ename, batch), ups)}
+                figures = {
+                    "updates_s": ups,
+                    "warmup_s": warm,
+                    "speedup_vs_fp32": ups / baseline.get((ename, batch), ups),
+                }
                 ctx.report.ok("sac", name, figures, losses_finite=finite, hidden=s.sac_hidden, image=s.sac_image)
                 if batch == s.sac_batches[0]:
                     best[ename] = max(best.get(ename, 0.0), ups)
@@ -966,9 +1320,12 @@ def section_sac(ctx: Ctx) -> None:
             if variant[3]:
                 measure(batch, *variant)
     for ename, ups in best.items():
-        ctx.report.note("sac", f"{ename}: best {ups:.1f} updates/s at batch {s.sac_batches[0]}; a 100k-frame run at action repeat 2 "
-                        f"(48k updates, one per agent step after 4k seed frames) spends {48_000 / ups / 3600:.2f} h in updates "
-                        f"(anchor: DrQ-v2 ~{DRQV2_V100_FPS:.0f} frames/s on a V100, about {DRQV2_V100_UPS:.0f} updates/s at batch 256).")
+        ctx.report.note(
+            "sac",
+            f"{ename}: best {ups:.1f} updates/s at batch {s.sac_batches[0]}; a 100k-frame run at action repeat 2 "
+            f"(48k updates, one per agent step after 4k seed frames) spends {48_000 / ups / 3600:.2f} h in updates "
+            f"(anchor: DrQ-v2 ~{DRQV2_V100_FPS:.0f} frames/s on a V100, about {DRQV2_V100_UPS:.0f} updates/s at batch 256).",
+        )
 
 
 def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None:
@@ -978,12 +1335,29 @@ def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None
 
     s = ctx.sizes
     folder = ctx.work / "sac-backbone"
-    save_module(folder / "backbone", DualPathBackbone(**config), config, {"stage": "gpu_check", "note": "random weights"})
+    save_module(
+        folder / "backbone", DualPathBackbone(**config), config, {"stage": "gpu_check", "note": "random weights"}
+    )
     section = params_section(
-        ctx, "finetune", task=TASK, action_repeat=2, episode_frames=s.online_episode_frames, camera=0, encoder_init="scratch",
-        frames=s.online_frames, seed_frames=s.online_seed_frames, batch_size=s.online_batch, hidden_dim=s.sac_hidden,
-        eval_every_frames=10 * s.online_frames, eval_episodes=1, video=False, checkpoint_every_frames=10 * s.online_frames,
-        checkpoint_dir=str(ctx.work / "sac-checkpoints"), device="auto", replay_capacity=max(64, s.online_frames), threads=0,
+        ctx,
+        "finetune",
+        task=TASK,
+        action_repeat=2,
+        episode_frames=s.online_episode_frames,
+        camera=0,
+        encoder_init="scratch",
+        frames=s.online_frames,
+        seed_frames=s.online_seed_frames,
+        batch_size=s.online_batch,
+        hidden_dim=s.sac_hidden,
+        eval_every_frames=10 * s.online_frames,
+        eval_episodes=1,
+        video=False,
+        checkpoint_every_frames=10 * s.online_frames,
+        checkpoint_dir=str(ctx.work / "sac-checkpoints"),
+        device="auto",
+        replay_capacity=max(64, s.online_frames),
+        threads=0,
     )
     env_fps = env_frames_per_s(section, s.sac_image, steps=max(4, min(200, s.online_frames // 2)))
     start = time.perf_counter()
@@ -994,18 +1368,29 @@ def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None
         raise RuntimeError(f"the finetune run acted on no frame (timing {t}): did it resume a finished checkpoint?")
     act_fps = t["env_frames"] / t["env_s"]
     ups = t["updates"] / t["update_s"] if t["update_s"] else float("nan")
-    figures = {"frames_s_overall": s.online_frames / wall, "acting_frames_s": act_fps, "bare_env_frames_s": env_fps,
-               "acting_over_bare_env": act_fps / env_fps}
+    figures = {
+        "frames_s_overall": s.online_frames / wall,
+        "acting_frames_s": act_fps,
+        "bare_env_frames_s": env_fps,
+        "acting_over_bare_env": act_fps / env_fps,
+    }
     if ups == ups:
         figures["updates_s"] = ups
         # a 100k-frame run at action repeat 2: 100k frames acted, (100k - seed) / 2 updates
         updates = (100_000 - 4000) / 2
         figures["projected_100k_h_dual_path"] = (100_000 / act_fps + updates / ups) / 3600
         if "drq-v2" in best and "dual-path" in best:
-            figures["projected_100k_h_drq_v2"] = (100_000 / act_fps + updates / (ups * best["drq-v2"] / best["dual-path"])) / 3600
-    ctx.report.ok("sac", f"online SAC on {TASK}, dual-path scratch, batch {s.online_batch}, {s.online_frames} frames, {s.sac_image}px",
-                  figures, eval_return=_find(result.metrics(), "return_mean"), updates=t["updates"],
-                  anchor=f"DrQ-v2 ~{DRQV2_V100_FPS:.0f} frames/s on a V100")
+            figures["projected_100k_h_drq_v2"] = (
+                100_000 / act_fps + updates / (ups * best["drq-v2"] / best["dual-path"])
+            ) / 3600
+    ctx.report.ok(
+        "sac",
+        f"online SAC on {TASK}, dual-path scratch, batch {s.online_batch}, {s.online_frames} frames, {s.sac_image}px",
+        figures,
+        eval_return=_find(result.metrics(), "return_mean"),
+        updates=t["updates"],
+        anchor=f"DrQ-v2 ~{DRQV2_V100_FPS:.0f} frames/s on a V100",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1018,30 +1403,145 @@ def section_e2e(ctx: Ctx) -> None:
     root.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, dict[str, Any]] = {
         "weights": weights_overrides(ctx),
-        "collect": {"tasks": [TASK], "episodes_per_task": 2, "episode_steps": s.e2e_steps, "action_repeat": {TASK: 2}, "image_size": s.e2e_size,
-                    "camera": 0, "depth": True, "segmentation": True, "policy": {"kind": "random"}, "workers": 1, "preview_episodes": 1},
-        "flow": {"backend": "simulator", "previews": 1} if ctx.tiny else {
-            "backend": "ptlflow", "model": "raft_small", "weights": "random", "device": "auto", "fp16": True, "min_size": 128, "batch_size": 16, "previews": 1},
+        "collect": {
+            "tasks": [TASK],
+            "episodes_per_task": 2,
+            "episode_steps": s.e2e_steps,
+            "action_repeat": {TASK: 2},
+            "image_size": s.e2e_size,
+            "camera": 0,
+            "depth": True,
+            "segmentation": True,
+            "policy": {"kind": "random"},
+            "workers": 1,
+            "preview_episodes": 1,
+        },
+        "flow": {"backend": "simulator", "previews": 1}
+        if ctx.tiny
+        else {
+            "backend": "ptlflow",
+            "model": "raft_small",
+            "weights": "random",
+            "device": "auto",
+            "fp16": True,
+            "min_size": 128,
+            "batch_size": 16,
+            "previews": 1,
+        },
         "annotate": {"backend": "simulator", "every_k": max(2, s.e2e_steps // 2), "cache_dir": str(root / "cache")},
-        "encode": {"clip_model": s.e2e_clip, "weights": "random", "device": "auto", "fp16": True, "val_fraction": 0.5, "batch_size": 64},
-        "pretrain": {"steps": s.e2e_pretrain_steps, "batch_size": s.e2e_batch, "device": "auto", "workers": 0, "nproc": 1},
+        "encode": {
+            "clip_model": s.e2e_clip,
+            "weights": "random",
+            "device": "auto",
+            "fp16": True,
+            "val_fraction": 0.5,
+            "batch_size": 64,
+        },
+        "pretrain": {
+            "steps": s.e2e_pretrain_steps,
+            "batch_size": s.e2e_batch,
+            "device": "auto",
+            "workers": 0,
+            "nproc": 1,
+        },
     }
     params = write_params(ctx, root / "params.yaml", overrides)
     # The VLM answers of a random model are noise, which the encode stage rightly refuses: the transformers
     # backend (device auto) annotates into a folder of its own, the simulator backend the one encode reads.
-    vlm = {"backend": "transformers", "model": "random", "device": "auto", "batch_size": 4, "max_new_tokens": 8, "max_retries": 0,
-           "max_failure_rate": 1.0}
-    vlm_params = write_params(ctx, root / "params-vlm.yaml", {**overrides, "annotate": {**overrides["annotate"], **vlm}})
+    vlm = {
+        "backend": "transformers",
+        "model": "random",
+        "device": "auto",
+        "batch_size": 4,
+        "max_new_tokens": 8,
+        "max_retries": 0,
+        "max_failure_rate": 1.0,
+    }
+    vlm_params = write_params(
+        ctx, root / "params-vlm.yaml", {**overrides, "annotate": {**overrides["annotate"], **vlm}}
+    )
     if ctx.tiny:
-        ctx.report.note("e2e", "--cpu-tiny: the flow stage uses the simulator backend here (section 1 runs ptlflow on the CPU); the GPU run uses raft_small fp16")
+        ctx.report.note(
+            "e2e",
+            "--cpu-tiny: the flow stage uses the simulator backend here (section 1 runs ptlflow on the CPU); the GPU run uses raft_small fp16",
+        )
     common = ["--log-level", "WARNING"]
     stages = [
         ("collect", ["--params", str(params), "collect", "--task", TASK, "--out", str(data / "episodes" / TASK)]),
-        ("flow", ["--params", str(params), "flow", "--episodes", str(data / "episodes" / TASK), "--out", str(data / "flow" / TASK), "--metrics", str(data / "metrics" / "flow.json")]),
-        ("annotate-vlm", ["--params", str(vlm_params), "annotate", "--episodes", str(data / "episodes" / TASK), "--out", str(data / "annotations-vlm" / TASK), "--metrics", str(data / "metrics" / "annotate-vlm.json")]),
-        ("annotate", ["--params", str(params), "annotate", "--episodes", str(data / "episodes" / TASK), "--out", str(data / "annotations" / TASK), "--metrics", str(data / "metrics" / "annotate.json")]),
-        ("encode", ["--params", str(params), "encode", "--episodes", str(data / "episodes"), "--flow", str(data / "flow"), "--annotations", str(data / "annotations"), "--out", str(data / "dataset")]),
-        ("pretrain", ["--params", str(params), "pretrain", "--dataset", str(data / "dataset"), "--out", str(data / "pretrain"), "--metrics", str(data / "metrics" / "pretrain.json"), "--plots", str(data / "plots")]),
+        (
+            "flow",
+            [
+                "--params",
+                str(params),
+                "flow",
+                "--episodes",
+                str(data / "episodes" / TASK),
+                "--out",
+                str(data / "flow" / TASK),
+                "--metrics",
+                str(data / "metrics" / "flow.json"),
+            ],
+        ),
+        (
+            "annotate-vlm",
+            [
+                "--params",
+                str(vlm_params),
+                "annotate",
+                "--episodes",
+                str(data / "episodes" / TASK),
+                "--out",
+                str(data / "annotations-vlm" / TASK),
+                "--metrics",
+                str(data / "metrics" / "annotate-vlm.json"),
+            ],
+        ),
+        (
+            "annotate",
+            [
+                "--params",
+                str(params),
+                "annotate",
+                "--episodes",
+                str(data / "episodes" / TASK),
+                "--out",
+                str(data / "annotations" / TASK),
+                "--metrics",
+                str(data / "metrics" / "annotate.json"),
+            ],
+        ),
+        (
+            "encode",
+            [
+                "--params",
+                str(params),
+                "encode",
+                "--episodes",
+                str(data / "episodes"),
+                "--flow",
+                str(data / "flow"),
+                "--annotations",
+                str(data / "annotations"),
+                "--out",
+                str(data / "dataset"),
+            ],
+        ),
+        (
+            "pretrain",
+            [
+                "--params",
+                str(params),
+                "pretrain",
+                "--dataset",
+                str(data / "dataset"),
+                "--out",
+                str(data / "pretrain"),
+                "--metrics",
+                str(data / "metrics" / "pretrain.json"),
+                "--plots",
+                str(data / "plots"),
+            ],
+        ),
     ]
     from pipeline.device import select_device
 
@@ -1058,18 +1558,31 @@ def section_e2e(ctx: Ctx) -> None:
             ctx.report.error("e2e", name, exc)
             break
         wall = time.perf_counter() - start
-        outputs = sorted(p.name for p in (data / _out_folder(name)).glob("*")) if (data / _out_folder(name)).exists() else []
+        outputs = (
+            sorted(p.name for p in (data / _out_folder(name)).glob("*")) if (data / _out_folder(name)).exists() else []
+        )
         if rc != 0 or not outputs:
             ctx.report.error("e2e", name, RuntimeError(f"semore {name} exited {rc}; outputs: {outputs[:5]}"))
             break
         label = "annotate (transformers, random VLM)" if name == "annotate-vlm" else name
-        ctx.report.ok("e2e", f"semore {label} ({TASK}, {frames} frames, {s.e2e_size}px, device auto -> {resolved})",
-                      {"wall_s": wall, "frames_s": frames / wall}, outputs=len(outputs), **_e2e_checks(name, data))
+        ctx.report.ok(
+            "e2e",
+            f"semore {label} ({TASK}, {frames} frames, {s.e2e_size}px, device auto -> {resolved})",
+            {"wall_s": wall, "frames_s": frames / wall},
+            outputs=len(outputs),
+            **_e2e_checks(name, data),
+        )
 
 
 def _out_folder(stage: str) -> str:
-    return {"collect": f"episodes/{TASK}", "flow": f"flow/{TASK}", "annotate-vlm": f"annotations-vlm/{TASK}", "annotate": f"annotations/{TASK}",
-            "encode": "dataset", "pretrain": "pretrain"}[stage]
+    return {
+        "collect": f"episodes/{TASK}",
+        "flow": f"flow/{TASK}",
+        "annotate-vlm": f"annotations-vlm/{TASK}",
+        "annotate": f"annotations/{TASK}",
+        "encode": "dataset",
+        "pretrain": "pretrain",
+    }[stage]
 
 
 def _e2e_checks(stage: str, data: Path) -> dict[str, Any]:
@@ -1128,7 +1641,12 @@ def egl_renderer() -> str:
 
 
 RUNNERS: dict[str, Callable[[Ctx], None]] = {
-    "flow": section_flow, "clip": section_clip, "vlm": section_vlm, "pretrain": section_pretrain, "sac": section_sac, "e2e": section_e2e,
+    "flow": section_flow,
+    "clip": section_clip,
+    "vlm": section_vlm,
+    "pretrain": section_pretrain,
+    "sac": section_sac,
+    "e2e": section_e2e,
 }
 
 
@@ -1138,19 +1656,42 @@ def main(argv: list[str] | None = None) -> int:
         rest = argv[3:] if argv[2:3] == ["--"] else argv[2:]
         return ddp_worker(Path(argv[1]), rest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "out" / "gpu_check"), help="folder for gpu_check.json and gpu_check.md (default: $OUT)")
-    parser.add_argument("--cpu-tiny", action="store_true", help="tiny sizes on the CPU, skipping what needs CUDA (automatic without CUDA)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS))
-    parser.add_argument("--budget-s", type=float, default=None, help="wall-clock budget in s; later measurements are skipped once it is spent (default: 420 on CUDA, none in --cpu-tiny)")
-    parser.add_argument("--work", default=None, help="keep the scratch files in a new folder under this one (default: a temporary folder, removed at the end)")
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file whose sections are the base of every setting")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or str(ROOT / "bench" / "out" / "gpu_check"),
+        help="folder for gpu_check.json and gpu_check.md (default: $OUT)",
+    )
+    parser.add_argument(
+        "--cpu-tiny",
+        action="store_true",
+        help="tiny sizes on the CPU, skipping what needs CUDA (automatic without CUDA)",
+    )
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS)
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock budget in s; later measurements are skipped once it is spent (default: 420 on CUDA, none in --cpu-tiny)",
+    )
+    parser.add_argument(
+        "--work",
+        default=None,
+        help="keep the scratch files in a new folder under this one (default: a temporary folder, removed at the end)",
+    )
+    parser.add_argument(
+        "--params", default=str(ROOT / "params.yaml"), help="params file whose sections are the base of every setting"
+    )
     args = parser.parse_args(argv)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:
         parser.error(f"--sections: unknown {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
     if args.cpu_tiny:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # device auto resolves to the CPU in every stage too (set before torch loads)
+        os.environ["CUDA_VISIBLE_DEVICES"] = (
+            ""  # device auto resolves to the CPU in every stage too (set before torch loads)
+        )
 
     from pipeline.rendering import setup_headless_rendering
 
@@ -1170,10 +1711,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)  # tiny models on a shared 2-core machine: one thread, no spinning OpenMP workers
     budget = args.budget_s if args.budget_s is not None else (0.0 if tiny else 420.0)
     meta = {
-        "mode": "cpu-tiny" if tiny else "gpu", "device": str(device), "cuda": cuda,
-        "gpu_name": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__, "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "sections": wanted, "egl_renderer": egl_renderer(), "versions": _versions(),
+        "mode": "cpu-tiny" if tiny else "gpu",
+        "device": str(device),
+        "cuda": cuda,
+        "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sections": wanted,
+        "egl_renderer": egl_renderer(),
+        "versions": _versions(),
     }
     report = Report(Path(args.out), meta)
     if args.work:
@@ -1198,7 +1746,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     errors = sum(r["status"] == "error" for rows in report.sections.values() for r in rows)
-    print(f"wrote {report.out / 'gpu_check.json'} and gpu_check.md; {errors} error row(s); {report.meta['wall_s']:.0f} s", flush=True)
+    print(
+        f"wrote {report.out / 'gpu_check.json'} and gpu_check.md; {errors} error row(s); {report.meta['wall_s']:.0f} s",
+        flush=True,
+    )
     return 1 if errors else 0
 
 
@@ -1206,7 +1757,20 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for name in ("torch", "torchvision", "transformers", "timm", "open_clip_torch", "ptlflow", "mujoco", "gymnasium", "webdataset", "pydantic", "numpy", "lightning"):
+    for name in (
+        "torch",
+        "torchvision",
+        "transformers",
+        "timm",
+        "open_clip_torch",
+        "ptlflow",
+        "mujoco",
+        "gymnasium",
+        "webdataset",
+        "pydantic",
+        "numpy",
+        "lightning",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -9,6 +9,7 @@ predate batched evaluation, which plays the same evaluation episodes in lockstep
 
     .venv/bin/python bench/run_state_arm.py cartpole-swingup 100000 0 [threads]
 """
+
 from __future__ import annotations
 
 import json
@@ -41,15 +42,30 @@ def main() -> None:
     dim = probe.state_observation()[0].size
     probe.close()
     long_run = frames >= 20_000
-    schedule = Schedule(frames, 4000 if long_run else 1000, 10_000 if long_run else 1000, 10 if long_run else 2, 1000, repeat)
-    workspace = VectorWorkspace(task, build, lambda: StateObserver(dim), AgentParams(), schedule, seed, torch.device("cpu"))
+    schedule = Schedule(
+        frames, 4000 if long_run else 1000, 10_000 if long_run else 1000, 10 if long_run else 2, 1000, repeat
+    )
+    workspace = VectorWorkspace(
+        task, build, lambda: StateObserver(dim), AgentParams(), schedule, seed, torch.device("cpu")
+    )
     start = time.time()
     try:
         result = workspace.train()
     finally:
         workspace.close()
     curve = [(c["frames"], round(c["return_mean"], 1)) for c in result.curve]
-    print(json.dumps({"task": task, "seed": seed, "final": result.final_return, "curve": curve, "wall_s": round(time.time() - start, 1), **result.speed()}))
+    print(
+        json.dumps(
+            {
+                "task": task,
+                "seed": seed,
+                "final": result.final_return,
+                "curve": curve,
+                "wall_s": round(time.time() - start, 1),
+                **result.speed(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

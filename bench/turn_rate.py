@@ -21,6 +21,7 @@ For 1l: the dataset is the default params with ``collect.tasks: [cartpole-swingu
 bases (the default params at seeds 0, 1, 2 with ``pretrain.threads: 1``). About 10 minutes on 2
 cores for 3 models, plus 6 with ``--cnn``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,11 @@ NAMES = ("cart x", "cos pole", "sin pole", "cart vel", "turn rate")
 
 def load_rows(folder: Path, split: str) -> list[dict]:
     """Stacked cartpole samples of ``split`` that have a flow target (frame t-1 exists)."""
-    return [s for s in open_dataset(folder).frames(split, frame_stack=3, with_state=True) if s["task"] == TASK and s["flow_valid"].any()]
+    return [
+        s
+        for s in open_dataset(folder).frames(split, frame_stack=3, with_state=True)
+        if s["task"] == TASK and s["flow_valid"].any()
+    ]
 
 
 def state(rows: list[dict]) -> np.ndarray:
@@ -58,7 +63,9 @@ def state(rows: list[dict]) -> np.ndarray:
     return np.column_stack([q[:, 0], np.cos(q[:, 1]), np.sin(q[:, 1]), v[:, 0], v[:, 1]])
 
 
-def r2_per_dim(features: np.ndarray, target: np.ndarray, episode: np.ndarray, model: str, kinds: list[str]) -> np.ndarray:
+def r2_per_dim(
+    features: np.ndarray, target: np.ndarray, episode: np.ndarray, model: str, kinds: list[str]
+) -> np.ndarray:
     """Out-of-fold R^2 of each target column (the ridge's penalty is chosen for all columns together)."""
     oof = P.out_of_fold(features, target, episode, kinds, alphas=ALPHAS, folds=5, model=model)
     return 1 - ((oof.target - oof.prediction) ** 2).sum(0) / ((oof.target - oof.target.mean(0)) ** 2).sum(0)
@@ -92,12 +99,15 @@ def decoder_table(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> st
         m = valid & (length >= lo) & (length < hi)
         if m.any():
             cos = ((pred * target).sum(1)[m] / (pred_len[m] * length[m] + 1e-9)).mean()
-            cells.append(f"[{lo:g}, {hi:g}) px: {m.sum() / moving.sum():.0%} of moving, EPE {err[m].mean():.2f} (zero {length[m].mean():.2f}), cos {cos:.2f}")
+            cells.append(
+                f"[{lo:g}, {hi:g}) px: {m.sum() / moving.sum():.0%} of moving, EPE {err[m].mean():.2f} (zero {length[m].mean():.2f}), cos {cos:.2f}"
+            )
     return "\n    ".join(cells)
 
 
 def supervised_ceiling(train: list[dict], held: list[dict], seeds: int = 3, steps: int = 3000) -> None:
     """A small CNN trained on (cart velocity, turn rate) from the exact flow and from the RGB stack."""
+
     def tensors(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         flow = torch.as_tensor(np.stack([r["flow"] * r["flow_valid"] for r in rows]))
         rgb = torch.as_tensor(np.stack([r["obs"] for r in rows])).float() / 255
@@ -109,8 +119,18 @@ def supervised_ceiling(train: list[dict], held: list[dict], seeds: int = 3, step
         for seed in range(seeds):
             torch.manual_seed(seed)
             net = nn.Sequential(
-                nn.Conv2d(tr[i].shape[1], 32, 3, 2), nn.ReLU(), nn.Conv2d(32, 32, 3, 2), nn.ReLU(), nn.Conv2d(32, 32, 3, 2), nn.ReLU(),
-                nn.Conv2d(32, 32, 3, 1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(256), nn.ReLU(), nn.Linear(256, 2),
+                nn.Conv2d(tr[i].shape[1], 32, 3, 2),
+                nn.ReLU(),
+                nn.Conv2d(32, 32, 3, 2),
+                nn.ReLU(),
+                nn.Conv2d(32, 32, 3, 2),
+                nn.ReLU(),
+                nn.Conv2d(32, 32, 3, 1),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.LazyLinear(256),
+                nn.ReLU(),
+                nn.Linear(256, 2),
             )
             net(tr[i][:2])
             opt = torch.optim.Adam(net.parameters(), 1e-3)
@@ -124,7 +144,9 @@ def supervised_ceiling(train: list[dict], held: list[dict], seeds: int = 3, step
             with torch.no_grad():
                 p = torch.cat([net(va[i][k : k + 256]) for k in range(0, len(va[2]), 256)]) * sd + mu
             r2 = 1 - ((va[2] - p) ** 2).sum(0) / ((va[2] - va[2].mean(0)) ** 2).sum(0)
-            print(f"  CNN on {name}, seed {seed}: validation R^2 cart vel {r2[0]:.2f}, turn rate {r2[1]:.2f}", flush=True)
+            print(
+                f"  CNN on {name}, seed {seed}: validation R^2 cart vel {r2[0]:.2f}, turn rate {r2[1]:.2f}", flush=True
+            )
 
 
 def main() -> None:
@@ -144,7 +166,11 @@ def main() -> None:
     print(f"{len(rows)} samples of {len(set(episode))} episodes ({len(set(episode[is_held]))} validation)")
 
     def readout(name: str, x: np.ndarray) -> None:
-        cells = [f"{m}: cart vel {r[0]:.2f}, turn rate {r[1]:.2f}" for m in ("ridge", "mlp") for r in [r2_per_dim(x, y, episode, m, ["velocity"] * 2)]]
+        cells = [
+            f"{m}: cart vel {r[0]:.2f}, turn rate {r[1]:.2f}"
+            for m in ("ridge", "mlp")
+            for r in [r2_per_dim(x, y, episode, m, ["velocity"] * 2)]
+        ]
         print(f"  {name}: " + " | ".join(cells), flush=True)
 
     print("exact flow")
@@ -160,7 +186,10 @@ def main() -> None:
                 pred.append(model.flow(paths.motion_map))
                 maps.append(pool(paths.motion_map, 7))
         pred_np, motion_map = torch.cat(pred).numpy(), np.concatenate(maps)
-        print(f"{folder}\n  decoder on the validation episodes:\n    " + decoder_table(pred_np[is_held], target[is_held], valid[is_held]))
+        print(
+            f"{folder}\n  decoder on the validation episodes:\n    "
+            + decoder_table(pred_np[is_held], target[is_held], valid[is_held])
+        )
         readout("decoded flow pooled 21x21", pool(pred_np, 21))
         readout("motion map pooled 7x7", motion_map)
     if args.cnn:
@@ -168,7 +197,12 @@ def main() -> None:
         supervised_ceiling(train, held)
 
     print("text targets (centred CLIP embeddings, annotated frames; all 5 state columns probed together)")
-    annotated = [s for split in ("train", "validation") for s in open_dataset(args.dataset).frames(split, frame_stack=1, with_state=True) if s["task"] == TASK and s["text_valid"]]
+    annotated = [
+        s
+        for split in ("train", "validation")
+        for s in open_dataset(args.dataset).frames(split, frame_stack=1, with_state=True)
+        if s["task"] == TASK and s["text_valid"]
+    ]
     ep = np.array([r["episode"] for r in annotated])
     full = state(annotated)
     fields = {"image": np.stack([r["clip_image"] for r in annotated])}

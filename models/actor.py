@@ -8,11 +8,13 @@
 * :class:`ActorMeta`: the checkpoint's ``meta`` (task, sizes, action repeat), declared once for
   its writer (the finetune stage) and its reader (the collect stage).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +37,15 @@ class Actor(nn.Module):
         log_std_min, log_std_max: the pre-tanh log standard deviation is squashed into this range.
     """
 
-    def __init__(self, feature_dim: int, action_dim: int, hidden_dim: int = 256, hidden_depth: int = 2, log_std_min: float = -10.0, log_std_max: float = 2.0) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        action_dim: int,
+        hidden_dim: int = 256,
+        hidden_depth: int = 2,
+        log_std_min: float = -10.0,
+        log_std_max: float = 2.0,
+    ) -> None:
         super().__init__()
         self.action_dim = action_dim
         self.log_std_min = log_std_min
@@ -104,7 +114,7 @@ class ActorMeta:
         return [k for k in cls.REQUIRED if k not in meta]
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> "ActorMeta":
+    def from_meta(cls, meta: Mapping[str, Any]) -> ActorMeta:
         """Parse a checkpoint's ``meta``; extra (provenance) keys are ignored.
 
         Raises:
@@ -112,15 +122,23 @@ class ActorMeta:
         """
         missing = cls.missing_keys(meta)
         if missing:
-            raise CheckpointError(f"the meta lacks {', '.join(missing)}; expected an actor checkpoint written by the finetune stage")
+            raise CheckpointError(
+                f"the meta lacks {', '.join(missing)}; expected an actor checkpoint written by the finetune stage"
+            )
         try:
             return cls(
-                task=str(meta["task"]), action_dim=int(meta["action_dim"]), frame_stack=int(meta["frame_stack"]),
-                image_size=int(meta["image_size"]), action_repeat=int(meta["action_repeat"]),
-                camera=meta.get("camera"), render_mode=meta.get("render_mode"),
+                task=str(meta["task"]),
+                action_dim=int(meta["action_dim"]),
+                frame_stack=int(meta["frame_stack"]),
+                image_size=int(meta["image_size"]),
+                action_repeat=int(meta["action_repeat"]),
+                camera=meta.get("camera"),
+                render_mode=meta.get("render_mode"),
             )
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"the meta has a malformed size ({exc}); expected an actor checkpoint written by the finetune stage") from None
+            raise CheckpointError(
+                f"the meta has a malformed size ({exc}); expected an actor checkpoint written by the finetune stage"
+            ) from None
 
 
 class PixelPolicy(nn.Module):
@@ -134,7 +152,9 @@ class PixelPolicy(nn.Module):
             (B, 3k, H, W) pixels in [0, 255] to (B, feature_dim).
     """
 
-    def __init__(self, encoder_config: dict[str, Any], actor_config: dict[str, Any], encoder_class: str = DEFAULT_ENCODER) -> None:
+    def __init__(
+        self, encoder_config: dict[str, Any], actor_config: dict[str, Any], encoder_class: str = DEFAULT_ENCODER
+    ) -> None:
         super().__init__()
         self.encoder = resolve_class(encoder_class)(**encoder_config)
         self.actor = Actor(**actor_config)

@@ -40,6 +40,7 @@ Trunks are DrQ-v2-like (3x3 convs, ``channels`` wide, the first with stride 2). 
 0.8x the multiply-adds, and the flow decoder pads the ``map_border`` lost cells back.
 All constructor arguments are JSON-able, so :mod:`models.checkpoint` can rebuild the module.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,7 +77,10 @@ class PathOutputs:
 
 def _trunk(in_channels: int, channels: int, depth: int, second_stride: int = 1, padding: int = 1) -> nn.ModuleList:
     layers = [nn.Conv2d(in_channels, channels, 3, stride=2, padding=padding)]
-    layers += [nn.Conv2d(channels, channels, 3, stride=second_stride if i == 1 else 1, padding=padding) for i in range(1, depth)]
+    layers += [
+        nn.Conv2d(channels, channels, 3, stride=second_stride if i == 1 else 1, padding=padding)
+        for i in range(1, depth)
+    ]
     return nn.ModuleList(layers)
 
 
@@ -135,8 +139,18 @@ class DualPathBackbone(nn.Module):
     ) -> None:
         super().__init__()
         semantic_width = channels if semantic_channels is None else semantic_channels
-        if frame_stack < 1 or depth < 1 or image_size < 4 or feature_dim < 1 or channels < 1 or semantic_width < 1 or pool < 1:
-            raise ValueError(f"bad backbone sizes: frame_stack={frame_stack}, depth={depth}, image_size={image_size}, feature_dim={feature_dim}, channels={channels}, semantic_channels={semantic_channels}, pool={pool}")
+        if (
+            frame_stack < 1
+            or depth < 1
+            or image_size < 4
+            or feature_dim < 1
+            or channels < 1
+            or semantic_width < 1
+            or pool < 1
+        ):
+            raise ValueError(
+                f"bad backbone sizes: frame_stack={frame_stack}, depth={depth}, image_size={image_size}, feature_dim={feature_dim}, channels={channels}, semantic_channels={semantic_channels}, pool={pool}"
+            )
         if paths not in PATHS:
             raise ValueError(f"paths={paths!r}: expected one of {PATHS}")
         if flow_input and paths == "semantic":
@@ -146,14 +160,22 @@ class DualPathBackbone(nn.Module):
         if semantic_stride not in (1, 2):
             raise ValueError(f"semantic_stride={semantic_stride}: expected 1 or 2")
         if padding not in (0, 1):
-            raise ValueError(f"padding={padding}: expected 1 (maps aligned with the image) or 0 (valid convs, as DrQ-v2)")
+            raise ValueError(
+                f"padding={padding}: expected 1 (maps aligned with the image) or 0 (valid convs, as DrQ-v2)"
+            )
         if semantic_stride > 1 and paths != "motion":
             if depth < 2:
-                raise ValueError(f"semantic_stride={semantic_stride} strides the semantic path's second conv; depth={depth} has none (use depth >= 2 or semantic_stride 1)")
+                raise ValueError(
+                    f"semantic_stride={semantic_stride} strides the semantic path's second conv; depth={depth} has none (use depth >= 2 or semantic_stride 1)"
+                )
             if pool % semantic_stride:
-                raise ValueError(f"pool={pool} must be a multiple of semantic_stride={semantic_stride} so that both heads see the same grid")
+                raise ValueError(
+                    f"pool={pool} must be a multiple of semantic_stride={semantic_stride} so that both heads see the same grid"
+                )
             if interaction and interaction_kind == "gated" and paths == "both":
-                raise ValueError("interaction_kind='gated' exchanges per pixel and needs both paths' maps the same size: use semantic_stride 1, or the 'global' or 'attention' exchange")
+                raise ValueError(
+                    "interaction_kind='gated' exchanges per pixel and needs both paths' maps the same size: use semantic_stride 1, or the 'global' or 'attention' exchange"
+                )
         self.frame_stack = frame_stack
         self.image_size = image_size
         self.feature_dim = feature_dim
@@ -165,19 +187,29 @@ class DualPathBackbone(nn.Module):
         self.semantic_stride = semantic_stride
         self.padding = padding
         self.interaction = interaction and paths == "both"
-        layers = list(range(1, depth)) if interaction_layers is None else sorted(set(int(i) for i in interaction_layers))
+        layers = (
+            list(range(1, depth)) if interaction_layers is None else sorted(set(int(i) for i in interaction_layers))
+        )
         if any(i < 0 or i >= depth for i in layers):
             raise ValueError(f"interaction_layers={interaction_layers}: each must be in [0, {depth - 1}]")
         self.interaction_layers = layers if self.interaction else []
 
         self.semantic_trunk = _trunk(3, semantic_width, depth, semantic_stride, padding) if paths != "motion" else None
-        self.motion_trunk = _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth, 1, padding) if paths != "semantic" else None
-        self.exchange = nn.ModuleDict({str(i): INTERACTIONS[interaction_kind](semantic_width, channels) for i in self.interaction_layers})
+        self.motion_trunk = (
+            _trunk(3 * frame_stack + (2 if flow_input else 0), channels, depth, 1, padding)
+            if paths != "semantic"
+            else None
+        )
+        self.exchange = nn.ModuleDict(
+            {str(i): INTERACTIONS[interaction_kind](semantic_width, channels) for i in self.interaction_layers}
+        )
 
         self.map_size = _trunk_size(image_size, depth, 1, padding)  # the motion map's side
         semantic_size = _trunk_size(image_size, depth, semantic_stride, padding) if paths != "motion" else self.map_size
         if min(self.map_size, semantic_size) < 1:
-            raise ValueError(f"image_size={image_size} is too small for {depth} unpadded 3x3 convs; use padding=1, fewer layers or larger images")
+            raise ValueError(
+                f"image_size={image_size} is too small for {depth} unpadded 3x3 convs; use padding=1, fewer layers or larger images"
+            )
         # Cells the map the flow decoder reads (the motion map; the semantic one in a semantic-only
         # backbone) lacks on each side of the image-aligned grid of a padded trunk (one per valid
         # conv after the first): the decoder pads them back before upsampling.
@@ -190,10 +222,22 @@ class DualPathBackbone(nn.Module):
         pooled = self.map_size // pool
         semantic_pooled = semantic_size // semantic_pool if paths != "motion" else pooled
         if min(pooled, semantic_pooled) < 1:
-            raise ValueError(f"pool={pool} is larger than the {min(self.map_size, semantic_size)}px feature map of a {image_size}px image")
-        self.semantic_head = nn.Sequential(nn.Linear(semantic_width * semantic_pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "motion" else None
-        self.motion_head = nn.Sequential(nn.Linear(channels * pooled**2, feature_dim), nn.LayerNorm(feature_dim)) if paths != "semantic" else None
-        self.fuse = nn.Sequential(nn.Linear((2 if paths == "both" else 1) * feature_dim, feature_dim), nn.LayerNorm(feature_dim))
+            raise ValueError(
+                f"pool={pool} is larger than the {min(self.map_size, semantic_size)}px feature map of a {image_size}px image"
+            )
+        self.semantic_head = (
+            nn.Sequential(nn.Linear(semantic_width * semantic_pooled**2, feature_dim), nn.LayerNorm(feature_dim))
+            if paths != "motion"
+            else None
+        )
+        self.motion_head = (
+            nn.Sequential(nn.Linear(channels * pooled**2, feature_dim), nn.LayerNorm(feature_dim))
+            if paths != "semantic"
+            else None
+        )
+        self.fuse = nn.Sequential(
+            nn.Linear((2 if paths == "both" else 1) * feature_dim, feature_dim), nn.LayerNorm(feature_dim)
+        )
 
     @property
     def flow_channels(self) -> int:
@@ -207,12 +251,16 @@ class DualPathBackbone(nn.Module):
     def _check(self, obs: Tensor, flow: Tensor | None) -> None:
         expected = (3 * self.frame_stack, self.image_size, self.image_size)
         if obs.dim() != 4 or tuple(obs.shape[1:]) != expected:
-            raise ValueError(f"obs has shape {tuple(obs.shape)}; expected (B, {expected[0]}, {expected[1]}, {expected[2]}) (frame_stack={self.frame_stack} RGB frames, oldest first)")
+            raise ValueError(
+                f"obs has shape {tuple(obs.shape)}; expected (B, {expected[0]}, {expected[1]}, {expected[2]}) (frame_stack={self.frame_stack} RGB frames, oldest first)"
+            )
         if self.flow_input:
             if flow is None:
                 raise ValueError("this backbone was built with flow_input=True: pass flow (B, 2, H, W) in pixels")
             if tuple(flow.shape) != (obs.shape[0], 2, self.image_size, self.image_size):
-                raise ValueError(f"flow has shape {tuple(flow.shape)}; expected ({obs.shape[0]}, 2, {self.image_size}, {self.image_size})")
+                raise ValueError(
+                    f"flow has shape {tuple(flow.shape)}; expected ({obs.shape[0]}, 2, {self.image_size}, {self.image_size})"
+                )
 
     def forward_paths(self, obs: Tensor, flow: Tensor | None = None) -> PathOutputs:
         """Run the paths; see :class:`PathOutputs` for shapes. ``flow`` only with ``flow_input``."""

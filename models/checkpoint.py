@@ -15,6 +15,7 @@ nothing is imported by name). Any other name is refused *before any import*, wit
 Errors are :class:`CheckpointError` (a ``ValueError``) naming the folder and the fix; this
 package depends on nothing in ``pipeline/``, whose loaders turn them into user errors.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -118,7 +119,9 @@ def _dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, indent=2, default=_json_default) + "\n"
 
 
-def save_module(folder: str | Path, module: nn.Module, config: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+def save_module(
+    folder: str | Path, module: nn.Module, config: dict[str, Any], meta: dict[str, Any] | None = None
+) -> None:
     """Write ``module`` (constructible as ``type(module)(**config)``) to ``folder`` atomically.
 
     The folder is written as a temporary sibling (``.<name>.XXXX.tmp``) and renamed into place,
@@ -153,13 +156,24 @@ def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
     """
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointNotFoundError(f"{folder}: not a checkpoint folder (no {CONFIG_FILE}); expected the output of the pretrain or finetune stage")
+        raise CheckpointNotFoundError(
+            f"{folder}: not a checkpoint folder (no {CONFIG_FILE}); expected the output of the pretrain or finetune stage"
+        )
     try:
         record = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); restore the checkpoint folder written by the pretrain or finetune stage") from None
-    if not isinstance(record, dict) or not isinstance(record.get("class"), str) or not isinstance(record.get("config", {}), dict) or not isinstance(record.get("meta", {}), dict):
-        raise CheckpointError(f'{path}: expected {{"class": "package.module:ClassName", "config": {{...}}, "meta": {{...}}}}; restore the checkpoint folder written by the pretrain or finetune stage')
+        raise CheckpointError(
+            f"{path}: not valid JSON ({exc}); restore the checkpoint folder written by the pretrain or finetune stage"
+        ) from None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("class"), str)
+        or not isinstance(record.get("config", {}), dict)
+        or not isinstance(record.get("meta", {}), dict)
+    ):
+        raise CheckpointError(
+            f'{path}: expected {{"class": "package.module:ClassName", "config": {{...}}, "meta": {{...}}}}; restore the checkpoint folder written by the pretrain or finetune stage'
+        )
     return {"class": record["class"], "config": record.get("config", {}), "meta": record.get("meta") or {}}
 
 
@@ -175,7 +189,9 @@ def build_module(path: str, config: dict[str, Any], source: str | Path = "checkp
     except CheckpointError as exc:
         raise type(exc)(f"{source}: {exc}") from None
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: cannot build {path} from its config ({type(exc).__name__}: {exc}); the {CONFIG_FILE} was edited or comes from another version of this project") from None
+        raise CheckpointError(
+            f"{source}: cannot build {path} from its config ({type(exc).__name__}: {exc}); the {CONFIG_FILE} was edited or comes from another version of this project"
+        ) from None
 
 
 def load_module(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -190,12 +206,16 @@ def load_module(folder: str | Path, map_location: str | torch.device = "cpu") ->
     record = read_checkpoint_config(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
-        raise CheckpointNotFoundError(f"{folder}: no {WEIGHTS_FILE} beside {CONFIG_FILE}; copy the whole checkpoint folder")
+        raise CheckpointNotFoundError(
+            f"{folder}: no {WEIGHTS_FILE} beside {CONFIG_FILE}; copy the whole checkpoint folder"
+        )
     module = build_module(record["class"], record["config"], source=folder / CONFIG_FILE)
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{weights}: unreadable weights ({exc}); the file is damaged: restore the checkpoint folder or rerun the stage that wrote it") from None
+        raise CheckpointError(
+            f"{weights}: unreadable weights ({exc}); the file is damaged: restore the checkpoint folder or rerun the stage that wrote it"
+        ) from None
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

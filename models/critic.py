@@ -3,6 +3,7 @@
 The encoder is not part of this module: the SAC agent owns one encoder, trained by the critic's
 loss, and feeds its features here (DrQ-v2 layout). The target critic is a copy of this module.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@
 Only the backbone is needed online; the heads exist for pretraining. Each head's name (a key of
 :meth:`PretrainModel.forward`'s dict) is also the name of its pretraining loss term.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ map ``(B, Cm, h', w')``, as residual updates: ``s' = s + f(s, m)`` and ``m' = m 
 constructed as ``Kind(semantic_channels, motion_channels)`` (the motion width defaults to the
 semantic one). A new kind is one class and one line in :data:`INTERACTIONS`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,7 +73,9 @@ class CrossAttentionExchange(nn.Module):
     ``tokens`` x ``tokens`` grid) attend to the other path's tokens; the result is upsampled
     back to the map and added with a learned per-path scale (starting at 0, ReZero-style)."""
 
-    def __init__(self, semantic_channels: int, motion_channels: int | None = None, tokens: int = 7, heads: int = 4) -> None:
+    def __init__(
+        self, semantic_channels: int, motion_channels: int | None = None, tokens: int = 7, heads: int = 4
+    ) -> None:
         super().__init__()
         cs, cm = _widths(semantic_channels, motion_channels)
         self.tokens = tokens

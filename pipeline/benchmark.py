@@ -11,9 +11,10 @@ update per step. This is how PlaNet, CURL, DrQ and DrQ-v2 count them.
 
 Action repeats follow the PlaNet benchmark as used by DrQ and CURL (DrQ-v2 uses 2 everywhere).
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 #: PlaNet/DrQ action repeat by dm_control domain; tasks of other domains (and gymnasium ids) use
 #: :data:`DEFAULT_ACTION_REPEAT`.
@@ -40,7 +41,9 @@ PUBLISHED_100K: dict[str, dict[str, float]] = {
     "ball_in_cup-catch": {"SAC-state": 957.0, "DrQ": 913.0, "CURL": 769.0},
 }
 
-FRAME_COUNTING = "frames = environment frames after action repeat (agent steps x action repeat), as PlaNet/DrQ count them"
+FRAME_COUNTING = (
+    "frames = environment frames after action repeat (agent steps x action repeat), as PlaNet/DrQ count them"
+)
 
 
 def action_repeat_for(task: str, overrides: Mapping[str, int] | None = None) -> int:

@@ -5,6 +5,7 @@ Stage modules live in ``stages/`` and expose ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args, params)``. They import heavy
 libraries inside ``run`` so that ``--help`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,11 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semore pipeline: collect, flow, annotate, encode, pretrain, finetune, evaluate. Params come from params.yaml.",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default: %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default: %(default)s)",
+    )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
     for name in STAGES:
         module = _stage(name)
-        stage_parser = sub.add_parser(name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        stage_parser = sub.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(stage_parser)
     return parser
 

@@ -6,6 +6,7 @@ integration (experiment names from git, Studio posts, dvc.yaml edits) is not wan
 stage and breaks in a git repository without commits (``SCMError: Empty git repo``); it is
 switched off here, and every stage opens its logger through :func:`open_live`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Torch device selection, in one place: CUDA when present, the CPU otherwise."""
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ class DeviceError(UserError, RuntimeError):
     """A device was requested that this machine does not have."""
 
 
-def select_device(name: str = "auto", *, param_key: str = "device") -> "torch.device":  # noqa: F821
+def select_device(name: str = "auto", *, param_key: str = "device") -> torch.device:  # noqa: F821
     """Resolve a ``device`` param: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
@@ -27,7 +28,9 @@ def select_device(name: str = "auto", *, param_key: str = "device") -> "torch.de
         device = torch.device("cpu")
     elif name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"{param_key} = {name!r} but CUDA is not available on this machine; set {param_key}: auto or cpu")
+            raise DeviceError(
+                f"{param_key} = {name!r} but CUDA is not available on this machine; set {param_key}: auto or cpu"
+            )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceError(f"{param_key} = {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
@@ -37,7 +40,7 @@ def select_device(name: str = "auto", *, param_key: str = "device") -> "torch.de
     return device
 
 
-def autocast_dtype(device: "torch.device", fp16: bool) -> "torch.dtype | None":  # noqa: F821
+def autocast_dtype(device: torch.device, fp16: bool) -> torch.dtype | None:  # noqa: F821
     """The reduced precision to run inference in on ``device`` (None: full fp32)."""
     import torch
 

@@ -38,14 +38,16 @@ A file that cannot be read (truncated, damaged zip data or CRC) or breaks the sc
 :class:`EpisodeFileError`, a :class:`~pipeline.errors.UserError` that names the file and the
 fix (rerun collect); it is also a ``ValueError``.
 """
+
 from __future__ import annotations
 
 import json
 import zipfile
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +96,7 @@ class EpisodeFileError(UserError, ValueError):
     """An episode file that cannot be read or breaks the schema; the message names the file and the fix."""
 
     @classmethod
-    def of(cls, path: str | Path, problem: str, task: str | None = None) -> "EpisodeFileError":
+    def of(cls, path: str | Path, problem: str, task: str | None = None) -> EpisodeFileError:
         """The error for ``problem`` in the episode file ``path``; ``task`` defaults to its folder's name (``<episodes>/<task>/``)."""
         folder = Path(path).parent
         return cls(f"{path}: {problem}.\n  Fix: {FIX.format(task=task or folder.name, folder=folder)}.")
@@ -111,12 +113,16 @@ def check_shapes(shapes: Mapping[str, Shape]) -> int:
     """
     missing = [name for name in SCHEMA if name not in OPTIONAL_ARRAYS and name not in shapes]
     if missing:
-        raise SchemaError(f"missing member(s) {', '.join(map(repr, missing))} (not an episode file of schema {SCHEMA_VERSION}?)")
+        raise SchemaError(
+            f"missing member(s) {', '.join(map(repr, missing))} (not an episode file of schema {SCHEMA_VERSION}?)"
+        )
     for name in ("frames", "actions"):
         shape, dtype = shapes[name]
         spec, want = SCHEMA[name]
         if len(shape) != len(spec) or np.dtype(dtype) != want:
-            raise SchemaError(f"episode member {name!r}: {np.dtype(dtype)} {tuple(shape)}, expected {np.dtype(want)} of shape {spec}")
+            raise SchemaError(
+                f"episode member {name!r}: {np.dtype(dtype)} {tuple(shape)}, expected {np.dtype(want)} of shape {spec}"
+            )
     t = int(shapes["actions"][0][0])
     n, h, w = (int(x) for x in shapes["frames"][0][:3])
     if n != t + 1:
@@ -324,7 +330,9 @@ def load_meta(path: str | Path) -> EpisodeMeta:
         raise EpisodeFileError.of(path, f"unreadable episode file ({type(exc).__name__}: {exc})") from exc
 
 
-def load_episode(path: str | Path, fields_: Iterable[str] | None = None, header: EpisodeHeader | None = None) -> Episode:
+def load_episode(
+    path: str | Path, fields_: Iterable[str] | None = None, header: EpisodeHeader | None = None
+) -> Episode:
     """Read an episode file, checked against the schema.
 
     Args:
@@ -351,7 +359,9 @@ def load_episode(path: str | Path, fields_: Iterable[str] | None = None, header:
                 else:
                     data[name] = np.empty((0,))
     except _READ_ERRORS as exc:
-        raise EpisodeFileError.of(path, f"unreadable episode file ({type(exc).__name__}: {exc})", header.meta.task) from exc
+        raise EpisodeFileError.of(
+            path, f"unreadable episode file ({type(exc).__name__}: {exc})", header.meta.task
+        ) from exc
     for name, value in data.items():
         if value is not None and name in wanted and (value.shape, value.dtype) != header.shapes[name]:
             raise EpisodeFileError.of(path, f"member {name!r} changed while it was read", header.meta.task)

@@ -4,6 +4,7 @@ The CLI prints a :class:`UserError`'s message (which names the culprit and the
 fix) without a traceback and exits with status 2. Anything else is a bug and
 keeps its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@ Outputs are written to a temporary sibling and renamed into place, so an
 interrupted stage never leaves a half-written file or folder that a later
 stage (or a DVC cache) would read.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +15,10 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +170,9 @@ def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool | Collection[str]
     return buffer.getvalue()
 
 
-def write_npz_atomic(target: str | Path, arrays: Mapping[str, np.ndarray], compress: bool | Collection[str] = True) -> None:
+def write_npz_atomic(
+    target: str | Path, arrays: Mapping[str, np.ndarray], compress: bool | Collection[str] = True
+) -> None:
     """Write ``arrays`` as a deterministic ``.npz`` at ``target``, atomically."""
     write_bytes_atomic(target, npz_bytes(arrays, compress=compress))
 

@@ -16,6 +16,7 @@ The evaluate stage's probe reads the live environment instead
 (``pipeline.collect.envs.base.PixelEnv.probe_observation``: the task's own observation, with
 unbounded hinge angles as cos/sin), which is the same idea on what a state-based agent sees.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,12 @@ def model_joints(task: str, suite: str = "") -> list[Joint]:
     model, _, close = load_task_physics(task, suite)
     try:
         return [
-            Joint(mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint{j}", int(model.jnt_type[j]),
-                  int(model.jnt_qposadr[j]), int(model.jnt_dofadr[j]))
+            Joint(
+                mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint{j}",
+                int(model.jnt_type[j]),
+                int(model.jnt_qposadr[j]),
+                int(model.jnt_dofadr[j]),
+            )
             for j in range(model.njnt)
         ]
     finally:
@@ -72,7 +77,9 @@ def state_matrix(joints: list[Joint], qpos: np.ndarray, qvel: np.ndarray) -> tup
     nq = sum(_QPOS_WIDTH[j.kind] for j in joints)
     nv = sum(_DOF_WIDTH[j.kind] for j in joints)
     if qpos.shape[1] != nq or qvel.shape[1] != nv:
-        raise ValueError(f"frames with {qpos.shape[1]} qpos and {qvel.shape[1]} qvel values; the model's joints have nq={nq} and nv={nv}")
+        raise ValueError(
+            f"frames with {qpos.shape[1]} qpos and {qvel.shape[1]} qvel values; the model's joints have nq={nq} and nv={nv}"
+        )
     columns: list[np.ndarray] = []
     kinds: list[str] = []
     for joint in joints:
@@ -92,5 +99,3 @@ def state_matrix(joints: list[Joint], qpos: np.ndarray, qvel: np.ndarray) -> tup
     columns += [qvel[:, i] for i in range(qvel.shape[1])]
     kinds += ["velocity"] * qvel.shape[1]
     return np.stack(columns, axis=1), kinds
-
-

@@ -1,9 +1,11 @@
 """Logging and progress bars: plain ``logging`` everywhere, tqdm on long loops."""
+
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -23,7 +25,9 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def progress(iterable: Iterable[T] | None = None, *, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T] | tqdm:
+def progress(
+    iterable: Iterable[T] | None = None, *, desc: str, total: int | None = None, unit: str = "it"
+) -> Iterator[T] | tqdm:
     """A tqdm progress bar; refreshes at most every 2 s when stderr is not a terminal (DVC, CI)."""
     interactive = sys.stderr.isatty()
     return tqdm(

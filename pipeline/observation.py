@@ -20,12 +20,14 @@ Compatibility: a checkpoint without ``meta.observation`` (written before it exis
 unchecked, and so is any fact it does not record. ``action_repeat``, ``camera`` and
 ``render_mode`` may also be one value for every task (the form evaluate read before this module).
 """
+
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.errors import UserError
 
@@ -75,7 +77,7 @@ class ObservationMeta:
 
     # --- writing -----------------------------------------------------------------------------
     @classmethod
-    def from_dataset(cls, stats: Mapping[str, Any], *, image_size: int, frame_stack: int) -> "ObservationMeta":
+    def from_dataset(cls, stats: Mapping[str, Any], *, image_size: int, frame_stack: int) -> ObservationMeta:
         """The facts of a dataset (its ``stats.json`` as a dict) read at ``frame_stack`` frames per
         observation: per-task action repeat, camera and render mode from
         ``provenance.tasks.<task>.collect`` (tasks without a record are left out), the frame size
@@ -90,7 +92,13 @@ class ObservationMeta:
                 camera[task] = collect["camera"]
             if "render_mode" in collect:
                 mode[task] = str(collect["render_mode"])
-        return cls(action_repeat=repeat, image_size=int(image_size), camera=camera, render_mode=mode, frame_stack=int(frame_stack))
+        return cls(
+            action_repeat=repeat,
+            image_size=int(image_size),
+            camera=camera,
+            render_mode=mode,
+            frame_stack=int(frame_stack),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able ``meta["observation"]`` record (unknown facts left out, tasks sorted)."""
@@ -103,7 +111,7 @@ class ObservationMeta:
 
     # --- reading -----------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: Any, *, source: str = "checkpoint") -> "ObservationMeta":
+    def from_dict(cls, raw: Any, *, source: str = "checkpoint") -> ObservationMeta:
         """Parse a ``meta["observation"]`` record; ``source`` names its file in errors.
 
         Raises:
@@ -111,10 +119,14 @@ class ObservationMeta:
         """
         fix = f"rerun the pretrain stage to rewrite it, or delete meta.{OBSERVATION_KEY} from {source} to use the checkpoint unchecked"
         if not isinstance(raw, Mapping):
-            raise ObservationMetaError(f"{source}: meta.{OBSERVATION_KEY} is {type(raw).__name__}, expected a dict; {fix}")
+            raise ObservationMetaError(
+                f"{source}: meta.{OBSERVATION_KEY} is {type(raw).__name__}, expected a dict; {fix}"
+            )
         unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ObservationMetaError(f"{source}: meta.{OBSERVATION_KEY} has unknown keys {unknown} (known: {sorted(cls.__dataclass_fields__)}); {fix}")
+            raise ObservationMetaError(
+                f"{source}: meta.{OBSERVATION_KEY} has unknown keys {unknown} (known: {sorted(cls.__dataclass_fields__)}); {fix}"
+            )
         checks = {
             "action_repeat": (_is_repeat, True, "an integer >= 1 or {task: integer >= 1}"),
             "image_size": (_is_repeat, False, "an integer >= 1 (pixels)"),
@@ -133,12 +145,14 @@ class ObservationMeta:
             else:
                 good = ok(value)
             if not good:
-                raise ObservationMetaError(f"{source}: meta.{OBSERVATION_KEY}.{key} = {value!r}, expected {expected}; {fix}")
+                raise ObservationMetaError(
+                    f"{source}: meta.{OBSERVATION_KEY}.{key} = {value!r}, expected {expected}; {fix}"
+                )
             values[key] = value
         return cls(**values)
 
     @classmethod
-    def read(cls, folder: str | Path) -> "ObservationMeta | None":
+    def read(cls, folder: str | Path) -> ObservationMeta | None:
         """The facts recorded in the checkpoint folder's ``config.json`` metadata, or None when it
         records none (a checkpoint older than this contract)."""
         from models.checkpoint import CONFIG_FILE, read_checkpoint_config
@@ -166,8 +180,15 @@ class ObservationMeta:
         return None
 
     def mismatches(
-        self, task: str, *, who: str, action_repeat: int | None = None, image_size: int | None = None,
-        camera: int | str | None = None, render_mode: str | None = None, frame_stack: int | None = None,
+        self,
+        task: str,
+        *,
+        who: str,
+        action_repeat: int | None = None,
+        image_size: int | None = None,
+        camera: int | str | None = None,
+        render_mode: str | None = None,
+        frame_stack: int | None = None,
     ) -> list[str]:
         """One line per fact where the recorded value and the run's differ, naming both.
 
@@ -185,12 +206,20 @@ class ObservationMeta:
             "render_mode": ("render mode", "on {!r} frames", "{!r}"),
             "frame_stack": ("frame stack", "on {}-frame stacks", "{} frames"),
         }
-        run = {"action_repeat": action_repeat, "image_size": image_size, "camera": camera, "render_mode": render_mode, "frame_stack": frame_stack}
+        run = {
+            "action_repeat": action_repeat,
+            "image_size": image_size,
+            "camera": camera,
+            "render_mode": render_mode,
+            "frame_stack": frame_stack,
+        }
         lines = []
         for key, used in run.items():
             recorded = self.for_task(key, task)
             if used is None or recorded is None or recorded == used:
                 continue
             label, backbone_form, run_form = forms[key]
-            lines.append(f"{label}: backbone pretrained {backbone_form.format(recorded)}, {who} of {task} uses {run_form.format(used)}")
+            lines.append(
+                f"{label}: backbone pretrained {backbone_form.format(recorded)}, {who} of {task} uses {run_form.format(used)}"
+            )
         return lines

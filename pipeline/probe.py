@@ -38,12 +38,13 @@ Split protocol (:func:`split_r2`): the same ridge fitted on a train split (penal
 train split alone by the same episode-grouped CV) and scored once on a separate validation split
 as variance-weighted R^2.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -128,7 +129,14 @@ def _fit_mlp(x: np.ndarray, y: np.ndarray) -> MLPRegressor:
 
 
 def out_of_fold(
-    features: np.ndarray, targets: np.ndarray, episode: np.ndarray, kinds: list[str], *, alphas: list[float], folds: int, model: str = "ridge",
+    features: np.ndarray,
+    targets: np.ndarray,
+    episode: np.ndarray,
+    kinds: list[str],
+    *,
+    alphas: list[float],
+    folds: int,
+    model: str = "ridge",
 ) -> OutOfFold:
     """Episode-grouped k-fold probe, ridge (default) or :data:`MLP`.
 
@@ -149,7 +157,9 @@ def out_of_fold(
     episode = np.asarray(episode)
     n_episodes = len(np.unique(episode))
     if n_episodes < 3:
-        raise ValueError(f"the probe needs at least 3 held-out episodes (got {n_episodes}): raise evaluate.heldout_episodes")
+        raise ValueError(
+            f"the probe needs at least 3 held-out episodes (got {n_episodes}): raise evaluate.heldout_episodes"
+        )
     keep = targets.std(axis=0) > 1e-8  # a constant dimension has no R^2
     y = targets[:, keep]
     kept_kinds = tuple(k for k, m in zip(kinds, keep) if m)
@@ -358,7 +368,9 @@ def read_probe_file(path: str | Path) -> tuple[dict[str, OutOfFold], np.ndarray]
     with np.load(path, allow_pickle=False) as f:
         kinds = tuple(str(k) for k in f["kinds"])
         oofs = {
-            str(name): OutOfFold(f["target"], f["prediction"][i], f["episode"], kinds, tuple(float(a) for a in f["alphas"][i]))
+            str(name): OutOfFold(
+                f["target"], f["prediction"][i], f["episode"], kinds, tuple(float(a) for a in f["alphas"][i])
+            )
             for i, name in enumerate(f["names"])
         }
         return oofs, f["bootstrap_weights"].astype(np.float64)

@@ -7,10 +7,12 @@ MuJoCo. A new backend is one module and one line in its registry::
     FLOW_BACKENDS = Registry("flow.backend", {"dis": "pipeline.flow.dis:DISBackend", ...})
     cls = FLOW_BACKENDS.get(params.backend)
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Generic, Iterator, Mapping, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from pipeline.errors import UserError
 

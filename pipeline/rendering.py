@@ -7,6 +7,7 @@ imported. It has two callers: the CLI at start-up, and :func:`pipeline.collect.m
 without the CLI. ``egl`` works out of the box on Debian with Mesa (software rendering on
 CPU machines, the NVIDIA driver on GPU ones).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ A stream is named by a key path of numbers and strings (strings by CRC32, so a n
 changes no other stream's numbers); numpy's ``SeedSequence`` hashes the path, so neighbouring keys
 give unrelated seeds. Each stage keeps its own table of stream ids (its namespace).
 """
+
 from __future__ import annotations
 
 import zlib

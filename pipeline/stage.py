@@ -6,6 +6,7 @@ then its params section (plus the shared ``weights`` section where it loads weig
 The summary is a frozen dataclass deriving from :class:`StageSummary`; ``line()`` is the one
 line the CLI prints and ``metrics()`` the JSON the stage writes to its metrics file.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -6,12 +6,14 @@ about as much as restoring 150 frames, so a process compiles each task once; the
 starts that compile on a background thread (:func:`prefetch_task_physics`) while it loads its
 first episode.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,17 @@ download fails), ``on_missing`` decides: ``error`` raises
 ``random_init=True``, whose :meth:`~ResolvedWeights.provenance` every stage
 records in its outputs.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import re
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, sha256_of
@@ -72,7 +74,10 @@ class ResolvedWeights:
 
 def is_offline(offline_param: bool = False) -> bool:
     """True when downloads must not be attempted (param, ``SEMORE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``)."""
-    env = any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("SEMORE_OFFLINE", "HF_HUB_OFFLINE"))
+    env = any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("SEMORE_OFFLINE", "HF_HUB_OFFLINE")
+    )
     return offline_param or env
 
 
@@ -180,6 +185,10 @@ def resolve_weights(
     log.warning(
         "!!! %s: weights %r (%s) not found (%s); RANDOM INITIALISATION, recorded in provenance. "
         "Put the weights at %s to use them.",
-        what, source, param_key, failure, expected,
+        what,
+        source,
+        param_key,
+        failure,
+        expected,
     )
     return ResolvedWeights(what, source, None, True, f"missing: {failure}")

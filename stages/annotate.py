@@ -17,6 +17,7 @@ Exits with status 2, so that DVC records nothing, if frames failed because the
 backend was unreachable (rerun to complete them) or if more than
 annotate.max_failure_rate of the frames have invalid answers.
 """
+
 from __future__ import annotations
 
 import argparse

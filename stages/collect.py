@@ -5,6 +5,7 @@ qpos/qvel, body poses, camera pose and intrinsics, optional depth and segmentati
 in pipeline/episodes.py), OUT/index.json and OUT/preview.gif. Reads the `collect` section of
 params.yaml. Finished episode files recorded with the same params are kept on a rerun.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,12 @@ HELP = "record pixel episodes of one task with the simulator's truth beside ever
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="task name, e.g. cheetah-run or HalfCheetah-v5 (see --list-tasks)")
     parser.add_argument("--out", help="output folder, e.g. data/episodes/<task>")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: collect.workers); outputs do not depend on it")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: collect.workers); outputs do not depend on it",
+    )
     parser.add_argument("--list-tasks", action="store_true", help="print every valid task name and exit")
 
 

@@ -9,6 +9,7 @@ embeddings), json), README.md (the dataset card, Hub-ready) and stats.json
 first (flow and annotations must name the episode file they were made from).
 Params: the `encode` and `weights` sections of params.yaml.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,13 @@ HELP = "CLIP targets + WebDataset shards, dataset card and stats (-> data/datase
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--episodes", default="data/episodes", help="collect output, one folder per task (default: %(default)s)")
+    parser.add_argument(
+        "--episodes", default="data/episodes", help="collect output, one folder per task (default: %(default)s)"
+    )
     parser.add_argument("--flow", default="data/flow", help="flow output, one folder per task (default: %(default)s)")
-    parser.add_argument("--annotations", default="data/annotations", help="annotate output, one folder per task (default: %(default)s)")
+    parser.add_argument(
+        "--annotations", default="data/annotations", help="annotate output, one folder per task (default: %(default)s)"
+    )
     parser.add_argument("--out", default="data/dataset", help="dataset folder to write (default: %(default)s)")
 
 

@@ -11,6 +11,7 @@ pretrained minus each random initialisation), then trains SAC on the observation
 Writes <out>/report.md (tables), results.json, plots/ (learning curves with CI bands, probe bars)
 and dvclive/ (metrics and curves for dvc metrics/plots/exp), and the metrics JSON (headline figures).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,11 @@ HELP = "probe and SAC arms on held-out episodes: does the pretrained backbone he
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="the pretrain stage's output folder (holding backbone/), or a backbone checkpoint folder")
+    parser.add_argument(
+        "--backbone",
+        required=True,
+        help="the pretrain stage's output folder (holding backbone/), or a backbone checkpoint folder",
+    )
     parser.add_argument("--out", required=True, help="output folder (data/evaluation)")
     parser.add_argument("--metrics", required=True, help="metrics JSON file (data/metrics/evaluate.json)")
 

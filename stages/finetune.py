@@ -12,6 +12,7 @@ learning curves as DVCLive logs (<plots>/metrics.json, <plots>/plots/metrics/{ev
 step = environment frames after action repeat). Resumable checkpoints go to
 finetune.checkpoint_dir: rerunning a stopped run (or the same run with more frames) resumes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,11 @@ HELP = "online SAC from pixels with the pretrained (or scratch, or frozen) backb
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="the pretrain stage's output folder (holding backbone/), or a backbone checkpoint folder")
+    parser.add_argument(
+        "--backbone",
+        required=True,
+        help="the pretrain stage's output folder (holding backbone/), or a backbone checkpoint folder",
+    )
     parser.add_argument("--out", required=True, help="output folder: actor/ checkpoint and eval_video.gif")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")
     parser.add_argument("--plots", required=True, help="folder for the learning curves (DVCLive logs, step = frames)")

@@ -12,6 +12,7 @@ Backends (flow.backend): simulator (exact, no weights; needs collect.depth and
 collect.segmentation), dis (OpenCV, no weights), ptlflow (flow.model, e.g. raft_small,
 with flow.weights through the weights policy).
 """
+
 from __future__ import annotations
 
 import argparse

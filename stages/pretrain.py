@@ -9,6 +9,7 @@ linear-probe R^2 of the pretrained and of the random-weights backbone) and loss 
 Scale out with torchrun (the same command on one process or many):
   torchrun --nproc_per_node 2 -m pipeline.cli pretrain --dataset ... (or set pretrain.nproc)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dataset", required=True,
+        "--dataset",
+        required=True,
         help="the encode stage's output folder (train/ and validation/ shards), or a Hub dataset id (user/name) published with `semore push`",
     )
     parser.add_argument("--out", required=True, help="output folder: backbone/ and model/ checkpoints")
@@ -38,9 +40,26 @@ def _relaunch(args: argparse.Namespace, nproc: int) -> None:
     from pipeline.errors import UserError
 
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "pipeline.cli", "--params", args.params, "--log-level", args.log_level,
-        "pretrain", "--dataset", args.dataset, "--out", args.out, "--metrics", args.metrics, "--plots", args.plots,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "pipeline.cli",
+        "--params",
+        args.params,
+        "--log-level",
+        args.log_level,
+        "pretrain",
+        "--dataset",
+        args.dataset,
+        "--out",
+        args.out,
+        "--metrics",
+        args.metrics,
+        "--plots",
+        args.plots,
     ]
     log.info("pretrain.nproc = %d: relaunching under torchrun", nproc)
     rc = subprocess.run(cmd, check=False).returncode
@@ -56,4 +75,8 @@ def run(args: argparse.Namespace, params: Params) -> None:
     if params.pretrain.nproc > 1 and not launched_by_torchrun():
         _relaunch(args, params.pretrain.nproc)
         return
-    print(pretrain(resolve_dataset(args.dataset), args.out, params.pretrain, metrics=args.metrics, plots=args.plots).line())
+    print(
+        pretrain(
+            resolve_dataset(args.dataset), args.out, params.pretrain, metrics=args.metrics, plots=args.plots
+        ).line()
+    )

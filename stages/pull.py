@@ -5,6 +5,7 @@ intact, every sample complete) and only then renamed onto --out; an
 interrupted download resumes on the next run. The result feeds the pretrain
 stage exactly like a locally encoded dataset.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ README.md, stats.json and the shards with huggingface_hub (a rerun resumes an
 interrupted upload; shards left from an earlier, larger push are deleted).
 The token comes from HF_TOKEN (or `hf auth login`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,5 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, params: Params) -> None:
     from pipeline.dataset.hub import push_dataset
 
-    url = push_dataset(args.dataset, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message)
+    url = push_dataset(
+        args.dataset, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message
+    )
     print(url or f"pushed {args.dataset} to hf://datasets/{args.repo_id}")

@@ -3,6 +3,7 @@
 Every stage validates the whole file before it starts; this command does only
 that, for checking an edit or a `dvc exp run -S` override before a long run.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Test-wide settings: offline, no analytics, few threads, headless rendering."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ It must be importable by module path (``models.checkpoint.load_module`` rebuilds
 also inside spawned worker processes), and it is registered with
 ``models.checkpoint.register_checkpoint_class``: a checkpoint may only build allowed classes.
 """
+
 from __future__ import annotations
 
 import torch

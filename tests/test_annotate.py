@@ -1,4 +1,5 @@
 """Annotate stage: answer schema, simulator truth, name matching, the simulator backend end to end, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from support.annotate import annotate, collect_episodes
+
 from pipeline.annotate.accuracy import AccuracyCounts, EntityMatcher, name_words
-from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.base import FrameItem, FrameResult
+from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.schema import (
     Annotation,
     AnnotationError,
@@ -78,7 +79,9 @@ def test_parse_is_strict_on_the_schema(answer: object, message: str) -> None:
         parse_annotation(text)
 
 
-@pytest.mark.parametrize("box", [[-1, 0, 10, 10], [0, -0.5, 10, 10], [0, 0, 49, 10], [0, 0, 10, 33], [100, 100, 200, 200]])
+@pytest.mark.parametrize(
+    "box", [[-1, 0, 10, 10], [0, -0.5, 10, 10], [0, 0, 49, 10], [0, 0, 10, 33], [100, 100, 200, 200]]
+)
 def test_boxes_outside_the_frame_are_invalid(box: list[float]) -> None:
     text = json.dumps({**VALID, "objects": [{"name": "a", "description": "d", "box": box}]})
     with pytest.raises(AnnotationError, match="outside the 48x32 image"):
@@ -97,17 +100,30 @@ def test_visible_entities_from_segmentation() -> None:
     geom_names = ["floor", "cart", "pole", "geom3"]
     geom_body = np.array([0, 1, 2, 0], dtype=np.int32)
     entities = model_entities(body_names, geom_names, geom_body)
-    assert [(e.kind, e.index, e.name) for e in entities] == [("body", 1, "cart"), ("body", 2, "pole"), ("scenery", 0, "floor")]
+    assert [(e.kind, e.index, e.name) for e in entities] == [
+        ("body", 1, "cart"),
+        ("body", 2, "pole"),
+        ("scenery", 0, "floor"),
+    ]
     seg = np.full((10, 12), -1, dtype=np.int32)
     seg[2:4, 3:7] = 1  # cart: 8 px, columns 3..6, rows 2..3
     seg[5, 0] = 2  # pole: 1 px (below the threshold)
     seg[8:, :] = 0  # floor
     seg[9, 11] = 3  # unnamed world geom: never an entity
     visible = visible_entities(seg, geom_body, entities, min_pixels=2)
-    assert [(v.entity.name, v.pixels, v.box) for v in visible] == [("cart", 8, (3, 2, 7, 4)), ("floor", 23, (0, 8, 12, 10))]
+    assert [(v.entity.name, v.pixels, v.box) for v in visible] == [
+        ("cart", 8, (3, 2, 7, 4)),
+        ("floor", 23, (0, 8, 12, 10)),
+    ]
 
 
-CHEETAH = Entity("body", 1, "torso", ("torso", "head")), Entity("body", 2, "bthigh", ("bthigh",)), Entity("body", 3, "ffoot", ("ffoot",)), Entity("body", 4, "bfoot", ("bfoot",)), Entity("scenery", 0, "ground", ("ground",))
+CHEETAH = (
+    Entity("body", 1, "torso", ("torso", "head")),
+    Entity("body", 2, "bthigh", ("bthigh",)),
+    Entity("body", 3, "ffoot", ("ffoot",)),
+    Entity("body", 4, "bfoot", ("bfoot",)),
+    Entity("scenery", 0, "ground", ("ground",)),
+)
 
 
 @pytest.mark.parametrize(
@@ -139,10 +155,19 @@ def test_accuracy_counts_named_unknown_and_missed(episodes: Path) -> None:
     in_view = {v.entity.name for v in scene.visible}
     assert {"cart", "pole_1"} <= in_view
     counts = AccuracyCounts()
-    counts.add(Annotation.model_validate({"caption": "c", "motion": "m", "objects": [
-        {"name": "cart", "description": "", "box": None},
-        {"name": "purple ball", "description": "", "box": None},
-    ]}), scene)
+    counts.add(
+        Annotation.model_validate(
+            {
+                "caption": "c",
+                "motion": "m",
+                "objects": [
+                    {"name": "cart", "description": "", "box": None},
+                    {"name": "purple ball", "description": "", "box": None},
+                ],
+            }
+        ),
+        scene,
+    )
     metrics = counts.to_json()
     assert (metrics["named_objects"], metrics["named_in_view"], metrics["named_unknown"]) == (2, 1, 1)
     assert (metrics["bodies_in_view"], metrics["bodies_missed"]) == (2, 1)  # the pole was not named
@@ -156,7 +181,11 @@ def test_simulator_backend_end_to_end(episodes: Path, tmp_path: Path) -> None:
     assert [f.name for f in files] == ["episode_000000.json", "episode_000001.json"]
     doc = json.loads(files[0].read_text())
     assert {k: doc[k] for k in ("task", "episode", "backend", "every_k", "weights")} == {
-        "task": "cartpole-swingup", "episode": 0, "backend": "simulator", "every_k": 7, "weights": None,
+        "task": "cartpole-swingup",
+        "episode": 0,
+        "backend": "simulator",
+        "every_k": 7,
+        "weights": None,
     }
     assert "cartpole-swingup" in doc["prompt"] and "{task}" not in doc["prompt"]
     first = list_episodes(episodes)[0]
@@ -169,7 +198,9 @@ def test_simulator_backend_end_to_end(episodes: Path, tmp_path: Path) -> None:
         truth = scene_truths(episode, [record["step"]], 4)[record["step"]]
         assert [o.name for o in annotation.objects] == [v.entity.name for v in truth.visible]
         assert [o.box for o in annotation.objects] == [list(map(float, v.box)) for v in truth.visible]
-        assert annotation.caption.startswith("The pole is ") and "; the cart is " in annotation.caption  # the state in words
+        assert (
+            annotation.caption.startswith("The pole is ") and "; the cart is " in annotation.caption
+        )  # the state in words
         assert annotation.motion and all(o.box is not None for o in annotation.objects)
     # The simulator is its own ground truth: everything named is in view, nothing missed.
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -220,7 +251,9 @@ def test_annotation_files_are_validated_on_open(episodes: Path, tmp_path: Path) 
         changed = json.loads(json.dumps(body))
         change(changed)
         broken.write_text(json.dumps(changed))
-        with pytest.raises(AnnotationFileError, match=rf"(?s){broken}: not an annotation file.*{message}.*rerun the annotate stage"):
+        with pytest.raises(
+            AnnotationFileError, match=rf"(?s){broken}: not an annotation file.*{message}.*rerun the annotate stage"
+        ):
             read_annotation_file(broken)
     broken.write_text("{")
     with pytest.raises(AnnotationFileError, match="not JSON"):
@@ -251,7 +284,17 @@ def test_cli(episodes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     params_file = tmp_path / "params.yaml"
     params_file.write_text(f"annotate:\n  every_k: 10\n  cache_dir: {tmp_path / 'cache'}\n")
     out, metrics = tmp_path / "out", tmp_path / "metrics" / "m.json"
-    argv = ["--params", str(params_file), "annotate", "--episodes", str(episodes), "--out", str(out), "--metrics", str(metrics)]
+    argv = [
+        "--params",
+        str(params_file),
+        "annotate",
+        "--episodes",
+        str(episodes),
+        "--out",
+        str(out),
+        "--metrics",
+        str(metrics),
+    ]
     assert main(argv) == 0
     assert "6 frames, 6 ok, 0 failed" in capsys.readouterr().out  # 2 episodes x steps (0, 10, 20)
     assert json.loads(metrics.read_text())["frames"] == 6
@@ -260,7 +303,9 @@ def test_cli(episodes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt data"])
-def test_damaged_episode_is_a_clear_error(episodes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str) -> None:
+def test_damaged_episode_is_a_clear_error(
+    episodes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
     folder = tmp_path / "episodes"
     folder.mkdir()
     for f in list_episodes(episodes):
@@ -268,14 +313,24 @@ def test_damaged_episode_is_a_clear_error(episodes: Path, tmp_path: Path, capsys
     bad = folder / "episode_000001.npz"
     data = bytearray(bad.read_bytes())
     if damage == "truncated":
-        del data[len(data) // 2:]
+        del data[len(data) // 2 :]
     else:  # flip bytes inside the first member's compressed data: the zip directory still reads
         for i in range(200, 400):
             data[i] ^= 0xFF
     bad.write_bytes(bytes(data))
     params_file = tmp_path / "params.yaml"
     params_file.write_text(f"annotate:\n  cache_dir: {tmp_path / 'cache'}\n")
-    argv = ["--params", str(params_file), "annotate", "--episodes", str(folder), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")]
+    argv = [
+        "--params",
+        str(params_file),
+        "annotate",
+        "--episodes",
+        str(folder),
+        "--out",
+        str(tmp_path / "out"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "Fix:" in err and "Traceback" not in err
@@ -305,4 +360,7 @@ def test_bad_prompt_template_is_a_params_error() -> None:
 
     with pytest.raises(ParamsError, match=r"annotate.prompt = 'describe \{object\}'.*only \{task\}"):
         parse_params({"annotate": {"prompt": "describe {object}"}})
-    assert parse_params({"annotate": {"prompt": "JSON {{caption}} of {task}"}}).annotate.prompt.format(task="t") == "JSON {caption} of t"
+    assert (
+        parse_params({"annotate": {"prompt": "JSON {{caption}} of {task}"}}).annotate.prompt.format(task="t")
+        == "JSON {caption} of t"
+    )

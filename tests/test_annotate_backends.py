@@ -1,14 +1,16 @@
 """Annotate backends end to end: a tiny random VLM in process, and a real chat-completions server on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-
 from support.annotate import VALID_ANSWER, Action, ChatServer, annotate, collect_episodes, pixels_digest, save_tiny_vlm
+
 from pipeline.annotate.base import FrameItem, FrameResult
 from pipeline.annotate.openai_backend import OpenAIBackend
 from pipeline.annotate.run import AnnotateFailed, AnnotateIncomplete
@@ -38,7 +40,12 @@ def frame_ids(episodes: Path) -> dict[str, tuple[int, int]]:
 
 
 def params(tmp: Path, **annotate: Any):
-    return parse_params({"annotate": {"cache_dir": str(tmp / "cache"), **annotate}, "weights": {"on_missing": "error", "cache_dir": str(tmp / "w")}})
+    return parse_params(
+        {
+            "annotate": {"cache_dir": str(tmp / "cache"), **annotate},
+            "weights": {"on_missing": "error", "cache_dir": str(tmp / "w")},
+        }
+    )
 
 
 def records(out: Path) -> dict[tuple[int, int], dict[str, Any]]:
@@ -66,10 +73,22 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-vlm")
 
 
-def test_transformers_backend_end_to_end(episodes: Path, tiny_vlm: Path, tmp_path: Path, torch_one_thread: None) -> None:
+def test_transformers_backend_end_to_end(
+    episodes: Path, tiny_vlm: Path, tmp_path: Path, torch_one_thread: None
+) -> None:
     # A random model's answers are noise: accept any failure rate, and make each failure final after one run.
-    p = params(tmp_path, backend="transformers", model=str(tiny_vlm), device="cpu", every_k=10, batch_size=4, max_new_tokens=24, max_retries=1,
-               max_failure_rate=1.0, max_invalid_runs=1)
+    p = params(
+        tmp_path,
+        backend="transformers",
+        model=str(tiny_vlm),
+        device="cpu",
+        every_k=10,
+        batch_size=4,
+        max_new_tokens=24,
+        max_retries=1,
+        max_failure_rate=1.0,
+        max_invalid_runs=1,
+    )
     summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     recs = records(tmp_path / "out")
     assert sorted(recs) == [(e, t) for e in (0, 1) for t in (0, 10, 20)]
@@ -94,13 +113,27 @@ def test_transformers_backend_end_to_end(episodes: Path, tiny_vlm: Path, tmp_pat
 
 
 def test_transformers_random_model_and_bad_folder(episodes: Path, tmp_path: Path, torch_one_thread: None) -> None:
-    p = params(tmp_path, backend="transformers", model="random", device="cpu", every_k=20, max_new_tokens=8, max_retries=0, max_failure_rate=1.0)
+    p = params(
+        tmp_path,
+        backend="transformers",
+        model="random",
+        device="cpu",
+        every_k=20,
+        max_new_tokens=8,
+        max_retries=0,
+        max_failure_rate=1.0,
+    )
     annotate(episodes, tmp_path / "out", tmp_path / "m.json", p)
     doc = json.loads((tmp_path / "out" / "episode_000001.json").read_text())
     assert doc["weights"]["random_init"] is True and [r["step"] for r in doc["records"]] == [0, 20]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="cannot be loaded as an image-text-to-text model"):
-        annotate(episodes, tmp_path / "out2", tmp_path / "m2.json", params(tmp_path, backend="transformers", model=str(tmp_path / "empty")))
+        annotate(
+            episodes,
+            tmp_path / "out2",
+            tmp_path / "m2.json",
+            params(tmp_path, backend="transformers", model=str(tmp_path / "empty")),
+        )
     assert not (tmp_path / "out2").exists()
 
 
@@ -133,7 +166,9 @@ def http_params(tmp: Path, server: ChatServer, **extra: Any):
     return params(tmp, backend="openai", model=server.model, base_url=server.base_url, every_k=5, **settings)
 
 
-def test_http_backend_faults_then_resume(episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_backend_faults_then_resume(
+    episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SEMORE_TEST_KEY", "sk-test")
     with ChatServer(plan=fault_plan(frame_ids)) as server:
         p = http_params(tmp_path, server, api_key_env="SEMORE_TEST_KEY", timeout_s=TIMEOUT)
@@ -149,7 +184,11 @@ def test_http_backend_faults_then_resume(episodes: Path, frame_ids: dict[str, tu
     assert ok == {(0, 0), (0, 5), (0, 10), (1, 0), (1, 5)}
     assert recs[(0, 15)]["raw"] == "{not json" and "malformed" in recs[(0, 15)]["error"]
     assert recs[(0, 20)]["raw"] == INVALID and recs[(0, 20)]["error"].startswith("invalid answer")
-    assert "HTTP 500" in recs[(1, 10)]["error"] and "timed out" in recs[(1, 15)]["error"] and "HTTP 400" in recs[(1, 20)]["error"]
+    assert (
+        "HTTP 500" in recs[(1, 10)]["error"]
+        and "timed out" in recs[(1, 15)]["error"]
+        and "HTTP 400" in recs[(1, 20)]["error"]
+    )
     calls = {frame_ids[d]: n for d, n in server.calls_by_frame.items()}
     assert calls[(0, 0)] == calls[(1, 0)] == 1 and calls[(0, 5)] == calls[(0, 10)] == calls[(1, 5)] == 2
     assert calls[(0, 15)] == calls[(0, 20)] == calls[(1, 10)] == calls[(1, 15)] == 3  # 1 + max_retries
@@ -157,7 +196,12 @@ def test_http_backend_faults_then_resume(episodes: Path, frame_ids: dict[str, tu
     temperatures = [b["temperature"] for b in server.bodies if frame_ids[pixels_digest(_frame(b))] == (1, 5)]
     assert temperatures == [0.0, 0.7]  # greedy first, sampled retry after the invalid answer
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert (metrics["ok"], metrics["failed"], metrics["failed_invalid_answer"], metrics["failed_unreachable"]) == (5, 5, 1, 4)
+    assert (metrics["ok"], metrics["failed"], metrics["failed_invalid_answer"], metrics["failed_unreachable"]) == (
+        5,
+        5,
+        1,
+        4,
+    )
     assert metrics["accuracy"]["named_objects"] == 10 and metrics["accuracy"]["named_in_view"] == 10
 
     # The server comes back healthy on the same port: only the 4 unreachable frames and the frame whose answer
@@ -231,7 +275,11 @@ def test_interrupt_keeps_finished_frames(episodes: Path, frame_ids: dict[str, tu
         p = http_params(tmp_path, server)
         with pytest.raises(KeyboardInterrupt):
             annotate(episodes, tmp_path / "out", tmp_path / "m.json", p, backend=Interrupted(p.annotate, p.weights))
-        assert not any(f.name.startswith(".") for f in (tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+        assert (
+            not any(f.name.startswith(".") for f in (tmp_path / "out").glob("*"))
+            if (tmp_path / "out").exists()
+            else True
+        )
         first = server.chat_calls
     with ChatServer(port=server.port) as again:
         annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, again))
@@ -272,7 +320,17 @@ def test_all_answers_unparseable_exits_nonzero_naming_rate_and_answer(
             f"  model: {server.model}\n  base_url: {server.base_url}\n  cache_dir: {tmp_path / 'cache'}\n"
         )
         metrics = tmp_path / "m.json"
-        argv = ["--params", str(params_file), "annotate", "--episodes", str(episodes), "--out", str(tmp_path / "out"), "--metrics", str(metrics)]
+        argv = [
+            "--params",
+            str(params_file),
+            "annotate",
+            "--episodes",
+            str(episodes),
+            "--out",
+            str(tmp_path / "out"),
+            "--metrics",
+            str(metrics),
+        ]
         assert main(argv) == 2  # non-zero: DVC records nothing
     err = capsys.readouterr().err
     assert "10 of 10 frames (100.0%)" in err and "annotate.max_failure_rate = 0.05" in err
@@ -297,7 +355,12 @@ def test_half_invalid_is_refused_then_a_fixed_server_completes_from_the_cache(
 
     # Fixed: the rerun asks only the 5 failed frames, deletes nothing, and completes the dataset.
     with ChatServer(port=port) as fixed:
-        summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, fixed, max_retries=0, max_failure_rate=0.25))
+        summary = annotate(
+            episodes,
+            tmp_path / "out",
+            tmp_path / "m.json",
+            http_params(tmp_path, fixed, max_retries=0, max_failure_rate=0.25),
+        )
     assert fixed.chat_calls == 5 and {frame_ids[d] for d in fixed.calls_by_frame} == bad
     assert (summary.ok, summary.failed, summary.cache_hits) == (10, 0, 5)
     assert all(r["status"] == "ok" for r in records(tmp_path / "out").values())
@@ -308,9 +371,16 @@ def test_half_invalid_is_refused_then_a_fixed_server_completes_from_the_cache(
     assert {(b["temperature"], b["seed"]) for b in fixed.bodies} == {(0.7, 1)}
 
 
-def test_below_the_limit_passes_with_failures_recorded(episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path) -> None:
+def test_below_the_limit_passes_with_failures_recorded(
+    episodes: Path, frame_ids: dict[str, tuple[int, int]], tmp_path: Path
+) -> None:
     with ChatServer(plan=invalid_for({(1, 20)}, frame_ids)) as server:
-        summary = annotate(episodes, tmp_path / "out", tmp_path / "m.json", http_params(tmp_path, server, max_retries=0, max_failure_rate=0.1))
+        summary = annotate(
+            episodes,
+            tmp_path / "out",
+            tmp_path / "m.json",
+            http_params(tmp_path, server, max_retries=0, max_failure_rate=0.1),
+        )
     assert (summary.failed, summary.failure_rate) == (1, 0.1)  # not above the limit
     assert records(tmp_path / "out")[(1, 20)]["raw"] == INVALID
 
@@ -334,5 +404,7 @@ def test_retry_budget_across_runs_is_bounded_recorded_and_reported(
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert (metrics["failed"], metrics["failed_invalid_answer"], metrics["failed_retries_exhausted"]) == (1, 1, 1)
     entries = [json.loads(v) for v in cache_entries(tmp_path).values()]
-    assert sorted((e["status"], e["runs"]) for e in entries if e["status"] == "failed") == [("failed", 2)]  # recorded in the cache
+    assert sorted((e["status"], e["runs"]) for e in entries if e["status"] == "failed") == [
+        ("failed", 2)
+    ]  # recorded in the cache
     assert records(tmp_path / "out")[stubborn]["raw"] == INVALID

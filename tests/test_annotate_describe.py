@@ -1,4 +1,5 @@
 """The simulator annotator's words (pipeline/annotate/describe.py) and how much of the state they carry (information.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from support.annotate import annotate, collect_episodes, scene_at_state
+
 from pipeline.annotate.describe import (
     COMPASS,
     POLE_BANDS_DEG,
@@ -21,12 +22,12 @@ from pipeline.annotate.describe import (
     pole_words,
 )
 from pipeline.annotate.information import entropy_bits, text_information
-from pipeline.joint_state import Joint, state_matrix
 from pipeline.annotate.simulator import MODEL_NAME, PhysicsReader, describe
-from pipeline.task_physics import load_task_physics
 from pipeline.annotate.truth import body_angular_velocities, scene_truths
 from pipeline.config import parse_params
 from pipeline.episodes import list_episodes, load_episode
+from pipeline.joint_state import Joint, state_matrix
+from pipeline.task_physics import load_task_physics
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +60,16 @@ def run_stage(episodes: Path, tmp: Path, **annotate_params: object) -> dict:
 
 
 def captions(out: Path) -> list[str]:
-    return [r["annotation"]["caption"] for f in sorted(out.glob("*.json")) for r in json.loads(f.read_text())["records"]]
+    return [
+        r["annotation"]["caption"] for f in sorted(out.glob("*.json")) for r in json.loads(f.read_text())["records"]
+    ]
 
 
 # -- many captions on a short noisy episode ------------------------------------------------------------
 @pytest.mark.parametrize("task", ["cartpole", "cheetah"])
-def test_short_noisy_episodes_get_many_distinct_captions(task: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_short_noisy_episodes_get_many_distinct_captions(
+    task: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     metrics = run_stage(request.getfixturevalue(task), tmp_path)
     texts = captions(tmp_path / "out")
     assert len(set(texts)) >= 8, sorted(set(texts))  # v1 said 3 (cheetah) or 4 (cart-pole) things in all
@@ -128,7 +133,9 @@ def test_cheetah_words_follow_the_state(cheetah: Path, reader: PhysicsReader) ->
     assert "rearing up, nose high" in annotation(rootz=0.5, rooty=-1.0).caption
     assert "flipped over" in annotation(rootz=0.5, rooty=math.pi).caption
     assert "running forward" in annotation(speed=3.0).caption and "moving backwards" in annotation(speed=-1.0).caption
-    assert "standing still" in annotation(speed=0.1).caption and "moving slowly forward" in annotation(speed=1.0).caption
+    assert (
+        "standing still" in annotation(speed=0.1).caption and "moving slowly forward" in annotation(speed=1.0).caption
+    )
 
 
 def test_without_physics_the_words_come_from_the_episode(cartpole: Path, tmp_path: Path) -> None:
@@ -161,15 +168,32 @@ def test_other_tasks_get_the_generic_words(cartpole: Path, reader: PhysicsReader
     scene = first_scene(cartpole)
     frame, words = describe_frame(dataclasses.replace(scene, task="mystery-task"), reader.read(scene))
     assert words.caption.startswith("A mystery-task frame: the cart is ")
-    assert describer_for("cartpole-swingup", "dm_control", {"cart": 1}) is describe_generic  # no pole: no cart-pole words
+    assert (
+        describer_for("cartpole-swingup", "dm_control", {"cart": 1}) is describe_generic
+    )  # no pole: no cart-pole words
     assert describer_for("HalfCheetah-v5", "gymnasium", frame.bodies) is describe_generic
 
 
 def test_word_helpers() -> None:
-    assert pole_words(0.0) == "upright" and pole_words(180.0) == "hanging straight down" and pole_words(-90.0) == "horizontal, pointing left"
-    assert [compass_words(a) for a in (0, 22, 23, 180, -90, 359)] == ["up", "up", "up and to the right", "down", "left", "up"]
+    assert (
+        pole_words(0.0) == "upright"
+        and pole_words(180.0) == "hanging straight down"
+        and pole_words(-90.0) == "horizontal, pointing left"
+    )
+    assert [compass_words(a) for a in (0, 22, 23, 180, -90, 359)] == [
+        "up",
+        "up",
+        "up and to the right",
+        "down",
+        "left",
+        "up",
+    ]
     assert len(set(compass_words(a) for a in range(0, 360, 45))) == len(COMPASS)
-    assert part_name("bthigh") == "back thigh" and part_name("right_foot") == "right foot" and part_name("floor") == "floor"
+    assert (
+        part_name("bthigh") == "back thigh"
+        and part_name("right_foot") == "right foot"
+        and part_name("floor") == "floor"
+    )
 
 
 # -- informativeness --------------------------------------------------------------------------------------
@@ -200,12 +224,20 @@ def test_captions_carry_more_of_the_state_than_a_constant_caption(cartpole: Path
         qvel.append(e.qvel)
         episode += [i] * len(e.qpos)
     state, kinds = state_matrix(model_joints("cartpole-swingup"), np.concatenate(qpos), np.concatenate(qvel))
-    constant = text_information({"caption": ["A cartpole-swingup frame with 2 bodies in view."] * len(episode)}, np.array(episode), state, kinds)
+    constant = text_information(
+        {"caption": ["A cartpole-swingup frame with 2 bodies in view."] * len(episode)}, np.array(episode), state, kinds
+    )
     assert constant["caption"]["distinct"] == 1 and constant["caption"]["probe_r2"] < 0.02
     assert info["caption"]["probe_r2"] > constant["caption"]["probe_r2"] + 0.2
     # Fewer than 3 episodes: no probe, counts still.
     few = text_information({"caption": ["a", "b"]}, np.array([0, 1]), np.array([[0.0], [1.0]]), ["position"])
-    assert few["caption"] == {"distinct": 2, "entropy_bits": 1.0, "probe_r2": None, "probe_r2_position": None, "probe_r2_velocity": None}
+    assert few["caption"] == {
+        "distinct": 2,
+        "entropy_bits": 1.0,
+        "probe_r2": None,
+        "probe_r2_position": None,
+        "probe_r2_velocity": None,
+    }
 
 
 def test_a_prefetched_model_is_compiled_once_and_a_failed_compile_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:

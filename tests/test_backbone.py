@@ -1,4 +1,5 @@
 """The dual-path backbone and its heads: shapes, dtypes, path separation, checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,23 @@ def _obs(batch: int = 2, k: int = 3, size: int = 16, seed: int = 0) -> torch.Ten
 @pytest.mark.parametrize("interaction", [True, False])
 def test_shapes_and_dtypes_through_every_head(kind: str, interaction: bool) -> None:
     torch.manual_seed(0)
-    model = PretrainModel(backbone={**TINY, "interaction": interaction, "interaction_kind": kind}, clip_dim=12, head_hidden=16)
+    model = PretrainModel(
+        backbone={**TINY, "interaction": interaction, "interaction_kind": kind}, clip_dim=12, head_hidden=16
+    )
     obs = _obs()
     paths = model.backbone.forward_paths(obs)
     assert paths.semantic.shape == paths.motion.shape == paths.fused.shape == (2, 8)
     assert paths.semantic_map.shape == paths.motion_map.shape == (2, 4, 8, 8)
     out = model(obs)
-    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "clip_motion": (2, 12), "flow": (2, 2, 16, 16), "reward": (2,), "fused": (2, 8)}
+    expected = {
+        "clip_image": (2, 12),
+        "clip_caption": (2, 12),
+        "clip_objects": (2, 12),
+        "clip_motion": (2, 12),
+        "flow": (2, 2, 16, 16),
+        "reward": (2,),
+        "fused": (2, 8),
+    }
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
     assert all(v.dtype == torch.float32 for v in out.values())
     assert all(torch.isfinite(v).all() for v in out.values())
@@ -133,7 +144,9 @@ def test_one_path_ablation_feeds_every_head_from_that_path(paths: str) -> None:
     torch.manual_seed(0)
     model = PretrainModel(backbone={**TINY, "paths": paths}, clip_dim=12, head_hidden=16)
     backbone = model.backbone
-    assert (backbone.semantic_trunk is None) == (paths == "motion") and (backbone.motion_trunk is None) == (paths == "semantic")
+    assert (backbone.semantic_trunk is None) == (paths == "motion") and (backbone.motion_trunk is None) == (
+        paths == "semantic"
+    )
     assert not backbone.exchange and backbone.num_parameters < DualPathBackbone(**TINY).num_parameters
     obs = _obs()
     out = backbone.forward_paths(obs)
@@ -171,7 +184,15 @@ def test_semantic_stride_halves_the_semantic_maps_and_keeps_every_head(paths: st
     assert out.semantic_map.shape == (2, 4, -(-half // 2), -(-half // 2))
     if paths == "both":
         assert out.motion_map.shape == (2, 4, half, half)
-    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "clip_motion": (2, 12), "flow": (2, 2, size, size), "reward": (2,), "fused": (2, 8)}
+    expected = {
+        "clip_image": (2, 12),
+        "clip_caption": (2, 12),
+        "clip_objects": (2, 12),
+        "clip_motion": (2, 12),
+        "flow": (2, 2, size, size),
+        "reward": (2,),
+        "fused": (2, 8),
+    }
     assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
     changed = obs.clone()
     changed[:, :6] = 255 - changed[:, :6]  # older frames only
@@ -202,7 +223,9 @@ def test_checkpoint_without_semantic_stride_rebuilds_the_one_resolution_layout(t
     save_module(tmp_path / "b", backbone, dict(TINY), {})
     loaded, _ = load_module(tmp_path / "b")
     assert loaded.semantic_stride == 1 and loaded.semantic_trunk[1].stride == (1, 1)
-    assert loaded.padding == 1 and all(layer.padding == (1, 1) for layer in loaded.motion_trunk)  # nor padding: padded trunks
+    assert loaded.padding == 1 and all(
+        layer.padding == (1, 1) for layer in loaded.motion_trunk
+    )  # nor padding: padded trunks
     assert torch.equal(loaded(_obs()), backbone(_obs()))
 
 
@@ -236,8 +259,21 @@ def test_valid_padding_shrinks_the_maps_as_drq_and_keeps_every_head(paths: str, 
     side = (size - 3) // 2 + 1 - 4  # depth 3: two valid convs after the first, each 2 px narrower
     assert out.semantic_map.shape == out.motion_map.shape == (2, 4, side, side)
     assert model.backbone.map_border == 2 and model.flow.border == 2
-    assert all(layer.padding == (0, 0) for trunk in (model.backbone.semantic_trunk, model.backbone.motion_trunk) if trunk is not None for layer in trunk)
-    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "clip_motion": (2, 12), "flow": (2, 2, size, size), "reward": (2,), "fused": (2, 8)}
+    assert all(
+        layer.padding == (0, 0)
+        for trunk in (model.backbone.semantic_trunk, model.backbone.motion_trunk)
+        if trunk is not None
+        for layer in trunk
+    )
+    expected = {
+        "clip_image": (2, 12),
+        "clip_caption": (2, 12),
+        "clip_objects": (2, 12),
+        "clip_motion": (2, 12),
+        "flow": (2, 2, size, size),
+        "reward": (2,),
+        "fused": (2, 8),
+    }
     assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
     save_module(tmp_path / "b", model.backbone, config, {})
     loaded, _ = load_module(tmp_path / "b")
@@ -293,7 +329,15 @@ def test_semantic_channels_narrows_the_semantic_path_only(kind: str, paths: str,
     if paths != "semantic":
         assert all(layer.out_channels == 8 for layer in backbone.motion_trunk)
         assert out.motion_map.shape == (2, 8, 8, 8)
-    expected = {"clip_image": (2, 12), "clip_caption": (2, 12), "clip_objects": (2, 12), "clip_motion": (2, 12), "flow": (2, 2, 16, 16), "reward": (2,), "fused": (2, 8)}
+    expected = {
+        "clip_image": (2, 12),
+        "clip_caption": (2, 12),
+        "clip_objects": (2, 12),
+        "clip_motion": (2, 12),
+        "flow": (2, 2, 16, 16),
+        "reward": (2,),
+        "fused": (2, 8),
+    }
     assert {k: tuple(v.shape) for k, v in model(obs).items()} == expected
     if paths == "both":
         assert backbone.num_parameters < DualPathBackbone(**{**TINY, "channels": 8}).num_parameters

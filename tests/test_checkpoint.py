@@ -3,14 +3,15 @@
 Loading paths: ``models.checkpoint.load_module`` (and ``build_module``), the finetune stage's
 backbone loader (``read_spec`` / ``build_encoder``) and the collect stage's checkpoint policy.
 """
+
 from __future__ import annotations
 
 import ast
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -71,7 +72,14 @@ def via_finetune_pretrained(folder: Path) -> None:
 
 def via_collect_policy(folder: Path) -> None:
     params = PolicyParams(kind="checkpoint", checkpoint=str(folder))
-    make_policy(params, np.array([-1.0], np.float32), np.array([1.0], np.float32), task="cartpole-swingup", image_size=16, action_repeat=2)
+    make_policy(
+        params,
+        np.array([-1.0], np.float32),
+        np.array([1.0], np.float32),
+        task="cartpole-swingup",
+        image_size=16,
+        action_repeat=2,
+    )
 
 
 LOADERS: dict[str, Callable[[Path], None]] = {
@@ -97,14 +105,23 @@ def hostile_configs(tmp_path: Path) -> dict[str, tuple[str, dict]]:
     return {
         "os:system": ("os:system", {"command": command}),
         # A class name nested in an allowed class's config is held to the same rule.
-        "nested encoder_class": ("models.actor:PixelPolicy", {"encoder_class": "os:system", "encoder_config": {"command": command}, "actor_config": {"feature_dim": 8, "action_dim": 1}}),
+        "nested encoder_class": (
+            "models.actor:PixelPolicy",
+            {
+                "encoder_class": "os:system",
+                "encoder_config": {"command": command},
+                "actor_config": {"feature_dim": 8, "action_dim": 1},
+            },
+        ),
         "builtin eval": ("builtins:eval", {"source": f"__import__('os').system({command!r})"}),
     }
 
 
 @pytest.mark.parametrize("loader", list(LOADERS))
 @pytest.mark.parametrize("case", ["os:system", "nested encoder_class", "builtin eval"])
-def test_a_checkpoint_naming_a_foreign_class_is_refused_without_running_it(tmp_path: Path, loader: str, case: str) -> None:
+def test_a_checkpoint_naming_a_foreign_class_is_refused_without_running_it(
+    tmp_path: Path, loader: str, case: str
+) -> None:
     cls, config = hostile_configs(tmp_path)[case]
     folder = write_checkpoint(tmp_path / "ckpt", cls, config, ACTOR_META.to_meta())
     with pytest.raises(RAISES[loader]) as info:
@@ -119,7 +136,9 @@ def test_a_checkpoint_naming_a_foreign_class_is_refused_without_running_it(tmp_p
 
 def test_a_foreign_module_is_refused_before_it_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Importing a module runs its top level: the refusal must come before any import."""
-    (tmp_path / "semore_pwned_module.py").write_text(f"open({str(tmp_path / 'PWNED')!r}, 'w').close()\nclass Evil:\n    pass\n")
+    (tmp_path / "semore_pwned_module.py").write_text(
+        f"open({str(tmp_path / 'PWNED')!r}, 'w').close()\nclass Evil:\n    pass\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     folder = write_checkpoint(tmp_path / "ckpt", "semore_pwned_module:Evil", {}, ACTOR_META.to_meta())
     for loader in LOADERS:
@@ -192,11 +211,24 @@ def test_finetune_reports_a_mismatched_backbone_as_a_user_error_before_training(
         (lambda f: (f / WEIGHTS_FILE).unlink(), f"no {WEIGHTS_FILE} beside {CONFIG_FILE}"),
         (lambda f: (f / CONFIG_FILE).write_text("{not json"), "not valid JSON"),
         (lambda f: (f / CONFIG_FILE).write_text('{"class": 3}'), 'expected {"class"'),
-        (lambda f: (f / CONFIG_FILE).write_text(json.dumps({"class": "models.backbone:DualPathBackbone", "config": {"depth": 2, "colour": 1}, "meta": ACTOR_META.to_meta()})), "cannot build models.backbone:DualPathBackbone"),
+        (
+            lambda f: (f / CONFIG_FILE).write_text(
+                json.dumps(
+                    {
+                        "class": "models.backbone:DualPathBackbone",
+                        "config": {"depth": 2, "colour": 1},
+                        "meta": ACTOR_META.to_meta(),
+                    }
+                )
+            ),
+            "cannot build models.backbone:DualPathBackbone",
+        ),
     ],
     ids=["corrupt weights", "no weights", "bad json", "bad record", "unknown kwarg"],
 )
-def test_damaged_checkpoints_are_checkpoint_errors_and_user_errors_downstream(tmp_path: Path, damage: Callable[[Path], None], expected: str) -> None:
+def test_damaged_checkpoints_are_checkpoint_errors_and_user_errors_downstream(
+    tmp_path: Path, damage: Callable[[Path], None], expected: str
+) -> None:
     torch.manual_seed(0)
     folder = tmp_path / "backbone"
     save_module(folder, DualPathBackbone(**BACKBONE), BACKBONE, ACTOR_META.to_meta())
@@ -263,5 +295,7 @@ def test_a_pretrain_model_from_before_a_head_existed_is_refused_naming_the_versi
     save_module(folder, PretrainModel(**config), config)
     weights = folder / WEIGHTS_FILE
     save_file({k: v for k, v in load_file(str(weights)).items() if not k.startswith("clip_motion.")}, str(weights))
-    with pytest.raises(CheckpointError, match=r"Missing key\(s\).*clip_motion.*version of this project.*rerun that stage"):
+    with pytest.raises(
+        CheckpointError, match=r"Missing key\(s\).*clip_motion.*version of this project.*rerun that stage"
+    ):
         load_module(folder)

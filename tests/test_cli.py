@@ -1,4 +1,5 @@
 """The semore command line: --help on every stage, clean errors for bad params."""
+
 from __future__ import annotations
 
 import subprocess
@@ -22,7 +23,9 @@ def test_every_stage_has_help(stage: str, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_top_level_help_lists_every_stage() -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, cwd=ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     for stage in STAGES:
         assert stage in result.stdout
 
@@ -31,7 +34,10 @@ def test_bad_params_exit_2_with_message_and_no_traceback(tmp_path: Path) -> None
     params = tmp_path / "params.yaml"
     params.write_text("collect:\n  episodes_per_task: -3\n")
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--params", str(params), "validate"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "pipeline.cli", "--params", str(params), "validate"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert "collect.episodes_per_task = -3" in result.stderr
@@ -46,7 +52,9 @@ def test_bad_params_exit_2_with_message_and_no_traceback(tmp_path: Path) -> None
         ("annotate:\n  timeout_s: .inf\n", "annotate.timeout_s = inf"),
     ],
 )
-def test_loose_params_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:
+def test_loose_params_exit_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(text)
     assert main(["--params", str(params), "validate"]) == 2

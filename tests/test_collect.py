@@ -1,4 +1,5 @@
 """The collect stage: schema round trip, determinism, truncation, camera truth, resuming."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from pipeline.collect.camera import project, unproject
 from pipeline.collect.collector import episode_seed, record_episode
 from pipeline.collect.policies import make_policy
 from pipeline.collect.run import run as run_collect
-from pipeline.config.collect import CollectParams, PolicyParams
+from pipeline.config.collect import CollectParams
 from pipeline.episodes import Episode, list_episodes, load_episode, save_episode
 
 
@@ -26,7 +27,15 @@ def load_index_metas(folder: Path) -> list:
 
 
 def small(**overrides) -> CollectParams:
-    base = dict(tasks=["cartpole-swingup"], episodes_per_task=2, episode_steps=12, action_repeat={"cartpole-swingup": 2}, image_size=32, workers=1, preview_episodes=1)
+    base = dict(
+        tasks=["cartpole-swingup"],
+        episodes_per_task=2,
+        episode_steps=12,
+        action_repeat={"cartpole-swingup": 2},
+        image_size=32,
+        workers=1,
+        preview_episodes=1,
+    )
     base.update(overrides)
     return CollectParams(**base)
 
@@ -37,8 +46,12 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 def test_episode_schema_round_trip(tmp_path: Path) -> None:
     params = small()
-    with make_env("cartpole-swingup", image_size=32, action_repeat=2, depth=True, segmentation=True, episode_steps=12) as env:
-        policy = make_policy(params.policy, env.action_low, env.action_high, task="cartpole-swingup", image_size=32, action_repeat=2)
+    with make_env(
+        "cartpole-swingup", image_size=32, action_repeat=2, depth=True, segmentation=True, episode_steps=12
+    ) as env:
+        policy = make_policy(
+            params.policy, env.action_low, env.action_high, task="cartpole-swingup", image_size=32, action_repeat=2
+        )
         episode = record_episode(env, policy, index=3, seed=7)
         nq, nv, nbody, ngeom = env.model.nq, env.model.nv, env.model.nbody, env.model.ngeom
     assert episode.frames.shape == (13, 32, 32, 3) and episode.frames.dtype == np.uint8
@@ -63,8 +76,16 @@ def test_episode_schema_round_trip(tmp_path: Path) -> None:
 
 def test_each_task_collects_at_its_benchmark_action_repeat_unless_overridden(tmp_path: Path) -> None:
     """collect.action_repeat {}: cartpole at 8 and cheetah at 4 (PlaNet/DrQ); an override changes only its task."""
-    tiny = dict(tasks=["cartpole-swingup", "cheetah-run"], episodes_per_task=1, episode_steps=3, image_size=16, depth=False, segmentation=False,
-                workers=1, preview_episodes=0)
+    tiny = dict(
+        tasks=["cartpole-swingup", "cheetah-run"],
+        episodes_per_task=1,
+        episode_steps=3,
+        image_size=16,
+        depth=False,
+        segmentation=False,
+        workers=1,
+        preview_episodes=0,
+    )
     default = CollectParams(**tiny)
     summary = run_collect("cartpole-swingup", tmp_path / "cartpole", default)
     episode = load_episode(tmp_path / "cartpole" / "episode_000000.npz")
@@ -86,7 +107,9 @@ def test_each_task_collects_at_its_benchmark_action_repeat_unless_overridden(tmp
 def test_same_params_same_bytes_for_any_worker_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     previews: list[str] = []
     write_preview = collector._write_preview
-    monkeypatch.setattr(collector, "_write_preview", lambda out, *a: (previews.append(Path(out).name), write_preview(out, *a)))
+    monkeypatch.setattr(
+        collector, "_write_preview", lambda out, *a: (previews.append(Path(out).name), write_preview(out, *a))
+    )
     params = small()
     one = collect_task("cartpole-swingup", params, tmp_path / "one", workers=1)  # in this process
     # This process and a spawned worker (3 asked, 2 used: one per episode at most).
@@ -98,7 +121,9 @@ def test_same_params_same_bytes_for_any_worker_count(tmp_path: Path, monkeypatch
     # More episodes than workers: the worker records from the first, this process from the last,
     # and writes the preview once the episodes it shows are done (while the pool finishes, or after).
     many = small(episodes_per_task=4, preview_episodes=2, depth=False, segmentation=False)
-    assert collect_task("cartpole-swingup", many, tmp_path / "one4", workers=1) == collect_task("cartpole-swingup", many, tmp_path / "pool4", workers=2)
+    assert collect_task("cartpole-swingup", many, tmp_path / "one4", workers=1) == collect_task(
+        "cartpole-swingup", many, tmp_path / "pool4", workers=2
+    )
     assert folder_bytes(tmp_path / "one4") == folder_bytes(tmp_path / "pool4")
     assert previews == ["one", "pool", "one4", "pool4"]  # once per run
     # Different episodes really differ, and the index says what each file holds.
@@ -135,7 +160,9 @@ def test_rerun_keeps_finished_episodes_and_redoes_changed_ones(tmp_path: Path) -
     assert load_episode(first).frames.shape[1:] == (24, 24, 3)
 
 
-def test_preview_is_written_while_the_pool_records_its_last_episodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preview_is_written_while_the_pool_records_its_last_episodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the shown episodes already on disk, this process writes the preview as soon as it has
     no episode left to take, before the run's new index: the same bytes as a one-process run."""
     indexed: list[int] = []
@@ -160,10 +187,19 @@ def test_time_limit_is_truncation_not_termination(tmp_path: Path) -> None:
     params = small(episode_steps=5, depth=False, segmentation=False, preview_episodes=0, episodes_per_task=1)
     summary = run_collect("cartpole-swingup", tmp_path, params)
     (meta,) = load_index_metas(tmp_path)
-    assert (summary.stage, summary.task, summary.episodes, summary.frames, summary.terminated) == ("collect", "cartpole-swingup", 1, 6, 0)
+    assert (summary.stage, summary.task, summary.episodes, summary.frames, summary.terminated) == (
+        "collect",
+        "cartpole-swingup",
+        1,
+        6,
+        0,
+    )
     assert summary.mean_return == pytest.approx(meta.episode_return)
     assert summary.line().startswith("collect cartpole-swingup: 1 episodes, 6 frames")
-    assert set(summary.metrics()) == {"task", "action_repeat", "episodes", "frames", "mean_return", "terminated"} and summary.action_repeat == 2
+    assert (
+        set(summary.metrics()) == {"task", "action_repeat", "episodes", "frames", "mean_return", "terminated"}
+        and summary.action_repeat == 2
+    )
     episode = load_episode(tmp_path / "episode_000000.npz")
     assert meta.length == 5 and meta.truncated and not meta.terminated
     assert episode.truncated.tolist() == [False, False, False, False, True]
@@ -307,7 +343,9 @@ def test_scene_renderer_matches_mujoco_renderer() -> None:
             reference.close()
     np.testing.assert_array_equal(ours.frame, rgb)
     np.testing.assert_array_equal(ours.depth, depth)
-    np.testing.assert_array_equal(ours.segmentation, np.where(ids[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), ids[..., 0], -1))
+    np.testing.assert_array_equal(
+        ours.segmentation, np.where(ids[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), ids[..., 0], -1)
+    )
     assert len(np.unique(ours.segmentation)) > 3
 
 
@@ -346,7 +384,18 @@ def test_killing_the_main_process_leaves_no_worker_running(tmp_path: Path) -> No
         "collect:\n  episodes_per_task: 4\n  episode_steps: 20000\n  image_size: 16\n  depth: false\n"
         "  segmentation: false\n  workers: 3\n  preview_episodes: 0\n"
     )
-    command = [sys.executable, "-m", "pipeline.cli", "--params", str(params), "collect", "--task", "cartpole-swingup", "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "--params",
+        str(params),
+        "collect",
+        "--task",
+        "cartpole-swingup",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -388,6 +437,13 @@ def test_importing_collect_has_no_side_effect_and_make_env_sets_up_rendering_its
         "print(os.environ['MUJOCO_GL'])\n"
     )
     environ = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "egl"

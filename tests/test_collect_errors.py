@@ -1,32 +1,58 @@
 """Bad input to the collect stage fails before any work, naming the culprit and the fix."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
+from policy_fixtures import TinyActor
 
 from models.checkpoint import save_module
 from pipeline.cli import main
-from pipeline.collect import CameraError, PolicyError, UnknownTaskError, collect_task, collector, disk, list_tasks, make_env
+from pipeline.collect import (
+    CameraError,
+    PolicyError,
+    UnknownTaskError,
+    collect_task,
+    collector,
+    disk,
+    list_tasks,
+    make_env,
+)
 from pipeline.collect.collector import record_episode
 from pipeline.collect.errors import DiskSpaceError
 from pipeline.collect.policies import make_policy
 from pipeline.config import ParamsError, parse_params
 from pipeline.config.collect import CollectParams, PolicyParams
 from pipeline.episodes import save_episode
-from policy_fixtures import TinyActor
 
 
 def small(**overrides) -> CollectParams:
-    base = dict(episodes_per_task=1, episode_steps=4, image_size=16, depth=False, segmentation=False, workers=1, preview_episodes=0)
+    base = dict(
+        episodes_per_task=1,
+        episode_steps=4,
+        image_size=16,
+        depth=False,
+        segmentation=False,
+        workers=1,
+        preview_episodes=0,
+    )
     base.update(overrides)
     return CollectParams(**base)
 
 
 def test_list_tasks_has_both_suites() -> None:
     tasks = list_tasks()
-    for name in ("cheetah-run", "walker-walk", "cartpole-swingup", "finger-spin", "reacher-easy", "ball_in_cup-catch", "HalfCheetah-v5"):
+    for name in (
+        "cheetah-run",
+        "walker-walk",
+        "cartpole-swingup",
+        "finger-spin",
+        "reacher-easy",
+        "ball_in_cup-catch",
+        "HalfCheetah-v5",
+    ):
         assert name in tasks
     assert not any(t.endswith(("-v2", "-v3")) for t in tasks), "mujoco_py environments need another simulator"
 
@@ -75,7 +101,9 @@ def test_bad_params_are_rejected_with_the_key_named(section: dict, culprit: str)
 
 
 def test_unknown_camera_names_the_cameras(tmp_path: Path) -> None:
-    with pytest.raises(CameraError, match=r"collect.camera = 7: task cheetah-run has 2 camera\(s\): 0 \('side'\), 1 \('back'\)"):
+    with pytest.raises(
+        CameraError, match=r"collect.camera = 7: task cheetah-run has 2 camera\(s\): 0 \('side'\), 1 \('back'\)"
+    ):
         collect_task("cheetah-run", small(camera=7), tmp_path / "out")
     with pytest.raises(CameraError, match="no camera of that name"):
         make_env("cheetah-run", camera="top")
@@ -83,15 +111,25 @@ def test_unknown_camera_names_the_cameras(tmp_path: Path) -> None:
 
 
 def save_actor(folder: Path, action_dim: int, image_size: int = 16, meta_extra: dict | None = None) -> None:
-    meta = {"task": "cheetah-run", "action_dim": action_dim, "frame_stack": 2, "image_size": image_size, "action_repeat": 2}
+    meta = {
+        "task": "cheetah-run",
+        "action_dim": action_dim,
+        "frame_stack": 2,
+        "image_size": image_size,
+        "action_repeat": 2,
+    }
     meta.update(meta_extra or {})
-    save_module(folder, TinyActor(action_dim=action_dim, frame_stack=2), {"action_dim": action_dim, "frame_stack": 2}, meta)
+    save_module(
+        folder, TinyActor(action_dim=action_dim, frame_stack=2), {"action_dim": action_dim, "frame_stack": 2}, meta
+    )
 
 
 def test_checkpoint_with_the_wrong_action_size_names_both_sizes(tmp_path: Path) -> None:
     save_actor(tmp_path / "actor", action_dim=6)
     params = small(policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")))
-    with pytest.raises(PolicyError, match=r"outputs 6 action dims \(trained on cheetah-run\), but task cartpole-swingup takes 1"):
+    with pytest.raises(
+        PolicyError, match=r"outputs 6 action dims \(trained on cheetah-run\), but task cartpole-swingup takes 1"
+    ):
         collect_task("cartpole-swingup", params, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -99,7 +137,9 @@ def test_checkpoint_with_the_wrong_action_size_names_both_sizes(tmp_path: Path) 
 def test_checkpoint_with_the_wrong_image_size_or_no_checkpoint(tmp_path: Path) -> None:
     save_actor(tmp_path / "actor", action_dim=1, image_size=64)
     params = small(policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")))
-    with pytest.raises(PolicyError, match="sees 64x64 frames, but collect.image_size is 16; set collect.image_size to 64"):
+    with pytest.raises(
+        PolicyError, match="sees 64x64 frames, but collect.image_size is 16; set collect.image_size to 64"
+    ):
         collect_task("cartpole-swingup", params, tmp_path / "out")
     params = small(policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "missing")))
     with pytest.raises(PolicyError, match="not a checkpoint folder"):
@@ -124,7 +164,9 @@ def _no_pool(*args: object, **kwargs: object) -> None:
 def test_bad_input_fails_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(collector, "ProcessPoolExecutor", _no_pool)
     save_actor(tmp_path / "actor", action_dim=6)
-    params = small(workers=2, episodes_per_task=2, policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")))
+    params = small(
+        workers=2, episodes_per_task=2, policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor"))
+    )
     with pytest.raises(PolicyError, match="outputs 6 action dims"):
         collect_task("cartpole-swingup", params, tmp_path / "out")
     with pytest.raises(CameraError, match="collect.camera = 7"):
@@ -132,7 +174,9 @@ def test_bad_input_fails_before_any_worker_starts(tmp_path: Path, monkeypatch: p
     assert not (tmp_path / "out").exists()
 
 
-def test_a_disk_too_small_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_disk_too_small_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(collector, "ProcessPoolExecutor", _no_pool)
     monkeypatch.setattr(disk, "free_bytes", lambda path: 20_000_000)
     huge = small(episodes_per_task=1000, episode_steps=500, image_size=84, depth=True, segmentation=True, workers=2)
@@ -152,8 +196,12 @@ def test_a_disk_too_small_is_refused_before_any_work(tmp_path: Path, monkeypatch
 
 
 def test_the_disk_estimate_is_not_below_a_real_episode_file(tmp_path: Path) -> None:
-    with make_env("cheetah-run", image_size=32, action_repeat=2, depth=True, segmentation=True, episode_steps=12) as env:
-        policy = make_policy(small().policy, env.action_low, env.action_high, task="cheetah-run", image_size=32, action_repeat=2)
+    with make_env(
+        "cheetah-run", image_size=32, action_repeat=2, depth=True, segmentation=True, episode_steps=12
+    ) as env:
+        policy = make_policy(
+            small().policy, env.action_low, env.action_high, task="cheetah-run", image_size=32, action_repeat=2
+        )
         episode = record_episode(env, policy, index=0, seed=0)
         layout = disk.FrameLayout(32, True, True, env.model.nq, env.model.nv, env.model.nbody, env.action_dim)
     path = tmp_path / "episode_000000.npz"

@@ -1,4 +1,5 @@
 """Behaviour policies of the collect stage: random, noisy (OU) and a finetune actor checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from policy_fixtures import TinyActor
 
 from models.checkpoint import save_module
 from pipeline.collect import collect_task
 from pipeline.collect.policies import NoisyPolicy, RandomPolicy, make_policy
 from pipeline.config.collect import CollectParams, PolicyParams
 from pipeline.episodes import load_episode
-from policy_fixtures import TinyActor
 
 LOW = np.array([-2.0, 0.0, -1.0], np.float32)
 HIGH = np.array([2.0, 1.0, 3.0], np.float32)
@@ -47,10 +48,18 @@ def test_noisy_policy_is_an_ou_process_with_the_asked_std_and_correlation() -> N
     np.testing.assert_array_equal(actions[:50], run_policy(NoisyPolicy(params, LOW, HIGH), 50))
 
 
-def save_actor(folder: Path, *, action_dim: int = 1, frame_stack: int = 2, image_size: int = 32, task: str = "cartpole-swingup") -> TinyActor:
+def save_actor(
+    folder: Path, *, action_dim: int = 1, frame_stack: int = 2, image_size: int = 32, task: str = "cartpole-swingup"
+) -> TinyActor:
     torch.manual_seed(0)
     actor = TinyActor(action_dim=action_dim, frame_stack=frame_stack)
-    meta = {"task": task, "action_dim": action_dim, "frame_stack": frame_stack, "image_size": image_size, "action_repeat": 2}
+    meta = {
+        "task": task,
+        "action_dim": action_dim,
+        "frame_stack": frame_stack,
+        "image_size": image_size,
+        "action_repeat": 2,
+    }
     save_module(folder, actor, {"action_dim": action_dim, "frame_stack": frame_stack}, meta)
     return actor
 
@@ -58,8 +67,15 @@ def save_actor(folder: Path, *, action_dim: int = 1, frame_stack: int = 2, image
 def test_checkpoint_policy_drives_the_env_from_stacked_frames(tmp_path: Path) -> None:
     actor = save_actor(tmp_path / "actor", frame_stack=2)
     params = CollectParams(
-        episodes_per_task=1, episode_steps=8, action_repeat={"cartpole-swingup": 2}, image_size=32, depth=False, segmentation=False,
-        workers=1, preview_episodes=0, policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")),
+        episodes_per_task=1,
+        episode_steps=8,
+        action_repeat={"cartpole-swingup": 2},
+        image_size=32,
+        depth=False,
+        segmentation=False,
+        workers=1,
+        preview_episodes=0,
+        policy=PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")),
     )
     (meta,) = collect_task("cartpole-swingup", params, tmp_path / "eps")
     episode = load_episode(tmp_path / "eps" / "episode_000000.npz")
@@ -80,7 +96,14 @@ def test_checkpoint_policy_drives_the_env_from_stacked_frames(tmp_path: Path) ->
 
 def test_checkpoint_actions_are_rescaled_to_the_box(tmp_path: Path) -> None:
     save_actor(tmp_path / "actor", action_dim=3, frame_stack=1)
-    policy = make_policy(PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")), LOW, HIGH, task="cartpole-swingup", image_size=32, action_repeat=2)
+    policy = make_policy(
+        PolicyParams(kind="checkpoint", checkpoint=str(tmp_path / "actor")),
+        LOW,
+        HIGH,
+        task="cartpole-swingup",
+        image_size=32,
+        action_repeat=2,
+    )
 
     class Frame:
         frame = np.full((32, 32, 3), 200, np.uint8)

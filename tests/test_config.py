@@ -1,4 +1,5 @@
 """params.yaml validation: every kind of bad input names the key, the value and what is allowed."""
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     [
         ({"collect": {"episods": 3}}, ["unknown key 'collect.episods'", "episodes_per_task"]),
         ({"bogus": {}}, ["unknown key 'bogus'", "collect", "pretrain"]),
-        ({"collect": {"policy": {"kind": "foo"}}}, ["collect.policy.kind = 'foo'", "'random', 'noisy' or 'checkpoint'"]),
+        (
+            {"collect": {"policy": {"kind": "foo"}}},
+            ["collect.policy.kind = 'foo'", "'random', 'noisy' or 'checkpoint'"],
+        ),
         ({"flow": {"batch_size": "lots"}}, ["flow.batch_size = 'lots'", "valid integer"]),
         ({"collect": {"episodes_per_task": 0}}, ["collect.episodes_per_task = 0", "greater than or equal to 1"]),
         ({"collect": {"image_size": 4096}}, ["collect.image_size = 4096", "less than or equal to 1024"]),
@@ -45,9 +49,18 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ({"encode": {"val_fraction": 1.0}}, ["encode.val_fraction = 1.0", "less than 1"]),
         ({"weights": {"on_missing": "ignore"}}, ["weights.on_missing = 'ignore'", "'error' or 'random'"]),
         ({"collect": 5}, ["collect = 5", "dictionary"]),
-        ({"pretrain": {"paths": "semantic", "flow_input": True}}, ["pretrain", "flow_input: true feeds the motion path"]),
-        ({"pretrain": {"interaction_kind": "gated", "semantic_stride": 2}}, ["pretrain", "interaction_kind: gated exchanges per pixel", "semantic_stride: 1"]),
-        ({"pretrain": {"depth": 1, "semantic_stride": 2}}, ["pretrain", "depth: 1 does not have", "semantic_stride: 1"]),
+        (
+            {"pretrain": {"paths": "semantic", "flow_input": True}},
+            ["pretrain", "flow_input: true feeds the motion path"],
+        ),
+        (
+            {"pretrain": {"interaction_kind": "gated", "semantic_stride": 2}},
+            ["pretrain", "interaction_kind: gated exchanges per pixel", "semantic_stride: 1"],
+        ),
+        (
+            {"pretrain": {"depth": 1, "semantic_stride": 2}},
+            ["pretrain", "depth: 1 does not have", "semantic_stride: 1"],
+        ),
         ({"pretrain": {"semantic_stride": 3}}, ["pretrain.semantic_stride = 3", "1 or 2"]),
         ({"pretrain": {"padding": 2}}, ["pretrain.padding = 2", "0 or 1"]),
     ],
@@ -96,7 +109,10 @@ def test_sections_are_immutable() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"collect": {"episodes_per_task": True}}, ["collect.episodes_per_task = True", "valid integer", "not a boolean"]),
+        (
+            {"collect": {"episodes_per_task": True}},
+            ["collect.episodes_per_task = True", "valid integer", "not a boolean"],
+        ),
         ({"flow": {"batch_size": "2"}}, ["flow.batch_size = '2'", "valid integer", "drop the quotes"]),
         ({"pretrain": {"steps": 300.0}}, ["pretrain.steps = 300.0", "valid integer", "not a float"]),
         ({"collect": {"camera": True}}, ["collect.camera = True", "valid integer", "not a boolean", "valid string"]),
@@ -205,7 +221,9 @@ def test_every_number_and_switch_is_strict() -> None:
         ("pretrain", "interaction_kind", "models.interaction:INTERACTIONS"),
     ],
 )
-def test_a_param_that_picks_a_backend_admits_exactly_its_registry_names(section: str, field: str, registry: str) -> None:
+def test_a_param_that_picks_a_backend_admits_exactly_its_registry_names(
+    section: str, field: str, registry: str
+) -> None:
     """The params' Literal and the registry are two lists of one set of names: a backend added to
     one and not the other would be refused by validation or fail at lookup."""
     import importlib

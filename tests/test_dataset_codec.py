@@ -1,12 +1,13 @@
 """The sample codec: flow survives the KITTI flow PNG round trip to 1/64 px (error <= 1/128 px) with an exact
 validity mask, out-of-range or non-finite flow is refused, encoding is deterministic, and the PNG is the
 standard KITTI layout (16-bit RGB: R = dx, G = dy as flow * 64 + 2**15, B = valid)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.dataset.codec import decode_sample, encode_sample, flow_png_bytes, decode_flow_png, quantize_flow
+from pipeline.dataset.codec import decode_flow_png, decode_sample, encode_sample, flow_png_bytes, quantize_flow
 from pipeline.dataset.schema import FIELDS, FLOW_MAX, FLOW_MIN, TEXT_ROWS
 
 

@@ -5,6 +5,7 @@ every project import (module level and inside functions) from each stage's entry
 (``stages/<name>.py``) and asks that every module reached is a dep, or a file or folder under one,
 unless it is listed in :data:`OUTPUT_NEUTRAL` with the reason it cannot change an output.
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,13 +40,19 @@ def _module_file(name: str) -> Path | None:
 
 def _imports(path: Path) -> set[str]:
     """Project modules ``path`` imports anywhere (``from a import b`` gives ``a`` and ``a.b``; ``a.b`` counts only if it is a module)."""
-    package = list(path.relative_to(ROOT).with_suffix("").parts)[:-1]  # the package a relative import starts from (for __init__.py: its own)
+    package = list(path.relative_to(ROOT).with_suffix("").parts)[
+        :-1
+    ]  # the package a relative import starts from (for __init__.py: its own)
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
+            base = (
+                ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                if node.level
+                else node.module
+            )
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return {name for name in found if name and name.split(".")[0] in PACKAGES}
@@ -92,5 +99,9 @@ def test_the_import_walk_follows_function_level_imports_and_stops_at_neutral_mod
     pipeline.config is reached but not followed."""
     reached = _reached("stages.flow")
     assert {"stages/flow.py", "pipeline/flow/run.py", "pipeline/io.py", "pipeline/flow/simulator.py"} <= reached
-    assert not any(f.startswith("pipeline/config/") and f != "pipeline/config/__init__.py" for f in reached)  # not followed
-    assert not _covered("pipeline/flowers.py", ["pipeline/flow"]) and _covered("pipeline/flow/run.py", ["pipeline/flow"])
+    assert not any(
+        f.startswith("pipeline/config/") and f != "pipeline/config/__init__.py" for f in reached
+    )  # not followed
+    assert not _covered("pipeline/flowers.py", ["pipeline/flow"]) and _covered(
+        "pipeline/flow/run.py", ["pipeline/flow"]
+    )

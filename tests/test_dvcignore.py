@@ -6,6 +6,7 @@ stage commands import, so they leave ``__pycache__`` folders behind) with the pr
 them, a new ``.pyc``, or a fresh clone (which has none) made ``dvc status`` report the code
 dependency as modified and ``dvc repro`` rerun every stage.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_pipeline_dvc import _dvc, _env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,10 @@ SOURCES = {
 def _git(cwd: Path, *args: str) -> None:
     subprocess.run(
         ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
-        cwd=cwd, env=_env(), check=True, capture_output=True,
+        cwd=cwd,
+        env=_env(),
+        check=True,
+        capture_output=True,
     )
 
 

@@ -1,5 +1,6 @@
 """Encode stage: shards load with HF datasets and webdataset with the documented schema; byte-identical
 reruns; split by episode; statistics; the dataset card; a run on really collected episodes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.datasets import write_synthetic_inputs
 
 from pipeline.config import EncodeParams, WeightsParams, parse_params
 from pipeline.dataset import FIELDS, SPLITS, hf_features, parse_key, validate_dataset
-from pipeline.encode.clip import load_clip
 from pipeline.dataset.codec import decode_flow_png
 from pipeline.dataset.schema import CLIP_ROWS, FIELD_DOCS, JSON_DOCS, TEXT_ROWS, text_targets
+from pipeline.encode.clip import load_clip
 from pipeline.encode.inputs import EpisodeInputs, assign_splits
 from pipeline.encode.run import run as encode
 from pipeline.episodes import load_episode
-from support.datasets import write_synthetic_inputs
 
 TASKS = ("cartpole-swingup", "walker.walk")  # a dot in a task name must not reach the sample keys
 EPISODES, LENGTH, SIZE, EVERY_K = 3, 8, 16, 3
@@ -58,7 +59,9 @@ def _wds_samples(dataset: Path, split: str) -> list[dict]:
     return samples
 
 
-def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path, inputs: tuple[Path, Path, Path]) -> None:
+def test_every_sample_has_the_documented_fields_shapes_and_dtypes(
+    dataset: Path, inputs: tuple[Path, Path, Path]
+) -> None:
     episodes_dir, flow_dir, _ = inputs
     dim = validate_dataset(dataset).embed_dim
     assert dim == 128  # semore-tiny-clip
@@ -69,7 +72,15 @@ def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path,
         for s in samples:
             key = s["__key__"]
             assert "." not in key and re.fullmatch(r"[A-Za-z0-9_-]+__ep\d{6}__\d{6}", key)
-            assert set(s) - {"__key__", "__url__", "__local_path__", "flow", "flowvalid", "clipimage", "cliptext"} == set(FIELDS) - {"flow.png"}
+            assert set(s) - {
+                "__key__",
+                "__url__",
+                "__local_path__",
+                "flow",
+                "flowvalid",
+                "clipimage",
+                "cliptext",
+            } == set(FIELDS) - {"flow.png"}
             assert s["rgb.png"].shape == (SIZE, SIZE, 3) and s["rgb.png"].dtype == np.uint8
             assert s["flow"].shape == (2, SIZE, SIZE) and s["flow"].dtype == np.float32
             assert s["flowvalid"].shape == (SIZE, SIZE) and s["flowvalid"].dtype == np.bool_
@@ -96,7 +107,9 @@ def test_every_sample_has_the_documented_fields_shapes_and_dtypes(dataset: Path,
                 np.testing.assert_array_equal(s["flow"] * 64, np.round(s["flow"] * 64))
                 np.testing.assert_array_equal(s["flowvalid"], flow["valid"][step])
                 np.testing.assert_array_equal(np.float32(rec["action"]), ep.actions[step])  # float32, exact
-                assert np.float32(rec["reward"]) == ep.rewards[step] and np.float32(rec["discount"]) == ep.discounts[step]
+                assert (
+                    np.float32(rec["reward"]) == ep.rewards[step] and np.float32(rec["discount"]) == ep.discounts[step]
+                )
                 assert rec["truncated"] is bool(ep.truncated[step])
             failed = step in FAILED.get((task, episode), ())
             annotated = step % EVERY_K == 0 and not failed
@@ -129,7 +142,9 @@ def test_split_is_by_episode_and_ordered(dataset: Path) -> None:
 
 
 def test_assign_splits_rules() -> None:
-    eps = [EpisodeInputs("a", i, Path(), Path(), Path()) for i in range(8)] + [EpisodeInputs("b", 0, Path(), Path(), Path())]
+    eps = [EpisodeInputs("a", i, Path(), Path(), Path()) for i in range(8)] + [
+        EpisodeInputs("b", 0, Path(), Path(), Path())
+    ]
     split = assign_splits(eps, 0.25, seed=0)
     assert sum(v == "validation" for (t, _), v in split.items() if t == "a") == 2
     assert split[("b", 0)] == "train"  # a task's only episode never goes to validation
@@ -156,7 +171,9 @@ def test_hf_datasets_loads_both_splits_and_streams(dataset: Path, tmp_path: Path
     np.testing.assert_array_equal(flow, first["flow"])
     assert row["json"]["annotation"]["status"] == "ok"
 
-    streamed = datasets.load_dataset("webdataset", data_files=files, features=hf_features(), streaming=True, split="validation")
+    streamed = datasets.load_dataset(
+        "webdataset", data_files=files, features=hf_features(), streaming=True, split="validation"
+    )
     keys = [ex["__key__"] for ex in streamed]
     assert keys == [k for k in ds["validation"]["__key__"]] and len(keys) == stats["splits"]["validation"]["samples"]
 
@@ -169,17 +186,28 @@ def test_hf_datasets_loads_both_splits_and_streams(dataset: Path, tmp_path: Path
 def test_first_samples_without_key_objects_load_with_the_declared_features(tmp_path: Path) -> None:
     import datasets
 
-    inputs = write_synthetic_inputs(tmp_path / "in", ("reacher-easy",), 1, 6, 8, every_k=6, failed={("reacher-easy", 0): (0,)})
+    inputs = write_synthetic_inputs(
+        tmp_path / "in", ("reacher-easy",), 1, 6, 8, every_k=6, failed={("reacher-easy", 0): (0,)}
+    )
     out = tmp_path / "ds"
     encode(*inputs, out, EncodeParams(val_fraction=0.0), WeightsParams())
-    ds = datasets.load_dataset("webdataset", data_files={"train": _shards(out, "train")}, features=hf_features(),
-                               cache_dir=str(tmp_path / "hf"), split="train")
+    ds = datasets.load_dataset(
+        "webdataset",
+        data_files={"train": _shards(out, "train")},
+        features=hf_features(),
+        cache_dir=str(tmp_path / "hf"),
+        split="train",
+    )
     objects = [row["json"]["annotation"]["objects"] for row in ds]
     assert objects[0] == [] and objects[6][0]["name"] == "square"  # failed at step 0, ok at step 6
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_two_runs_give_byte_identical_outputs(dataset: Path, inputs: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -237,8 +265,9 @@ def test_stats_match_the_stored_data(dataset: Path, inputs: tuple[Path, Path, Pa
     assert fields["flow.png:valid"]["mean"] == pytest.approx(LENGTH / (LENGTH + 1))  # all valid but the last frame
     assert stats["stats"]["train"]["samples"] == len(train)
     assert len(fields["clip.npy"]["image"]["mean"]) == 128
-    assert fields["clip.npy"]["caption"]["count"] == sum(1 for t, e in set(train) for s in range(0, LENGTH + 1, EVERY_K)
-                                                            if s not in FAILED.get((t, e), ()))
+    assert fields["clip.npy"]["caption"]["count"] == sum(
+        1 for t, e in set(train) for s in range(0, LENGTH + 1, EVERY_K) if s not in FAILED.get((t, e), ())
+    )
     assert set(fields["json.per_task"]) == set(TASKS)
 
 
@@ -249,7 +278,10 @@ def test_card_header_parses_and_documents_everything(dataset: Path) -> None:
     card = DatasetCard.load(dataset / "README.md")
     data = card.data.to_dict()
     config = data["configs"][0]
-    assert {f["split"]: f["path"] for f in config["data_files"]} == {"train": "train/shard-*.tar", "validation": "validation/shard-*.tar"}
+    assert {f["split"]: f["path"] for f in config["data_files"]} == {
+        "train": "train/shard-*.tar",
+        "validation": "validation/shard-*.tar",
+    }
     assert data["license"] == "mit" and data["size_categories"] == ["n<1K"]
     assert "reinforcement-learning" in data["task_categories"] and "webdataset" in data["tags"]
     info = datasets.DatasetInfo._from_yaml_dict(data["dataset_info"])
@@ -279,11 +311,20 @@ def test_really_collected_episodes(tmp_path: Path) -> None:
     from pipeline.flow import run_flow
 
     task = "cartpole-swingup"
-    params = parse_params({
-        "collect": {"tasks": [task], "episodes_per_task": 2, "episode_steps": 5, "image_size": 24, "workers": 1, "preview_episodes": 0},
-        "annotate": {"every_k": 2, "cache_dir": str(tmp_path / "cache")},
-        "encode": {"val_fraction": 0.5, "shard_maxcount": 4},
-    })
+    params = parse_params(
+        {
+            "collect": {
+                "tasks": [task],
+                "episodes_per_task": 2,
+                "episode_steps": 5,
+                "image_size": 24,
+                "workers": 1,
+                "preview_episodes": 0,
+            },
+            "annotate": {"every_k": 2, "cache_dir": str(tmp_path / "cache")},
+            "encode": {"val_fraction": 0.5, "shard_maxcount": 4},
+        }
+    )
     episodes, flow, notes = tmp_path / "episodes", tmp_path / "flow", tmp_path / "annotations"
     collect_task(task, params.collect, episodes / task)
     run_flow(episodes / task, flow / task, tmp_path / "m" / "flow.json", params.flow, params.weights)
@@ -310,11 +351,23 @@ def test_float32_fields_are_written_as_their_shortest_exact_decimals() -> None:
     from pipeline.encode.samples import float32_value
 
     rng = np.random.default_rng(0)
-    values = np.concatenate([
-        rng.standard_normal(20_000).astype(np.float32),
-        (rng.standard_normal(5_000) * 10.0 ** rng.integers(-30, 30, 5_000)).astype(np.float32),
-        np.array([0.0, -0.0, 1.0, np.finfo(np.float32).max, np.finfo(np.float32).tiny, np.finfo(np.float32).smallest_subnormal], np.float32),
-    ])
+    values = np.concatenate(
+        [
+            rng.standard_normal(20_000).astype(np.float32),
+            (rng.standard_normal(5_000) * 10.0 ** rng.integers(-30, 30, 5_000)).astype(np.float32),
+            np.array(
+                [
+                    0.0,
+                    -0.0,
+                    1.0,
+                    np.finfo(np.float32).max,
+                    np.finfo(np.float32).tiny,
+                    np.finfo(np.float32).smallest_subnormal,
+                ],
+                np.float32,
+            ),
+        ]
+    )
     written = [float32_value(v) for v in values]
     np.testing.assert_array_equal(np.array(written, np.float32), values)  # exact after the JSON round trip
     assert json.loads(json.dumps(written)) == written

@@ -1,5 +1,6 @@
 """CLIP backend: weights through the weights resolver (random, local file, local-dir, tags offline),
 provenance, normalisation, and the batched preprocessing against open_clip's own transform."""
+
 from __future__ import annotations
 
 import json
@@ -88,9 +89,14 @@ def test_local_dir_config_and_weights_win_over_clip_model(tiny: OpenClipEncoder,
     register_project_configs()
     folder = tmp_path / "my-clip"
     folder.mkdir()
-    config = {"model_cfg": open_clip.get_model_config(TINY), "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    config = {
+        "model_cfg": open_clip.get_model_config(TINY),
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    }
     (folder / "open_clip_config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(folder / "open_clip_model.safetensors")
+    )
     loaded = load_clip(EncodeParams(clip_model="ViT-B-32", weights=f"local-dir:{folder}"), WeightsParams())
     assert loaded.dim == 128  # the folder's architecture, not ViT-B-32's 512
     prov = loaded.provenance()
@@ -112,7 +118,9 @@ def test_missing_tag_offline_follows_the_weights_policy(tmp_path: Path) -> None:
         load_clip(params, WeightsParams(on_missing="error", offline=True, cache_dir=str(tmp_path)))
     assert str(tmp_path) in str(info.value)
     # on_missing: random -> random init, loud and recorded
-    encoder = load_clip(EncodeParams(weights=str(tmp_path / "absent.pt")), WeightsParams(on_missing="random", cache_dir=str(tmp_path)))
+    encoder = load_clip(
+        EncodeParams(weights=str(tmp_path / "absent.pt")), WeightsParams(on_missing="random", cache_dir=str(tmp_path))
+    )
     prov = encoder.provenance()
     assert prov["random_init"] is True and prov["weights"]["reason"].startswith("missing")
 

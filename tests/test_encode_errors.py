@@ -1,5 +1,6 @@
 """Encode stage, bad input: missing or malformed inputs name the file and the fix; a shard folder with
 a missing or corrupt tar, or a sample missing a field, fails naming the shard and the key."""
+
 from __future__ import annotations
 
 import io
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.datasets import restamp, write_synthetic_inputs
 
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset import DatasetError, validate_dataset
@@ -17,7 +19,6 @@ from pipeline.dataset.schema import CLIP_ROWS
 from pipeline.encode.inputs import EncodeInputError
 from pipeline.encode.run import run as encode
 from pipeline.io import write_npz_atomic
-from support.datasets import restamp, write_synthetic_inputs
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -83,7 +84,9 @@ def test_flow_of_the_wrong_shape(tmp_path: Path) -> None:
     bad = flow / TASK / "episode_000001.npz"
     meta = np.load(bad)["meta"]  # the right provenance, the wrong shape
     write_npz_atomic(bad, {"flow": np.zeros((4, 2, 8, 9), np.float16), "valid": np.ones((4, 8, 9), bool), "meta": meta})
-    with pytest.raises(EncodeInputError, match=r"episode_000001\.npz: flow has shape \(4, 2, 8, 9\).*rerun the flow stage"):
+    with pytest.raises(
+        EncodeInputError, match=r"episode_000001\.npz: flow has shape \(4, 2, 8, 9\).*rerun the flow stage"
+    ):
         encode(episodes, flow, notes, tmp_path / "out", PARAMS, WeightsParams())
 
 
@@ -92,9 +95,15 @@ def test_flow_of_the_wrong_shape(tmp_path: Path) -> None:
     [
         (lambda d: d["records"][1].update(status="maybe"), r"records\.1\.status: Input should be 'ok' or 'failed'"),
         (lambda d: d["records"][0].update(step=99), r"record steps \[99, 2, 4\] are not sorted"),
-        (lambda d: d["records"][0]["annotation"]["objects"][0].update(box=[1, 2]), r"records\.0\.annotation\.objects\.0\.box: .*box must have 4 numbers"),
+        (
+            lambda d: d["records"][0]["annotation"]["objects"][0].update(box=[1, 2]),
+            r"records\.0\.annotation\.objects\.0\.box: .*box must have 4 numbers",
+        ),
         (lambda d: d["records"][0].update(annotation=None), r"records\.0: .*status 'ok' needs an annotation"),
-        (lambda d: d["records"][0]["annotation"]["objects"][0].update(box=[1, 2, 30, 4]), r"records\.0\.annotation\.objects\.0\.box"),
+        (
+            lambda d: d["records"][0]["annotation"]["objects"][0].update(box=[1, 2, 30, 4]),
+            r"records\.0\.annotation\.objects\.0\.box",
+        ),
     ],
 )
 @pytest.mark.usefixtures("no_model")
@@ -139,7 +148,12 @@ def test_a_failed_rebuild_keeps_the_previous_dataset(tmp_path: Path) -> None:
     with pytest.raises(EncodeInputError):
         encode(episodes, flow, notes, out, PARAMS, WeightsParams())
     assert validate_dataset(out).samples == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations", "dataset", "episodes", "flow"]  # no temp leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "annotations",
+        "dataset",
+        "episodes",
+        "flow",
+    ]  # no temp leftovers
 
 
 # ---- reading a shard folder -------------------------------------------------------------------
@@ -171,7 +185,9 @@ def test_missing_shard(copy: Path) -> None:
 def test_truncated_shard(copy: Path) -> None:
     shard = copy / "validation" / "shard-000000.tar"
     shard.write_bytes(shard.read_bytes()[:3000])
-    with pytest.raises(DatasetError, match=r"validation/shard-000000\.tar: 3000 bytes, stats\.json lists \d+; the shard is truncated"):
+    with pytest.raises(
+        DatasetError, match=r"validation/shard-000000\.tar: 3000 bytes, stats\.json lists \d+; the shard is truncated"
+    ):
         validate_dataset(copy)
 
 
@@ -192,7 +208,11 @@ def test_sample_missing_a_field_names_shard_and_key(copy: Path) -> None:
     "rows, dim, expected",
     [
         (len(CLIP_ROWS), 7, r"clip\.npy \(clipimage\) is \(7,\)"),  # another CLIP's size than the first sample's
-        (3, 16, r"clip\.npy is \(3, 16\), expected \(4, D\): rows image, caption, objects, motion"),  # a schema-2 sample
+        (
+            3,
+            16,
+            r"clip\.npy is \(3, 16\), expected \(4, D\): rows image, caption, objects, motion",
+        ),  # a schema-2 sample
     ],
 )
 def test_field_with_the_wrong_shape_names_shard_and_key(copy: Path, rows: int, dim: int, expected: str) -> None:
@@ -215,7 +235,9 @@ def test_modified_bytes_fail_the_hash(copy: Path) -> None:
     record = members[index][1]
     members[index] = (members[index][0], record.replace(b'"discount":1.0', b'"discount":2.0'))  # same size
     _rewrite(shard, members)
-    assert shard.stat().st_size == json.loads((copy / "stats.json").read_text())["splits"]["train"]["shards"][0]["bytes"]
+    assert (
+        shard.stat().st_size == json.loads((copy / "stats.json").read_text())["splits"]["train"]["shards"][0]["bytes"]
+    )
     with pytest.raises(DatasetError, match=r"shard-000000\.tar: SHA-256 differs"):
         validate_dataset(copy)
     validate_dataset(copy, check_hashes=False)  # structurally fine

@@ -1,5 +1,6 @@
 """Publishing: push and pull tested at the huggingface_hub boundary (the Hub cannot be reached from
 here): what would be uploaded, where, as which repo type; and the CLI of encode / push / pull."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,13 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
+from support.datasets import write_synthetic_inputs
 
 from pipeline.cli import main
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset import DatasetError, validate_dataset
 from pipeline.dataset.hub import HubError, pull_dataset, push_dataset, resolve_dataset
 from pipeline.encode.run import run as encode
-from support.datasets import write_synthetic_inputs
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -25,7 +26,12 @@ TASK = "cheetah-run"
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("encode_hub")
     out = root / "dataset"
-    encode(*write_synthetic_inputs(root, (TASK,), episodes=2, length=3, size=8, every_k=2), out, EncodeParams(shard_maxcount=3), WeightsParams())
+    encode(
+        *write_synthetic_inputs(root, (TASK,), episodes=2, length=3, size=8, every_k=2),
+        out,
+        EncodeParams(shard_maxcount=3),
+        WeightsParams(),
+    )
     return out
 
 
@@ -45,7 +51,9 @@ class FakeHub:
 
     def upload_folder(self, **kwargs: Any) -> Any:
         self.calls.append(("upload_folder", (), kwargs))
-        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/datasets/{kwargs['repo_id']}/commit/abc"})()
+        return type(
+            "CommitInfo", (), {"commit_url": f"https://huggingface.co/datasets/{kwargs['repo_id']}/commit/abc"}
+        )()
 
     def snapshot_download(self, **kwargs: Any) -> str:
         self.calls.append(("snapshot_download", (), kwargs))
@@ -63,7 +71,11 @@ def _uploaded_files(folder: Path, kwargs: dict[str, Any]) -> set[str]:
     from huggingface_hub.utils import filter_repo_objects
 
     files = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
-    return set(filter_repo_objects(files, allow_patterns=kwargs["allow_patterns"], ignore_patterns=kwargs.get("ignore_patterns")))
+    return set(
+        filter_repo_objects(
+            files, allow_patterns=kwargs["allow_patterns"], ignore_patterns=kwargs.get("ignore_patterns")
+        )
+    )
 
 
 def test_push_uploads_the_whole_dataset_as_a_dataset_repo(dataset: Path) -> None:
@@ -83,7 +95,10 @@ def test_push_uploads_the_whole_dataset_as_a_dataset_repo(dataset: Path) -> None
     from huggingface_hub.utils import filter_repo_objects
 
     remote = ["README.md", "stats.json", "train/shard-000000.tar", "train/shard-000099.tar", ".gitattributes"]
-    assert set(filter_repo_objects(remote, allow_patterns=upload["delete_patterns"])) == {"train/shard-000000.tar", "train/shard-000099.tar"}
+    assert set(filter_repo_objects(remote, allow_patterns=upload["delete_patterns"])) == {
+        "train/shard-000000.tar",
+        "train/shard-000099.tar",
+    }
 
 
 def test_push_refuses_a_broken_folder_before_uploading(dataset: Path, tmp_path: Path) -> None:
@@ -113,7 +128,9 @@ def test_pull_validates_then_renames_into_place(dataset: Path, tmp_path: Path) -
     out = tmp_path / "data" / "dataset"
     check = pull_dataset("hf://datasets/alice/semore-cheetah", out, revision="v1", api=hub)
     ((_, _, kwargs),) = hub.calls
-    assert kwargs["repo_id"] == "alice/semore-cheetah" and kwargs["repo_type"] == "dataset" and kwargs["revision"] == "v1"
+    assert (
+        kwargs["repo_id"] == "alice/semore-cheetah" and kwargs["repo_type"] == "dataset" and kwargs["revision"] == "v1"
+    )
     assert check.folder == out and check.samples == validate_dataset(dataset).samples
     assert not (out / ".cache").exists() and sorted(p.name for p in out.parent.iterdir()) == ["dataset"]
     assert (out / "README.md").read_bytes() == (dataset / "README.md").read_bytes()
@@ -148,13 +165,27 @@ def _params_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_cli_encode_push_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_encode_push_pull(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from huggingface_hub import HfApi
 
     episodes, flow, notes = write_synthetic_inputs(tmp_path / "in", (TASK,), episodes=2, length=2, size=8, every_k=2)
     out = tmp_path / "data" / "dataset"
     params = _params_file(tmp_path)
-    argv = ["--params", str(params), "encode", "--episodes", str(episodes), "--flow", str(flow), "--annotations", str(notes), "--out", str(out)]
+    argv = [
+        "--params",
+        str(params),
+        "encode",
+        "--episodes",
+        str(episodes),
+        "--flow",
+        str(flow),
+        "--annotations",
+        str(notes),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "train: 3 samples / 2 shards" in capsys.readouterr().out
     assert validate_dataset(out).samples == {"train": 3, "validation": 3}
@@ -164,7 +195,9 @@ def test_cli_encode_push_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: seen.update(create=(repo_id, kw, self.token)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: seen.update(upload=kw))
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    assert main(["--params", str(params), "push", "--dataset", str(out), "--repo-id", "bob/data", "--message", "v1"]) == 0
+    assert (
+        main(["--params", str(params), "push", "--dataset", str(out), "--repo-id", "bob/data", "--message", "v1"]) == 0
+    )
     assert seen["create"] == ("bob/data", {"repo_type": "dataset", "private": False, "exist_ok": True}, "hf_test_token")
     assert seen["upload"]["repo_type"] == "dataset" and seen["upload"]["commit_message"] == "v1"
 
@@ -174,9 +207,14 @@ def test_cli_encode_push_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert validate_dataset(pulled).samples == {"train": 3, "validation": 3}
 
 
-def test_cli_errors_exit_2_without_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_exit_2_without_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     params = _params_file(tmp_path)
-    assert main(["--params", str(params), "encode", "--episodes", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["--params", str(params), "encode", "--episodes", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "run the collect stage first" in err and "Traceback" not in err
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):

@@ -1,6 +1,7 @@
 """Encode refuses inputs that belong to other episodes or tasks, leftovers of a failed annotate run and
 non-finite flow, naming the file(s) and the fix, before the CLIP model is built or anything is written;
 stats.json is strict JSON; temporaries of a killed run are removed by the next one."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.datasets import ProjectionClip, write_synthetic_inputs
 
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset.schema import DatasetError
@@ -16,7 +18,6 @@ from pipeline.dataset.writer import write_metadata
 from pipeline.encode.inputs import EncodeInputError
 from pipeline.encode.run import run as encode
 from pipeline.io import dumps_json, write_json_atomic, write_npz_atomic
-from support.datasets import ProjectionClip, write_synthetic_inputs
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -67,7 +68,10 @@ def test_flow_and_annotations_of_episodes_collected_with_another_seed_are_refuse
     ep.rewards[0] += 1.0
     save_episode(episodes / TASKS[1] / "episode_000000.npz", ep)
     message = _refused(inputs, tmp_path / "out")
-    assert str(flow / TASKS[1] / "episode_000000.npz") in message and str(episodes / TASKS[1] / "episode_000000.npz") in message
+    assert (
+        str(flow / TASKS[1] / "episode_000000.npz") in message
+        and str(episodes / TASKS[1] / "episode_000000.npz") in message
+    )
     # flow fixed (as if rerun), the annotations are still stale
     from support.datasets import restamp
 
@@ -75,7 +79,10 @@ def test_flow_and_annotations_of_episodes_collected_with_another_seed_are_refuse
     body = json.loads((other[2] / TASKS[1] / "episode_000000.json").read_text())
     write_json_atomic(notes / TASKS[1] / "episode_000000.json", body)  # made from another episode file
     message = _refused(inputs, tmp_path / "out")
-    assert str(notes / TASKS[1] / "episode_000000.json") in message and str(episodes / TASKS[1] / "episode_000000.npz") in message
+    assert (
+        str(notes / TASKS[1] / "episode_000000.json") in message
+        and str(episodes / TASKS[1] / "episode_000000.npz") in message
+    )
     assert "another episode" in message and "rerun the annotate stage" in message
 
 
@@ -87,7 +94,11 @@ def test_an_annotation_file_of_another_task_is_refused(inputs, tmp_path: Path) -
     body["task"] = TASKS[1]  # its source still names the right episode file: only the task is foreign
     write_json_atomic(path, body)
     message = _refused(inputs, tmp_path / "out")
-    assert str(path) in message and "annotates task 'cheetah-run'" in message and "folder of task 'cartpole-swingup'" in message
+    assert (
+        str(path) in message
+        and "annotates task 'cheetah-run'" in message
+        and "folder of task 'cartpole-swingup'" in message
+    )
     # a whole file from the other task's folder: its source names another episode file
     shutil.copy(notes / TASKS[1] / "episode_000000.json", notes / TASKS[0] / "episode_000000.json")
     body["task"] = TASKS[0]
@@ -112,7 +123,11 @@ def test_leftovers_of_a_failed_annotate_run_are_refused_naming_the_task(tmp_path
     failed = {(TASKS[1], i): tuple(range(0, 5, 2)) for i in range(2)}  # every annotated frame of cheetah-run failed
     inputs = write_synthetic_inputs(tmp_path / "in", TASKS, episodes=2, length=4, size=8, every_k=2, failed=failed)
     message = _refused(inputs, tmp_path / "out")
-    assert "task 'cheetah-run'" in message and "all 6 annotated frames failed" in message and "rerun the annotate stage" in message
+    assert (
+        "task 'cheetah-run'" in message
+        and "all 6 annotated frames failed" in message
+        and "rerun the annotate stage" in message
+    )
 
 
 @pytest.mark.usefixtures("no_model")
@@ -127,7 +142,11 @@ def test_non_finite_flow_is_refused_before_anything_is_written(inputs, tmp_path:
     arrays["flow"] = wide
     write_npz_atomic(path, arrays)
     message = _refused(inputs, tmp_path / "out")
-    assert str(path) in message and "not finite at pair 2, channel 1, pixel (x=4, y=3)" in message and "rerun the flow stage" in message
+    assert (
+        str(path) in message
+        and "not finite at pair 2, channel 1, pixel (x=4, y=3)" in message
+        and "rerun the flow stage" in message
+    )
 
 
 def test_stats_json_is_strict_json(tmp_path: Path) -> None:
@@ -151,12 +170,17 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_one(tmp_path: Path)
     stale = out.parent / ".dataset.k1ll3d_x.tmp"  # what SIGKILL during encode leaves (atomic_path's name)
     (stale / "train").mkdir(parents=True)
     (stale / "train" / "shard-000000.tar").write_bytes(b"\0" * 1024)
-    others = [out.parent / ".dataset2.abcdefgh.tmp", out.parent / ".dataset.json.abcdefgh.tmp"]  # other targets' temporaries
+    others = [
+        out.parent / ".dataset2.abcdefgh.tmp",
+        out.parent / ".dataset.json.abcdefgh.tmp",
+    ]  # other targets' temporaries
     for path in others:
         path.mkdir()
     encode(*inputs, out, PARAMS, WeightsParams(), encoder=ProjectionClip(4))
     assert not stale.exists() and all(p.exists() for p in others)
-    assert sorted(p.name for p in out.parent.iterdir()) == sorted([".dataset.json.abcdefgh.tmp", ".dataset2.abcdefgh.tmp", "dataset"])
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        [".dataset.json.abcdefgh.tmp", ".dataset2.abcdefgh.tmp", "dataset"]
+    )
 
 
 def test_strict_dumps_are_what_the_card_and_stats_hold(tmp_path: Path) -> None:

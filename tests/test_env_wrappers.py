@@ -1,12 +1,20 @@
 """The observation and action conventions: frame stacks (live and from stored frames) and the
 [-1, 1] -> action-box mapping, pinned on hand-made frames and a fake env (no simulator)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from pipeline.collect.envs.base import StepResult
-from pipeline.collect.envs.wrappers import ActionScale, FrameStack, FrameStacker, scale_action, stack_frames, steps_from_starts
+from pipeline.collect.envs.wrappers import (
+    ActionScale,
+    FrameStack,
+    FrameStacker,
+    scale_action,
+    stack_frames,
+    steps_from_starts,
+)
 
 H = W = 4
 

@@ -1,4 +1,5 @@
 """The episode file: schema checks from the headers, and damaged files named with the fix in every stage that reads them."""
+
 from __future__ import annotations
 
 import struct
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support.episodes import make_episode
 
 from pipeline.cli import main as cli_main
 from pipeline.episodes import (
@@ -23,7 +25,6 @@ from pipeline.episodes import (
 )
 from pipeline.errors import UserError
 from pipeline.io import write_npz_atomic
-from support.episodes import make_episode
 
 SIZE = 12
 
@@ -111,7 +112,9 @@ def test_a_damaged_file_is_a_user_error_naming_it_and_the_fix(tmp_path: Path, da
     expected = rf"(?s){path.name}: unreadable episode file \(BadZipFile: .*Fix: rerun the collect stage .*semore collect --task cartpole-swingup --out {folder}"
     with pytest.raises(EpisodeFileError, match=expected) as info:
         load_episode(path)
-    assert isinstance(info.value, UserError) and isinstance(info.value, ValueError)  # callers catching ValueError still do
+    assert isinstance(info.value, UserError) and isinstance(
+        info.value, ValueError
+    )  # callers catching ValueError still do
     if damage == "truncated":  # the zip directory is gone: even the header and the meta are unreadable
         with pytest.raises(EpisodeFileError, match=expected):
             read_header(path)
@@ -133,7 +136,10 @@ def test_frames_that_disagree_with_actions_are_refused_from_the_header(tmp_path:
     episode = tiny_episode(steps=3)
     path = tmp_path / episode_filename(0)
     _write_arrays(path, episode, frames=episode.frames[:3])  # 3 frames for 3 actions
-    with pytest.raises(EpisodeFileError, match=r"episode_000000\.npz: episode: frames has 3 entries but actions 3: an episode of T steps has T\+1 frames"):
+    with pytest.raises(
+        EpisodeFileError,
+        match=r"episode_000000\.npz: episode: frames has 3 entries but actions 3: an episode of T steps has T\+1 frames",
+    ):
         read_header(path)
     with pytest.raises(EpisodeFileError, match="frames has 3 entries"):
         load_episode(path, ["frames"])
@@ -143,7 +149,11 @@ def test_frames_that_disagree_with_actions_are_refused_from_the_header(tmp_path:
     ("member", "value", "message"),
     [
         ("depth", np.zeros((4, SIZE, SIZE), np.float64), r"member 'depth': dtype float64, expected float32"),
-        ("segmentation", np.zeros((4, SIZE, SIZE + 1), np.int32), r"member 'segmentation': shape \(4, 12, 13\), expected \(4, 12, 12\)"),
+        (
+            "segmentation",
+            np.zeros((4, SIZE, SIZE + 1), np.int32),
+            r"member 'segmentation': shape \(4, 12, 13\), expected \(4, 12, 12\)",
+        ),
         ("qpos", np.zeros((3, 1)), r"member 'qpos': shape \(3, 1\), expected \(4, None\)"),
     ],
 )
@@ -194,14 +204,38 @@ def test_check_episodes_lists_checks_and_refuses_mixed_tasks(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("stage", ["flow", "annotate"])
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_stages_report_a_damaged_episode_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str], stage: str, damage: str) -> None:
+def test_stages_report_a_damaged_episode_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stage: str, damage: str
+) -> None:
     folder = tmp_path / "episodes" / "synthetic-planes"
     paths = write_folder(folder, count=2)
     DAMAGE[damage](paths[1])
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"flow": {"previews": 0}, "annotate": {"backend": "simulator", "physics": False, "every_k": 1, "cache_dir": str(tmp_path / "cache")}}))
+    params_file.write_text(
+        yaml.safe_dump(
+            {
+                "flow": {"previews": 0},
+                "annotate": {
+                    "backend": "simulator",
+                    "physics": False,
+                    "every_k": 1,
+                    "cache_dir": str(tmp_path / "cache"),
+                },
+            }
+        )
+    )
     metrics = tmp_path / "metrics.json"
-    argv = ["--params", str(params_file), stage, "--episodes", str(folder), "--out", str(tmp_path / "out"), "--metrics", str(metrics)]
+    argv = [
+        "--params",
+        str(params_file),
+        stage,
+        "--episodes",
+        str(folder),
+        "--out",
+        str(tmp_path / "out"),
+        "--metrics",
+        str(metrics),
+    ]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert str(paths[1]) in err and "rerun the collect stage" in err, err

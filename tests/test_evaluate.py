@@ -1,4 +1,5 @@
 """The evaluate stage end to end at a tiny size, and every refusal before work."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,29 @@ from models.checkpoint import save_module
 from pipeline import probe as probes
 from pipeline.collect.errors import UnknownTaskError
 from pipeline.config.evaluate import EvaluateParams
+from pipeline.errors import UserError
 from pipeline.evaluate.backbones import MismatchError, check_backbone, load_backbones
 from pipeline.evaluate.run import NotLearningError, run
-from pipeline.errors import UserError
 
 BACKBONE = dict(frame_stack=2, image_size=24, feature_dim=8, channels=4, depth=2)
 # cartpole at action repeat 8: 6 agent steps per episode, 2 training episodes, evaluations at 0, 48 and 96 frames.
 TINY = dict(
-    tasks=["cartpole-swingup"], heldout_episodes=4, heldout_frames=64, random_inits=1, seeds=1, frames=96, seed_frames=48,
-    eval_every_frames=48, eval_episodes=1, episode_frames=48, agent={"batch_size": 8, "hidden_dim": 16},
-    probe={"bootstrap": 100, "folds": 3}, device="cpu", threads=1, workers=1, cache_dir=None,
+    tasks=["cartpole-swingup"],
+    heldout_episodes=4,
+    heldout_frames=64,
+    random_inits=1,
+    seeds=1,
+    frames=96,
+    seed_frames=48,
+    eval_every_frames=48,
+    eval_episodes=1,
+    episode_frames=48,
+    agent={"batch_size": 8, "hidden_dim": 16},
+    probe={"bootstrap": 100, "folds": 3},
+    device="cpu",
+    threads=1,
+    workers=1,
+    cache_dir=None,
 )
 
 
@@ -31,7 +45,12 @@ def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pretrain-stage output folder holding a small backbone that records its observation."""
     root = tmp_path_factory.mktemp("pretrain")
     torch.manual_seed(7)
-    save_module(root / "backbone", DualPathBackbone(**BACKBONE), BACKBONE, {"observation": {"action_repeat": {"cartpole-swingup": 8}}})
+    save_module(
+        root / "backbone",
+        DualPathBackbone(**BACKBONE),
+        BACKBONE,
+        {"observation": {"action_repeat": {"cartpole-swingup": 8}}},
+    )
     return root
 
 
@@ -39,7 +58,9 @@ def params(**overrides) -> EvaluateParams:
     return EvaluateParams(**{**TINY, **overrides})
 
 
-def test_tiny_evaluation_writes_report_results_plots_and_dvclive(tmp_path: Path, backbone: Path, torch_one_thread) -> None:
+def test_tiny_evaluation_writes_report_results_plots_and_dvclive(
+    tmp_path: Path, backbone: Path, torch_one_thread
+) -> None:
     summary = run(backbone, tmp_path / "eval", params())
     out = tmp_path / "eval"
     results = json.loads((out / "results.json").read_text())
@@ -51,7 +72,9 @@ def test_tiny_evaluation_writes_report_results_plots_and_dvclive(tmp_path: Path,
     assert [p["frames"] for p in results["rl"][0]["curve"]] == [0, 48, 96]  # frames after action repeat
     report = (out / "report.md").read_text()
     assert "after action repeat" in report and "| cartpole-swingup (8) | state |" in report
-    assert (out / "plots" / "probe.png").stat().st_size > 0 and (out / "plots" / "learning_curves.png").stat().st_size > 0
+    assert (out / "plots" / "probe.png").stat().st_size > 0 and (
+        out / "plots" / "learning_curves.png"
+    ).stat().st_size > 0
     dvclive = json.loads((out / "dvclive" / "metrics.json").read_text())
     assert "probe" in dvclive and "rl" in dvclive
     assert len(list((out / "dvclive" / "plots" / "custom").glob("*.json"))) == 3
@@ -62,7 +85,14 @@ def test_same_params_give_the_same_bytes(tmp_path: Path, backbone: Path, torch_o
     p = params(arms=["probe", "state"])
     run(backbone, tmp_path / "a", p)
     run(backbone, tmp_path / "b", p)
-    for name in ("results.json", "report.md", "probe/cartpole-swingup.npz", "plots/probe.png", "plots/learning_curves.png", "dvclive/metrics.json"):
+    for name in (
+        "results.json",
+        "report.md",
+        "probe/cartpole-swingup.npz",
+        "plots/probe.png",
+        "plots/learning_curves.png",
+        "dvclive/metrics.json",
+    ):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
@@ -77,7 +107,10 @@ def test_the_probe_file_gives_back_every_probe_number_exactly(tmp_path: Path, ba
         for name, oof in oofs.items():
             assert probes.r2_with_ci(oof, group, weights).as_dict() == recorded["r2"][name][group]
         for name in ("random-0", "random-1"):
-            assert probes.paired_difference(oofs["pretrained"], oofs[name], group, weights).as_dict() == recorded["pretrained_minus"][name][group]
+            assert (
+                probes.paired_difference(oofs["pretrained"], oofs[name], group, weights).as_dict()
+                == recorded["pretrained_minus"][name][group]
+            )
 
 
 def test_unknown_task_is_refused_before_work(tmp_path: Path, backbone: Path) -> None:
@@ -91,10 +124,15 @@ def test_unknown_task_is_refused_before_work(tmp_path: Path, backbone: Path) -> 
     [
         ({"image_size": 32}, "image size: backbone 24 px, evaluation 32 px"),
         ({"frame_stack": 3}, "frame stack: backbone 2 frames, evaluation 3"),
-        ({"action_repeat": {"cartpole-swingup": 4}}, "action repeat: backbone pretrained at 8, evaluation of cartpole-swingup uses 4"),
+        (
+            {"action_repeat": {"cartpole-swingup": 4}},
+            "action repeat: backbone pretrained at 8, evaluation of cartpole-swingup uses 4",
+        ),
     ],
 )
-def test_a_backbone_that_does_not_match_the_task_is_refused_before_work(tmp_path: Path, backbone: Path, overrides: dict, message: str) -> None:
+def test_a_backbone_that_does_not_match_the_task_is_refused_before_work(
+    tmp_path: Path, backbone: Path, overrides: dict, message: str
+) -> None:
     with pytest.raises(MismatchError, match=message.replace("(", r"\(")):
         run(backbone, tmp_path / "eval", params(**overrides))
     assert not (tmp_path / "eval").exists()
@@ -124,13 +162,20 @@ def test_the_pixel_finetune_arm_runs_when_asked(tmp_path: Path, backbone: Path, 
     from pipeline.config.finetune import FinetuneParams
 
     pixel = FinetuneParams(batch_size=8, hidden_dim=16, device="cpu", threads=1)
-    run(backbone, tmp_path / "eval", params(arms=["finetune"], frames=48, seed_frames=24, eval_every_frames=24), finetune=pixel)
+    run(
+        backbone,
+        tmp_path / "eval",
+        params(arms=["finetune"], frames=48, seed_frames=24, eval_every_frames=24),
+        finetune=pixel,
+    )
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert {r["arm"] for r in results["rl"]} == {"finetune:pretrained", "finetune:scratch"}
     assert [p["frames"] for p in results["rl"][0]["curve"]] == [0, 24, 48]
 
 
-def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_changes(tmp_path: Path, backbone: Path, torch_one_thread, monkeypatch) -> None:
+def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_changes(
+    tmp_path: Path, backbone: Path, torch_one_thread, monkeypatch
+) -> None:
     from pipeline.evaluate.workspace import VectorWorkspace
 
     p = params(arms=["state", "frozen"], cache_dir=str(tmp_path / "cache"))
@@ -141,13 +186,17 @@ def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_chang
         raise AssertionError("trained a run that had finished before")
 
     monkeypatch.setattr(VectorWorkspace, "train", no_training)
-    run(backbone, tmp_path / "b", p.model_copy(update={"workers": 2, "random_inits": 1, "min_final_return": -1.0}))  # scheduling only
+    run(
+        backbone, tmp_path / "b", p.model_copy(update={"workers": 2, "random_inits": 1, "min_final_return": -1.0})
+    )  # scheduling only
     assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()
     with pytest.raises(AssertionError, match="finished before"):  # another learning rate is another run
         run(backbone, tmp_path / "c", p.model_copy(update={"agent": p.agent.model_copy(update={"lr": 3e-4})}))
 
 
-def test_runs_in_worker_processes_report_progress_each_under_its_own_name(tmp_path: Path, backbone: Path, capfd, caplog) -> None:
+def test_runs_in_worker_processes_report_progress_each_under_its_own_name(
+    tmp_path: Path, backbone: Path, capfd, caplog
+) -> None:
     """Spawned workers start with unconfigured logging; their evaluation lines must still reach
     stderr at the parent's level, and say which arm and seed they belong to (several run side by side)."""
     from pipeline.evaluate.arms import job_pool, run_jobs
@@ -176,12 +225,20 @@ def test_paired_random_arm_runs_seed_s_on_random_init_s(backbone: Path) -> None:
     backbones = load_backbones(backbone, random_inits=3, checkpoints=[], seed=0, device=torch.device("cpu"))
     jobs = _rl_jobs("frozen", params(seeds=3, frozen_random="paired"), backbones, {"cartpole-swingup": 8}, 24)
     assert [(j.label, j.backbone, j.seed_index) for j in jobs] == [
-        ("frozen:pretrained", "pretrained", 0), ("frozen:random", "random-0", 0),
-        ("frozen:pretrained", "pretrained", 1), ("frozen:random", "random-1", 1),
-        ("frozen:pretrained", "pretrained", 2), ("frozen:random", "random-2", 2),
+        ("frozen:pretrained", "pretrained", 0),
+        ("frozen:random", "random-0", 0),
+        ("frozen:pretrained", "pretrained", 1),
+        ("frozen:random", "random-1", 1),
+        ("frozen:pretrained", "pretrained", 2),
+        ("frozen:random", "random-2", 2),
     ]
     crossed = _rl_jobs("frozen", params(seeds=2), backbones, {"cartpole-swingup": 8}, 24)
-    assert sorted({j.label for j in crossed}) == ["frozen:pretrained", "frozen:random-0", "frozen:random-1", "frozen:random-2"]
+    assert sorted({j.label for j in crossed}) == [
+        "frozen:pretrained",
+        "frozen:random-0",
+        "frozen:random-1",
+        "frozen:random-2",
+    ]
     assert len(crossed) == 8
 
 
@@ -192,7 +249,15 @@ def test_the_state_arm_renders_no_frames(backbone: Path) -> None:
     from pipeline.evaluate.workspace import Schedule, StateObserver, VectorWorkspace
 
     mk = partial(lambda seed: make_env("cartpole-swingup", image_size=24, action_repeat=8, episode_steps=6, seed=seed))
-    ws = VectorWorkspace("cartpole-swingup", mk, partial(StateObserver, 5), params().agent, Schedule(48, 48, 48, 1, 48, 8), 0, torch.device("cpu"))
+    ws = VectorWorkspace(
+        "cartpole-swingup",
+        mk,
+        partial(StateObserver, 5),
+        params().agent,
+        Schedule(48, 48, 48, 1, 48, 8),
+        0,
+        torch.device("cpu"),
+    )
     try:
         result = ws.env.reset(seed=0)
         assert result.frame is None and ws.env.unwrapped.render_frames is False
@@ -206,7 +271,13 @@ def recorded_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A backbone whose checkpoint records every observation fact, as the pretrain stage writes them."""
     root = tmp_path_factory.mktemp("pretrain_facts")
     torch.manual_seed(7)
-    facts = {"action_repeat": {"cartpole-swingup": 8}, "image_size": 24, "camera": {"cartpole-swingup": 0}, "render_mode": {"cartpole-swingup": "fast"}, "frame_stack": 2}
+    facts = {
+        "action_repeat": {"cartpole-swingup": 8},
+        "image_size": 24,
+        "camera": {"cartpole-swingup": 0},
+        "render_mode": {"cartpole-swingup": "fast"},
+        "frame_stack": 2,
+    }
     save_module(root / "backbone", DualPathBackbone(**BACKBONE), BACKBONE, {"observation": facts})
     return root
 
@@ -214,11 +285,16 @@ def recorded_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"render_mode": "faithful"}, "render mode: backbone pretrained on 'fast' frames, evaluation of cartpole-swingup uses 'faithful'"),
+        (
+            {"render_mode": "faithful"},
+            "render mode: backbone pretrained on 'fast' frames, evaluation of cartpole-swingup uses 'faithful'",
+        ),
         ({"camera": 1}, "camera: backbone pretrained on camera 0, evaluation of cartpole-swingup uses camera 1"),
     ],
 )
-def test_a_backbone_rendered_otherwise_is_refused_before_work(tmp_path: Path, recorded_backbone: Path, overrides: dict, message: str) -> None:
+def test_a_backbone_rendered_otherwise_is_refused_before_work(
+    tmp_path: Path, recorded_backbone: Path, overrides: dict, message: str
+) -> None:
     with pytest.raises(MismatchError, match=message) as info:
         run(recorded_backbone, tmp_path / "eval", params(**overrides))
     assert "evaluate.allow_mismatch: true" in str(info.value)
@@ -226,15 +302,39 @@ def test_a_backbone_rendered_otherwise_is_refused_before_work(tmp_path: Path, re
 
 
 def test_an_allowed_render_mode_mismatch_is_recorded_for_the_pretrained_backbone_only(recorded_backbone: Path) -> None:
-    pretrained, random = load_backbones(recorded_backbone, random_inits=1, checkpoints=[], seed=0, device=torch.device("cpu"))
+    pretrained, random = load_backbones(
+        recorded_backbone, random_inits=1, checkpoints=[], seed=0, device=torch.device("cpu")
+    )
     for b in (pretrained, random):
-        check_backbone(b, "cartpole-swingup", image_size=24, frame_stack=2, action_repeat=8, camera=0, render_mode="faithful", allow_mismatch=True)
-    assert len(pretrained.warnings) == 1 and "render mode: backbone pretrained on 'fast' frames" in pretrained.warnings[0]
+        check_backbone(
+            b,
+            "cartpole-swingup",
+            image_size=24,
+            frame_stack=2,
+            action_repeat=8,
+            camera=0,
+            render_mode="faithful",
+            allow_mismatch=True,
+        )
+    assert (
+        len(pretrained.warnings) == 1 and "render mode: backbone pretrained on 'fast' frames" in pretrained.warnings[0]
+    )
     assert random.warnings == []  # a random initialisation was pretrained on nothing
-    check_backbone(pretrained, "cartpole-swingup", image_size=24, frame_stack=2, action_repeat=8, camera=0, render_mode="fast", allow_mismatch=False)
+    check_backbone(
+        pretrained,
+        "cartpole-swingup",
+        image_size=24,
+        frame_stack=2,
+        action_repeat=8,
+        camera=0,
+        render_mode="fast",
+        allow_mismatch=False,
+    )
 
 
-def test_the_finetune_arm_is_checked_before_any_work(tmp_path: Path, recorded_backbone: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_finetune_arm_is_checked_before_any_work(
+    tmp_path: Path, recorded_backbone: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipeline.config.finetune import FinetuneParams
     from pipeline.evaluate import run as evaluate_run
     from pipeline.evaluate.arms import finetune_params
@@ -247,13 +347,21 @@ def test_the_finetune_arm_is_checked_before_any_work(tmp_path: Path, recorded_ba
     monkeypatch.setattr(evaluate_run, "collect_heldout", no_work)
 
     pixel = FinetuneParams(batch_size=8, hidden_dim=16, device="cpu", threads=1, render_mode="fast", camera=0)
-    with pytest.raises(UserError, match="render mode: backbone pretrained on 'fast' frames, [a-z]+ of cartpole-swingup uses 'faithful'"):
+    with pytest.raises(
+        UserError, match="render mode: backbone pretrained on 'fast' frames, [a-z]+ of cartpole-swingup uses 'faithful'"
+    ):
         run(recorded_backbone, tmp_path / "eval", params(arms=["finetune"], render_mode="faithful"), finetune=pixel)
     assert not (tmp_path / "eval").exists()
     # The pixel arm sees what the evaluation renders, whatever the finetune section says, and
     # evaluate.allow_mismatch governs it too.
     section = params(arms=["finetune"], render_mode="faithful", camera=1, allow_mismatch=True)
     arm = finetune_params(pixel, section, "cartpole-swingup", 8)
-    assert (arm.task, arm.action_repeat, arm.camera, arm.render_mode, arm.allow_mismatch) == ("cartpole-swingup", 8, 1, "faithful", True)
+    assert (arm.task, arm.action_repeat, arm.camera, arm.render_mode, arm.allow_mismatch) == (
+        "cartpole-swingup",
+        8,
+        1,
+        "faithful",
+        True,
+    )
     warnings = check_observation(read_spec(recorded_backbone), arm)
     assert any("render mode" in w for w in warnings) and any("camera" in w for w in warnings)

@@ -1,4 +1,5 @@
 """The probe's statistics: episode-grouped out-of-fold R^2 and paired bootstrap CIs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,9 @@ def _probe(features: np.ndarray, targets: np.ndarray, episode: np.ndarray):
 def test_informative_features_beat_noise_with_a_ci_that_excludes_zero() -> None:
     targets, episode = _episodes()
     rng = np.random.default_rng(1)
-    informative = np.hstack([targets @ rng.standard_normal((3, 8)), rng.standard_normal((len(targets), 8))]) + 0.5 * rng.standard_normal((len(targets), 16))
+    informative = np.hstack(
+        [targets @ rng.standard_normal((3, 8)), rng.standard_normal((len(targets), 8))]
+    ) + 0.5 * rng.standard_normal((len(targets), 16))
     noise = rng.standard_normal((len(targets), 16))
     good, bad = _probe(informative, targets, episode), _probe(noise, targets, episode)
     rows = bootstrap_weights(episode, 500, seed=0)
@@ -42,7 +45,9 @@ def test_two_noise_backbones_differ_by_a_ci_that_includes_zero() -> None:
     diff = paired_difference(a, b, "all", rows)
     assert not diff.excludes_zero(), diff
     noise_alone = r2_with_ci(a, "all", rows)
-    assert noise_alone.low < 0.0 < noise_alone.high or noise_alone.high < 0.0  # pure noise never scores reliably above zero
+    assert (
+        noise_alone.low < 0.0 < noise_alone.high or noise_alone.high < 0.0
+    )  # pure noise never scores reliably above zero
 
 
 def test_every_held_out_episode_is_predicted_by_a_model_that_never_saw_it() -> None:
@@ -72,7 +77,9 @@ def test_a_dimension_that_moves_in_one_episode_cannot_stretch_the_ci() -> None:
     n_episodes, length = 12, 40
     episode = np.repeat(np.arange(n_episodes), length)
     walk = np.concatenate([np.cumsum(rng.standard_normal(length)) for _ in range(n_episodes)])
-    flip = np.where(episode == 0, np.sin(np.linspace(0, 3, len(episode)) * 40), 0.0) + 1e-3 * rng.standard_normal(len(episode))
+    flip = np.where(episode == 0, np.sin(np.linspace(0, 3, len(episode)) * 40), 0.0) + 1e-3 * rng.standard_normal(
+        len(episode)
+    )
     target = np.stack([walk, flip], axis=1)
     target = (target - target.mean(0)) / target.std(0)
     kinds = ("position", "position")
@@ -85,7 +92,9 @@ def test_a_dimension_that_moves_in_one_episode_cannot_stretch_the_ci() -> None:
 
     good, worse = probe(0.3, 0.05, 1), probe(0.5, 0.08, 2)
     per_dimension = 1 - ((target - good.prediction) ** 2).sum(0) / (target**2).sum(0)
-    assert pooled_r2(good) == pytest.approx(per_dimension.mean(), abs=1e-12)  # the point estimate is the per-dimension mean
+    assert pooled_r2(good) == pytest.approx(
+        per_dimension.mean(), abs=1e-12
+    )  # the point estimate is the per-dimension mean
     rows = bootstrap_weights(episode, 1000, seed=0)
     assert (rows[:, 0] == 0).mean() > 0.2  # many resamples leave the flipping episode out
     diff = paired_difference(good, worse, "all", rows)
@@ -100,7 +109,10 @@ def test_the_mlp_probe_finds_what_is_in_the_features_non_linearly_and_ridge_does
     rng = np.random.default_rng(5)
     episode = np.repeat(np.arange(20), 30)
     features = rng.standard_normal((len(episode), 6))
-    targets = np.stack([np.abs(features[:, 0]) + features[:, 1] ** 2, features[:, 2] ** 2 - np.abs(features[:, 3]), features[:, 4]], axis=1)
+    targets = np.stack(
+        [np.abs(features[:, 0]) + features[:, 1] ** 2, features[:, 2] ** 2 - np.abs(features[:, 3]), features[:, 4]],
+        axis=1,
+    )
     ridge = out_of_fold(features, targets, episode, KINDS, alphas=[0.1, 1.0, 10.0], folds=4)
     mlp = out_of_fold(features, targets, episode, KINDS, alphas=[0.1, 1.0, 10.0], folds=4, model="mlp")
     assert pooled_r2(ridge, "position") < 0.1 < 0.7 < pooled_r2(mlp, "position")

@@ -1,4 +1,5 @@
 """Finetune stage, unit level: SAC targets and gradients, the target network, the replay buffer, augmentation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +8,11 @@ import torch
 
 from models.actor import Actor, PixelPolicy
 from models.backbone import DualPathBackbone
+from pipeline.collect.envs.wrappers import FrameStacker
 from pipeline.config.finetune import FinetuneParams
 from pipeline.finetune.augment import random_shift
 from pipeline.finetune.replay_buffer import ReplayBuffer
 from pipeline.finetune.sac import SAC
-from pipeline.collect.envs.wrappers import FrameStacker
 
 BACKBONE = dict(frame_stack=3, image_size=16, feature_dim=8, channels=4, depth=2)
 
@@ -238,7 +239,9 @@ def test_replay_n_step_returns_stop_at_episode_end_and_keep_termination() -> Non
     fill(buffer, [[10, 11, 12, 13], [20, 21, 22]], [False, True])  # truncated, then terminated
     batch = buffer.sample(512)
     by_start = {}
-    for obs, nxt, r, d, t in zip(batch["obs"], batch["next_obs"], batch["reward"], batch["discount"], batch["terminated"]):
+    for obs, nxt, r, d, t in zip(
+        batch["obs"], batch["next_obs"], batch["reward"], batch["discount"], batch["terminated"]
+    ):
         by_start[stack_ids(obs)[-1]] = (stack_ids(nxt)[-1], float(r), float(d), float(t))
     # Full 3-step return inside the episode.
     assert by_start[10] == (13, pytest.approx(1.1 + 0.5 * 1.2 + 0.25 * 1.3), 0.125, 0.0)

@@ -1,4 +1,5 @@
 """Finetune stage, end to end on a real dm_control task: outputs, determinism, resuming, errors."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,26 @@ from models.checkpoint import load_module, save_module
 from pipeline.cli import main
 from pipeline.config.finetune import FinetuneParams
 from pipeline.finetune import workspace as trainer
+from pipeline.finetune.encoder import BackboneError, build_encoder, read_spec
 from pipeline.finetune.run import FinetuneSummary
 from pipeline.finetune.run import run as finetune
-from pipeline.finetune.encoder import BackboneError, build_encoder, read_spec
 from pipeline.finetune.sac import SAC
 
 BACKBONE = dict(frame_stack=2, image_size=24, feature_dim=8, channels=4, depth=2)
 # 10 agent steps per episode, 3 episodes; updates start after the first episode.
 TINY = dict(
-    task="cartpole-swingup", frames=120, action_repeat=4, episode_frames=40, seed_frames=40, batch_size=8,
-    hidden_dim=16, eval_every_frames=40, eval_episodes=1, checkpoint_every_frames=40, device="cpu", threads=1,
+    task="cartpole-swingup",
+    frames=120,
+    action_repeat=4,
+    episode_frames=40,
+    seed_frames=40,
+    batch_size=8,
+    hidden_dim=16,
+    eval_every_frames=40,
+    eval_episodes=1,
+    checkpoint_every_frames=40,
+    device="cpu",
+    threads=1,
 )
 
 
@@ -45,14 +56,30 @@ def _restore_threads():
 
 def run(tmp: Path, backbone: Path, name: str, **overrides) -> FinetuneSummary:
     params = FinetuneParams(**{**TINY, "checkpoint_dir": str(tmp / "ckpt"), **overrides})
-    return finetune(backbone, tmp / name / "out", params, metrics=tmp / name / "metrics.json", plots=tmp / name / "plots")
+    return finetune(
+        backbone, tmp / name / "out", params, metrics=tmp / name / "metrics.json", plots=tmp / name / "plots"
+    )
 
 
 def test_stage_cli_runs_a_short_finetune_and_writes_everything(tmp_path: Path, backbone: Path) -> None:
     params = {"finetune": {**TINY, "checkpoint_dir": str(tmp_path / "ckpt")}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out, metrics_path, plots = tmp_path / "finetune", tmp_path / "metrics" / "finetune.json", tmp_path / "plots"
-    rc = main(["--params", str(tmp_path / "params.yaml"), "finetune", "--backbone", str(backbone), "--out", str(out), "--metrics", str(metrics_path), "--plots", str(plots)])
+    rc = main(
+        [
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "finetune",
+            "--backbone",
+            str(backbone),
+            "--out",
+            str(out),
+            "--metrics",
+            str(metrics_path),
+            "--plots",
+            str(plots),
+        ]
+    )
     assert rc == 0
 
     metrics = json.loads(metrics_path.read_text())
@@ -61,22 +88,34 @@ def test_stage_cli_runs_a_short_finetune_and_writes_everything(tmp_path: Path, b
     assert metrics["updates"] == 21  # one per agent step from frame 40 (step 10) to 120 (step 30)
     assert metrics["eval"]["frames"] == 120 and metrics["eval"]["episodes"] == 1
     assert 0.0 <= metrics["eval"]["return_mean"] <= 10.0  # cartpole rewards are in [0, 1] per frame
-    evals = (plots / "plots" / "metrics" / "eval" / "return_mean.tsv").read_text().splitlines()  # DVCLive, step = frames
+    evals = (
+        (plots / "plots" / "metrics" / "eval" / "return_mean.tsv").read_text().splitlines()
+    )  # DVCLive, step = frames
     assert evals[0] == "step\treturn_mean"
     assert [row.split("\t")[0] for row in evals[1:]] == ["0", "40", "80", "120"]
     assert len((plots / "plots" / "metrics" / "train" / "episode_return.tsv").read_text().splitlines()) == 1 + 3
-    assert json.loads((plots / "metrics.json").read_text())["eval"]["return_mean"] == pytest.approx(metrics["eval"]["return_mean"], abs=1e-3)
+    assert json.loads((plots / "metrics.json").read_text())["eval"]["return_mean"] == pytest.approx(
+        metrics["eval"]["return_mean"], abs=1e-3
+    )
     assert (out / "eval_video.gif").read_bytes()[:6] == b"GIF89a"
 
     # The actor is what the collect stage's checkpoint policy loads.
     policy, meta = load_module(out / "actor")
-    assert {"task": "cartpole-swingup", "action_dim": 1, "frame_stack": 2, "image_size": 24, "action_repeat": 4}.items() <= meta.items()
+    assert {
+        "task": "cartpole-swingup",
+        "action_dim": 1,
+        "frame_stack": 2,
+        "image_size": 24,
+        "action_repeat": 4,
+    }.items() <= meta.items()
     obs = torch.randint(0, 256, (3, 6, 24, 24), dtype=torch.uint8)
     action = policy.act(obs)
     assert action.shape == (3, 1) and action.abs().max() <= 1.0
 
 
-def test_interrupted_run_resumes_to_the_same_state(tmp_path: Path, backbone: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes_to_the_same_state(
+    tmp_path: Path, backbone: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     straight = run(tmp_path / "a", backbone, "straight")
 
     # Interrupt the second run after its checkpoint at frame 80 (the 15th update happens at frame 96).
@@ -104,7 +143,11 @@ def test_interrupted_run_resumes_to_the_same_state(tmp_path: Path, backbone: Pat
     a, b = tmp_path / "a" / "straight" / "out", tmp_path / "b" / "resumed" / "out"
     assert (a / "actor" / "model.safetensors").read_bytes() == (b / "actor" / "model.safetensors").read_bytes()
     assert (a / "eval_video.gif").read_bytes() == (b / "eval_video.gif").read_bytes()
-    for name in ("metrics.json", "plots/metrics/eval/return_mean.tsv", "plots/metrics/train/episode_return.tsv"):  # same params, same bytes
+    for name in (
+        "metrics.json",
+        "plots/metrics/eval/return_mean.tsv",
+        "plots/metrics/train/episode_return.tsv",
+    ):  # same params, same bytes
         assert (a.parent / "plots" / name).read_bytes() == (b.parent / "plots" / name).read_bytes(), name
     assert (a.parent / "metrics.json").read_bytes() == (b.parent / "metrics.json").read_bytes()
 
@@ -140,7 +183,21 @@ def test_missing_backbone_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BackboneError, match="run the pretrain stage first"):
         read_spec(tmp_path / "nothing")
     (tmp_path / "params.yaml").write_text("finetune: {frames: 8}\n")
-    rc = main(["--params", str(tmp_path / "params.yaml"), "finetune", "--backbone", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p")])
+    rc = main(
+        [
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "finetune",
+            "--backbone",
+            str(tmp_path / "nothing"),
+            "--out",
+            str(tmp_path / "o"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--plots",
+            str(tmp_path / "p"),
+        ]
+    )
     assert rc == 2
     assert not (tmp_path / "o").exists()
 
@@ -155,13 +212,17 @@ def test_bad_params_are_rejected() -> None:
 def test_run_key_ignores_frames_but_not_what_changes_the_result(backbone: Path) -> None:
     spec = read_spec(backbone)
     base = FinetuneParams(**TINY)
-    assert trainer.run_key(base, spec) == trainer.run_key(base.model_copy(update={"frames": 10_000, "device": "cuda"}), spec)
+    assert trainer.run_key(base, spec) == trainer.run_key(
+        base.model_copy(update={"frames": 10_000, "device": "cuda"}), spec
+    )
     assert trainer.run_key(base, spec) != trainer.run_key(base.model_copy(update={"encoder_init": "scratch"}), spec)
     assert trainer.run_key(base, spec) != trainer.run_key(base.model_copy(update={"seed": 1}), spec)
     assert np.all([trainer.derive_seed(0, "train_env", i) != trainer.derive_seed(0, "eval_env", i) for i in range(5)])
 
 
-def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_restarts(tmp_path: Path, backbone: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_restarts(
+    tmp_path: Path, backbone: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     straight = run(tmp_path / "a", backbone, "straight", frames=80, video=False)
     (checkpoint,) = (tmp_path / "a" / "ckpt").iterdir()
     (checkpoint / "agent.pt").write_bytes(b"not a torch file")
@@ -175,7 +236,13 @@ def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_restarts(tmp_path:
 
 
 # --- observation facts: the backbone's pretraining data against this run ----------------------
-FACTS = {"action_repeat": {"cartpole-swingup": 8}, "image_size": 24, "camera": {"cartpole-swingup": 0}, "render_mode": {"cartpole-swingup": "fast"}, "frame_stack": 2}
+FACTS = {
+    "action_repeat": {"cartpole-swingup": 8},
+    "image_size": 24,
+    "camera": {"cartpole-swingup": 0},
+    "render_mode": {"cartpole-swingup": "fast"},
+    "frame_stack": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +256,16 @@ def recorded_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_action_repeat_defaults_to_the_benchmark_value_of_the_task() -> None:
     assert FinetuneParams().action_repeat == 8  # cartpole-swingup
-    assert FinetuneParams(task="cheetah-run").action_repeat == 4 and FinetuneParams(task="walker-walk", action_repeat=None).action_repeat == 2
+    assert (
+        FinetuneParams(task="cheetah-run").action_repeat == 4
+        and FinetuneParams(task="walker-walk", action_repeat=None).action_repeat == 2
+    )
     assert FinetuneParams(task="cheetah-run", action_repeat=3).action_repeat == 3
 
 
-def test_a_backbone_pretrained_at_another_action_repeat_is_refused_before_work(tmp_path: Path, recorded_backbone: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_backbone_pretrained_at_another_action_repeat_is_refused_before_work(
+    tmp_path: Path, recorded_backbone: Path, capsys: pytest.CaptureFixture
+) -> None:
     from pipeline.finetune.run import ObservationMismatchError
 
     with pytest.raises(ObservationMismatchError) as info:
@@ -203,18 +275,42 @@ def test_a_backbone_pretrained_at_another_action_repeat_is_refused_before_work(t
     assert "finetune.action_repeat" in message and "finetune.allow_mismatch: true" in message
     assert not (tmp_path / "refused").exists() and not (tmp_path / "ckpt").exists()  # no work, no checkpoint
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"finetune": {**TINY, "render_mode": "faithful", "checkpoint_dir": str(tmp_path / "ckpt")}}))
-    rc = main(["--params", str(tmp_path / "params.yaml"), "finetune", "--backbone", str(recorded_backbone), "--out", str(tmp_path / "o"),
-               "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p")])
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"finetune": {**TINY, "render_mode": "faithful", "checkpoint_dir": str(tmp_path / "ckpt")}})
+    )
+    rc = main(
+        [
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "finetune",
+            "--backbone",
+            str(recorded_backbone),
+            "--out",
+            str(tmp_path / "o"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--plots",
+            str(tmp_path / "p"),
+        ]
+    )
     err = capsys.readouterr().err
-    assert rc == 2 and "render mode: backbone pretrained on 'fast' frames, finetune of cartpole-swingup uses 'faithful'" in err and "Traceback" not in err
+    assert (
+        rc == 2
+        and "render mode: backbone pretrained on 'fast' frames, finetune of cartpole-swingup uses 'faithful'" in err
+        and "Traceback" not in err
+    )
     assert not (tmp_path / "o").exists()
 
 
-def test_allow_mismatch_trains_with_a_loud_warning_recorded_in_the_outputs(tmp_path: Path, recorded_backbone: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_allow_mismatch_trains_with_a_loud_warning_recorded_in_the_outputs(
+    tmp_path: Path, recorded_backbone: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level("WARNING"):
         summary = run(tmp_path, recorded_backbone, "allowed", allow_mismatch=True, frames=40, video=False)
-    assert "pretrained at 8, finetune of cartpole-swingup uses 4" in caplog.text and "allowed by finetune.allow_mismatch" in caplog.text
+    assert (
+        "pretrained at 8, finetune of cartpole-swingup uses 4" in caplog.text
+        and "allowed by finetune.allow_mismatch" in caplog.text
+    )
     metrics = json.loads((tmp_path / "allowed" / "metrics.json").read_text())
     assert len(metrics["warnings"]) == 1 and "action repeat: backbone pretrained at 8" in metrics["warnings"][0]
     _, meta = load_module(tmp_path / "allowed" / "out" / "actor")
@@ -225,5 +321,9 @@ def test_a_matching_or_unrecorded_backbone_passes_the_check(recorded_backbone: P
     from pipeline.finetune.run import check_observation
 
     assert check_observation(read_spec(recorded_backbone), FinetuneParams(**{**TINY, "action_repeat": 8})) == []
-    assert check_observation(read_spec(backbone), FinetuneParams(**TINY)) == []  # an old checkpoint records nothing: accepted as before
-    assert trainer.run_key(FinetuneParams(**TINY), read_spec(backbone)) == trainer.run_key(FinetuneParams(**TINY, allow_mismatch=True), read_spec(backbone))
+    assert (
+        check_observation(read_spec(backbone), FinetuneParams(**TINY)) == []
+    )  # an old checkpoint records nothing: accepted as before
+    assert trainer.run_key(FinetuneParams(**TINY), read_spec(backbone)) == trainer.run_key(
+        FinetuneParams(**TINY, allow_mismatch=True), read_spec(backbone)
+    )

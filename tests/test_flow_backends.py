@@ -5,6 +5,7 @@ a pinhole camera; frames, depth and segmentation are ray-traced exactly, so the
 true flow is known in closed form. ``synthetic_episode`` is shared with the
 stage tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.episodes import make_episode
 
 from pipeline.config import FlowParams, WeightsParams
 from pipeline.episodes import Episode, EpisodeHeader
 from pipeline.errors import UserError
 from pipeline.flow.base import inside_mask, pixel_grid
-from support.episodes import make_episode
 from pipeline.flow.dis import DISBackend
 from pipeline.flow.metrics import end_point_error
 from pipeline.flow.registry import BACKENDS, make_backend
@@ -91,12 +92,20 @@ def synthetic_episode(
             depth[t][hit] = s[hit]
             frames[t][hit] = texture(local[..., 0], local[..., 1], seed=g)[hit]
     return make_episode(
-        frames, body_pos=body_pos, body_quat=body_quat, camera_extrinsics=extrinsics, camera_intrinsics=k,
-        geom_body=np.arange(1, len(half_sizes) + 1), depth=depth, segmentation=seg,
+        frames,
+        body_pos=body_pos,
+        body_quat=body_quat,
+        camera_extrinsics=extrinsics,
+        camera_intrinsics=k,
+        geom_body=np.arange(1, len(half_sizes) + 1),
+        depth=depth,
+        segmentation=seg,
     )
 
 
-def translating_wall(size: int = 64, steps: int = 2, shift_px: tuple[float, float] = (2.0, -1.5), z: float = 2.0) -> Episode:
+def translating_wall(
+    size: int = 64, steps: int = 2, shift_px: tuple[float, float] = (2.0, -1.5), z: float = 2.0
+) -> Episode:
     """A large textured wall at depth ``z`` moving by ``shift_px`` pixels per step (flow is exactly that)."""
     n = steps + 1
     pos = np.zeros((n, 2, 3))
@@ -182,7 +191,9 @@ def test_simulator_follows_camera_motion_and_flags_occlusion() -> None:
     tv = np.clip(np.round(v + FOCAL * 0.05 / 3.0), 0, size - 1).astype(int)
     square1 = seg1 == 1
     square1_inner = square1.copy()  # eroded by one pixel: away from the square's edge
-    square1_inner[1:-1, 1:-1] = np.all([np.roll(np.roll(square1, a, 0), b, 1) for a in (-1, 0, 1) for b in (-1, 0, 1)], axis=0)[1:-1, 1:-1]
+    square1_inner[1:-1, 1:-1] = np.all(
+        [np.roll(np.roll(square1, a, 0), b, 1) for a in (-1, 0, 1) for b in (-1, 0, 1)], axis=0
+    )[1:-1, 1:-1]
     covered = wall0 & square1_inner[tv, tu]
     assert covered.sum() > 30  # a band 4 px wide along the square's right side, and 2 px below it
     assert not valid[covered].any()
@@ -208,7 +219,9 @@ def test_simulator_marks_background_invalid() -> None:
 
 def test_simulator_refuses_episodes_without_depth_naming_the_collect_param() -> None:
     def header(*members: str) -> EpisodeHeader:
-        return EpisodeHeader(Path("ep.npz"), translating_wall(size=8, steps=1).meta, {m: ((2,), np.dtype("f4")) for m in members})
+        return EpisodeHeader(
+            Path("ep.npz"), translating_wall(size=8, steps=1).meta, {m: ((2,), np.dtype("f4")) for m in members}
+        )
 
     backend = SimulatorBackend()
     with pytest.raises(UserError, match=r"ep\.npz: the episode has no depth.*\n.*collect\.depth: true"):
@@ -282,7 +295,9 @@ def ptlflow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _ptl_backend(source: str, min_size: int = 128, **weights: object):
     from pipeline.flow.ptlflow_backend import PtlflowBackend
 
-    return PtlflowBackend(PTL_MODEL, source, WeightsParams(**weights), batch_size=2, device="cpu", fp16=True, min_size=min_size)
+    return PtlflowBackend(
+        PTL_MODEL, source, WeightsParams(**weights), batch_size=2, device="cpu", fp16=True, min_size=min_size
+    )
 
 
 def test_ptlflow_loads_a_local_checkpoint_and_runs_batched(ptlflow_checkpoint: Path) -> None:
@@ -348,7 +363,9 @@ def test_ptlflow_missing_checkpoint_offline(tmp_path: Path, monkeypatch: pytest.
         _ptl_backend("thingz", on_missing="random", cache_dir=str(cache), offline=True)
 
 
-def test_ptlflow_finds_a_named_checkpoint_in_the_torch_hub_cache(ptlflow_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ptlflow_finds_a_named_checkpoint_in_the_torch_hub_cache(
+    ptlflow_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A tag resolves to ptlflow's own cached file name under $TORCH_HOME/hub/checkpoints."""
     from pipeline.flow.ptlflow_backend import import_ptlflow
 
@@ -378,7 +395,9 @@ def test_ptlflow_small_frames_are_upsampled_or_refused_clearly(ptlflow_checkpoin
         _ptl_backend(str(ptlflow_checkpoint), min_size=0).pairs_flow(tiny, tiny)
     # at 64 px RAFT's coarsest correlation level is 1 px wide: ptlflow returns NaN, which is refused
     with pytest.raises(UserError, match=r"(?s)non-finite flow.*flow.min_size"):
-        _ptl_backend(str(ptlflow_checkpoint), min_size=0).pairs_flow(*translating_wall(size=64, steps=1).frames[None].swapaxes(0, 1))
+        _ptl_backend(str(ptlflow_checkpoint), min_size=0).pairs_flow(
+            *translating_wall(size=64, steps=1).frames[None].swapaxes(0, 1)
+        )
     flow = _ptl_backend(str(ptlflow_checkpoint), min_size=128).pairs_flow(tiny, tiny)
     assert flow.shape == (1, 2, 24, 24) and np.isfinite(flow).all()
 

@@ -1,4 +1,5 @@
 """Simulator flow on a real MuJoCo episode recorded by the collect stage (dm_control cheetah-run)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,12 +70,20 @@ def test_simulator_mask_keeps_only_pixels_that_land_inside_the_image(cheetah: Pa
 
 
 def test_stage_on_the_real_episode_scores_dis_against_exact_flow(cheetah: Path, tmp_path: Path) -> None:
-    sim = run(cheetah, tmp_path / "sim", FlowParams(backend="simulator", previews=2, metrics_every=1), WeightsParams()).metrics()
-    dis = run(cheetah, tmp_path / "dis", FlowParams(backend="dis", previews=2, metrics_every=1), WeightsParams()).metrics()
+    sim = run(
+        cheetah, tmp_path / "sim", FlowParams(backend="simulator", previews=2, metrics_every=1), WeightsParams()
+    ).metrics()
+    dis = run(
+        cheetah, tmp_path / "dis", FlowParams(backend="dis", previews=2, metrics_every=1), WeightsParams()
+    ).metrics()
     assert sim["epe"]["mean"] < 0.01 and dis["epe"]["mean"] > 0.05  # DIS is an estimate, the simulator exact
     assert sim["exact_valid_fraction"] == dis["exact_valid_fraction"] == sim["valid_fraction"]
     assert dis["valid_fraction"] > sim["valid_fraction"]  # DIS masks only pixels leaving the image
-    assert sim["photometric"]["flow"]["mean"] < dis["photometric"]["flow"]["mean"] < dis["photometric"]["zero_flow"]["mean"]
+    assert (
+        sim["photometric"]["flow"]["mean"]
+        < dis["photometric"]["flow"]["mean"]
+        < dis["photometric"]["zero_flow"]["mean"]
+    )
     assert len(list((tmp_path / "dis" / "previews").glob("*.png"))) == 2
 
 
@@ -85,7 +94,9 @@ def test_metrics_every_k_measures_exactly_pairs_0_k_2k(cheetah: Path, tmp_path: 
     from pipeline.flow.metrics import end_point_error
 
     path = list_episodes(cheetah)[0]
-    metrics = run(cheetah, tmp_path / "out", FlowParams(backend=backend, previews=0, metrics_every=3), WeightsParams()).metrics()
+    metrics = run(
+        cheetah, tmp_path / "out", FlowParams(backend=backend, previews=0, metrics_every=3), WeightsParams()
+    ).metrics()
     flow, valid = read_flow(tmp_path / "out" / path.name)
     exact = SimulatorBackend().episode_flow(load_episode(path))
     sampled = np.arange(0, 20, 3)

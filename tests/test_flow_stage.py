@@ -1,4 +1,5 @@
 """The flow stage end to end on synthetic episode files: outputs, metrics, previews, reruns, errors, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_episodes import damage_crc
+from test_flow_backends import quat_z, synthetic_episode
 
 from pipeline.cli import main as cli_main
 from pipeline.config import FlowParams, WeightsParams
@@ -18,8 +21,6 @@ from pipeline.flow.dis import DISBackend
 from pipeline.flow.run import FlowSummary, run
 from pipeline.flow.simulator import SimulatorBackend
 from pipeline.io import sha256_of, write_npz_atomic
-from test_episodes import damage_crc
-from test_flow_backends import quat_z, synthetic_episode
 
 SIZE = 40
 
@@ -50,7 +51,14 @@ def write_episodes(folder: Path, lengths: list[int], drop_truth: bool = False, s
     return paths
 
 
-def run_flow(episodes: Path, out: Path, metrics: Path, params: FlowParams, weights: WeightsParams, backend: SimulatorBackend | None = None) -> dict:
+def run_flow(
+    episodes: Path,
+    out: Path,
+    metrics: Path,
+    params: FlowParams,
+    weights: WeightsParams,
+    backend: SimulatorBackend | None = None,
+) -> dict:
     """The stage as the CLI runs it: :func:`run`, then its metrics written to ``metrics``."""
     summary = run(episodes, out, params, weights, backend=backend)
     assert isinstance(summary, FlowSummary) and summary.stage == "flow" and summary.out == str(out)
@@ -101,7 +109,11 @@ def test_simulator_stage_writes_the_documented_outputs_deterministically(tmp_pat
     assert metrics["epe_zero_flow"]["mean"] > 0.5
     assert metrics["photometric"]["flow"]["mean"] < 0.5 * metrics["photometric"]["zero_flow"]["mean"]
     previews = sorted(p.name for p in (tmp_path / "a" / "previews").glob("*.png"))
-    assert previews == ["episode_000000_pair00000.png", "episode_000001_pair00001.png", "episode_000001_pair00004.png"]  # pairs 0, 4, 7 of 8
+    assert previews == [
+        "episode_000000_pair00000.png",
+        "episode_000001_pair00001.png",
+        "episode_000001_pair00004.png",
+    ]  # pairs 0, 4, 7 of 8
 
     run_flow(episodes, tmp_path / "b", tmp_path / "b.json", params, WeightsParams())
     assert files(tmp_path / "a") == files(tmp_path / "b")
@@ -142,7 +154,10 @@ def test_simulator_backend_without_depth_fails_before_any_output(tmp_path: Path)
     write_episodes(episodes, [2])
     write_episodes(tmp_path / "bare", [2], drop_truth=True)
     (tmp_path / "bare" / episode_filename(0)).rename(episodes / episode_filename(1))
-    with pytest.raises(UserError, match=r"(?s)episode_000001.npz: the episode has no depth and segmentation.*collect\.depth: true and collect\.segmentation: true"):
+    with pytest.raises(
+        UserError,
+        match=r"(?s)episode_000001.npz: the episode has no depth and segmentation.*collect\.depth: true and collect\.segmentation: true",
+    ):
         run_flow(episodes, tmp_path / "out", tmp_path / "m.json", FlowParams(), WeightsParams())
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "m.json").exists()
@@ -155,7 +170,9 @@ def test_rerun_keeps_finished_episodes_and_an_interrupt_leaves_no_partial_file(t
     params = FlowParams(previews=1)
     with pytest.raises(KeyboardInterrupt):
         run_flow(episodes, out, metrics, params, WeightsParams(), backend=Counting(fail_on=2))
-    assert sorted(p.name for p in out.iterdir() if p.name != "previews") == ["episode_000000.npz"]  # nothing half-written
+    assert sorted(p.name for p in out.iterdir() if p.name != "previews") == [
+        "episode_000000.npz"
+    ]  # nothing half-written
     assert not metrics.exists()
 
     def inodes() -> dict[str, int]:  # an atomic rewrite gives a file a new inode
@@ -182,12 +199,24 @@ def test_no_episodes_is_a_clear_error(tmp_path: Path) -> None:
         run_flow(tmp_path / "empty", tmp_path / "out", tmp_path / "m.json", FlowParams(), WeightsParams())
 
 
-def test_cli_runs_the_stage_and_reports_bad_input_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_runs_the_stage_and_reports_bad_input_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     episodes = tmp_path / "episodes"
     write_episodes(episodes, [2])
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({"flow": {"backend": "simulator", "previews": 1}}))
-    argv = ["--params", str(params_file), "flow", "--episodes", str(episodes), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m" / "flow.json")]
+    argv = [
+        "--params",
+        str(params_file),
+        "flow",
+        "--episodes",
+        str(episodes),
+        "--out",
+        str(tmp_path / "out"),
+        "--metrics",
+        str(tmp_path / "m" / "flow.json"),
+    ]
     assert cli_main(argv) == 0
     assert json.loads((tmp_path / "m" / "flow.json").read_text())["pairs"] == 2
     assert (tmp_path / "out" / "episode_000000.npz").is_file()
@@ -233,7 +262,10 @@ def test_frames_disagreeing_with_actions_are_refused_before_any_output(tmp_path:
     arrays = bad.to_arrays()
     arrays["frames"] = arrays["frames"][:-1]  # 3 frames for 3 actions
     write_npz_atomic(episodes / "episode_000001.npz", arrays)
-    with pytest.raises(UserError, match=r"episode_000001\.npz: episode: frames has 3 entries but actions 3.*\n  Fix: rerun the collect stage"):
+    with pytest.raises(
+        UserError,
+        match=r"episode_000001\.npz: episode: frames has 3 entries but actions 3.*\n  Fix: rerun the collect stage",
+    ):
         run(episodes, tmp_path / "out", FlowParams(), WeightsParams())
     assert not (tmp_path / "out").exists()
 
@@ -244,9 +276,15 @@ def test_a_damaged_episode_found_while_loading_is_named_and_leaves_only_whole_fi
     damage_crc(paths[2])
     read_header(paths[2])  # the zip directory and headers are fine: the damage shows when the frames are read
     out = tmp_path / "out"
-    with pytest.raises(UserError, match=rf"(?s){paths[2]}: unreadable episode file.*(Bad CRC-32 for file 'frames\.npy'|Error -3).*rerun the collect stage .*--task synthetic-planes"):
+    with pytest.raises(
+        UserError,
+        match=rf"(?s){paths[2]}: unreadable episode file.*(Bad CRC-32 for file 'frames\.npy'|Error -3).*rerun the collect stage .*--task synthetic-planes",
+    ):
         run(episodes, out, FlowParams(previews=0), WeightsParams())
-    assert {p.name for p in out.iterdir()} <= {"episode_000000.npz", "episode_000001.npz"}  # no partial file, no temporary
+    assert {p.name for p in out.iterdir()} <= {
+        "episode_000000.npz",
+        "episode_000001.npz",
+    }  # no partial file, no temporary
     for path in out.iterdir():
         with np.load(path) as npz:
             assert npz["flow"].shape == (3, 2, SIZE, SIZE)
@@ -272,7 +310,10 @@ def test_non_finite_flow_is_refused_naming_the_episode(tmp_path: Path, value: fl
     episodes = tmp_path / "episodes"
     write_episodes(episodes, [3])
     out = tmp_path / "out"
-    with pytest.raises(UserError, match=r"(?s)episode_000000\.npz: the flow backend returned non-finite flow .* for pair\(s\) 1 of this episode; its flow file was not written.*Fix:"):
+    with pytest.raises(
+        UserError,
+        match=r"(?s)episode_000000\.npz: the flow backend returned non-finite flow .* for pair\(s\) 1 of this episode; its flow file was not written.*Fix:",
+    ):
         run(episodes, out, FlowParams(backend="dis", previews=0), WeightsParams(), backend=Broken(value))
     assert not list(out.glob("*.npz")) and not list(out.glob(".*"))
 
@@ -289,9 +330,15 @@ def test_exact_flow_is_deflated_and_estimated_flow_stored(tmp_path: Path) -> Non
             methods[backend] = {i.filename: i.compress_type for i in zf.infolist()}
     deflated, stored = zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED
     assert methods["simulator"] == {"flow.npy": deflated, "meta.npy": deflated, "valid.npy": deflated}
-    assert methods["dis"] == {"flow.npy": stored, "meta.npy": deflated, "valid.npy": deflated}  # deflate barely shrinks an estimate
+    assert methods["dis"] == {
+        "flow.npy": stored,
+        "meta.npy": deflated,
+        "valid.npy": deflated,
+    }  # deflate barely shrinks an estimate
     with np.load(tmp_path / "dis" / "episode_000000.npz") as npz:  # still an ordinary .npz
-        np.testing.assert_array_equal(npz["flow"], DISBackend().episode_flow(moving_scene(3, seed=0)).flow.astype(np.float16))
+        np.testing.assert_array_equal(
+            npz["flow"], DISBackend().episode_flow(moving_scene(3, seed=0)).flow.astype(np.float16)
+        )
 
 
 def test_a_rerun_sweeps_what_a_killed_run_left_in_the_output(tmp_path: Path) -> None:

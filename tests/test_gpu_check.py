@@ -3,6 +3,7 @@
 The device check gets one try on a GPU machine, so its CPU mode runs here first: the same code
 paths at a tiny size, what needs CUDA skipped and saying so.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,12 @@ def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comple
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--cpu-tiny", "--out", str(tmp / "out"), "--work", str(tmp / "work")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
     )
     report = tmp / "out" / "gpu_check.json"
     assert report.exists(), f"no report; exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -35,9 +41,16 @@ def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comple
 
 
 @pytest.mark.slow
-def test_cpu_mode_has_every_section_measured_or_skipped_with_a_reason(cpu_run: tuple[subprocess.CompletedProcess[str], dict[str, Any], str]) -> None:
+def test_cpu_mode_has_every_section_measured_or_skipped_with_a_reason(
+    cpu_run: tuple[subprocess.CompletedProcess[str], dict[str, Any], str],
+) -> None:
     proc, report, markdown = cpu_run
-    errors = [(s, r["name"], r["reason"]) for s, body in report["sections"].items() for r in body["rows"] if r["status"] == "error"]
+    errors = [
+        (s, r["name"], r["reason"])
+        for s, body in report["sections"].items()
+        for r in body["rows"]
+        if r["status"] == "error"
+    ]
     assert not errors, f"error rows: {errors}\n{proc.stdout[-2000:]}"
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["meta"]["mode"] == "cpu-tiny" and report["meta"]["cuda"] is False
@@ -55,12 +68,16 @@ def test_cpu_mode_has_every_section_measured_or_skipped_with_a_reason(cpu_run: t
                 assert math.isfinite(value) and value > 0, f"{section} / {row['name']}: {name} = {value}"
         assert body["title"] in markdown
     skipped = [r["reason"] for body in report["sections"].values() for r in body["rows"] if r["status"] == "skipped"]
-    assert any("needs CUDA" in reason for reason in skipped)  # fp16 flow and CLIP, the bf16 VLM: said, not silently dropped
+    assert any(
+        "needs CUDA" in reason for reason in skipped
+    )  # fp16 flow and CLIP, the bf16 VLM: said, not silently dropped
     assert "needs CUDA" in markdown
 
 
 @pytest.mark.slow
-def test_cpu_mode_checks_what_the_gpu_run_must_check(cpu_run: tuple[subprocess.CompletedProcess[str], dict[str, Any], str]) -> None:
+def test_cpu_mode_checks_what_the_gpu_run_must_check(
+    cpu_run: tuple[subprocess.CompletedProcess[str], dict[str, Any], str],
+) -> None:
     _, report, _ = cpu_run
     rows = {(s, r["name"]): r for s, body in report["sections"].items() for r in body["rows"] if r["status"] == "ok"}
 
@@ -77,7 +94,11 @@ def test_cpu_mode_checks_what_the_gpu_run_must_check(cpu_run: tuple[subprocess.C
     assert openai["checks"]["ok_frames"] == openai["checks"]["frames"] > 0  # the stand-in server's answers parse
     assert one("vlm", "transformers backend")["checks"]["frames"] >= 1
     torchrun = one("pretrain", "torchrun")
-    assert torchrun["checks"]["process_group"] == "gloo" and torchrun["checks"]["allreduce_ok"] and torchrun["checks"]["ddp_step_ok"]
+    assert (
+        torchrun["checks"]["process_group"] == "gloo"
+        and torchrun["checks"]["allreduce_ok"]
+        and torchrun["checks"]["ddp_step_ok"]
+    )
     assert torchrun["checks"]["losses_match"] is True
     for encoder in ("dual-path", "drq-v2"):
         assert one("sac", f"{encoder}, batch 8, fp32")["checks"]["losses_finite"] is True
@@ -91,8 +112,14 @@ def test_cpu_mode_checks_what_the_gpu_run_must_check(cpu_run: tuple[subprocess.C
 
 
 def test_unknown_section_is_refused_before_any_work(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sections", "flow,warp", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sections", "flow,warp", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "warp" in proc.stderr and "e2e" in proc.stderr  # names the culprit and the valid values
     assert not (tmp_path / "gpu_check.json").exists()

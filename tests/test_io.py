@@ -1,4 +1,5 @@
 """Atomic, deterministic writing and the episode file round trip."""
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,9 @@ def test_npz_bytes_are_deterministic_and_loadable(tmp_path: Path) -> None:
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
@@ -62,11 +62,18 @@ def test_a_killed_writers_temporaries_are_swept_from_a_stage_folder(tmp_path: Pa
 def test_json_with_one_line_per_item_reads_back_equal_and_is_deterministic(tmp_path: Path) -> None:
     from pipeline.io import dumps_json_items, write_json_atomic
 
-    body = {"task": "cartpole", "records": [{"step": 0, "caption": "pole \u00e9 up", "box": [1.0, 2.5]}, {"step": 1, "caption": ""}], "every_k": 1}
+    body = {
+        "task": "cartpole",
+        "records": [{"step": 0, "caption": "pole \u00e9 up", "box": [1.0, 2.5]}, {"step": 1, "caption": ""}],
+        "every_k": 1,
+    }
     text = dumps_json_items(body, "records")
     assert json.loads(text) == body and text == dumps_json_items(dict(reversed(body.items())), "records")
     lines = text.splitlines()
-    assert '    {"box": [1.0, 2.5], "caption": "pole \\u00e9 up", "step": 0},' in lines and '    {"caption": "", "step": 1}' in lines
+    assert (
+        '    {"box": [1.0, 2.5], "caption": "pole \\u00e9 up", "step": 0},' in lines
+        and '    {"caption": "", "step": 1}' in lines
+    )
     write_json_atomic(tmp_path / "a.json", body, items="records")
     assert (tmp_path / "a.json").read_text() == text
     assert json.loads(dumps_json_items({"records": []}, "records")) == {"records": []}

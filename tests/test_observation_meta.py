@@ -1,4 +1,5 @@
 """The observation-facts contract (pipeline.observation): written from a dataset, read back from a checkpoint, compared with a run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,18 +11,25 @@ from models.backbone import DualPathBackbone
 from models.checkpoint import save_module
 from pipeline.observation import ObservationMeta, ObservationMetaError
 
-STATS = {"provenance": {"tasks": {
-    "walker-walk": {"collect": {"action_repeat": 2, "camera": "side", "render_mode": "fast", "image_size": 16}},
-    "cartpole-swingup": {"collect": {"action_repeat": 8, "camera": 0, "render_mode": "fast", "image_size": 16}},
-}}}
+STATS = {
+    "provenance": {
+        "tasks": {
+            "walker-walk": {"collect": {"action_repeat": 2, "camera": "side", "render_mode": "fast", "image_size": 16}},
+            "cartpole-swingup": {"collect": {"action_repeat": 8, "camera": 0, "render_mode": "fast", "image_size": 16}},
+        }
+    }
+}
 
 
 def test_dataset_facts_round_trip_through_the_record() -> None:
     facts = ObservationMeta.from_dataset(STATS, image_size=16, frame_stack=3)
     record = facts.to_dict()
     assert record == {
-        "action_repeat": {"cartpole-swingup": 8, "walker-walk": 2}, "image_size": 16,
-        "camera": {"cartpole-swingup": 0, "walker-walk": "side"}, "render_mode": {"cartpole-swingup": "fast", "walker-walk": "fast"}, "frame_stack": 3,
+        "action_repeat": {"cartpole-swingup": 8, "walker-walk": 2},
+        "image_size": 16,
+        "camera": {"cartpole-swingup": 0, "walker-walk": "side"},
+        "render_mode": {"cartpole-swingup": "fast", "walker-walk": "fast"},
+        "frame_stack": 3,
     }
     assert list(record["action_repeat"]) == ["cartpole-swingup", "walker-walk"]  # sorted: same dataset, same bytes
     assert ObservationMeta.from_dict(record) == facts
@@ -29,7 +37,15 @@ def test_dataset_facts_round_trip_through_the_record() -> None:
 
 def test_mismatches_name_both_values_and_skip_what_is_unknown() -> None:
     facts = ObservationMeta.from_dataset(STATS, image_size=16, frame_stack=3)
-    lines = facts.mismatches("cartpole-swingup", who="finetune", action_repeat=4, image_size=32, camera="top", render_mode="faithful", frame_stack=2)
+    lines = facts.mismatches(
+        "cartpole-swingup",
+        who="finetune",
+        action_repeat=4,
+        image_size=32,
+        camera="top",
+        render_mode="faithful",
+        frame_stack=2,
+    )
     assert lines == [
         "action repeat: backbone pretrained at 8, finetune of cartpole-swingup uses 4",
         "image size: backbone pretrained at 16 px, finetune of cartpole-swingup uses 32 px",
@@ -50,7 +66,9 @@ def test_mismatches_name_both_values_and_skip_what_is_unknown() -> None:
 def test_one_value_for_every_task_is_read_too() -> None:
     facts = ObservationMeta.from_dict({"action_repeat": 4, "render_mode": "fast"})
     assert facts.for_task("action_repeat", "any-task") == 4
-    assert facts.mismatches("any-task", who="evaluation", action_repeat=2, image_size=84) == ["action repeat: backbone pretrained at 4, evaluation of any-task uses 2"]
+    assert facts.mismatches("any-task", who="evaluation", action_repeat=2, image_size=84) == [
+        "action repeat: backbone pretrained at 4, evaluation of any-task uses 2"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -58,7 +76,10 @@ def test_one_value_for_every_task_is_read_too() -> None:
     [
         ([8], "meta.observation is list, expected a dict"),
         ({"action_repeats": 8}, "unknown keys ['action_repeats']"),
-        ({"action_repeat": {"cartpole-swingup": "8"}}, "meta.observation.action_repeat = {'cartpole-swingup': '8'}, expected an integer >= 1"),
+        (
+            {"action_repeat": {"cartpole-swingup": "8"}},
+            "meta.observation.action_repeat = {'cartpole-swingup': '8'}, expected an integer >= 1",
+        ),
         ({"action_repeat": True}, "meta.observation.action_repeat = True"),
         ({"image_size": 0}, "meta.observation.image_size = 0, expected an integer >= 1 (pixels)"),
         ({"camera": 1.5}, "meta.observation.camera = 1.5"),
@@ -77,8 +98,15 @@ def test_read_from_a_checkpoint_folder(tmp_path: Path) -> None:
     torch.manual_seed(0)
     save_module(tmp_path / "old", DualPathBackbone(**config), config, {"note": "before the contract"})
     assert ObservationMeta.read(tmp_path / "old") is None  # accepted unchecked
-    save_module(tmp_path / "new", DualPathBackbone(**config), config, {"observation": {"action_repeat": {"cartpole-swingup": 8}, "frame_stack": 2}})
-    assert ObservationMeta.read(tmp_path / "new") == ObservationMeta(action_repeat={"cartpole-swingup": 8}, frame_stack=2)
+    save_module(
+        tmp_path / "new",
+        DualPathBackbone(**config),
+        config,
+        {"observation": {"action_repeat": {"cartpole-swingup": 8}, "frame_stack": 2}},
+    )
+    assert ObservationMeta.read(tmp_path / "new") == ObservationMeta(
+        action_repeat={"cartpole-swingup": 8}, frame_stack=2
+    )
     save_module(tmp_path / "bad", DualPathBackbone(**config), config, {"observation": {"frame_stack": "two"}})
     with pytest.raises(ObservationMetaError, match=r"bad/config.json: meta.observation.frame_stack = 'two'"):
         ObservationMeta.read(tmp_path / "bad")

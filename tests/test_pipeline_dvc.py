@@ -5,6 +5,7 @@ Asserts what users rely on: every declared output exists and is valid; a second
 downstream stages; `dvc push` then `dvc pull` into a clean copy restores
 byte-identical outputs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,12 +34,27 @@ REDUCED = {
     "pretrain": {"steps": 4, "batch_size": 8, "workers": 0},
     "finetune": {
         # action repeat: the benchmark value (8), as collect and evaluate use; another would be refused (the backbone records 8)
-        "task": TASK, "frames": 160, "episode_frames": 80, "seed_frames": 80,
-        "eval_every_frames": 80, "eval_episodes": 1, "batch_size": 8, "checkpoint_dir": "data/cache/finetune",
+        "task": TASK,
+        "frames": 160,
+        "episode_frames": 80,
+        "seed_frames": 80,
+        "eval_every_frames": 80,
+        "eval_episodes": 1,
+        "batch_size": 8,
+        "checkpoint_dir": "data/cache/finetune",
     },
     "evaluate": {
-        "tasks": [TASK], "heldout_episodes": 3, "heldout_frames": 48, "random_inits": 1, "frames": 96, "seed_frames": 48,
-        "eval_every_frames": 48, "eval_episodes": 1, "episode_frames": 48, "workers": 1, "agent": {"batch_size": 8, "hidden_dim": 16},
+        "tasks": [TASK],
+        "heldout_episodes": 3,
+        "heldout_frames": 48,
+        "random_inits": 1,
+        "frames": 96,
+        "seed_frames": 48,
+        "eval_every_frames": 48,
+        "eval_episodes": 1,
+        "episode_frames": 48,
+        "workers": 1,
+        "agent": {"batch_size": 8, "hidden_dim": 16},
         "probe": {"bootstrap": 100, "folds": 3},
     },
 }
@@ -52,7 +68,10 @@ def _deep_update(base: dict, extra: dict) -> dict:
 
 def _project_files() -> list[str]:
     out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
     ).stdout.decode()
     return [f for f in out.split("\0") if f and not f.startswith(("data/", "dvc.lock")) and (ROOT / f).is_file()]
 

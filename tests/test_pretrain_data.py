@@ -1,5 +1,6 @@
 """The stacked-frame reader (pipeline.dataset.stacked): frame stacking at read time, targets, splitting over
 workers and ranks; the dataset opened (and validated) through pipeline.dataset.open_dataset."""
+
 from __future__ import annotations
 
 import io
@@ -13,12 +14,12 @@ import pytest
 import torch
 import webdataset as wds
 from PIL import Image
+from support.datasets import write_synthetic_dataset
 
 from pipeline.dataset import DatasetError, open_dataset
 from pipeline.dataset.codec import decode_flow_png
 from pipeline.dataset.schema import TEXT_ROWS
 from pipeline.dataset.stacked import StackedFrames, make_loader
-from support.datasets import write_synthetic_dataset
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -28,7 +29,15 @@ STEPS = 9  # 10 frames per episode
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     # 2 tasks x 3 episodes x 10 frames; shards of 7 samples, so episodes cross shard boundaries
-    return write_synthetic_dataset(tmp_path_factory.mktemp("ds") / "dataset", episodes=3, steps=STEPS, size=16, clip_dim=8, shard_maxcount=7, annotate_every=4)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("ds") / "dataset",
+        episodes=3,
+        steps=STEPS,
+        size=16,
+        clip_dim=8,
+        shard_maxcount=7,
+        annotate_every=4,
+    )
 
 
 def find_shards(dataset: Path, split: str) -> list[str]:
@@ -96,7 +105,9 @@ def test_frames_are_stacked_oldest_first_with_targets_of_the_last_transition(dat
 
 
 def test_fewer_shards_than_workers_neither_hangs_nor_raises(tmp_path: Path) -> None:
-    ds = write_synthetic_dataset(tmp_path / "one", tasks=("a",), episodes=2, steps=STEPS, val_fraction=0.5, size=16, clip_dim=4)
+    ds = write_synthetic_dataset(
+        tmp_path / "one", tasks=("a",), episodes=2, steps=STEPS, val_fraction=0.5, size=16, clip_dim=4
+    )
     shards = find_shards(ds, "train")
     assert len(shards) == 1
     (train_episode,) = json.loads((ds / "stats.json").read_text())["provenance"]["tasks"]["a"]["splits"]["train"]
@@ -115,7 +126,9 @@ def test_ranks_and_workers_partition_the_data(dataset: Path) -> None:
     everything = Counter(s["key"] for s in StackedFrames(shards, 3))
     per_rank = []
     for rank in range(2):
-        loader = make_loader(shards, 3, batch_size=5, workers=2, repeat=False, rank=rank, world_size=2, shuffle_buffer=10)
+        loader = make_loader(
+            shards, 3, batch_size=5, workers=2, repeat=False, rank=rank, world_size=2, shuffle_buffer=10
+        )
         per_rank.append(Counter(k for b in loader for k in b["key"]))
     assert per_rank[0] + per_rank[1] == everything
     assert not (per_rank[0].keys() & per_rank[1].keys())
@@ -174,7 +187,11 @@ def test_a_corrupt_png_in_a_shard_is_named_while_streaming(dataset: Path, tmp_pa
     stream = StackedFrames([shard], frame_stack=3)  # a reader that skipped the check still names the culprit
     with pytest.raises(DatasetError) as info:
         list(stream)
-    assert str(shard) in str(info.value) and repr(victim) in str(info.value) and "rgb.png does not decode" in str(info.value)
+    assert (
+        str(shard) in str(info.value)
+        and repr(victim) in str(info.value)
+        and "rgb.png does not decode" in str(info.value)
+    )
 
 
 def test_a_truncated_shard_is_named_while_streaming(dataset: Path, tmp_path: Path) -> None:
@@ -187,8 +204,16 @@ def test_a_truncated_shard_is_named_while_streaming(dataset: Path, tmp_path: Pat
 @pytest.fixture(scope="module")
 def sparse(tmp_path_factory) -> Path:
     # 2 tasks x 4 episodes x 20 frames, every 10th frame annotated (steps 0 and 10): 10% of the frames
-    return write_synthetic_dataset(tmp_path_factory.mktemp("sparse") / "dataset", episodes=4, steps=19, size=16, clip_dim=8,
-                                   shard_maxcount=9, annotate_every=10, val_fraction=0.25)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("sparse") / "dataset",
+        episodes=4,
+        steps=19,
+        size=16,
+        clip_dim=8,
+        shard_maxcount=9,
+        annotate_every=10,
+        val_fraction=0.25,
+    )
 
 
 def _annotated_counts(loader, batches: int) -> tuple[list[int], list[str]]:
@@ -200,7 +225,9 @@ def _annotated_counts(loader, batches: int) -> tuple[list[int], list[str]]:
 
 
 @pytest.mark.parametrize(("workers", "rank", "world_size"), [(0, 0, 1), (2, 0, 1), (2, 1, 2)])
-def test_every_batch_holds_the_requested_annotated_frames(sparse: Path, workers: int, rank: int, world_size: int) -> None:
+def test_every_batch_holds_the_requested_annotated_frames(
+    sparse: Path, workers: int, rank: int, world_size: int
+) -> None:
     shards = find_shards(sparse, "train")
     loader_args = dict(workers=workers, seed=3, shuffle_buffer=16, repeat=True, rank=rank, world_size=world_size)
     plain, _ = _annotated_counts(make_loader(shards, 3, 8, **loader_args), 40)
@@ -208,7 +235,9 @@ def test_every_batch_holds_the_requested_annotated_frames(sparse: Path, workers:
 
     counts, keys = _annotated_counts(make_loader(shards, 3, 8, annotated_per_batch=3, **loader_args), 40)
     assert min(counts) >= 3, counts
-    assert _annotated_counts(make_loader(shards, 3, 8, annotated_per_batch=3, **loader_args), 40)[1] == keys  # deterministic
+    assert (
+        _annotated_counts(make_loader(shards, 3, 8, annotated_per_batch=3, **loader_args), 40)[1] == keys
+    )  # deterministic
     # the main stream is not thinned out: the unannotated frames all still come round
     unannotated = {k for k in keys if int(k[-6:]) % 10}
     everything = {s["key"] for s in StackedFrames(shards, 3) if not s["text_valid"]}

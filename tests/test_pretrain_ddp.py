@@ -1,4 +1,5 @@
 """DDP on CPU (gloo): two processes on two halves of each batch take the one-process step."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,16 +27,19 @@ def batches(seed: int = 0) -> list[dict[str, torch.Tensor]]:
     for _ in range(STEPS):
         text_valid = torch.rand(BATCH, generator=g) < 0.4
         text_valid[0] = True
-        out.append({
-            "obs": torch.randint(0, 256, (BATCH, 6, 12, 12), generator=g, dtype=torch.uint8),
-            "flow": torch.randn(BATCH, 2, 12, 12, generator=g),
-            "flow_valid": torch.rand(BATCH, 12, 12, generator=g) < torch.linspace(0.1, 0.9, BATCH)[:, None, None],
-            "clip_image": F.normalize(torch.randn(BATCH, CLIP_DIM, generator=g), dim=1),
-            "clip_text": F.normalize(torch.randn(BATCH, len(TEXT_ROWS), CLIP_DIM, generator=g), dim=2) * text_valid[:, None, None],
-            "text_valid": text_valid,
-            "reward": torch.randn(BATCH, generator=g),
-            "reward_valid": torch.rand(BATCH, generator=g) < 0.8,
-        })
+        out.append(
+            {
+                "obs": torch.randint(0, 256, (BATCH, 6, 12, 12), generator=g, dtype=torch.uint8),
+                "flow": torch.randn(BATCH, 2, 12, 12, generator=g),
+                "flow_valid": torch.rand(BATCH, 12, 12, generator=g) < torch.linspace(0.1, 0.9, BATCH)[:, None, None],
+                "clip_image": F.normalize(torch.randn(BATCH, CLIP_DIM, generator=g), dim=1),
+                "clip_text": F.normalize(torch.randn(BATCH, len(TEXT_ROWS), CLIP_DIM, generator=g), dim=2)
+                * text_valid[:, None, None],
+                "text_valid": text_valid,
+                "reward": torch.randn(BATCH, generator=g),
+                "reward_valid": torch.rand(BATCH, generator=g) < 0.8,
+            }
+        )
     return out
 
 
@@ -46,8 +50,17 @@ def run_training(ctx: DistContext, weights: dict[str, float], clip_loss: str) ->
     local = [{k: v[ctx.rank * half : (ctx.rank + 1) * half] for k, v in b.items()} for b in batches()]
     train(
         # plain SGD: unlike Adam, it would expose a gradient that is off by a constant factor
-        model, iter(local), steps=STEPS, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), weights=weights,
-        clip_loss=clip_loss, temperature=0.2, device=torch.device("cpu"), ctx=ctx, grad_clip=100.0, show_progress=False,
+        model,
+        iter(local),
+        steps=STEPS,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        weights=weights,
+        clip_loss=clip_loss,
+        temperature=0.2,
+        device=torch.device("cpu"),
+        ctx=ctx,
+        grad_clip=100.0,
+        show_progress=False,
     )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -83,7 +96,9 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path: Pa
                 state = torch.load(tmp_path / f"state.{case}.{rank}", weights_only=True)
                 moved = 0
                 for name, value in single.items():
-                    torch.testing.assert_close(state[name], value, atol=1e-5, rtol=1e-5, msg=f"{clip_loss} rank {rank} {name}")
+                    torch.testing.assert_close(
+                        state[name], value, atol=1e-5, rtol=1e-5, msg=f"{clip_loss} rank {rank} {name}"
+                    )
                     moved += int(not torch.equal(value, initial[name]))
                 assert moved > len(single) // 2  # the weights really changed
     finally:

@@ -1,4 +1,5 @@
 """Pretraining losses: values, overfitting one batch, zero weights, the training loop."""
+
 from __future__ import annotations
 
 import math
@@ -44,10 +45,13 @@ def make_batch(batch: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     return {
         "obs": torch.randint(0, 256, (batch, 9, 16, 16), generator=g, dtype=torch.uint8),
         # smooth, like real flow (the decoder upsamples from half resolution)
-        "flow": F.interpolate(torch.randn(batch, 2, 4, 4, generator=g) * 2, size=(16, 16), mode="bilinear", align_corners=False),
+        "flow": F.interpolate(
+            torch.randn(batch, 2, 4, 4, generator=g) * 2, size=(16, 16), mode="bilinear", align_corners=False
+        ),
         "flow_valid": flow_valid,
         "clip_image": F.normalize(torch.randn(batch, CLIP_DIM, generator=g), dim=1),
-        "clip_text": F.normalize(torch.randn(batch, len(TEXT_ROWS), CLIP_DIM, generator=g), dim=2) * text_valid[:, None, None],
+        "clip_text": F.normalize(torch.randn(batch, len(TEXT_ROWS), CLIP_DIM, generator=g), dim=2)
+        * text_valid[:, None, None],
         "text_valid": text_valid,
         "reward": torch.randn(batch, generator=g),
         "reward_valid": reward_valid,
@@ -100,8 +104,15 @@ def test_each_loss_decreases_when_overfitting_one_batch(term: str) -> None:
     batch = make_batch()
     optimizer = make_optimizer(model, "adam", 1e-2, 0.0)
     history = train(
-        model, iter([batch] * 50), steps=50, optimizer=optimizer, weights=only(term),
-        clip_loss="cosine", temperature=0.1, device=torch.device("cpu"), show_progress=False,
+        model,
+        iter([batch] * 50),
+        steps=50,
+        optimizer=optimizer,
+        weights=only(term),
+        clip_loss="cosine",
+        temperature=0.1,
+        device=torch.device("cpu"),
+        show_progress=False,
     )
     first, last = history[0][term], history[-1][term]
     assert set(history[0]) == {"step", "total", "empty_terms", term}
@@ -109,7 +120,9 @@ def test_each_loss_decreases_when_overfitting_one_batch(term: str) -> None:
     assert last < 0.6 * first, (term, first, last)
 
 
-def _grads(model: PretrainModel, weights: dict[str, float], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+def _grads(
+    model: PretrainModel, weights: dict[str, float], batch: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor | None]:
     model.zero_grad(set_to_none=True)
     out = model(batch["obs"])
     terms = loss_terms(out, batch, weights)
@@ -133,7 +146,11 @@ def test_zero_weight_stops_that_terms_gradient(term: str) -> None:
             assert grad is None, name  # the head of a zero-weight term gets no gradient at all
             assert with_term[name] is not None and with_term[name].abs().sum() > 0
     # and the shared backbone's gradient is exactly the sum of the other terms' gradients
-    trunk = "backbone.motion_trunk.0.weight" if term in ("flow", "reward", "clip_motion") else "backbone.semantic_trunk.0.weight"
+    trunk = (
+        "backbone.motion_trunk.0.weight"
+        if term in ("flow", "reward", "clip_motion")
+        else "backbone.semantic_trunk.0.weight"
+    )
     assert not torch.allclose(with_term[trunk], without[trunk])
     assert torch.allclose(with_term[trunk], without[trunk] + alone[trunk], atol=1e-6)
 
@@ -144,11 +161,21 @@ def test_text_terms_follow_the_rows_of_clip_npy() -> None:
     from pipeline.pretrain.run import CLIP_FIELDS
 
     assert [t.removeprefix("clip_") for t in TEXT_TERMS] == list(TEXT_ROWS)
-    assert [CLIP_FIELDS[t] for t in TEXT_TERMS] == list(TEXT_ROWS) and set(CLIP_FIELDS) == set(TERMS) - {"flow", "reward"}
+    assert [CLIP_FIELDS[t] for t in TEXT_TERMS] == list(TEXT_ROWS) and set(CLIP_FIELDS) == set(TERMS) - {
+        "flow",
+        "reward",
+    }
 
 
 def test_term_weights_share_the_text_weight() -> None:
-    assert term_weights(1.0, 0.5, 2.0, 0.1, 0.3) == {"clip_image": 1.0, "clip_caption": 0.5, "clip_objects": 0.5, "clip_motion": 0.3, "flow": 2.0, "reward": 0.1}
+    assert term_weights(1.0, 0.5, 2.0, 0.1, 0.3) == {
+        "clip_image": 1.0,
+        "clip_caption": 0.5,
+        "clip_objects": 0.5,
+        "clip_motion": 0.3,
+        "flow": 2.0,
+        "reward": 0.1,
+    }
     assert set(term_weights(1.0, 0.5, 2.0, 0.1, 0.3)) == set(TERMS)
 
 
@@ -159,8 +186,15 @@ def test_batch_without_annotations_counts_the_empty_terms_and_trains_the_rest() 
     batch["text_valid"][:] = False
     batch["clip_text"].zero_()
     history = train(
-        model, iter([batch]), steps=1, optimizer=make_optimizer(model, "adamw", 1e-3, 0.01), weights={t: 1.0 for t in TERMS},
-        clip_loss="infonce", temperature=0.1, device=torch.device("cpu"), show_progress=False,
+        model,
+        iter([batch]),
+        steps=1,
+        optimizer=make_optimizer(model, "adamw", 1e-3, 0.01),
+        weights={t: 1.0 for t in TERMS},
+        clip_loss="infonce",
+        temperature=0.1,
+        device=torch.device("cpu"),
+        show_progress=False,
     )
     record = history[0]
     assert all(math.isnan(record[t]) for t in ("clip_caption", "clip_objects", "clip_motion"))
@@ -208,10 +242,15 @@ def test_centred_targets_have_zero_train_mean_unit_norm_and_defeat_a_constant_pr
 def test_loss_terms_centre_each_clip_term_on_its_own_mean() -> None:
     batch = make_batch()
     mean_image, mean_caption = torch.full((CLIP_DIM,), 0.2), torch.full((CLIP_DIM,), -0.3)
-    outputs = {"clip_image": centre_targets(batch["clip_image"], mean_image), "clip_caption": centre_targets(batch["clip_text"][:, 0], mean_caption)}
+    outputs = {
+        "clip_image": centre_targets(batch["clip_image"], mean_image),
+        "clip_caption": centre_targets(batch["clip_text"][:, 0], mean_caption),
+    }
     weights = {"clip_image": 1.0, "clip_caption": 1.0}
     terms = loss_terms(outputs, batch, weights, centres={"clip_image": mean_image, "clip_caption": mean_caption})
-    assert terms["clip_image"][0].item() == pytest.approx(0.0, abs=1e-5) and terms["clip_caption"][0].item() == pytest.approx(0.0, abs=1e-5)
+    assert terms["clip_image"][0].item() == pytest.approx(0.0, abs=1e-5) and terms["clip_caption"][
+        0
+    ].item() == pytest.approx(0.0, abs=1e-5)
     swapped = loss_terms(outputs, batch, weights, centres={"clip_image": mean_caption, "clip_caption": mean_image})
     assert swapped["clip_image"][0].item() > 0.1 and swapped["clip_caption"][0].item() > 0.1
 
@@ -222,9 +261,13 @@ def test_loss_terms_centre_each_clip_term_on_its_own_mean() -> None:
 def test_duplicates_are_equal_targets_up_to_float16_rounding() -> None:
     g = torch.Generator().manual_seed(0)
     v = F.normalize(torch.randn(1, 512, generator=g), dim=1)
-    nudged = F.normalize(v * (1 + 2e-4 * torch.randn(1, 512, generator=g)), dim=1)  # float32 noise upstream of the rounding
+    nudged = F.normalize(
+        v * (1 + 2e-4 * torch.randn(1, 512, generator=g)), dim=1
+    )  # float32 noise upstream of the rounding
     stored_twice = torch.cat([v.half().float(), nudged.half().float()])
-    near = F.normalize(v + 0.05 * F.normalize(torch.randn(1, 512, generator=g), dim=1), dim=1)  # cosine ~0.999: another frame
+    near = F.normalize(
+        v + 0.05 * F.normalize(torch.randn(1, 512, generator=g), dim=1), dim=1
+    )  # cosine ~0.999: another frame
     assert 0.998 < (near @ v.T).item() < 0.9995
     others = torch.cat([stored_twice, near, torch.zeros(1, 512)])
     assert duplicates(v, others).tolist() == [[True, True, False, False]]
@@ -279,7 +322,9 @@ def test_infonce_duplicates_are_positives_not_negatives() -> None:
     row_alone = alignment(one_each, one_each, valid[:3], "infonce", 0.2)[0].item() / 3
     rows = alignment(target, target, valid, "infonce", 0.2)[0].item() / len(target)
     assert rows <= row_alone + 1e-6
-    plain = F.cross_entropy(F.normalize(target, dim=1) @ F.normalize(target, dim=1).T / 0.2, torch.arange(len(target))).item()
+    plain = F.cross_entropy(
+        F.normalize(target, dim=1) @ F.normalize(target, dim=1).T / 0.2, torch.arange(len(target))
+    ).item()
     assert plain > row_alone + math.log(3) - 0.01
 
 
@@ -311,11 +356,21 @@ def test_duplicate_aware_infonce_and_flow_weights_split_over_processes_like_one_
         return loss_terms(part["out"], part, weights, "infonce", 0.2, gather, offset, centres=centres)
 
     whole = fn({**batch, "out": outputs}, lambda x: x, 0)
-    halves = [{**{k: v[i * 4 : (i + 1) * 4] for k, v in batch.items()}, "out": {k: v[i * 4 : (i + 1) * 4] for k, v in outputs.items()}} for i in range(2)]
+    halves = [
+        {
+            **{k: v[i * 4 : (i + 1) * 4] for k, v in batch.items()},
+            "out": {k: v[i * 4 : (i + 1) * 4] for k, v in outputs.items()},
+        }
+        for i in range(2)
+    ]
     parts = _replay_two_ranks(fn, halves)
     for name in weights:
-        assert parts[0][name][0].item() + parts[1][name][0].item() == pytest.approx(whole[name][0].item(), rel=1e-5), name
-        assert parts[0][name][1].item() + parts[1][name][1].item() == pytest.approx(whole[name][1].item(), rel=1e-6), name
+        assert parts[0][name][0].item() + parts[1][name][0].item() == pytest.approx(whole[name][0].item(), rel=1e-5), (
+            name
+        )
+        assert parts[0][name][1].item() + parts[1][name][1].item() == pytest.approx(whole[name][1].item(), rel=1e-6), (
+            name
+        )
 
 
 # --- flow loss: moving pixels count ---------------------------------------------------------------
@@ -351,7 +406,9 @@ def test_flow_weights_bound_the_static_share(share: float) -> None:
     target, valid, moving = _square_flow()
     w = flow_weights(target, valid, static_share=share)
     static_weight = (w * ~moving).sum() / w.sum()
-    assert static_weight.item() == pytest.approx(share, abs=1e-6)  # static pixels outnumber moving ones: the bound binds
+    assert static_weight.item() == pytest.approx(
+        share, abs=1e-6
+    )  # static pixels outnumber moving ones: the bound binds
     assert (w[moving] == 1).all() and (w <= 1).all()
     # when most pixels move (a tracking camera), static pixels are never up-weighted
     busy = torch.ones(1, 2, 8, 8)
@@ -383,7 +440,9 @@ def test_validation_losses_average_every_target_once() -> None:
     model = PretrainModel(backbone=TINY, clip_dim=CLIP_DIM, head_hidden=8)
     batches = [make_batch(batch=4, seed=1), make_batch(batch=6, seed=2)]
     weights = {t: 1.0 for t in TERMS}
-    result = evaluate_losses(model, batches, weights=weights, clip_loss="cosine", temperature=0.1, device=torch.device("cpu"))
+    result = evaluate_losses(
+        model, batches, weights=weights, clip_loss="cosine", temperature=0.1, device=torch.device("cpu")
+    )
     with torch.no_grad():
         per_batch = [loss_terms(model(b["obs"]), b, weights) for b in batches]
     for term in TERMS:

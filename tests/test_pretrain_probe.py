@@ -2,6 +2,7 @@
 
 The end-to-end probe (features from a backbone on a real dataset) is in test_pretrain_stage.py.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,9 @@ def _episodes(n_episodes: int, length: int, rng: np.random.Generator, dims: int 
 def _linear_features(state: np.ndarray, mixing: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
     """Features that carry the state linearly (mixed, offset, badly scaled), plus noise columns."""
     carried = state @ mixing * 7.0 + 3.0
-    return np.hstack([carried, rng.standard_normal((len(state), 4))]) + noise * rng.standard_normal((len(state), mixing.shape[1] + 4))
+    return np.hstack([carried, rng.standard_normal((len(state), 4))]) + noise * rng.standard_normal(
+        (len(state), mixing.shape[1] + 4)
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -28,7 +31,9 @@ def test_features_that_carry_the_state_score_high_on_new_episodes(seed: int) -> 
     mixing = rng.standard_normal((3, 8))
     y_train, groups = _episodes(6, 40, rng)
     y_val, _ = _episodes(2, 40, rng)
-    r2, alpha = split_r2(_linear_features(y_train, mixing, rng, 0.05), y_train, groups, _linear_features(y_val, mixing, rng, 0.05), y_val)
+    r2, alpha = split_r2(
+        _linear_features(y_train, mixing, rng, 0.05), y_train, groups, _linear_features(y_val, mixing, rng, 0.05), y_val
+    )
     assert r2 > 0.95
     assert alpha in ALPHAS
 
@@ -38,7 +43,9 @@ def test_noise_features_score_about_zero_with_the_strongest_shrinkage(seed: int)
     rng = np.random.default_rng(seed)
     y_train, groups = _episodes(5, 30, rng)
     y_val, _ = _episodes(2, 30, rng)
-    r2, alpha = split_r2(rng.standard_normal((len(y_train), 20)), y_train, groups, rng.standard_normal((len(y_val), 20)), y_val)
+    r2, alpha = split_r2(
+        rng.standard_normal((len(y_train), 20)), y_train, groups, rng.standard_normal((len(y_val), 20)), y_val
+    )
     assert alpha == max(ALPHAS)
     # the validation mean differs from the train mean (new random walks): at or below zero, never informative
     assert r2 < 0.05
@@ -79,7 +86,13 @@ def test_a_single_train_episode_falls_back_to_blocks_of_frames() -> None:
     mixing = rng.standard_normal((3, 8))
     y_train, _ = _episodes(1, 80, rng)
     y_val, _ = _episodes(1, 40, rng)
-    r2, alpha = split_r2(_linear_features(y_train, mixing, rng, 0.05), y_train, np.zeros(80, int), _linear_features(y_val, mixing, rng, 0.05), y_val)
+    r2, alpha = split_r2(
+        _linear_features(y_train, mixing, rng, 0.05),
+        y_train,
+        np.zeros(80, int),
+        _linear_features(y_val, mixing, rng, 0.05),
+        y_val,
+    )
     assert np.isfinite(r2) and r2 > 0.9
     assert alpha in ALPHAS
     with pytest.raises(ValueError, match="at least 2 rows"):

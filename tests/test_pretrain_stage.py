@@ -1,4 +1,5 @@
 """The pretrain stage through its CLI: outputs, determinism, errors, torchrun, and the probe."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from support.datasets import restamp, write_synthetic_inputs
 
 from models.backbone import DualPathBackbone
 from models.checkpoint import load_module, read_checkpoint_config
@@ -18,12 +20,21 @@ from models.heads import PretrainModel
 from pipeline.cli import main
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.config.pretrain import PretrainParams
+from pipeline.encode.run import run as build_dataset
 from pipeline.pretrain.losses import TERMS
 from pipeline.pretrain.run import backbone_config
-from pipeline.encode.run import run as build_dataset
-from support.datasets import restamp, write_synthetic_inputs
 
-TINY = {"channels": 4, "depth": 2, "feature_dim": 8, "head_hidden": 16, "batch_size": 8, "steps": 6, "workers": 0, "shuffle_buffer": 16, "device": "cpu"}
+TINY = {
+    "channels": 4,
+    "depth": 2,
+    "feature_dim": 8,
+    "head_hidden": 16,
+    "batch_size": 8,
+    "steps": 6,
+    "workers": 0,
+    "shuffle_buffer": 16,
+    "device": "cpu",
+}
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -33,8 +44,12 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 def dataset(tmp_path_factory) -> Path:
     """A small dataset written by the encode stage's own code (synthetic episodes, tiny random CLIP)."""
     root = tmp_path_factory.mktemp("pretrain_stage")
-    inputs = write_synthetic_inputs(root / "inputs", tasks=("cartpole-swingup", "walker-walk"), episodes=3, length=10, size=16, every_k=3)
-    build_dataset(*inputs, root / "dataset", EncodeParams(val_fraction=0.34, shard_maxcount=12, batch_size=16), WeightsParams())
+    inputs = write_synthetic_inputs(
+        root / "inputs", tasks=("cartpole-swingup", "walker-walk"), episodes=3, length=10, size=16, every_k=3
+    )
+    build_dataset(
+        *inputs, root / "dataset", EncodeParams(val_fraction=0.34, shard_maxcount=12, batch_size=16), WeightsParams()
+    )
     return root / "dataset"
 
 
@@ -45,17 +60,36 @@ def write_params(path: Path, **pretrain) -> Path:
 
 def run_stage(tmp: Path, dataset: Path, params: Path, name: str = "run") -> tuple[int, Path]:
     out = tmp / name
-    rc = main(["--params", str(params), "pretrain", "--dataset", str(dataset), "--out", str(out / "pretrain"),
-               "--metrics", str(out / "metrics.json"), "--plots", str(out / "plots")])
+    rc = main(
+        [
+            "--params",
+            str(params),
+            "pretrain",
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(out / "pretrain"),
+            "--metrics",
+            str(out / "metrics.json"),
+            "--plots",
+            str(out / "plots"),
+        ]
+    )
     return rc, out
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path: Path, dataset: Path) -> None:
-    params = write_params(tmp_path / "params.yaml", **TINY, interaction_kind="attention", weight_clip_motion=1.0)  # every term on
+    params = write_params(
+        tmp_path / "params.yaml", **TINY, interaction_kind="attention", weight_clip_motion=1.0
+    )  # every term on
     rc, out = run_stage(tmp_path, dataset, params)
     assert rc == 0
     backbone, meta = load_module(out / "pretrain" / "backbone")
@@ -80,11 +114,17 @@ def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path:
     # every batch held annotated frames (pretrain.annotated_per_batch), so the total over the fixed terms is logged every step
     assert metrics["empty_term_steps"] == {t: 0 for t in TERMS}
     assert len((out / "plots" / "plots" / "metrics" / "loss" / "total.tsv").read_text().splitlines()) == 7
-    assert set(metrics["validation_loss"]) == set(metrics["loss"]) and all(isinstance(v, float) for v in metrics["validation_loss"].values())
+    assert set(metrics["validation_loss"]) == set(metrics["loss"]) and all(
+        isinstance(v, float) for v in metrics["validation_loss"].values()
+    )
     # the targets' centring travels with the model: the train split's means from stats.json
     train_clip = json.loads((dataset / "stats.json").read_text())["stats"]["train"]["fields"]["clip.npy"]
-    assert meta["targets"]["clip_mean"] == {"clip_image": train_clip["image"]["mean"], "clip_caption": train_clip["caption"]["mean"],
-                                           "clip_objects": train_clip["objects"]["mean"], "clip_motion": train_clip["motion"]["mean"]}
+    assert meta["targets"]["clip_mean"] == {
+        "clip_image": train_clip["image"]["mean"],
+        "clip_caption": train_clip["caption"]["mean"],
+        "clip_objects": train_clip["objects"]["mean"],
+        "clip_motion": train_clip["motion"]["mean"],
+    }
     assert str(tmp_path) not in json.dumps(meta)
 
     rc, again = run_stage(tmp_path, dataset, params, "again")
@@ -125,18 +165,26 @@ def test_checkpoints_record_the_datasets_observation_facts(tmp_path: Path) -> No
     from pipeline.episodes import episode_filename, load_episode, save_episode
     from pipeline.observation import ObservationMeta
 
-    inputs = write_synthetic_inputs(tmp_path / "inputs", tasks=("cartpole-swingup", "walker-walk"), episodes=2, length=8, size=16, every_k=3)
-    facts = {"cartpole-swingup": {"action_repeat": 8, "camera": 0, "render_mode": "fast"},
-             "walker-walk": {"action_repeat": 2, "camera": "side", "render_mode": "faithful"}}
+    inputs = write_synthetic_inputs(
+        tmp_path / "inputs", tasks=("cartpole-swingup", "walker-walk"), episodes=2, length=8, size=16, every_k=3
+    )
+    facts = {
+        "cartpole-swingup": {"action_repeat": 8, "camera": 0, "render_mode": "fast"},
+        "walker-walk": {"action_repeat": 2, "camera": "side", "render_mode": "faithful"},
+    }
     for task, changes in facts.items():
         for i in range(2):
             path = inputs[0] / task / episode_filename(i)
             episode = load_episode(path)
             save_episode(path, replace(episode, meta=replace(episode.meta, **changes)))
             restamp(inputs, task, i)
-    build_dataset(*inputs, tmp_path / "dataset", EncodeParams(val_fraction=0.5, shard_maxcount=12, batch_size=16), WeightsParams())
+    build_dataset(
+        *inputs, tmp_path / "dataset", EncodeParams(val_fraction=0.5, shard_maxcount=12, batch_size=16), WeightsParams()
+    )
 
-    rc, out = run_stage(tmp_path, tmp_path / "dataset", write_params(tmp_path / "params.yaml", **{**TINY, "steps": 2}, frame_stack=2))
+    rc, out = run_stage(
+        tmp_path, tmp_path / "dataset", write_params(tmp_path / "params.yaml", **{**TINY, "steps": 2}, frame_stack=2)
+    )
     assert rc == 0
     expected = {
         "action_repeat": {"cartpole-swingup": 8, "walker-walk": 2},
@@ -149,7 +197,18 @@ def test_checkpoints_record_the_datasets_observation_facts(tmp_path: Path) -> No
         assert read_checkpoint_config(out / "pretrain" / folder)["meta"]["observation"] == expected
     recorded = ObservationMeta.read(out / "pretrain" / "backbone")
     assert recorded is not None and recorded.to_dict() == expected
-    assert recorded.mismatches("walker-walk", who="finetune", action_repeat=2, camera="side", render_mode="faithful", image_size=16, frame_stack=2) == []
+    assert (
+        recorded.mismatches(
+            "walker-walk",
+            who="finetune",
+            action_repeat=2,
+            camera="side",
+            render_mode="faithful",
+            image_size=16,
+            frame_stack=2,
+        )
+        == []
+    )
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -160,11 +219,16 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "empty").mkdir()
     rc, out = run_stage(tmp_path, tmp_path / "empty", write_params(tmp_path / "p.yaml", **TINY))
     assert rc == 2
-    assert "empty/stats.json is missing: not a complete semore dataset folder; rebuild the dataset (semore encode)" in capsys.readouterr().err
+    assert (
+        "empty/stats.json is missing: not a complete semore dataset folder; rebuild the dataset (semore encode)"
+        in capsys.readouterr().err
+    )
     assert not (out / "pretrain").exists() and not (out / "metrics.json").exists()
 
 
-def test_batch_must_split_over_processes(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_must_split_over_processes(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipeline.pretrain import run as run_module
     from pipeline.pretrain.trainer import DistContext
 
@@ -178,10 +242,24 @@ def test_sparse_annotations_still_give_every_step_its_text_terms(tmp_path: Path)
     target (NaN text losses, NaN total, counted); with it, none."""
     from support.datasets import write_synthetic_dataset
 
-    write_synthetic_dataset(tmp_path / "dataset", tasks=("cartpole-swingup",), episodes=4, steps=19, size=16, clip_dim=8, annotate_every=10, shard_maxcount=12)
+    write_synthetic_dataset(
+        tmp_path / "dataset",
+        tasks=("cartpole-swingup",),
+        episodes=4,
+        steps=19,
+        size=16,
+        clip_dim=8,
+        annotate_every=10,
+        shard_maxcount=12,
+    )
     runs = {}
     for need in (0, 2):
-        rc, out = run_stage(tmp_path, tmp_path / "dataset", write_params(tmp_path / f"p{need}.yaml", **{**TINY, "steps": 8}, annotated_per_batch=need), f"n{need}")
+        rc, out = run_stage(
+            tmp_path,
+            tmp_path / "dataset",
+            write_params(tmp_path / f"p{need}.yaml", **{**TINY, "steps": 8}, annotated_per_batch=need),
+            f"n{need}",
+        )
         assert rc == 0
         runs[need] = json.loads((out / "metrics.json").read_text())["empty_term_steps"]
     assert runs[0]["clip_caption"] > 0 and runs[0]["clip_image"] == 0
@@ -214,7 +292,9 @@ def test_probe_target_is_the_joint_state_a_frame_shows(dataset: Path) -> None:
     np.testing.assert_allclose(cartpole[:, 1] ** 2 + cartpole[:, 2] ** 2, 1.0)
     np.testing.assert_allclose(walker[:, 1] ** 2 + walker[:, 2] ** 2, 1.0)  # rooty, a hinge
 
-    other = write_synthetic_inputs(dataset.parent / "misnamed", tasks=("walker.walk",), episodes=1, length=6, size=16, every_k=3)
+    other = write_synthetic_inputs(
+        dataset.parent / "misnamed", tasks=("walker.walk",), episodes=1, length=6, size=16, every_k=3
+    )
     renamed = dataset.parent / "misnamed-dataset"
     build_dataset(*other, renamed, EncodeParams(val_fraction=0.0, shard_maxcount=12, batch_size=16), WeightsParams())
     import pipeline.pretrain.probe as probe_module
@@ -234,26 +314,49 @@ def test_probe_beats_the_random_backbone_on_collected_episodes(tmp_path: Path) -
     from pipeline.flow import run_flow
 
     task = "cartpole-balance"  # the pole falls and swings: the state varies a lot
-    params = parse_params({
-        "collect": {"tasks": [task], "episodes_per_task": 6, "episode_steps": 40, "action_repeat": {task: 4}, "image_size": 32, "workers": 1, "preview_episodes": 0},
-        "annotate": {"every_k": 5, "cache_dir": str(tmp_path / "cache")},
-        "encode": {"val_fraction": 0.25, "shard_maxcount": 50},
-    })
+    params = parse_params(
+        {
+            "collect": {
+                "tasks": [task],
+                "episodes_per_task": 6,
+                "episode_steps": 40,
+                "action_repeat": {task: 4},
+                "image_size": 32,
+                "workers": 1,
+                "preview_episodes": 0,
+            },
+            "annotate": {"every_k": 5, "cache_dir": str(tmp_path / "cache")},
+            "encode": {"val_fraction": 0.25, "shard_maxcount": 50},
+        }
+    )
     episodes, flow, notes = tmp_path / "episodes", tmp_path / "flow", tmp_path / "annotations"
     collect_task(task, params.collect, episodes / task)
     run_flow(episodes / task, flow / task, tmp_path / "m" / "flow.json", params.flow, params.weights)
     annotate(episodes / task, notes / task, params.annotate, params.weights, metrics=tmp_path / "m" / "annotate.json")
     build_dataset(episodes, flow, notes, tmp_path / "dataset", params.encode, params.weights)
 
-    pretrain = {"channels": 8, "depth": 2, "feature_dim": 16, "head_hidden": 32, "batch_size": 16, "steps": 300, "lr": 1e-3,
-                "workers": 0, "shuffle_buffer": 64, "device": "cpu", "seed": 0}
+    pretrain = {
+        "channels": 8,
+        "depth": 2,
+        "feature_dim": 16,
+        "head_hidden": 32,
+        "batch_size": 16,
+        "steps": 300,
+        "lr": 1e-3,
+        "workers": 0,
+        "shuffle_buffer": 64,
+        "device": "cpu",
+        "seed": 0,
+    }
     rc, out = run_stage(tmp_path, tmp_path / "dataset", write_params(tmp_path / "params.yaml", **pretrain))
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     r2 = metrics["probe_r2"]
     assert r2["pretrained"] > r2["random"] + 0.05, r2
     assert r2["pretrained"] > 0.3, r2
-    first_flow = float((out / "plots" / "plots" / "metrics" / "loss" / "flow.tsv").read_text().splitlines()[1].split("\t")[1])
+    first_flow = float(
+        (out / "plots" / "plots" / "metrics" / "loss" / "flow.tsv").read_text().splitlines()[1].split("\t")[1]
+    )
     assert metrics["loss"]["flow"] < first_flow
 
 
@@ -262,7 +365,17 @@ def test_every_backbone_param_reaches_the_backbone() -> None:
     config with its value: a new backbone option cannot be declared in params and silently dropped."""
     shared = set(inspect.signature(DualPathBackbone).parameters) & set(PretrainParams.model_fields)
     assert {"channels", "semantic_channels", "semantic_stride", "padding", "paths"} <= shared
-    params = PretrainParams(channels=8, semantic_channels=4, semantic_stride=2, padding=0, paths="semantic", interaction=False, frame_stack=4, feature_dim=16, depth=3)
+    params = PretrainParams(
+        channels=8,
+        semantic_channels=4,
+        semantic_stride=2,
+        padding=0,
+        paths="semantic",
+        interaction=False,
+        frame_stack=4,
+        feature_dim=16,
+        depth=3,
+    )
     config = backbone_config(params, SimpleNamespace(image_size=32))
     assert {name: config[name] for name in shared} == {name: getattr(params, name) for name in shared}
     assert config["image_size"] == 32

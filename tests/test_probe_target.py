@@ -1,4 +1,5 @@
 """The probe's target: the state observation as a frame can show it (unbounded angles as cos/sin)."""
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,16 @@ def test_only_unbounded_hinges_copied_from_qpos_are_wrapped(task: str, wrapped: 
 
 
 def test_held_out_episodes_carry_the_probe_target() -> None:
-    held = collect_heldout("reacher-easy", episodes=1, frames_per_episode=16, action_repeat=4, image_size=16, camera=0, render_mode="fast", noise=0.5, seed=0)
+    held = collect_heldout(
+        "reacher-easy",
+        episodes=1,
+        frames_per_episode=16,
+        action_repeat=4,
+        image_size=16,
+        camera=0,
+        render_mode="fast",
+        noise=0.5,
+        seed=0,
+    )
     assert held.observations[0].shape == (5, 7)  # 4 agent steps + the first frame; 6 dims + 1 for the shoulder
     np.testing.assert_allclose(np.hypot(held.observations[0][:, 0], held.observations[0][:, 1]), 1.0, atol=1e-5)

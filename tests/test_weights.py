@@ -1,4 +1,5 @@
 """The weights resolver: local file, cache, download hook, and offline-missing under both policies."""
+
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +43,9 @@ def test_name_found_in_cache_and_in_backend_cache(tmp_path: Path) -> None:
     backend = tmp_path / "torchhub"
     backend.mkdir()
     (backend / "raft_small-things.ckpt").write_bytes(b"x")
-    resolved = _resolve("things", cache, offline=True, extra_cache_dirs=[backend], extra_names=["raft_small-things.ckpt"])
+    resolved = _resolve(
+        "things", cache, offline=True, extra_cache_dirs=[backend], extra_names=["raft_small-things.ckpt"]
+    )
     assert resolved.path == backend / "raft_small-things.ckpt"
 
 
@@ -56,10 +59,14 @@ def test_offline_missing_error_policy_says_what_to_put_where(tmp_path: Path) -> 
     assert "offline" in message
 
 
-def test_offline_missing_random_policy_logs_loudly_and_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_offline_missing_random_policy_logs_loudly_and_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     calls: list[str] = []
     with caplog.at_level(logging.WARNING):
-        resolved = _resolve("things", tmp_path / "c", on_missing="random", offline=True, downloader=lambda s, d: calls.append(s))
+        resolved = _resolve(
+            "things", tmp_path / "c", on_missing="random", offline=True, downloader=lambda s, d: calls.append(s)
+        )
     assert resolved.random_init and resolved.path is None
     assert calls == []  # offline: the downloader is never called
     assert "RANDOM INITIALISATION" in caplog.text

@@ -7,6 +7,7 @@ registry :data:`BACKENDS` / :func:`create_backend`, the answer schema
 encode stage open annotation files with). Heavy libraries are imported by the
 backends that need them.
 """
+
 from __future__ import annotations
 
 from pipeline.annotate.base import BACKENDS, Backend, FrameItem, FrameResult, create_backend

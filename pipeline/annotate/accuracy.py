@@ -26,36 +26,126 @@ Name matching rule (VLM words vs MuJoCo names such as ``pole_1``, ``bthigh``, ``
    task's domain, e.g. ``cheetah`` for ``cheetah-run`` or ``HalfCheetah-v5``, or
    ``agent``, ``robot``, ``body``, ``creature``, ``animal``) matches every body of the model.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from pipeline.annotate.schema import Annotation
 from pipeline.annotate.truth import Entity, SceneTruth
 
 STOP_WORDS = frozenset(
-    "a an the of and with on in at to its it this that some small large big tall long short thin thick "
-    "red green blue yellow orange purple brown black white grey gray pink dark light bright checkered "
-    "object objects part parts thing item segment piece".split()
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "and",
+        "with",
+        "on",
+        "in",
+        "at",
+        "to",
+        "its",
+        "it",
+        "this",
+        "that",
+        "some",
+        "small",
+        "large",
+        "big",
+        "tall",
+        "long",
+        "short",
+        "thin",
+        "thick",
+        "red",
+        "green",
+        "blue",
+        "yellow",
+        "orange",
+        "purple",
+        "brown",
+        "black",
+        "white",
+        "grey",
+        "gray",
+        "pink",
+        "dark",
+        "light",
+        "bright",
+        "checkered",
+        "object",
+        "objects",
+        "part",
+        "parts",
+        "thing",
+        "item",
+        "segment",
+        "piece",
+    ]
 )
 SYNONYMS = {
-    "ground": "floor", "terrain": "floor", "plane": "floor", "surface": "floor",
-    "track": "rail", "guide": "rail",
-    "rod": "pole", "stick": "pole", "pendulum": "pole", "bar": "pole", "mast": "pole",
-    "trolley": "cart", "carriage": "cart", "slider": "cart", "block": "cart",
-    "trunk": "torso", "chassis": "torso",
-    "calf": "shin", "shank": "shin", "paw": "foot", "feet": "foot",
+    "ground": "floor",
+    "terrain": "floor",
+    "plane": "floor",
+    "surface": "floor",
+    "track": "rail",
+    "guide": "rail",
+    "rod": "pole",
+    "stick": "pole",
+    "pendulum": "pole",
+    "bar": "pole",
+    "mast": "pole",
+    "trolley": "cart",
+    "carriage": "cart",
+    "slider": "cart",
+    "block": "cart",
+    "trunk": "torso",
+    "chassis": "torso",
+    "calf": "shin",
+    "shank": "shin",
+    "paw": "foot",
+    "feet": "foot",
 }
 QUALIFIERS = {
-    "front": "front", "fore": "front", "back": "back", "rear": "back", "hind": "back",
-    "left": "left", "right": "right",
+    "front": "front",
+    "fore": "front",
+    "back": "back",
+    "rear": "back",
+    "hind": "back",
+    "left": "left",
+    "right": "right",
 }
 PREFIX_QUALIFIERS = {"b": "back", "f": "front", "l": "left", "r": "right"}
 LIMB_WORDS = frozenset(
-    "thigh shin foot leg arm hand hip knee ankle shoulder elbow wrist toe heel finger thumb wing fin paw "
-    "upper lower forearm".split()
+    [
+        "thigh",
+        "shin",
+        "foot",
+        "leg",
+        "arm",
+        "hand",
+        "hip",
+        "knee",
+        "ankle",
+        "shoulder",
+        "elbow",
+        "wrist",
+        "toe",
+        "heel",
+        "finger",
+        "thumb",
+        "wing",
+        "fin",
+        "paw",
+        "upper",
+        "lower",
+        "forearm",
+    ]
 )
 WHOLE_AGENT_WORDS = frozenset({"agent", "robot", "body", "creature", "animal", "character"})
 MIN_SUBSTRING = 4

@@ -8,11 +8,13 @@ every finished frame at once: an interrupted run loses nothing it finished.
 A new backend is one module with a :class:`Backend` subclass and one line in
 :data:`BACKENDS`.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from pipeline.config import AnnotateParams, WeightsParams
 
 #: Backend name (the ``annotate.backend`` param) -> its :class:`Backend` class, imported on use.
-BACKENDS: "Registry[type[Backend]]" = Registry(
+BACKENDS: Registry[type[Backend]] = Registry(
     "annotate.backend",
     {
         "simulator": "pipeline.annotate.simulator:SimulatorBackend",
@@ -56,7 +58,7 @@ class FrameItem:
     step: int
     image: np.ndarray
     prompt: str
-    scene: "SceneTruth | None" = None
+    scene: SceneTruth | None = None
     key: str = ""
     rerun: int = 0
 
@@ -93,7 +95,9 @@ class FrameResult:
 
     def record(self) -> AnnotationRecord:
         """The output record of this frame (see :class:`pipeline.annotate.schema.AnnotationRecord`)."""
-        return AnnotationRecord(step=self.item.step, status=self.status, annotation=self.annotation, raw=self.raw, error=self.error)
+        return AnnotationRecord(
+            step=self.item.step, status=self.status, annotation=self.annotation, raw=self.raw, error=self.error
+        )
 
 
 def result_from_text(item: FrameItem, raw: str, calls: int = 1) -> FrameResult:
@@ -136,13 +140,13 @@ class Backend(ABC):
     def close(self) -> None:
         """Release models, sessions and threads."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def create_backend(params: "AnnotateParams", weights: "WeightsParams") -> Backend:
+def create_backend(params: AnnotateParams, weights: WeightsParams) -> Backend:
     """Build the backend chosen by ``params.backend``; setup problems raise ``UserError`` before any work."""
     return BACKENDS.get(params.backend)(params, weights)

@@ -18,6 +18,7 @@ hundred frames/s here); instead a reader re-validates every entry (its key, and
 the annotation schema, boxes inside the frame) and treats anything else as a miss, so a file torn by an
 OS crash, or damaged outside this code, is queried again, never served.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,7 +79,9 @@ class AnnotationCache:
             return None
         self.hits += 1
         context = frame_context(item.frame_size)
-        annotation = Annotation.model_validate(entry["annotation"], context=context) if entry["annotation"] is not None else None
+        annotation = (
+            Annotation.model_validate(entry["annotation"], context=context) if entry["annotation"] is not None else None
+        )
         item = dataclasses.replace(item, rerun=entry.get("runs", 1) - 1)
         return FrameResult(item, entry["status"], annotation, entry["raw"], entry["error"], final=True, calls=0)
 

@@ -39,11 +39,13 @@ Directions are the image's (left/right, up/down as seen in the frame, from the c
 true``); without it the words say nothing about contacts, and velocities are the episode's
 finite differences.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -109,7 +111,16 @@ CUP_DEPTH = 0.1
 #: Finger spin (rad/s): "fast" from :data:`FAST_SPIN`, "very fast" from finger-spin's target of 15 rad/s.
 VERY_FAST_SPIN = 15.0
 
-COMPASS = ("up", "up and to the right", "right", "down and to the right", "down", "down and to the left", "left", "up and to the left")
+COMPASS = (
+    "up",
+    "up and to the right",
+    "right",
+    "down and to the right",
+    "down",
+    "down and to the left",
+    "left",
+    "up and to the left",
+)
 
 
 def vector_norm(v: np.ndarray) -> float:
@@ -171,11 +182,13 @@ def part_name(name: str) -> str:
 def quat_matrix(q: np.ndarray) -> np.ndarray:
     """(3, 3) rotation matrix (world from body) of a (w, x, y, z) quaternion."""
     w, x, y, z = (float(v) for v in q / np.linalg.norm(q))
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -201,7 +214,7 @@ class Frame:
     mass' with physics, the origins' finite differences without; angular velocities likewise.
     """
 
-    def __init__(self, scene: SceneTruth, physics: "PhysicsState | None") -> None:
+    def __init__(self, scene: SceneTruth, physics: PhysicsState | None) -> None:
         self.scene = scene
         self.physics = physics
         self.task = scene.task
@@ -378,7 +391,9 @@ def describe_cartpole(frame: Frame) -> Words:
     place = frame.across("cart")
     objects["cart"] = f"{place}, {cart_move}"
     caption = _sentence("; ".join(pole_texts) + f"; the cart is {place}, {cart_move}")
-    cart_motion = "the cart stands still" if cart_move == "still" else f"the cart moves{cart_move.removeprefix('moving')}"
+    cart_motion = (
+        "the cart stands still" if cart_move == "still" else f"the cart moves{cart_move.removeprefix('moving')}"
+    )
     return Words(caption, _sentence("; ".join([*swings, cart_motion])), objects)
 
 
@@ -396,8 +411,16 @@ def pitch_words(pitch_deg: float) -> str:
     return "flipped over"
 
 
-def run_words(speed: float, bands: tuple[float, float, float] = RUN_SPEEDS,
-              labels: tuple[str, str, str, str] = ("moving backwards", "moving slowly forward", "running forward", "running fast")) -> str:
+def run_words(
+    speed: float,
+    bands: tuple[float, float, float] = RUN_SPEEDS,
+    labels: tuple[str, str, str, str] = (
+        "moving backwards",
+        "moving slowly forward",
+        "running forward",
+        "running fast",
+    ),
+) -> str:
     """A forward speed (m/s) in words: ``labels`` are (backwards, below ``bands[1]``, below ``bands[2]``, beyond);
     'standing still' within ``bands[0]`` of zero."""
     still, slow, fast = bands
@@ -447,7 +470,9 @@ def describe_cheetah(frame: Frame) -> Words:
     motion = [f"the cheetah is {pace}"]
     if abs(nose_up) >= PITCH_RATE:
         motion.append(f"it pitches {'nose up' if nose_up > 0 else 'nose down'}")
-    swinging = [part_name(n) for n in ("bthigh", "fthigh") if n in frame.bodies and abs(frame.screen_spin(n)) >= FAST_SPIN]
+    swinging = [
+        part_name(n) for n in ("bthigh", "fthigh") if n in frame.bodies and abs(frame.screen_spin(n)) >= FAST_SPIN
+    ]
     if swinging:
         motion.append(f"its {_join(swinging)} {'swings' if len(swinging) == 1 else 'swing'} fast")
     return Words(_sentence(caption), _sentence("; ".join(motion)), _legged_objects(frame, pose, pace, feet))
@@ -547,9 +572,13 @@ def describe_walker(frame: Frame) -> Words:
     pose = lean_words(tilt, float(frame.origin("torso")[2]), head)
     speed = float(frame.velocity("torso")[0])
     if pose.startswith("lying"):
-        pace = run_words(speed, WALK_SPEEDS, ("sliding backwards", "sliding forward", "sliding forward", "sliding forward fast"))
+        pace = run_words(
+            speed, WALK_SPEEDS, ("sliding backwards", "sliding forward", "sliding forward", "sliding forward fast")
+        )
     else:
-        pace = run_words(speed, WALK_SPEEDS, ("walking backwards", "walking slowly forward", "walking forward", "running forward"))
+        pace = run_words(
+            speed, WALK_SPEEDS, ("walking backwards", "walking slowly forward", "walking forward", "running forward")
+        )
     if pace == "standing still" and not (pose == "upright" or pose.startswith("leaning")):
         pace = "still"  # not standing: lying, bent far over or upside down
     feet = [n for n in frame.bodies if "foot" in n]
@@ -600,7 +629,11 @@ def describe_generic(frame: Frame) -> Words:
     caption = f"A {frame.task} frame: the {part_name(root)} is {state}"
     if frame.touching is not None:
         down = [part_name(n) for n in bodies if frame.grounded(n)]
-        caption += f"; {_join(down)} {'touches' if len(down) == 1 else 'touch'} the {frame.ground_name()}" if down else "; nothing touches the ground"
+        caption += (
+            f"; {_join(down)} {'touches' if len(down) == 1 else 'touch'} the {frame.ground_name()}"
+            if down
+            else "; nothing touches the ground"
+        )
     fastest = sorted(bodies, key=lambda n: (-vector_norm(frame.velocity(n)), frame.bodies[n]))[0]
     motion = f"the {part_name(root)} is {state}"
     if fastest != root and frame.moving(fastest) != "still":
@@ -629,7 +662,7 @@ def describer_for(task: str, suite: str, bodies: dict[str, int]) -> Describer:
     return describer if all(n in bodies for n in needs) else describe_generic
 
 
-def describe_frame(scene: SceneTruth, physics: "PhysicsState | None") -> tuple[Frame, Words]:
+def describe_frame(scene: SceneTruth, physics: PhysicsState | None) -> tuple[Frame, Words]:
     """The :class:`Frame` of a scene and what its domain's describer says about it."""
     frame = Frame(scene, physics)
     return frame, describer_for(scene.task, scene.suite, frame.bodies)(frame)

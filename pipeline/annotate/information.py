@@ -22,6 +22,7 @@ joins them, ``name: description; ...``; ``motion``) this reports, per task:
 The annotate stage puts this under ``text_information`` in its metrics file for any backend, on
 the frames with simulator truth (segmentation) and an ``ok`` annotation.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Fewest episodes the probe runs on: with two, each fold would train on a single episode.
 MIN_EPISODES = 3
+
+
 def text_features(texts: list[str]) -> np.ndarray:
     """(N, F) float64 binary bag of lower-case words and word pairs of each text (F >= 1; one zero column
     when no text has a word)."""
@@ -63,7 +66,9 @@ def _number(value: float) -> float | None:
     return round(float(value), 6) if math.isfinite(value) else None
 
 
-def text_information(texts: dict[str, list[str]], episode: np.ndarray, state: np.ndarray, kinds: list[str]) -> dict[str, Any]:
+def text_information(
+    texts: dict[str, list[str]], episode: np.ndarray, state: np.ndarray, kinds: list[str]
+) -> dict[str, Any]:
     """Distinct texts, entropy and probe R^2 of each text field (the module docstring).
 
     Args:
@@ -89,15 +94,24 @@ def text_information(texts: dict[str, list[str]], episode: np.ndarray, state: np
         can_probe = False
     out: dict[str, Any] = {"frames": int(len(episode)), "episodes": n_episodes, "state_dims": varying}
     for name, values in texts.items():
-        entry: dict[str, Any] = {"distinct": len(set(values)), "entropy_bits": _number(entropy_bits(values)) if values else None}
+        entry: dict[str, Any] = {
+            "distinct": len(set(values)),
+            "entropy_bits": _number(entropy_bits(values)) if values else None,
+        }
         probe = {"probe_r2": None, "probe_r2_position": None, "probe_r2_velocity": None}
         if can_probe:
             # Small matrices (frames x ~100 words): multithreaded BLAS only contends for the cores (12x slower measured
             # on the 2-core machine under load) and one thread gives the same numbers every run.
             with threadpool_limits(limits=1):
                 oof = out_of_fold(text_features(values), state, episode, kinds, alphas=list(ALPHAS), folds=FOLDS)
-            probe = {key: _number(pooled_r2(oof, group)) for key, group in
-                     (("probe_r2", "all"), ("probe_r2_position", "position"), ("probe_r2_velocity", "velocity"))}
+            probe = {
+                key: _number(pooled_r2(oof, group))
+                for key, group in (
+                    ("probe_r2", "all"),
+                    ("probe_r2_position", "position"),
+                    ("probe_r2_velocity", "velocity"),
+                )
+            }
         out[name] = entry | probe
     return out
 

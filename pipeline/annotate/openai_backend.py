@@ -16,6 +16,7 @@ The API key is read from the environment variable named by
 local server). Before any frame, ``GET {base_url}/models`` checks that the
 server answers, accepts the key and serves ``annotate.model``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,8 +24,9 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -66,7 +68,7 @@ class OpenAIBackend(Backend):
 
     name = "openai"
 
-    def __init__(self, params: "AnnotateParams", weights: "WeightsParams") -> None:
+    def __init__(self, params: AnnotateParams, weights: WeightsParams) -> None:
         self.base_url = params.base_url.rstrip("/")
         self.model = params.model
         self.model_key = params.model
@@ -100,7 +102,9 @@ class OpenAIBackend(Backend):
         try:
             response = self._session().get(url, headers=self.headers, timeout=min(self.timeout_s, 30.0))
         except requests.RequestException as exc:
-            raise UserError(f"annotate.base_url = {self.base_url!r}: no server answers ({type(exc).__name__}: {exc}).\n  Fix: {fix}.") from None
+            raise UserError(
+                f"annotate.base_url = {self.base_url!r}: no server answers ({type(exc).__name__}: {exc}).\n  Fix: {fix}."
+            ) from None
         if response.status_code in (401, 403):
             raise UserError(
                 f"annotate.base_url = {self.base_url!r} refused the API key (HTTP {response.status_code}).\n"
@@ -111,7 +115,9 @@ class OpenAIBackend(Backend):
         except (ValueError, KeyError, TypeError):
             served = None
         if served is None:
-            log.warning("annotate: %s did not list its models (HTTP %s); not checking annotate.model", url, response.status_code)
+            log.warning(
+                "annotate: %s did not list its models (HTTP %s); not checking annotate.model", url, response.status_code
+            )
         elif self.model not in served:
             raise UserError(
                 f"annotate.model = {self.model!r} is not served at {self.base_url} (served: {', '.join(served) or 'none'}).\n"
@@ -174,14 +180,21 @@ class OpenAIBackend(Backend):
                 continue
             text = response.text
             if response.status_code != 200:
-                failure = self._transport(item, text[:2000] or None, f"HTTP {response.status_code} from the server", calls)
+                failure = self._transport(
+                    item, text[:2000] or None, f"HTTP {response.status_code} from the server", calls
+                )
                 if response.status_code in RETRY_STATUSES:
                     continue
                 break  # 400/404/...: the request itself is wrong, retrying cannot help
             try:
                 content = message_text(response.json()["choices"][0]["message"]["content"])
             except (ValueError, KeyError, IndexError, TypeError) as exc:
-                failure = self._transport(item, text[:2000] or None, f"malformed chat-completions response: {type(exc).__name__}: {exc}", calls)
+                failure = self._transport(
+                    item,
+                    text[:2000] or None,
+                    f"malformed chat-completions response: {type(exc).__name__}: {exc}",
+                    calls,
+                )
                 continue
             result = result_from_text(item, content, calls)
             if result.status == "ok":
@@ -192,7 +205,14 @@ class OpenAIBackend(Backend):
         if failure.calls != calls:
             failure = FrameResult(item, failure.status, None, failure.raw, failure.error, failure.final, calls)
         if failure.final:
-            log.debug("annotate: %s/%d/%d invalid after %d tries: %s", item.task, item.episode, item.step, calls, failure.error)
+            log.debug(
+                "annotate: %s/%d/%d invalid after %d tries: %s",
+                item.task,
+                item.episode,
+                item.step,
+                calls,
+                failure.error,
+            )
         return failure
 
     @staticmethod

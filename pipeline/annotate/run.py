@@ -29,6 +29,7 @@ as done:
   seeds) until ``annotate.max_invalid_runs`` runs have, so a fixed server or
   model completes the dataset without deleting anything.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -149,7 +150,9 @@ class Tally:
     #: The first invalid answer of the run (episode order, then step): shown when the run is refused.
     sample: FailureSample | None = None
 
-    def add(self, job: EpisodeJob, answered: list[FrameResult], results: list[FrameResult], max_invalid_runs: int) -> None:
+    def add(
+        self, job: EpisodeJob, answered: list[FrameResult], results: list[FrameResult], max_invalid_runs: int
+    ) -> None:
         """Count one episode: ``answered`` came from the backend, ``results`` are all its frames by step."""
         self.frames += len(results)
         self.cache_hits += len(job.cached)
@@ -213,7 +216,13 @@ def load_frames(header: EpisodeHeader, steps: list[int], with_truth: bool, min_v
 
 
 def prepare_episode(
-    header: EpisodeHeader, loaded: LoadedEpisode, steps: list[int], backend: Backend, cache: AnnotationCache, prompt: str, max_invalid_runs: int,
+    header: EpisodeHeader,
+    loaded: LoadedEpisode,
+    steps: list[int],
+    backend: Backend,
+    cache: AnnotationCache,
+    prompt: str,
+    max_invalid_runs: int,
 ) -> EpisodeJob:
     """Look each annotated frame of one loaded episode up in the cache.
 
@@ -226,7 +235,9 @@ def prepare_episode(
     cached: list[FrameResult] = []
     todo: list[FrameItem] = []
     for t in steps:
-        item = FrameItem(meta.task, meta.episode, t, np.ascontiguousarray(episode.frames[t]).copy(), prompt, scenes.get(t))
+        item = FrameItem(
+            meta.task, meta.episode, t, np.ascontiguousarray(episode.frames[t]).copy(), prompt, scenes.get(t)
+        )
         if backend.uses_cache:
             item.key = cache_key(item.image, backend.name, backend.model_key, prompt)
             hit = cache.get(item)
@@ -256,14 +267,16 @@ def query_backend(backend: Backend, items: list[FrameItem], cache: AnnotationCac
 
 def episode_file(job: EpisodeJob, results: list[FrameResult], run_fields: dict[str, Any]) -> AnnotationFile:
     """The output file of one episode from its results (sorted by step) and the fields every file of the run shares."""
-    return AnnotationFile(**run_fields, episode=job.meta.episode, source=job.source, records=[r.record() for r in results])
+    return AnnotationFile(
+        **run_fields, episode=job.meta.episode, source=job.source, records=[r.record() for r in results]
+    )
 
 
 def run(
     episodes: str | Path,
     out: str | Path,
-    section: "AnnotateParams",
-    weights: "WeightsParams",
+    section: AnnotateParams,
+    weights: WeightsParams,
     *,
     metrics: str | Path | None = None,
     backend: Backend | None = None,
@@ -287,7 +300,9 @@ def run(
     cls = type(backend) if backend is not None else BACKENDS.get(section.backend)
     headers, have_truth = check_inputs(episodes_dir, cls.needs_scene, section.backend)
     task = headers[0].meta.task
-    if have_truth:  # the physics reader and the text probe need the task's model: compile it beside the first episode's loading
+    if (
+        have_truth
+    ):  # the physics reader and the text probe need the task's model: compile it beside the first episode's loading
         prefetch_task_physics(task, headers[0].meta.suite)
     prompt = section.prompt.format(task=task)
     for stale in remove_stale_temporaries_in(out_dir):  # left by a killed earlier run
@@ -299,7 +314,14 @@ def run(
         summary.write_metrics(metrics)
     log.info(
         "annotate %s: %d frames (%d ok, %d failed), %d from the cache, %d sent to %s (%d calls)",
-        task, summary.frames, summary.ok, summary.failed, summary.cache_hits, summary.backend_frames, summary.backend, summary.backend_calls,
+        task,
+        summary.frames,
+        summary.ok,
+        summary.failed,
+        summary.cache_hits,
+        summary.backend_frames,
+        summary.backend,
+        summary.backend_calls,
     )
     if summary.failed_unreachable:
         raise AnnotateIncomplete(
@@ -313,7 +335,9 @@ def run(
     return summary
 
 
-def failure_message(summary: AnnotateSummary, sample: FailureSample | None, section: "AnnotateParams", out_dir: Path) -> str:
+def failure_message(
+    summary: AnnotateSummary, sample: FailureSample | None, section: AnnotateParams, out_dir: Path
+) -> str:
     """Why a run with too many invalid answers is refused: the rate, a sample raw answer, and the fix."""
     lines = [
         f"annotate {summary.task}: {summary.failed} of {summary.frames} frames ({summary.failure_rate:.1%}) have no valid "
@@ -328,22 +352,41 @@ def failure_message(summary: AnnotateSummary, sample: FailureSample | None, sect
     lines.append(
         "  Fix: make the model answer the prompt with the JSON object it asks for (a chat VLM that follows instructions, "
         "annotate.prompt, annotate.max_new_tokens), then rerun: "
-        + (f"the {retry_left} failed frames are asked again (up to annotate.max_invalid_runs = {section.max_invalid_runs} runs each), "
-           if retry_left else "")
-        + (f"{summary.failed_retries_exhausted} frames have used all {section.max_invalid_runs} runs (raise annotate.max_invalid_runs to ask them again), "
-           if summary.failed_retries_exhausted else "")
+        + (
+            f"the {retry_left} failed frames are asked again (up to annotate.max_invalid_runs = {section.max_invalid_runs} runs each), "
+            if retry_left
+            else ""
+        )
+        + (
+            f"{summary.failed_retries_exhausted} frames have used all {section.max_invalid_runs} runs (raise annotate.max_invalid_runs to ask them again), "
+            if summary.failed_retries_exhausted
+            else ""
+        )
         + f"answered frames come from the cache ({section.cache_dir}). Or, if this rate is acceptable, raise annotate.max_failure_rate. "
         f"The failed records are in {out_dir}/episode_*.json."
     )
     return "\n".join(lines)
 
 
-def _annotate_episodes(backend: Backend, headers: list[EpisodeHeader], have_truth: bool, task: str,
-                       prompt: str, out_dir: Path, section: "AnnotateParams") -> tuple[AnnotateSummary, FailureSample | None]:
+def _annotate_episodes(
+    backend: Backend,
+    headers: list[EpisodeHeader],
+    have_truth: bool,
+    task: str,
+    prompt: str,
+    out_dir: Path,
+    section: AnnotateParams,
+) -> tuple[AnnotateSummary, FailureSample | None]:
     """The loop over episodes: prepare, query, write, count; then remove stale files. Returns the summary and a sample failure."""
     cache = AnnotationCache(section.cache_dir if backend.uses_cache else None)
-    run_fields = {"task": task, "backend": backend.name, "model": backend.model, "prompt": prompt, "every_k": section.every_k,
-              "weights": backend.provenance()}
+    run_fields = {
+        "task": task,
+        "backend": backend.name,
+        "model": backend.model,
+        "prompt": prompt,
+        "every_k": section.every_k,
+        "weights": backend.provenance(),
+    }
     steps = {h.meta.episode: annotated_steps(h.length, section.every_k) for h in headers}
     tally = Tally()
 
@@ -360,11 +403,17 @@ def _annotate_episodes(backend: Backend, headers: list[EpisodeHeader], have_trut
                 loaded = upcoming.result()  # a loading error is raised here, in episode order
                 if i + 1 < len(headers):
                     upcoming = pool.submit(load, headers[i + 1])
-                job = prepare_episode(header, loaded, steps[header.meta.episode], backend, cache, prompt, section.max_invalid_runs)
+                job = prepare_episode(
+                    header, loaded, steps[header.meta.episode], backend, cache, prompt, section.max_invalid_runs
+                )
                 bar.update(len(job.cached))
                 answered = query_backend(backend, job.todo, cache, bar)
                 results = sorted(job.cached + answered, key=lambda r: r.item.step)
-                write_json_atomic(out_dir / output_filename(header.meta.episode), episode_file(job, results, run_fields).to_json(), items="records")
+                write_json_atomic(
+                    out_dir / output_filename(header.meta.episode),
+                    episode_file(job, results, run_fields).to_json(),
+                    items="records",
+                )
                 tally.add(job, answered, results, section.max_invalid_runs)
     finally:
         bar.close()
@@ -397,4 +446,3 @@ def _annotate_episodes(backend: Backend, headers: list[EpisodeHeader], have_trut
         backend_calls=tally.backend_calls,
     )
     return summary, tally.sample
-

@@ -27,6 +27,7 @@ header (task, episode, backend, model, prompt, every_k, weights), the
 which readers check against the episode they pair it with) and one
 :class:`AnnotationRecord` per annotated frame, steps 0, k, 2k, ... <= T, sorted.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,7 +78,9 @@ class KeyObject(BaseModel):
         if frame_size is not None:
             height, width = frame_size
             if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-                raise ValueError(f"box {value} lies outside the {width}x{height} image (0 <= x <= {width}, 0 <= y <= {height})")
+                raise ValueError(
+                    f"box {value} lies outside the {width}x{height} image (0 <= x <= {width}, 0 <= y <= {height})"
+                )
         return value
 
 
@@ -185,11 +188,13 @@ class AnnotationRecord(BaseModel):
     step: int = Field(ge=0, description="frame index in the episode (0..T)")
     status: Literal["ok", "failed"]
     annotation: Annotation | None
-    raw: str | None = Field(description="the model's answer text (null for the simulator and transport failures without a body)")
+    raw: str | None = Field(
+        description="the model's answer text (null for the simulator and transport failures without a body)"
+    )
     error: str | None = Field(description="why the frame failed (null when ok)")
 
     @model_validator(mode="after")
-    def _status_agrees(self) -> "AnnotationRecord":
+    def _status_agrees(self) -> AnnotationRecord:
         if self.status == "ok" and (self.annotation is None or self.error is not None):
             raise ValueError(f"step {self.step}: status 'ok' needs an annotation and no error")
         if self.status == "failed" and (self.annotation is not None or not self.error):
@@ -203,7 +208,9 @@ class AnnotationSource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     episode: str = Field(min_length=1, description="the episode file's name, e.g. 'episode_000000.npz'")
-    episode_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the episode file (pipeline.io.sha256_of)")
+    episode_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the episode file (pipeline.io.sha256_of)"
+    )
 
 
 class AnnotationFile(BaseModel):
@@ -218,11 +225,13 @@ class AnnotationFile(BaseModel):
     model: str
     prompt: str
     every_k: int = Field(ge=1)
-    weights: dict[str, Any] | None = Field(description="ResolvedWeights.provenance() of the model, null for weightless backends")
+    weights: dict[str, Any] | None = Field(
+        description="ResolvedWeights.provenance() of the model, null for weightless backends"
+    )
     records: list[AnnotationRecord]
 
     @model_validator(mode="after")
-    def _steps_sorted(self) -> "AnnotationFile":
+    def _steps_sorted(self) -> AnnotationFile:
         steps = [r.step for r in self.records]
         if steps != sorted(set(steps)):
             raise ValueError(f"record steps {steps[:8]}{' ...' if len(steps) > 8 else ''} are not sorted and unique")
@@ -263,7 +272,9 @@ def read_annotation_file(
     except FileNotFoundError:
         raise AnnotationFileError(f"{path}: no such annotation file.\n  {fix}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise AnnotationFileError(f"{path}: unreadable annotation file ({type(exc).__name__}: {exc}).\n  {fix}") from None
+        raise AnnotationFileError(
+            f"{path}: unreadable annotation file ({type(exc).__name__}: {exc}).\n  {fix}"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -271,7 +282,9 @@ def read_annotation_file(
     try:
         doc = AnnotationFile.model_validate(data, context=frame_context(frame_size))
     except ValidationError as exc:
-        raise AnnotationFileError(f"{path}: not an annotation file of this pipeline ({_describe(exc)}).\n  {fix}") from None
+        raise AnnotationFileError(
+            f"{path}: not an annotation file of this pipeline ({_describe(exc)}).\n  {fix}"
+        ) from None
     if length is not None:
         expected = annotated_steps(length, doc.every_k)
         steps = [r.step for r in doc.records]

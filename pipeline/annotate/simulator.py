@@ -26,11 +26,13 @@ says it the way such a model would: in coarse words, not numbers. For each frame
 It is the offline default backend and the ground truth of the accuracy metric.
 Output is a pure function of the episode file (and the task's model for contacts).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -84,7 +86,11 @@ class PhysicsReader:
         import mujoco
 
         model, data = self._model(scene.task, scene.suite)
-        if data.qpos.shape != scene.qpos.shape or data.qvel.shape != scene.qvel.shape or model.nbody != len(scene.body_pos):
+        if (
+            data.qpos.shape != scene.qpos.shape
+            or data.qvel.shape != scene.qvel.shape
+            or model.nbody != len(scene.body_pos)
+        ):
             raise UserError(
                 f"{scene.task}: the recorded state (nq={scene.qpos.size}, nv={scene.qvel.size}, nbody={len(scene.body_pos)}) "
                 f"does not fit the task's model (nq={model.nq}, nv={model.nv}, nbody={model.nbody}).\n"
@@ -130,7 +136,7 @@ class SimulatorBackend(Backend):
     uses_cache = False  # cheaper than a cache lookup, and a pure function of the episode file
     needs_scene = True
 
-    def __init__(self, params: "AnnotateParams", weights: "WeightsParams") -> None:
+    def __init__(self, params: AnnotateParams, weights: WeightsParams) -> None:
         self.model = MODEL_NAME
         self.model_key = MODEL_NAME
         self._physics = PhysicsReader() if params.physics else None

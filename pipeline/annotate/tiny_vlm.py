@@ -11,15 +11,72 @@ Architecture: Llava with a 2-layer CLIP vision tower (28x28 input, 14 px
 patches) and a 2-layer Llama language model of width 32, over a word-level
 vocabulary of the JSON words an annotation uses.
 """
+
 from __future__ import annotations
 
 #: Words of the tokenizer's vocabulary (plus the special tokens below).
-VOCAB_WORDS = (
-    '{ } [ ] : , " null caption objects name description box motion '
-    "the a an of is on in and to with moves moving left right up down still fast slow "
-    "cart pole cheetah torso thigh shin foot leg floor ground body agent robot "
-    "0 1 2 3 4 5 6 7 8 9 10 20 42 84"
-).split()
+VOCAB_WORDS = [
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+    '"',
+    "null",
+    "caption",
+    "objects",
+    "name",
+    "description",
+    "box",
+    "motion",
+    "the",
+    "a",
+    "an",
+    "of",
+    "is",
+    "on",
+    "in",
+    "and",
+    "to",
+    "with",
+    "moves",
+    "moving",
+    "left",
+    "right",
+    "up",
+    "down",
+    "still",
+    "fast",
+    "slow",
+    "cart",
+    "pole",
+    "cheetah",
+    "torso",
+    "thigh",
+    "shin",
+    "foot",
+    "leg",
+    "floor",
+    "ground",
+    "body",
+    "agent",
+    "robot",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "8",
+    "9",
+    "10",
+    "20",
+    "42",
+    "84",
+]
 SPECIAL_TOKENS = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -72,13 +129,25 @@ def build_tiny_vlm(seed: int = SEED) -> tuple["object", "object"]:  # noqa: UP03
     )
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=28, patch_size=14, projection_dim=32,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=32,
         ),
         text_config=LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",

@@ -17,14 +17,16 @@ seeds past those of the earlier runs.
 random``) runs the tiny random model of :mod:`pipeline.annotate.tiny_vlm`: the
 same code path, no download, answers that are noise.
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from pipeline.annotate.base import Backend, FrameItem, FrameResult, result_from_text
 from pipeline.annotate.tiny_vlm import SEED as TINY_SEED
@@ -51,7 +53,7 @@ class TransformersBackend(Backend):
 
     name = "transformers"
 
-    def __init__(self, params: "AnnotateParams", weights: "WeightsParams") -> None:
+    def __init__(self, params: AnnotateParams, weights: WeightsParams) -> None:
         import torch
 
         from pipeline.device import select_device
@@ -138,8 +140,10 @@ class TransformersBackend(Backend):
             with torch.inference_mode():
                 out = self.net.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError as exc:
-            raise UserError(f"annotate: out of memory generating a batch of {len(items)} frames ({exc}).\n  Fix: lower annotate.batch_size.") from None
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+            raise UserError(
+                f"annotate: out of memory generating a batch of {len(items)} frames ({exc}).\n  Fix: lower annotate.batch_size."
+            ) from None
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
     def _annotate_batch(self, batch: list[FrameItem]) -> Iterator[FrameResult]:
@@ -148,7 +152,9 @@ class TransformersBackend(Backend):
         first = max(item.rerun for item in batch) * (self.max_retries + 1)  # a rerun samples past earlier runs' seeds
         for attempt in range(self.max_retries + 1):
             temperature = None if first + attempt == 0 else self.retry_temperature
-            seed = int(hashlib.sha256(("".join(i.key for i in todo) + str(first + attempt)).encode()).hexdigest()[:15], 16)
+            seed = int(
+                hashlib.sha256(("".join(i.key for i in todo) + str(first + attempt)).encode()).hexdigest()[:15], 16
+            )
             answers = self._generate(todo, temperature, seed)
             still = []
             for item, raw in zip(todo, answers, strict=True):

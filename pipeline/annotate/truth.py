@@ -12,6 +12,7 @@ An *entity* is something an annotation can name: every body but the world body
 ``floor`` or a cart-pole's ``rail1``). Unnamed geoms and bodies carry the
 collect stage's placeholder names (``geom12``, ``body3``).
 """
+
 from __future__ import annotations
 
 import re
@@ -82,7 +83,9 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def visible_entities(segmentation: np.ndarray, geom_body: np.ndarray, entities: list[Entity], min_pixels: int) -> list[Visible]:
+def visible_entities(
+    segmentation: np.ndarray, geom_body: np.ndarray, entities: list[Entity], min_pixels: int
+) -> list[Visible]:
     """The entities with at least ``min_pixels`` pixels in ``segmentation`` (H, W) int32 geom ids (-1 background)."""
     seg = np.asarray(segmentation)
     geom_body = np.asarray(geom_body)
@@ -118,12 +121,15 @@ def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamilton product ``a * b`` of (..., 4) float64 quaternions (w, x, y, z), broadcast over leading axes."""
     aw, ax, ay, az = np.moveaxis(a, -1, 0)
     bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], axis=-1)
+    return np.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
 
 
 def _rotation_vector(q: np.ndarray) -> np.ndarray:
@@ -190,7 +196,16 @@ class SceneTruth:
 
 
 #: Episode members :func:`scene_truths` reads.
-TRUTH_FIELDS = ("segmentation", "geom_body", "body_pos", "body_quat", "camera_extrinsics", "camera_intrinsics", "qpos", "qvel")
+TRUTH_FIELDS = (
+    "segmentation",
+    "geom_body",
+    "body_pos",
+    "body_quat",
+    "camera_extrinsics",
+    "camera_intrinsics",
+    "qpos",
+    "qvel",
+)
 
 
 def scene_truths(episode: Episode, steps: list[int], min_pixels: int) -> dict[int, SceneTruth]:

@@ -12,6 +12,7 @@ Public API:
 Heavy libraries (mujoco, dm_control, gymnasium, torch) are imported lazily: importing this
 package does not import mujoco, and :func:`make_env` sets up headless rendering before it does.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

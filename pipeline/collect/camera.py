@@ -14,6 +14,7 @@ Conventions (the same as :mod:`pipeline.episodes`):
 * A world point ``X`` projects to ``(u, v, 1) * z = K @ (camera_from_world @ X)[:3]``,
   where ``z`` is the z-depth stored in the depth images.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -78,7 +79,9 @@ def project(points_world: np.ndarray, extrinsics: np.ndarray, intrinsics: np.nda
     return uvw[..., :2] / z[..., None], z
 
 
-def unproject(depth: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+def unproject(
+    depth: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarray, pixels: np.ndarray | None = None
+) -> np.ndarray:
     """World points (metres) seen at ``pixels`` (N, 2) as (u, v) (default: every pixel) of a z-depth image (H, W).
 
     Returns (N, 3), or (H, W, 3) when ``pixels`` is None.

@@ -35,6 +35,7 @@ weights' hash, the schema and simulator versions) is kept, so a rerun after an i
 loses no finished episode. Episode files beyond ``episodes_per_task`` and temporaries left
 by a killed run are removed.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -48,19 +49,30 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.collect.disk import FrameLayout, check_disk_space
 from pipeline.collect.envs import PixelEnv, make_env, resolve_task
 from pipeline.collect.policies import Policy, make_policy
-from pipeline.episodes import SCHEMA_VERSION, Episode, EpisodeMeta, episode_filename, list_episodes, load_episode, load_meta, save_episode, write_index
+from pipeline.episodes import (
+    SCHEMA_VERSION,
+    Episode,
+    EpisodeMeta,
+    episode_filename,
+    list_episodes,
+    load_episode,
+    load_meta,
+    save_episode,
+    write_index,
+)
 from pipeline.errors import UserError
 from pipeline.io import dumps_json
 
@@ -73,7 +85,16 @@ PREVIEW_FILE = "preview.gif"
 
 #: Params that shape an episode's content (``tasks``, ``episodes_per_task``, ``workers`` and
 #: ``preview_episodes`` do not); ``action_repeat`` as the task's resolved value.
-CONTENT_PARAMS = ("episode_steps", "action_repeat", "image_size", "camera", "render_mode", "depth", "segmentation", "seed")
+CONTENT_PARAMS = (
+    "episode_steps",
+    "action_repeat",
+    "image_size",
+    "camera",
+    "render_mode",
+    "depth",
+    "segmentation",
+    "seed",
+)
 
 
 def episode_seed(base_seed: int, task: str, index: int) -> int:
@@ -93,7 +114,7 @@ def simulator_versions() -> dict[str, str]:
     return versions
 
 
-def _env_kwargs(params: "CollectParams", task: str) -> dict[str, Any]:
+def _env_kwargs(params: CollectParams, task: str) -> dict[str, Any]:
     """``make_env``'s keyword arguments for ``task``'s episodes (its action repeat resolved:
     ``collect.action_repeat``'s override, else the benchmark value)."""
     return {
@@ -107,14 +128,22 @@ def _env_kwargs(params: "CollectParams", task: str) -> dict[str, Any]:
     }
 
 
-def _make_policy(policy: "PolicyParams", env: PixelEnv, task: str, env_kwargs: dict[str, Any]) -> Policy:
+def _make_policy(policy: PolicyParams, env: PixelEnv, task: str, env_kwargs: dict[str, Any]) -> Policy:
     return make_policy(
-        policy, env.action_low, env.action_high,
-        task=task, image_size=env_kwargs["image_size"], action_repeat=env_kwargs["action_repeat"], camera=env_kwargs["camera"], render_mode=env_kwargs["render_mode"],
+        policy,
+        env.action_low,
+        env.action_high,
+        task=task,
+        image_size=env_kwargs["image_size"],
+        action_repeat=env_kwargs["action_repeat"],
+        camera=env_kwargs["camera"],
+        render_mode=env_kwargs["render_mode"],
     )
 
 
-def record_episode(env: PixelEnv, policy: Policy, *, index: int, seed: int, extra: dict[str, Any] | None = None) -> Episode:
+def record_episode(
+    env: PixelEnv, policy: Policy, *, index: int, seed: int, extra: dict[str, Any] | None = None
+) -> Episode:
     """Run one episode of ``env`` under ``policy`` from ``seed``; return it in the episode schema.
 
     The episode ends at a true terminal or at ``env.episode_steps`` agent steps (truncation).
@@ -184,7 +213,9 @@ class _Job:
 class _Recorder:
     """One environment and policy, reused across the episodes a process records."""
 
-    def __init__(self, task: str, env_kwargs: dict[str, Any], policy: "PolicyParams", extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, task: str, env_kwargs: dict[str, Any], policy: PolicyParams, extra: dict[str, Any] | None = None
+    ) -> None:
         self.extra = extra or {}
         self.env = make_env(task, **env_kwargs)
         try:
@@ -228,6 +259,7 @@ def die_with_parent(parent_pid: int) -> str:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         how = "prctl"
     else:
+
         def watch() -> None:
             while os.getppid() == parent_pid:
                 time.sleep(0.5)
@@ -247,7 +279,9 @@ def _close_worker_recorder() -> None:
         _worker_recorder = None
 
 
-def _worker_init(task: str, env_kwargs: dict[str, Any], policy: dict[str, Any], extra: dict[str, Any], parent_pid: int) -> None:
+def _worker_init(
+    task: str, env_kwargs: dict[str, Any], policy: dict[str, Any], extra: dict[str, Any], parent_pid: int
+) -> None:
     """Pool initializer: tie the worker's life to the parent's, build its env and policy.
 
     The policy params arrive as a plain dict (read as attributes, like the validated
@@ -276,7 +310,12 @@ def _worker_run(job: _Job) -> EpisodeMeta:
 
 
 def _record_in_pool(
-    recorder: _Recorder, task: str, params: "CollectParams", jobs: list[_Job], workers: int, when_idle: Callable[[set[int]], None] | None = None
+    recorder: _Recorder,
+    task: str,
+    params: CollectParams,
+    jobs: list[_Job],
+    workers: int,
+    when_idle: Callable[[set[int]], None] | None = None,
 ) -> Iterator[EpisodeMeta]:
     """Record ``jobs`` on ``workers`` processes: this one (with ``recorder``) and ``workers - 1``
     spawned ones; yield each episode's meta as it finishes.
@@ -304,7 +343,14 @@ def _record_in_pool(
             yield recorder.run(job)
             here.add(job.index)
         if when_idle is not None:
-            when_idle(here | {job.index for future, job in zip(futures, jobs) if future.done() and not future.cancelled() and future.exception() is None})
+            when_idle(
+                here
+                | {
+                    job.index
+                    for future, job in zip(futures, jobs)
+                    if future.done() and not future.cancelled() and future.exception() is None
+                }
+            )
         for future in as_completed([f for f in futures if not f.cancelled()]):
             yield future.result()  # a worker's error surfaces here
         finished = True
@@ -345,7 +391,9 @@ def _remove_leftovers(out_dir: Path, count: int) -> None:
             tmp.unlink()
 
 
-def collect_task(task: str, params: "CollectParams", out_dir: str | Path, workers: int | None = None) -> list[EpisodeMeta]:
+def collect_task(
+    task: str, params: CollectParams, out_dir: str | Path, workers: int | None = None
+) -> list[EpisodeMeta]:
     """Record ``params.episodes_per_task`` episodes of ``task`` into ``out_dir``; return their metas.
 
     Everything is validated in this process before any worker starts or any episode is recorded:
@@ -381,7 +429,9 @@ def collect_task(task: str, params: "CollectParams", out_dir: str | Path, worker
         # This task's values: another task's action repeat override does not touch its episodes.
         content = {name: env_kwargs[name] if name in env_kwargs else getattr(params, name) for name in CONTENT_PARAMS}
         fingerprint = hashlib.sha256(
-            dumps_json({"schema_version": SCHEMA_VERSION, "params": content, "policy": description, "versions": versions}).encode()
+            dumps_json(
+                {"schema_version": SCHEMA_VERSION, "params": content, "policy": description, "versions": versions}
+            ).encode()
         ).hexdigest()[:16]
         recorder.extra = {"fingerprint": fingerprint, "policy": description, "versions": versions}
 
@@ -397,12 +447,28 @@ def collect_task(task: str, params: "CollectParams", out_dir: str | Path, worker
                 jobs.append(_Job(index, seed, str(path)))
         workers = min(workers, len(jobs)) or 1
         env = recorder.env
-        layout = FrameLayout(params.image_size, params.depth, params.segmentation, env.model.nq, env.model.nv, env.model.nbody, env.action_dim)
-        needed = check_disk_space(out_dir, layout, task=task, episodes=len(jobs), frames_per_episode=params.episode_steps + 1, workers=workers)
+        layout = FrameLayout(
+            params.image_size,
+            params.depth,
+            params.segmentation,
+            env.model.nq,
+            env.model.nv,
+            env.model.nbody,
+            env.action_dim,
+        )
+        needed = check_disk_space(
+            out_dir, layout, task=task, episodes=len(jobs), frames_per_episode=params.episode_steps + 1, workers=workers
+        )
         if metas:
             log.info("%s: keeping %d finished episode(s), recording %d", task, len(metas), len(jobs))
         if jobs:
-            log.info("%s: recording %d episode(s) on %d process(es), about %.1f MB on disk", task, len(jobs), workers, needed / 1e6)
+            log.info(
+                "%s: recording %d episode(s) on %d process(es), about %.1f MB on disk",
+                task,
+                len(jobs),
+                workers,
+                needed / 1e6,
+            )
 
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(out_dir, params.episodes_per_task)
@@ -444,4 +510,6 @@ def _write_preview(out_dir: Path, shown: range, control_timestep: float) -> None
     """``preview.gif`` of the episodes ``shown`` (their files in ``out_dir``), at the control rate."""
     from pipeline.collect.preview import write_preview
 
-    write_preview(out_dir / PREVIEW_FILE, [load_episode(out_dir / episode_filename(i)) for i in shown], fps=1.0 / control_timestep)
+    write_preview(
+        out_dir / PREVIEW_FILE, [load_episode(out_dir / episode_filename(i)) for i in shown], fps=1.0 / control_timestep
+    )

@@ -8,6 +8,7 @@ compressed to 6.4-11.5% of their raw bytes, depth to 2.6-5.2%, segmentation to 0
 float64 simulator state hardly at all (92-96%). A textured scene (gymnasium's checkered floor) or a
 faithful render compresses worse than these, hence the margins; the estimate errs on the large side.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -78,7 +79,9 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def check_disk_space(out_dir: str | Path, layout: FrameLayout, *, task: str, episodes: int, frames_per_episode: int, workers: int = 1) -> int:
+def check_disk_space(
+    out_dir: str | Path, layout: FrameLayout, *, task: str, episodes: int, frames_per_episode: int, workers: int = 1
+) -> int:
     """Refuse a collect run the disk under ``out_dir`` cannot hold; return the estimate (bytes).
 
     Raises:

@@ -1,4 +1,5 @@
 """User-fixable errors of the collect stage (all :class:`pipeline.errors.UserError`: exit 2, no traceback)."""
+
 from __future__ import annotations
 
 from pipeline.errors import UserError

@@ -20,12 +20,14 @@ in :data:`POLICIES`.
   copies of the first frame) and maps actions to the box with
   :func:`~pipeline.collect.envs.wrappers.scale_action`, the conventions of every stage.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -35,17 +37,18 @@ from pipeline.io import sha256_of
 
 if TYPE_CHECKING:
     from models.actor import ActorMeta
-    from pipeline.config.collect import PolicyParams
     from pipeline.collect.envs.base import StepResult
+    from pipeline.config.collect import PolicyParams
 
 log = logging.getLogger(__name__)
+
 
 class Policy(Protocol):
     name: str
 
-    def reset(self, rng: np.random.Generator, first: "StepResult") -> None: ...
+    def reset(self, rng: np.random.Generator, first: StepResult) -> None: ...
 
-    def act(self, result: "StepResult") -> np.ndarray: ...
+    def act(self, result: StepResult) -> np.ndarray: ...
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description recorded in each episode's meta (no absolute paths)."""
@@ -71,10 +74,10 @@ class RandomPolicy(_BoxPolicy):
         super().__init__(low, high)
         self._rng = np.random.default_rng(0)
 
-    def reset(self, rng: np.random.Generator, first: "StepResult") -> None:
+    def reset(self, rng: np.random.Generator, first: StepResult) -> None:
         self._rng = rng
 
-    def act(self, result: "StepResult") -> np.ndarray:
+    def act(self, result: StepResult) -> np.ndarray:
         return self._to_box(self._rng.uniform(-1.0, 1.0, size=self.low.shape))
 
     def describe(self) -> dict[str, Any]:
@@ -95,11 +98,11 @@ class NoisyPolicy(_BoxPolicy):
         self._rng = np.random.default_rng(0)
         self._x = np.zeros(self.low.shape)
 
-    def reset(self, rng: np.random.Generator, first: "StepResult") -> None:
+    def reset(self, rng: np.random.Generator, first: StepResult) -> None:
         self._rng = rng
         self._x = rng.normal(0.0, self.scale, size=self.low.shape)
 
-    def act(self, result: "StepResult") -> np.ndarray:
+    def act(self, result: StepResult) -> np.ndarray:
         action = self._to_box(self._x)
         self._x = (1.0 - self.theta) * self._x + self.sigma * self._rng.normal(size=self.low.shape)
         return action
@@ -108,7 +111,7 @@ class NoisyPolicy(_BoxPolicy):
         return {"kind": self.name, "noise_scale": self.scale, "noise_theta": self.theta}
 
 
-def read_checkpoint_meta(path: str | Path) -> "ActorMeta":
+def read_checkpoint_meta(path: str | Path) -> ActorMeta:
     """The meta of an actor checkpoint folder (:class:`models.actor.ActorMeta`, the one declaration
     its writer and this reader share); raises :class:`PolicyError` if it is not one."""
     from models.actor import ActorMeta
@@ -126,7 +129,16 @@ def read_checkpoint_meta(path: str | Path) -> "ActorMeta":
         raise PolicyError(f"collect.policy.checkpoint = {str(path)!r}: {exc}") from None
 
 
-def check_checkpoint(path: str | Path, *, task: str, action_dim: int, image_size: int, action_repeat: int, camera: int | str | None = None, render_mode: str | None = None) -> "ActorMeta":
+def check_checkpoint(
+    path: str | Path,
+    *,
+    task: str,
+    action_dim: int,
+    image_size: int,
+    action_repeat: int,
+    camera: int | str | None = None,
+    render_mode: str | None = None,
+) -> ActorMeta:
     """Check that the actor at ``path`` can drive ``task``; return its meta.
 
     Raises:
@@ -146,7 +158,12 @@ def check_checkpoint(path: str | Path, *, task: str, action_dim: int, image_size
     if meta.task != task:
         log.warning("actor checkpoint %s was trained on %s, collecting %s with it", path, meta.task, task)
     if meta.action_repeat != action_repeat:
-        log.warning("actor checkpoint %s was trained with action_repeat %s, collecting with %s", path, meta.action_repeat, action_repeat)
+        log.warning(
+            "actor checkpoint %s was trained with action_repeat %s, collecting with %s",
+            path,
+            meta.action_repeat,
+            action_repeat,
+        )
     for key, value in (("camera", camera), ("render_mode", render_mode)):
         trained = getattr(meta, key)
         if value is not None and trained is not None and trained != value:
@@ -172,36 +189,59 @@ class CheckpointPolicy(_BoxPolicy):
 
     name = "checkpoint"
 
-    def __init__(self, params: PolicyParams, low: np.ndarray, high: np.ndarray, *, task: str, image_size: int, action_repeat: int, camera: int | str | None = None, render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        params: PolicyParams,
+        low: np.ndarray,
+        high: np.ndarray,
+        *,
+        task: str,
+        image_size: int,
+        action_repeat: int,
+        camera: int | str | None = None,
+        render_mode: str | None = None,
+    ) -> None:
         super().__init__(low, high)
         import torch
 
         from models.checkpoint import WEIGHTS_FILE, CheckpointError, load_module
 
         if params.checkpoint is None:
-            raise PolicyError("collect.policy.kind is 'checkpoint' but collect.policy.checkpoint is not set; set it to the finetune stage's actor folder")
+            raise PolicyError(
+                "collect.policy.kind is 'checkpoint' but collect.policy.checkpoint is not set; set it to the finetune stage's actor folder"
+            )
         self.path = Path(params.checkpoint)
         self.meta = check_checkpoint(
-            self.path, task=task, action_dim=int(self.low.shape[0]), image_size=image_size, action_repeat=action_repeat, camera=camera, render_mode=render_mode
+            self.path,
+            task=task,
+            action_dim=int(self.low.shape[0]),
+            image_size=image_size,
+            action_repeat=action_repeat,
+            camera=camera,
+            render_mode=render_mode,
         )
         self.frame_stack = self.meta.frame_stack
         try:
             module, _ = load_module(self.path, map_location="cpu")
         except (CheckpointError, ImportError, AttributeError, TypeError, RuntimeError, OSError) as exc:
-            raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: cannot load the actor ({type(exc).__name__}: {exc})") from exc
+            raise PolicyError(
+                f"collect.policy.checkpoint = {str(self.path)!r}: cannot load the actor ({type(exc).__name__}: {exc})"
+            ) from exc
         if not callable(getattr(module, "act", None)):
-            raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: {type(module).__name__} has no act(obs) method")
+            raise PolicyError(
+                f"collect.policy.checkpoint = {str(self.path)!r}: {type(module).__name__} has no act(obs) method"
+            )
         self.module = module.eval()
         self.weights_sha256 = sha256_of(self.path / WEIGHTS_FILE)
         self._torch = torch
         self._stack = FrameStacker(self.frame_stack)
         self._fresh = False
 
-    def reset(self, rng: np.random.Generator, first: "StepResult") -> None:
+    def reset(self, rng: np.random.Generator, first: StepResult) -> None:
         self._stack.reset(first.frame)
         self._fresh = True  # the next act() sees ``first`` itself
 
-    def act(self, result: "StepResult") -> np.ndarray:
+    def act(self, result: StepResult) -> np.ndarray:
         obs = self._stack.obs() if self._fresh else self._stack.push(result.frame)
         self._fresh = False
         stack = obs[None]
@@ -210,7 +250,9 @@ class CheckpointPolicy(_BoxPolicy):
             out = self.module.act(torch.from_numpy(np.ascontiguousarray(stack)))
         unit = out.detach().cpu().double().numpy().reshape(-1)
         if unit.shape != self.low.shape:
-            raise PolicyError(f"collect.policy.checkpoint = {str(self.path)!r}: act() returned {unit.shape[0]} action dims, expected {self.low.shape[0]}")
+            raise PolicyError(
+                f"collect.policy.checkpoint = {str(self.path)!r}: act() returned {unit.shape[0]} action dims, expected {self.low.shape[0]}"
+            )
         return self._to_box(unit)
 
     def describe(self) -> dict[str, Any]:
@@ -232,7 +274,15 @@ POLICIES: dict[str, type] = {
 
 
 def make_policy(
-    params: PolicyParams, low: np.ndarray, high: np.ndarray, *, task: str, image_size: int, action_repeat: int, camera: int | str | None = None, render_mode: str | None = None
+    params: PolicyParams,
+    low: np.ndarray,
+    high: np.ndarray,
+    *,
+    task: str,
+    image_size: int,
+    action_repeat: int,
+    camera: int | str | None = None,
+    render_mode: str | None = None,
 ) -> Policy:
     """Build the behaviour policy ``params.kind`` for an action box ``[low, high]`` (A,) float32.
 
@@ -243,4 +293,13 @@ def make_policy(
         cls = POLICIES[params.kind]
     except KeyError:
         raise PolicyError(f"collect.policy.kind = {params.kind!r}: expected one of {', '.join(POLICIES)}") from None
-    return cls(params, low, high, task=task, image_size=image_size, action_repeat=action_repeat, camera=camera, render_mode=render_mode)
+    return cls(
+        params,
+        low,
+        high,
+        task=task,
+        image_size=image_size,
+        action_repeat=action_repeat,
+        camera=camera,
+        render_mode=render_mode,
+    )

@@ -4,6 +4,7 @@ Each frame shows the RGB image, and when recorded, the depth (grey, near = brigh
 black) and the segmentation (a fixed colour per geom id, background black) side by side.
 The GIF's bytes depend only on the episodes (fixed palette quantisation, no timestamps).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,9 +60,10 @@ def write_preview(path: str | Path, episodes: list[Episode], fps: float) -> None
     # One palette for the whole GIF, from up to 16 frames spread over it: quantising every frame
     # with its own median-cut palette costs 100x more (about 1 s per 250 frames) for no visible gain.
     sample = frames[:: max(1, len(frames) // 16)]
-    palette = Image.fromarray(np.concatenate(list(sample), axis=0)).quantize(colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette = Image.fromarray(np.concatenate(list(sample), axis=0)).quantize(
+        colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+    )
     images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     delay = max(MIN_DELAY_MS, int(round(100.0 / fps)) * 10)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=delay, loop=0, optimize=False)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=delay, loop=0, optimize=False)

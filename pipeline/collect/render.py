@@ -14,6 +14,7 @@ Render modes (param ``collect.render_mode``):
 
 Depth and segmentation share one extra render pass, done only when either is asked for.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,7 +71,15 @@ class SceneRenderer:
         depth, segmentation: also produce these.
     """
 
-    def __init__(self, model: mujoco.MjModel, size: int, camera: int | mujoco.MjvCamera, render_mode: str = "fast", depth: bool = False, segmentation: bool = False) -> None:
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        size: int,
+        camera: int | mujoco.MjvCamera,
+        render_mode: str = "fast",
+        depth: bool = False,
+        segmentation: bool = False,
+    ) -> None:
         if render_mode not in RENDER_MODES:
             raise ValueError(f"render_mode {render_mode!r}: expected one of {', '.join(RENDER_MODES)}")
         model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), size)
@@ -130,7 +139,11 @@ class SceneRenderer:
 
     def _geom_ids(self, colours: np.ndarray) -> np.ndarray:
         """Segmentation colours (H, W, 3) uint8 -> geom id per pixel (H, W) int32, -1 elsewhere."""
-        segid = colours[..., 0].astype(np.int32) | (colours[..., 1].astype(np.int32) << 8) | (colours[..., 2].astype(np.int32) << 16)
+        segid = (
+            colours[..., 0].astype(np.int32)
+            | (colours[..., 1].astype(np.int32) << 8)
+            | (colours[..., 2].astype(np.int32) << 16)
+        )
         lookup = np.full(self._scene.ngeom + 1, -1, dtype=np.int32)  # segid 0 is the background
         for geom in self._scene.geoms[: self._scene.ngeom]:
             if geom.segid >= 0 and geom.objtype == _GEOM:
@@ -143,7 +156,9 @@ class SceneRenderer:
             raise RuntimeError("render() called after close()")
         assert self._gl is not None
         self._gl.make_current()
-        mujoco.mjv_updateScene(self.model, data, self._option, None, self._camera, mujoco.mjtCatBit.mjCAT_ALL.value, self._scene)
+        mujoco.mjv_updateScene(
+            self.model, data, self._option, None, self._camera, mujoco.mjtCatBit.mjCAT_ALL.value, self._scene
+        )
         size = self.size
         rgb = np.empty((size, size, 3), np.uint8)
         raw_depth = np.empty((size, size), np.float32) if self.depth else None

@@ -1,4 +1,5 @@
 """The collect stage's entry: ``run(task, out, section) -> CollectSummary``."""
+
 from __future__ import annotations
 
 import time

@@ -5,6 +5,7 @@ stages whose section changed. :func:`load_params` validates the whole file
 before any stage does work; a bad key, type or value raises
 :class:`ParamsError` naming the key, the bad value and what is allowed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,6 @@ from pydantic import ValidationError
 
 from pipeline.config.annotate import AnnotateParams
 from pipeline.config.base import Section
-from pipeline.errors import UserError
 from pipeline.config.collect import CollectParams, PolicyParams
 from pipeline.config.encode import EncodeParams
 from pipeline.config.evaluate import EvaluateParams
@@ -23,6 +23,7 @@ from pipeline.config.finetune import FinetuneParams
 from pipeline.config.flow import FlowParams
 from pipeline.config.pretrain import PretrainParams
 from pipeline.config.weights import WeightsParams
+from pipeline.errors import UserError
 
 __all__ = [
     "AnnotateParams",

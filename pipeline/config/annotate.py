@@ -1,4 +1,5 @@
 """The ``annotate`` params section: which VLM backend, which frames, which prompt."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -36,26 +37,71 @@ class AnnotateParams(Section):
         description="'simulator': grounded in recorded physics (no weights); 'transformers': in-process image-text-to-text model; 'openai': an OpenAI-compatible server (vLLM, Ollama).",
     )
     every_k: Int = Field(
-        DEFAULT_EVERY_K, ge=1,
+        DEFAULT_EVERY_K,
+        ge=1,
         description="Annotate every k-th frame of each episode (frame 0, k, 2k, ...). 1: every frame (the simulator describes a frame in under 1 ms); raise it for a VLM backend, which costs per frame.",
     )
-    prompt: str = Field(DEFAULT_PROMPT, min_length=1, description="Prompt template (str.format): {task} is replaced by the task name; write {{ and }} for literal braces.")
-    model: str = Field("random", min_length=1, description="'transformers': a local folder, a name in weights.cache_dir, a hub id (owner/name) or 'random' (tiny random model); 'openai': the served model name.")
+    prompt: str = Field(
+        DEFAULT_PROMPT,
+        min_length=1,
+        description="Prompt template (str.format): {task} is replaced by the task name; write {{ and }} for literal braces.",
+    )
+    model: str = Field(
+        "random",
+        min_length=1,
+        description="'transformers': a local folder, a name in weights.cache_dir, a hub id (owner/name) or 'random' (tiny random model); 'openai': the served model name.",
+    )
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' ('transformers').")
     batch_size: Int = Field(4, ge=1, le=1024, description="Frames per generate() call ('transformers').")
-    max_new_tokens: Int = Field(256, ge=1, le=8192, description="Most tokens an answer may have ('transformers', 'openai').")
+    max_new_tokens: Int = Field(
+        256, ge=1, le=8192, description="Most tokens an answer may have ('transformers', 'openai')."
+    )
     base_url: str = Field("http://127.0.0.1:8000/v1", description="Server base URL, up to /v1 ('openai').")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable that holds the API key ('openai'); may be unset for local servers.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable that holds the API key ('openai'); may be unset for local servers.",
+    )
     concurrency: Int = Field(8, ge=1, le=1024, description="Requests in flight at once ('openai').")
     timeout_s: Float = Field(60.0, gt=0, description="Per-request timeout in seconds ('openai').")
-    max_retries: Int = Field(3, ge=0, le=100, description="Retries per frame after a failed request or an invalid answer.")
-    retry_backoff_s: Float = Field(0.5, ge=0, le=60, description="Wait before the first retry of a request, doubled at each retry (at most 30 s) ('openai').")
-    retry_temperature: Float = Field(0.7, gt=0, le=2, description="Sampling temperature of retries after an invalid answer (the first try is greedy).")
-    max_invalid_runs: Int = Field(3, ge=1, le=100, description="Runs that may ask a frame again after its answers were invalid (cached as failures); after this many the failure is final.")
-    max_failure_rate: Float = Field(0.05, ge=0, le=1, description="Largest share of failed frames a run may end with; above it the stage exits with an error (DVC records nothing).")
-    cache_dir: str = Field("data/cache/annotate", description="Content-addressed answer cache; survives reruns and interruptions.")
-    min_visible_pixels: Int = Field(4, ge=1, description="Pixels of a body in the segmentation for it to count as in view ('simulator' answers, accuracy metric).")
-    physics: Bool = Field(True, description="'simulator': restore each annotated frame's qpos/qvel into the task's physics for contacts and exact centre-of-mass velocities; false: only the episode file (body_pos differences, no contacts).")
+    max_retries: Int = Field(
+        3, ge=0, le=100, description="Retries per frame after a failed request or an invalid answer."
+    )
+    retry_backoff_s: Float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="Wait before the first retry of a request, doubled at each retry (at most 30 s) ('openai').",
+    )
+    retry_temperature: Float = Field(
+        0.7,
+        gt=0,
+        le=2,
+        description="Sampling temperature of retries after an invalid answer (the first try is greedy).",
+    )
+    max_invalid_runs: Int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Runs that may ask a frame again after its answers were invalid (cached as failures); after this many the failure is final.",
+    )
+    max_failure_rate: Float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of failed frames a run may end with; above it the stage exits with an error (DVC records nothing).",
+    )
+    cache_dir: str = Field(
+        "data/cache/annotate", description="Content-addressed answer cache; survives reruns and interruptions."
+    )
+    min_visible_pixels: Int = Field(
+        4,
+        ge=1,
+        description="Pixels of a body in the segmentation for it to count as in view ('simulator' answers, accuracy metric).",
+    )
+    physics: Bool = Field(
+        True,
+        description="'simulator': restore each annotated frame's qpos/qvel into the task's physics for contacts and exact centre-of-mass velocities; false: only the episode file (body_pos differences, no contacts).",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -63,5 +109,7 @@ class AnnotateParams(Section):
         try:
             value.format(task="task")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"not a valid template ({type(exc).__name__}: {exc}); only {{task}} may be used, write {{{{ and }}}} for literal braces") from None
+            raise ValueError(
+                f"not a valid template ({type(exc).__name__}: {exc}); only {{task}} may be used, write {{{{ and }}}} for literal braces"
+            ) from None
         return value

@@ -17,6 +17,7 @@ then refused mid-run, and ``.inf`` a timeout that never expires.
   ``1e-3`` (no dot) as the string ``"1e-3"``.
 - :data:`Bool`: ``true`` or ``false``; refuses ``1``, ``0`` and strings such as ``"yes"``.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -63,13 +64,19 @@ def _whole_number(value: object) -> object:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     raise PydanticCustomError(
-        "strict_int", "Input should be a valid integer, a whole number without quotes or a decimal point (e.g. 3), not {kind}", {"kind": _kind(value)}
+        "strict_int",
+        "Input should be a valid integer, a whole number without quotes or a decimal point (e.g. 3), not {kind}",
+        {"kind": _kind(value)},
     )
 
 
 def _seed_range(value: int) -> int:
     if not 0 <= value < SEED_LIMIT:
-        raise PydanticCustomError("seed_range", "a seed is an integer from 0 to {top} (2**32 - 1, the most numpy.random.seed accepts)", {"top": SEED_LIMIT - 1})
+        raise PydanticCustomError(
+            "seed_range",
+            "a seed is an integer from 0 to {top} (2**32 - 1, the most numpy.random.seed accepts)",
+            {"top": SEED_LIMIT - 1},
+        )
     return value
 
 
@@ -82,7 +89,9 @@ def _not_bool(value: object) -> object:
 def _true_or_false(value: object) -> object:
     if isinstance(value, bool):
         return value
-    raise PydanticCustomError("strict_bool", "Input should be true or false (without quotes), not {kind}", {"kind": _kind(value)})
+    raise PydanticCustomError(
+        "strict_bool", "Input should be true or false (without quotes), not {kind}", {"kind": _kind(value)}
+    )
 
 
 #: A strict integer: see the module docstring.

@@ -1,4 +1,5 @@
 """The ``collect`` params section: which environments, how many episodes, what is rendered."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -16,14 +17,28 @@ class PolicyParams(Section):
         "noisy",
         description="'random': uniform in the action box; 'noisy': temporally correlated (Ornstein-Uhlenbeck) exploration; 'checkpoint': an actor saved by the finetune stage.",
     )
-    checkpoint: str | None = Field(None, description="Folder of the actor checkpoint (finetune stage output) when kind is 'checkpoint'.")
-    noise_scale: Float = Field(0.3, ge=0.0, le=10.0, description="Stationary std of the OU noise ('noisy'), in normalised action units (the action box mapped to [-1, 1]).")
-    noise_theta: Float = Field(0.15, gt=0.0, le=1.0, description="Mean reversion rate of the OU noise per agent step ('noisy'); 1 gives white noise.")
+    checkpoint: str | None = Field(
+        None, description="Folder of the actor checkpoint (finetune stage output) when kind is 'checkpoint'."
+    )
+    noise_scale: Float = Field(
+        0.3,
+        ge=0.0,
+        le=10.0,
+        description="Stationary std of the OU noise ('noisy'), in normalised action units (the action box mapped to [-1, 1]).",
+    )
+    noise_theta: Float = Field(
+        0.15,
+        gt=0.0,
+        le=1.0,
+        description="Mean reversion rate of the OU noise per agent step ('noisy'); 1 gives white noise.",
+    )
 
     @model_validator(mode="after")
-    def _checkpoint_needs_path(self) -> "PolicyParams":
+    def _checkpoint_needs_path(self) -> PolicyParams:
         if self.kind == "checkpoint" and not self.checkpoint:
-            raise ValueError("kind 'checkpoint' needs checkpoint: the folder of an actor saved by the finetune stage (e.g. data/finetune/actor)")
+            raise ValueError(
+                "kind 'checkpoint' needs checkpoint: the folder of an actor saved by the finetune stage (e.g. data/finetune/actor)"
+            )
         return self
 
 
@@ -37,7 +52,9 @@ class CollectParams(Section):
     )
     episodes_per_task: Int = Field(4, ge=1, le=100_000, description="Episodes recorded per task.")
     episode_steps: Int = Field(
-        100, ge=2, le=100_000,
+        100,
+        ge=2,
+        le=100_000,
         description="Agent steps per episode; reaching it is a time-limit truncation. An episode stores episode_steps + 1 rendered frames "
         "and spans episode_steps x action_repeat environment frames (benchmark counting).",
     )
@@ -56,12 +73,26 @@ class CollectParams(Section):
         "fast",
         description="'fast' switches off MuJoCo shadows, reflections and skybox (about 6x faster on CPU); 'faithful' renders the scene as designed.",
     )
-    depth: Bool = Field(True, description="Record a z-depth image (metres) per frame; needed by the simulator flow backend.")
-    segmentation: Bool = Field(True, description="Record per-pixel geom ids per frame; needed by simulator flow and annotation.")
+    depth: Bool = Field(
+        True, description="Record a z-depth image (metres) per frame; needed by the simulator flow backend."
+    )
+    segmentation: Bool = Field(
+        True, description="Record per-pixel geom ids per frame; needed by simulator flow and annotation."
+    )
     policy: PolicyParams = PolicyParams()
     seed: Seed = Field(0, description="Base seed; episode i of a task uses a seed derived from (seed, task, i).")
-    workers: Int = Field(2, ge=1, le=256, description="Worker processes (1: collect in the calling process); the output bytes do not depend on it.")
-    preview_episodes: Int = Field(1, ge=0, le=100, description="Episodes per task shown in preview.gif (RGB | depth | segmentation side by side) for people to look at; 0: no preview.")
+    workers: Int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Worker processes (1: collect in the calling process); the output bytes do not depend on it.",
+    )
+    preview_episodes: Int = Field(
+        1,
+        ge=0,
+        le=100,
+        description="Episodes per task shown in preview.gif (RGB | depth | segmentation side by side) for people to look at; 0: no preview.",
+    )
 
     @field_validator("action_repeat", mode="before")
     @classmethod
@@ -75,10 +106,12 @@ class CollectParams(Section):
         return value
 
     @model_validator(mode="after")
-    def _known_tasks(self) -> "CollectParams":
+    def _known_tasks(self) -> CollectParams:
         unknown = sorted(set(self.action_repeat) - set(self.tasks))
         if unknown:
-            raise ValueError(f"action_repeat names tasks not in collect.tasks: {unknown}; use names from collect.tasks {self.tasks} (or add the task there)")
+            raise ValueError(
+                f"action_repeat names tasks not in collect.tasks: {unknown}; use names from collect.tasks {self.tasks} (or add the task there)"
+            )
         return self
 
     def action_repeat_for(self, task: str) -> int:

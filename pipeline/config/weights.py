@@ -1,4 +1,5 @@
 """The ``weights`` params section: global policy for model weights."""
+
 from __future__ import annotations
 
 from pydantic import Field

@@ -15,12 +15,22 @@ From one's own training code::
     for sample in ds.frames("train", frame_stack=3):  # obs (9, H, W) uint8, flow, clip targets, reward
         ...
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from pipeline.dataset.reader import Dataset, open_dataset, validate_dataset
-from pipeline.dataset.schema import FIELD_DOCS, FIELDS, JSON_DOCS, SPLITS, DatasetError, hf_features, make_key, parse_key
+from pipeline.dataset.schema import (
+    FIELD_DOCS,
+    FIELDS,
+    JSON_DOCS,
+    SPLITS,
+    DatasetError,
+    hf_features,
+    make_key,
+    parse_key,
+)
 
 __all__ = [
     "FIELDS",

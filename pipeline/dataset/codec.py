@@ -7,6 +7,7 @@ decoders when it needs only some fields). Encoding is deterministic (PNG without
 same bytes. Flow is a KITTI flow PNG (see ``schema.FIELD_DOCS["flow.png"]``): 1/64 px steps,
 so the stored value is off by at most 1/128 px, and the validity mask is exact.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,7 +27,9 @@ PNG_COMPRESS_LEVEL = 6
 def png_bytes(frame: np.ndarray) -> bytes:
     """Lossless PNG of an (H, W, 3) uint8 RGB frame (no timestamp chunks: same pixels, same bytes)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(frame), mode="RGB").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Image.fromarray(np.ascontiguousarray(frame), mode="RGB").save(
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
     return buffer.getvalue()
 
 
@@ -48,7 +51,9 @@ def quantize_flow(flow: np.ndarray) -> np.ndarray:
         raise ValueError("flow holds NaN or infinity")
     low, high = (float(flow.min()), float(flow.max())) if flow.size else (0.0, 0.0)
     if low < FLOW_MIN or high > FLOW_MAX:
-        raise ValueError(f"flow spans {low:.2f}..{high:.2f} px, beyond the KITTI flow PNG's {FLOW_MIN:g}..{FLOW_MAX:g} px")
+        raise ValueError(
+            f"flow spans {low:.2f}..{high:.2f} px, beyond the KITTI flow PNG's {FLOW_MIN:g}..{FLOW_MAX:g} px"
+        )
     return (np.rint(flow * FLOW_SCALE) + FLOW_OFFSET).astype(np.uint16)
 
 
@@ -61,8 +66,14 @@ def flow_png_bytes(flow: np.ndarray, valid: np.ndarray) -> bytes:
     """KITTI flow PNG of one frame: (2, H, W) flow in pixels and (H, W) bool validity -> 16-bit RGB PNG
     (R = dx, G = dy as ``flow * 64 + 2**15``, B = valid). Deterministic (no timestamp chunks)."""
     values = quantize_flow(flow)
-    bgr = np.stack([np.asarray(valid, np.uint16), values[1], values[0]], axis=-1)  # cv2 writes BGR: file RGB = (dx, dy, valid)
-    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, FLOW_PNG_COMPRESSION, cv2.IMWRITE_PNG_STRATEGY, FLOW_PNG_STRATEGY])
+    bgr = np.stack(
+        [np.asarray(valid, np.uint16), values[1], values[0]], axis=-1
+    )  # cv2 writes BGR: file RGB = (dx, dy, valid)
+    ok, buffer = cv2.imencode(
+        ".png",
+        np.ascontiguousarray(bgr),
+        [cv2.IMWRITE_PNG_COMPRESSION, FLOW_PNG_COMPRESSION, cv2.IMWRITE_PNG_STRATEGY, FLOW_PNG_STRATEGY],
+    )
     if not ok:
         raise ValueError("cv2 could not encode the flow PNG")
     return buffer.tobytes()
@@ -103,12 +114,16 @@ def encode_sample(
         ValueError: ``clip_text`` does not have one row per ``TEXT_ROWS`` entry (a reader would refuse the sample).
     """
     if np.ndim(clip_text) != 2 or len(clip_text) != len(TEXT_ROWS):
-        raise ValueError(f"{key}: clip_text is {np.shape(clip_text)}, expected ({len(TEXT_ROWS)}, D): rows {', '.join(TEXT_ROWS)}")
+        raise ValueError(
+            f"{key}: clip_text is {np.shape(clip_text)}, expected ({len(TEXT_ROWS)}, D): rows {', '.join(TEXT_ROWS)}"
+        )
     return {
         "__key__": key,
         "rgb.png": png_bytes(rgb),
         "flow.png": flow_png_bytes(flow, flow_valid),
-        "clip.npy": npy_bytes(np.concatenate([np.asarray(clip_image, np.float16)[None], np.asarray(clip_text, np.float16)])),
+        "clip.npy": npy_bytes(
+            np.concatenate([np.asarray(clip_image, np.float16)[None], np.asarray(clip_text, np.float16)])
+        ),
         "json": json_bytes(record),
     }
 

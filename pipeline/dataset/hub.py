@@ -10,6 +10,7 @@
   ``hf://datasets/user/name``) downloaded to the Hub cache: what the pretrain
   stage can take as ``--dataset``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,7 +71,7 @@ def _token() -> str | None:
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a Hub call raises for an unreachable, refusing or offline Hub: huggingface_hub's own
     types (its ``HTTPError`` is whatever HTTP client it is built on: httpx, httpx2, ...), plus OSError."""
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, HTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError, OfflineModeIsEnabled
 
     return (HfHubHTTPError, HTTPError, OfflineModeIsEnabled, HFValidationError, OSError)
 
@@ -79,8 +80,12 @@ def _hub_failure(action: str, repo_id: str, exc: BaseException) -> HubError:
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     if isinstance(exc, OfflineModeIsEnabled):
-        return HubError(f"{action} {repo_id}: offline mode is on (HF_HUB_OFFLINE=1); unset it and run again with network access")
-    return HubError(f"{action} {repo_id} failed ({type(exc).__name__}: {exc}); check the repo id, your token's access and the network")
+        return HubError(
+            f"{action} {repo_id}: offline mode is on (HF_HUB_OFFLINE=1); unset it and run again with network access"
+        )
+    return HubError(
+        f"{action} {repo_id} failed ({type(exc).__name__}: {exc}); check the repo id, your token's access and the network"
+    )
 
 
 def push_dataset(
@@ -107,11 +112,18 @@ def push_dataset(
     if api is None:
         token = _token()
         if not token:
-            raise HubError(f"push {repo_id}: no Hugging Face token; set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) or run `hf auth login`")
+            raise HubError(
+                f"push {repo_id}: no Hugging Face token; set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) or run `hf auth login`"
+            )
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    log.info("push: %s -> hf://datasets/%s (%s)", folder, repo_id, ", ".join(f"{s}: {n} samples" for s, n in check.samples.items()))
+    log.info(
+        "push: %s -> hf://datasets/%s (%s)",
+        folder,
+        repo_id,
+        ", ".join(f"{s}: {n} samples" for s, n in check.samples.items()),
+    )
     try:
         api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
         info = api.upload_folder(
@@ -142,7 +154,13 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
 
         api = HfApi(token=_token())
     try:
-        api.snapshot_download(repo_id=repo_id, repo_type=REPO_TYPE, revision=revision, local_dir=str(staging), allow_patterns=DATASET_PATTERNS)
+        api.snapshot_download(
+            repo_id=repo_id,
+            repo_type=REPO_TYPE,
+            revision=revision,
+            local_dir=str(staging),
+            allow_patterns=DATASET_PATTERNS,
+        )
     except _hub_errors() as exc:
         raise _hub_failure("pull of", repo_id, exc) from exc
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's local-dir bookkeeping
@@ -150,7 +168,12 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
-    log.info("pull: hf://datasets/%s -> %s (%s)", repo_id, out_dir, ", ".join(f"{s}: {n} samples" for s, n in check.samples.items()))
+    log.info(
+        "pull: hf://datasets/%s -> %s (%s)",
+        repo_id,
+        out_dir,
+        ", ".join(f"{s}: {n} samples" for s, n in check.samples.items()),
+    )
     return open_dataset(out_dir, check_hashes=False)  # checked in full above, before the rename
 
 
@@ -175,7 +198,13 @@ def resolve_dataset(spec: str | Path, *, revision: str | None = None, cache_dir:
     from huggingface_hub import snapshot_download
 
     try:
-        path = snapshot_download(repo_id=repo_id, repo_type=REPO_TYPE, revision=revision, cache_dir=cache_dir, allow_patterns=DATASET_PATTERNS)
+        path = snapshot_download(
+            repo_id=repo_id,
+            repo_type=REPO_TYPE,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=DATASET_PATTERNS,
+        )
     except _hub_errors() as exc:
         raise _hub_failure("download of", repo_id, exc) from exc
     return Path(path)

@@ -8,13 +8,15 @@ sample to learn the frame size and the CLIP dimension, and returns a :class:`Dat
 with ``decode=True`` the documented shapes and dtypes; the listed sample counts). A problem
 raises :class:`DatasetError` naming the shard, the sample key where one is at fault, and the fix.
 """
+
 from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -60,14 +62,16 @@ class Dataset:
     def image_size(self) -> int:
         """The side of the (square) frames; raises :class:`DatasetError` when they are not square."""
         if self.height != self.width:
-            raise DatasetError(f"{self.folder}: frames are {self.width}x{self.height}; the backbone needs square frames (set collect.image_size)")
+            raise DatasetError(
+                f"{self.folder}: frames are {self.width}x{self.height}; the backbone needs square frames (set collect.image_size)"
+            )
         return self.height
 
     def field_stats(self, split: str = "train") -> dict[str, Any]:
         """Per-field statistics of ``split`` (count, mean, std, min, max; see the card)."""
         return self.stats.get("stats", {}).get(split, {}).get("fields", {})
 
-    def frames(self, split: str = "train", frame_stack: int = 3, **kwargs: Any) -> "StackedFrames":  # noqa: F821
+    def frames(self, split: str = "train", frame_stack: int = 3, **kwargs: Any) -> StackedFrames:  # noqa: F821
         """Stacked-frame samples of ``split`` (:class:`pipeline.dataset.stacked.StackedFrames`, a torch IterableDataset)."""
         from pipeline.dataset.stacked import StackedFrames
 
@@ -83,7 +87,9 @@ def read_stats(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / STATS_FILE
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such dataset folder; run the encode stage (semore encode), or semore pull --repo-id <user/name> --out {folder}")
+        raise DatasetError(
+            f"{folder}: no such dataset folder; run the encode stage (semore encode), or semore pull --repo-id <user/name> --out {folder}"
+        )
     try:
         stats = json.loads(path.read_text())
     except FileNotFoundError:
@@ -98,10 +104,14 @@ def read_stats(folder: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: lists no train shards; {_FIX}")
     for split, info in splits.items():
         listed = info.get("shards") if isinstance(info, dict) else None
-        if split not in SPLITS or not isinstance(listed, list) or not all(
-            isinstance(s, dict) and {"name", "samples", "bytes", "sha256"} <= set(s) for s in listed
+        if (
+            split not in SPLITS
+            or not isinstance(listed, list)
+            or not all(isinstance(s, dict) and {"name", "samples", "bytes", "sha256"} <= set(s) for s in listed)
         ):
-            raise DatasetError(f"{path}: splits.{split} is not a list of shards with name, samples, bytes, sha256; {_FIX}")
+            raise DatasetError(
+                f"{path}: splits.{split} is not a list of shards with name, samples, bytes, sha256; {_FIX}"
+            )
     return stats
 
 
@@ -116,7 +126,9 @@ def _check_tar_end(shard: Path) -> None:
     except OSError as exc:
         raise DatasetError(f"{shard}: unreadable ({exc}); rebuild or pull the dataset again") from exc
     if size < 1024 or size % 512 or tail.strip(b"\0"):
-        raise DatasetError(f"{shard}: truncated or not a tar file (no end-of-archive blocks); rebuild or pull the dataset again")
+        raise DatasetError(
+            f"{shard}: truncated or not a tar file (no end-of-archive blocks); rebuild or pull the dataset again"
+        )
 
 
 def iter_tar_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -137,24 +149,32 @@ def iter_tar_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                 name = member.name
                 base = name.rsplit("/", 1)[-1]
                 if "." not in base:
-                    raise DatasetError(f"{shard}: member {name!r} has no '.<field>' suffix; the shard is not in WebDataset format")
+                    raise DatasetError(
+                        f"{shard}: member {name!r} has no '.<field>' suffix; the shard is not in WebDataset format"
+                    )
                 key, field = base.split(".", 1)
                 handle = tar.extractfile(member)
                 data = handle.read() if handle is not None else b""
                 if len(data) != member.size:
-                    raise DatasetError(f"{shard}: member {name!r} is truncated ({len(data)} of {member.size} bytes); rebuild or pull the dataset again")
+                    raise DatasetError(
+                        f"{shard}: member {name!r} is truncated ({len(data)} of {member.size} bytes); rebuild or pull the dataset again"
+                    )
                 if key != current:
                     if current is not None:
                         yield current, fields
                     if key in seen:
-                        raise DatasetError(f"{shard}: sample {key!r} appears in two places; its members must be contiguous")
+                        raise DatasetError(
+                            f"{shard}: sample {key!r} appears in two places; its members must be contiguous"
+                        )
                     seen.add(key)
                     current, fields = key, {}
                 if field in fields:
                     raise DatasetError(f"{shard}: sample {key!r} has field {field!r} twice")
                 fields[field] = data
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DatasetError(f"{shard}: corrupt or truncated tar ({type(exc).__name__}: {exc}) after sample {current!r}; rebuild or pull the dataset again") from exc
+        raise DatasetError(
+            f"{shard}: corrupt or truncated tar ({type(exc).__name__}: {exc}) after sample {current!r}; rebuild or pull the dataset again"
+        ) from exc
     if current is not None:
         yield current, fields
 
@@ -175,7 +195,9 @@ def _check_decoded(sample: dict[str, Any], where: str, dims: dict[str, int]) -> 
         value = sample[name]
         if value.shape != shape or value.dtype != dtype:
             field = "flow.png" if name.startswith("flow") else "clip.npy"
-            raise DatasetError(f"{where}: {field} ({name}) is {value.shape} {value.dtype}, expected {shape} {np.dtype(dtype)}")
+            raise DatasetError(
+                f"{where}: {field} ({name}) is {value.shape} {value.dtype}, expected {shape} {np.dtype(dtype)}"
+            )
     record = sample["json"]
     top = {k.split(".")[0] for k in JSON_DOCS}
     if not isinstance(record, dict) or set(record) != top:
@@ -188,7 +210,9 @@ def _check_decoded(sample: dict[str, Any], where: str, dims: dict[str, int]) -> 
     dims.setdefault("W", w)
 
 
-def check_sample(key: str, fields: dict[str, bytes], where: str, dims: dict[str, int], *, decode: bool = True) -> dict[str, Any] | None:
+def check_sample(
+    key: str, fields: dict[str, bytes], where: str, dims: dict[str, int], *, decode: bool = True
+) -> dict[str, Any] | None:
     """Check one raw sample (key form, exactly the schema's fields; decoded shapes and dtypes when ``decode``).
 
     Returns the decoded sample (``codec.decode_sample``) when ``decode``, else None.
@@ -203,7 +227,9 @@ def check_sample(key: str, fields: dict[str, bytes], where: str, dims: dict[str,
     missing = sorted(set(FIELDS) - set(fields))
     unexpected = sorted(set(fields) - set(FIELDS))
     if missing or unexpected:
-        raise DatasetError(f"{where}: missing field(s) {missing}, unexpected {unexpected}; every sample needs {list(FIELDS)}; {_FIX}")
+        raise DatasetError(
+            f"{where}: missing field(s) {missing}, unexpected {unexpected}; every sample needs {list(FIELDS)}; {_FIX}"
+        )
     if not decode:
         return None
     try:
@@ -224,17 +250,25 @@ def _check_layout(folder: Path, stats: dict[str, Any], check_hashes: bool) -> di
         names = {s["name"] for s in listed}
         extra = sorted(p.name for p in (folder / split).glob(SHARD_GLOB) if p.name not in names)
         if extra:
-            raise DatasetError(f"{folder / split}: shard(s) {', '.join(extra)} are not listed in {STATS_FILE}; remove them or {_FIX}")
+            raise DatasetError(
+                f"{folder / split}: shard(s) {', '.join(extra)} are not listed in {STATS_FILE}; remove them or {_FIX}"
+            )
         paths = []
         for info in listed:
             path = folder / split / info["name"]
             if not path.is_file():
-                raise DatasetError(f"{path}: shard missing (listed in {STATS_FILE} with {info['samples']} samples); {_FIX}")
+                raise DatasetError(
+                    f"{path}: shard missing (listed in {STATS_FILE} with {info['samples']} samples); {_FIX}"
+                )
             size = path.stat().st_size
             if check_hashes and size != info["bytes"]:
-                raise DatasetError(f"{path}: {size} bytes, {STATS_FILE} lists {info['bytes']}; the shard is truncated or was modified; {_FIX}")
+                raise DatasetError(
+                    f"{path}: {size} bytes, {STATS_FILE} lists {info['bytes']}; the shard is truncated or was modified; {_FIX}"
+                )
             if check_hashes and sha256_of(path) != info["sha256"]:
-                raise DatasetError(f"{path}: SHA-256 differs from {STATS_FILE}; the shard is corrupt or was modified; {_FIX}")
+                raise DatasetError(
+                    f"{path}: SHA-256 differs from {STATS_FILE}; the shard is corrupt or was modified; {_FIX}"
+                )
             paths.append(path)
         shards[split] = tuple(paths)
     return shards
@@ -262,7 +296,9 @@ def open_dataset(folder: str | Path, *, check_hashes: bool = True) -> Dataset:
         check_sample(key, fields, f"{first}: sample {key!r}", dims)
         break
     else:
-        raise DatasetError(f"{first}: no samples, {STATS_FILE} lists {stats['splits']['train']['shards'][0]['samples']}; {_FIX}")
+        raise DatasetError(
+            f"{first}: no samples, {STATS_FILE} lists {stats['splits']['train']['shards'][0]['samples']}; {_FIX}"
+        )
     samples = {split: sum(s["samples"] for s in stats["splits"].get(split, {}).get("shards", [])) for split in SPLITS}
     return Dataset(folder, shards, samples, dims["H"], dims["W"], dims["D"], stats)
 
@@ -284,5 +320,7 @@ def validate_dataset(folder: str | Path, *, decode: bool = True, check_hashes: b
                 check_sample(key, fields, f"{path}: sample {key!r}", dims, decode=decode)
                 count += 1
             if count != info["samples"]:
-                raise DatasetError(f"{path}: {count} samples, {STATS_FILE} lists {info['samples']}; the shard is truncated or stale; {_FIX}")
+                raise DatasetError(
+                    f"{path}: {count} samples, {STATS_FILE} lists {info['samples']}; the shard is truncated or stale; {_FIX}"
+                )
     return dataset

@@ -9,6 +9,7 @@ and ``webdataset`` split key and field at the first dot of the basename).
 ``docs/ARCHITECTURE.md`` show it, :mod:`pipeline.dataset.codec` encodes and decodes it and
 :mod:`pipeline.dataset.reader` checks it.
 """
+
 from __future__ import annotations
 
 import re
@@ -89,7 +90,10 @@ JSON_DOCS: dict[str, tuple[str, str]] = {
     "qpos": ("list[float] (nq)", "MuJoCo generalised positions at frame t (m or rad per joint)."),
     "qvel": ("list[float] (nv)", "MuJoCo generalised velocities at frame t (m/s or rad/s per joint)."),
     "annotated": ("bool", "The VLM annotated this frame successfully (annotation.status == 'ok')."),
-    "annotation.status": ("str", "'ok', 'failed' (the VLM answer was invalid; see error) or 'none' (frame not annotated)."),
+    "annotation.status": (
+        "str",
+        "'ok', 'failed' (the VLM answer was invalid; see error) or 'none' (frame not annotated).",
+    ),
     "annotation.caption": ("str", "One-sentence caption; '' unless status is 'ok'."),
     "annotation.objects": (
         "list[{name: str, description: str, box: list[float]}]",
@@ -187,7 +191,7 @@ FEATURES_YAML: list[dict[str, Any]] = [
 ]
 
 
-def hf_features() -> "datasets.Features":  # noqa: F821
+def hf_features() -> datasets.Features:  # noqa: F821
     """The ``datasets.Features`` of a sample (:data:`FEATURES_YAML`).
 
     Pass them as ``features=`` to ``load_dataset("webdataset", ...)``: ``flow.png`` then comes back

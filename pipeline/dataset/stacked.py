@@ -31,14 +31,16 @@ Shards are read with :func:`pipeline.dataset.reader.iter_tar_samples` and fields
 :class:`DatasetError` naming the shard and the sample key. Open a dataset with
 :func:`pipeline.dataset.open_dataset` (which validates it) and take its shard lists from there.
 """
+
 from __future__ import annotations
 
 import logging
 import random
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,12 +55,14 @@ log = logging.getLogger(__name__)
 _FIX = "rebuild the dataset (semore encode) or pull it again (semore pull)"
 
 
-def _decode(frame: "_Frame", what: str, decoder: Any, *args: Any) -> Any:
+def _decode(frame: _Frame, what: str, decoder: Any, *args: Any) -> Any:
     """Run a codec decoder on ``frame``'s raw fields; a failure becomes a DatasetError naming shard and key."""
     try:
         return decoder(frame.raw, *args)
     except (OSError, ValueError, SyntaxError, KeyError) as exc:  # PIL raises SyntaxError on some corrupt PNGs
-        raise DatasetError(f"{frame.shard}: sample {frame.key!r}: {what} does not decode ({type(exc).__name__}: {exc}); {_FIX}") from exc
+        raise DatasetError(
+            f"{frame.shard}: sample {frame.key!r}: {what} does not decode ({type(exc).__name__}: {exc}); {_FIX}"
+        ) from exc
 
 
 @dataclass
@@ -83,20 +87,28 @@ def _raw_frames(shards: Sequence[str | Path]) -> Iterator[tuple[str, str, dict[s
         for key, fields in iter_tar_samples(Path(shard)):
             missing = [f for f in FIELDS if f not in fields]
             if missing:
-                raise DatasetError(f"{shard}: sample {key!r} lacks {', '.join(missing)}; the dataset is not in the encode stage's format: {_FIX}")
+                raise DatasetError(
+                    f"{shard}: sample {key!r} lacks {', '.join(missing)}; the dataset is not in the encode stage's format: {_FIX}"
+                )
             yield str(shard), key, fields
 
 
-def _stack(window: "deque[_Frame]", frame_stack: int) -> np.ndarray:
+def _stack(window: deque[_Frame], frame_stack: int) -> np.ndarray:
     """(3k, H, W) uint8: the window's frames, oldest first, the oldest repeated where fewer than k."""
     from pipeline.collect.envs.wrappers import stack_frames
 
     frames = np.stack([f.image() for f in window])
-    return stack_frames(frames, np.array([len(window) - 1]), frame_stack, np.array([len(window) - 1]), channels_last=True)[0]
+    return stack_frames(
+        frames, np.array([len(window) - 1]), frame_stack, np.array([len(window) - 1]), channels_last=True
+    )[0]
 
 
 def stacked_samples(
-    shards: Sequence[str | Path], frame_stack: int, keep: tuple[int, int] = (0, 1), with_state: bool = False, only_annotated: bool = False
+    shards: Sequence[str | Path],
+    frame_stack: int,
+    keep: tuple[int, int] = (0, 1),
+    with_state: bool = False,
+    only_annotated: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Stacked samples of ``shards`` (per-frame samples in episode order); see the module docstring.
 
@@ -202,7 +214,9 @@ class StackedFrames(IterableDataset):
     ) -> None:
         super().__init__()
         if not 0 <= annotated_per_batch <= batch_size:
-            raise ValueError(f"annotated_per_batch = {annotated_per_batch} must be between 0 and batch_size = {batch_size}")
+            raise ValueError(
+                f"annotated_per_batch = {annotated_per_batch} must be between 0 and batch_size = {batch_size}"
+            )
         self.shards = [str(s) for s in shards]
         self.frame_stack = frame_stack
         self.seed = seed
@@ -214,7 +228,9 @@ class StackedFrames(IterableDataset):
         self.batch_size = batch_size
         self.annotated_per_batch = annotated_per_batch
 
-    def _one_pass(self, epoch: int, consumer: int, consumers: int, only_annotated: bool = False) -> Iterator[dict[str, Any]]:
+    def _one_pass(
+        self, epoch: int, consumer: int, consumers: int, only_annotated: bool = False
+    ) -> Iterator[dict[str, Any]]:
         shards = list(self.shards)
         tag = "annotated-" if only_annotated else ""  # the plain stream keeps its historical seeds
         if self.repeat:
@@ -223,7 +239,9 @@ class StackedFrames(IterableDataset):
             mine, keep = shards[consumer::consumers], (0, 1)
         else:
             mine, keep = shards, (consumer, consumers)
-        stream = stacked_samples(mine, self.frame_stack, keep=keep, with_state=self.with_state, only_annotated=only_annotated)
+        stream = stacked_samples(
+            mine, self.frame_stack, keep=keep, with_state=self.with_state, only_annotated=only_annotated
+        )
         if self.shuffle_buffer > 1:
             import webdataset as wds
 
@@ -231,7 +249,9 @@ class StackedFrames(IterableDataset):
             stream = wds.filters._shuffle(stream, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
         return stream
 
-    def _stream(self, consumer: int, consumers: int, only_annotated: bool = False, repeat: bool | None = None) -> Iterator[dict[str, Any]]:
+    def _stream(
+        self, consumer: int, consumers: int, only_annotated: bool = False, repeat: bool | None = None
+    ) -> Iterator[dict[str, Any]]:
         repeat = self.repeat if repeat is None else repeat
         epoch = 0
         while True:
@@ -266,7 +286,9 @@ class StackedFrames(IterableDataset):
         return mix_annotated(stream, annotated, self.batch_size, self.annotated_per_batch)
 
 
-def mix_annotated(stream: Iterator[dict[str, Any]], annotated: Iterator[dict[str, Any]], group: int, need: int) -> Iterator[dict[str, Any]]:
+def mix_annotated(
+    stream: Iterator[dict[str, Any]], annotated: Iterator[dict[str, Any]], group: int, need: int
+) -> Iterator[dict[str, Any]]:
     """``stream`` regrouped so that every full group of ``group`` consecutive samples holds at least
     ``need`` annotated ones (``text_valid``).
 
@@ -331,8 +353,15 @@ def make_loader(
     :class:`StackedFrames`); with a finite stream (``repeat=False``) the last batch may be smaller.
     """
     dataset = StackedFrames(
-        shards, frame_stack, seed=seed, shuffle_buffer=shuffle_buffer, repeat=repeat, rank=rank, world_size=world_size,
-        batch_size=batch_size, annotated_per_batch=annotated_per_batch,
+        shards,
+        frame_stack,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        repeat=repeat,
+        rank=rank,
+        world_size=world_size,
+        batch_size=batch_size,
+        annotated_per_batch=annotated_per_batch,
     )
     return DataLoader(
         dataset,

@@ -13,6 +13,7 @@ Typical use (the encode stage; tests build their datasets the same way)::
     shards = {"train": sink.close(), ...}
     write_metadata(folder, split_summary(shards, ...), stats, provenance, card_text)
 """
+
 from __future__ import annotations
 
 import json
@@ -130,7 +131,9 @@ def write_metadata(
     body = {"schema_version": SCHEMA_VERSION, "splits": splits, "stats": stats, "provenance": provenance}
     bad = _first_non_finite(body)
     if bad:
-        raise DatasetError(f"{folder / STATS_FILE}: {bad} is not finite (NaN or infinity is not JSON); an input holds non-finite values")
+        raise DatasetError(
+            f"{folder / STATS_FILE}: {bad} is not finite (NaN or infinity is not JSON); an input holds non-finite values"
+        )
     json.dumps(body, allow_nan=False, default=str)  # the same check, by the JSON encoder itself
     write_json_atomic(folder / STATS_FILE, body)
     write_bytes_atomic(folder / CARD_FILE, card.encode())

@@ -6,6 +6,7 @@ find the shards), ``dataset_info.features`` (one explicit schema), license,
 task categories, tags and size category. The body documents every field, its
 shape, dtype and units, and the full provenance.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,13 @@ from pipeline.dataset.schema import FEATURES_YAML, FIELD_DOCS, JSON_DOCS, SHARD_
 
 TASK_CATEGORIES = ["reinforcement-learning", "robotics", "image-feature-extraction"]
 _SIZE_BOUNDS = [
-    (1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
 ]
 
 
@@ -29,7 +35,7 @@ def size_category(n: int) -> str:
     return "n>1B" if n < 10_000_000_000 else "n>10B"
 
 
-def card_data(name: str, license_id: str, splits: dict[str, dict[str, Any]], tasks: list[str]) -> "DatasetCardData":  # noqa: F821
+def card_data(name: str, license_id: str, splits: dict[str, dict[str, Any]], tasks: list[str]) -> DatasetCardData:  # noqa: F821
     """The YAML header. ``splits``: split -> {"samples": int, ...}; only splits with samples are listed."""
     from huggingface_hub import DatasetCardData
 
@@ -39,13 +45,27 @@ def card_data(name: str, license_id: str, splits: dict[str, dict[str, Any]], tas
         pretty_name=name,
         license=license_id,
         task_categories=TASK_CATEGORIES,
-        tags=["webdataset", "semore", "clip", "optical-flow", "vision-language", "mujoco", *sorted({sanitize_task(t).lower() for t in tasks})],
+        tags=[
+            "webdataset",
+            "semore",
+            "clip",
+            "optical-flow",
+            "vision-language",
+            "mujoco",
+            *sorted({sanitize_task(t).lower() for t in tasks}),
+        ],
         size_categories=[size_category(total)],
-        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"{s}/{SHARD_GLOB}"} for s in present]}],
+        configs=[
+            {"config_name": "default", "data_files": [{"split": s, "path": f"{s}/{SHARD_GLOB}"} for s in present]}
+        ],
         dataset_info={
             "features": copy.deepcopy(FEATURES_YAML),
             "splits": [
-                {"name": s, "num_bytes": sum(x["bytes"] for x in splits[s]["shards"]), "num_examples": splits[s]["samples"]}
+                {
+                    "name": s,
+                    "num_bytes": sum(x["bytes"] for x in splits[s]["shards"]),
+                    "num_examples": splits[s]["samples"],
+                }
                 for s in present
             ],
         },
@@ -84,9 +104,12 @@ def card_body(name: str, splits: dict[str, dict[str, Any]], shapes: dict[str, st
     random_note = (
         "\n> **Warning: the CLIP model had random weights** (`random_init: true` in the provenance below): the "
         "`clip.npy` targets carry no semantics. Rebuild with real weights for research use.\n"
-        if clip["random_init"] else ""
+        if clip["random_init"]
+        else ""
     )
-    split_rows = [[s, str(splits[s]["episodes"]), str(splits[s]["samples"]), str(len(splits[s]["shards"]))] for s in present]
+    split_rows = [
+        [s, str(splits[s]["episodes"]), str(splits[s]["samples"]), str(len(splits[s]["shards"]))] for s in present
+    ]
     field_rows = [[f"`{f}`", shape, dtype, meaning] for f, (shape, dtype, meaning) in FIELD_DOCS.items()]
     json_rows = [[f"`{k}`", t, meaning] for k, (t, meaning) in JSON_DOCS.items()]
     task_lines = []
@@ -183,7 +206,9 @@ Sizes: {sizes}.
 """
 
 
-def build_card(name: str, license_id: str, splits: dict[str, dict[str, Any]], shapes: dict[str, str], provenance: dict[str, Any]) -> "DatasetCard":  # noqa: F821
+def build_card(
+    name: str, license_id: str, splits: dict[str, dict[str, Any]], shapes: dict[str, str], provenance: dict[str, Any]
+) -> DatasetCard:  # noqa: F821
     """The full card (YAML header + body) as a huggingface_hub :class:`DatasetCard`."""
     from huggingface_hub import DatasetCard
 

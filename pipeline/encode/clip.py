@@ -12,14 +12,16 @@ the folder's config wins over ``clip_model``), ``hf://...``, or ``random``.
 The project ships ``semore-tiny-clip`` (``model_configs/``), a tiny ViT + text
 tower for offline CPU runs, registered with ``open_clip.add_model_config``.
 """
+
 from __future__ import annotations
 
 import difflib
 import logging
 import os
 import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -139,7 +141,8 @@ class OpenClipEncoder:
             log.warning(
                 "!!! encode: CLIP %s has RANDOM WEIGHTS (%s); its embeddings carry no semantics. Recorded in provenance. "
                 "For real targets set encode.clip_model: ViT-B-32 and encode.weights: laion2b_s34b_b79k (or a local file).",
-                model_name, resolved.reason,
+                model_name,
+                resolved.reason,
             )
 
     def _probe_dim(self) -> int:
@@ -149,20 +152,29 @@ class OpenClipEncoder:
             return int(self.model.encode_text(self.tokenizer([""]).to(self.device)).shape[-1])
 
     @staticmethod
-    def _resolve(params: EncodeParams, weights: WeightsParams) -> tuple[str, str | None, ResolvedWeights, dict[str, Any]]:
+    def _resolve(
+        params: EncodeParams, weights: WeightsParams
+    ) -> tuple[str, str | None, ResolvedWeights, dict[str, Any]]:
         """(open_clip model name, pretrained file or None, resolved weights, extra create kwargs and notes)."""
         import open_clip
 
-        common = dict(what=f"CLIP {params.clip_model} weights", param_key="encode.weights", on_missing=weights.on_missing,
-                      cache_dir=weights.cache_dir, offline=weights.offline)
+        common = dict(
+            what=f"CLIP {params.clip_model} weights",
+            param_key="encode.weights",
+            on_missing=weights.on_missing,
+            cache_dir=weights.cache_dir,
+            offline=weights.offline,
+        )
         source = params.weights
         if source.startswith(LOCAL_DIR):
-            folder = source[len(LOCAL_DIR):]
+            folder = source[len(LOCAL_DIR) :]
             resolved = resolve_weights(folder, **common)
             if resolved.path is not None:
                 if not (resolved.path / "open_clip_config.json").is_file():
-                    raise ClipModelError(f"encode.weights = {source!r}: {resolved.path} has no open_clip_config.json; "
-                                         f"a local-dir folder holds open_clip_config.json and the weights")
+                    raise ClipModelError(
+                        f"encode.weights = {source!r}: {resolved.path} has no open_clip_config.json; "
+                        f"a local-dir folder holds open_clip_config.json and the weights"
+                    )
                 return LOCAL_DIR + str(resolved.path), None, resolved, {}
             _check_model_name(params.clip_model)
             return params.clip_model, None, resolved, {}
@@ -174,21 +186,32 @@ class OpenClipEncoder:
         tag_cfg = get_pretrained_cfg(model, source) if source != "random" else {}
         dirs, names = _tag_lookup(model, source) if tag_cfg else ([], [])
         resolved = resolve_weights(
-            source, **common, extra_cache_dirs=dirs, extra_names=names, downloader=_tag_downloader(model) if tag_cfg else None
+            source,
+            **common,
+            extra_cache_dirs=dirs,
+            extra_names=names,
+            downloader=_tag_downloader(model) if tag_cfg else None,
         )
         if resolved.path is None:
             return model, None, resolved, {}
         if resolved.path.is_dir():
             if (resolved.path / "open_clip_config.json").is_file():
                 return LOCAL_DIR + str(resolved.path), None, resolved, {}
-            raise ClipModelError(f"encode.weights = {source!r} resolved to the folder {resolved.path}, which has no open_clip_config.json; "
-                                 f"point encode.weights at the checkpoint file, or use local-dir:<folder with open_clip_config.json>")
+            raise ClipModelError(
+                f"encode.weights = {source!r} resolved to the folder {resolved.path}, which has no open_clip_config.json; "
+                f"point encode.weights at the checkpoint file, or use local-dir:<folder with open_clip_config.json>"
+            )
         extra: dict[str, Any] = {}
         if tag_cfg:
             # The tag's own preprocessing, as open_clip applies it when given the tag by name; and its
             # activation: open_clip only warns on a QuickGELU mismatch, we build the matching model.
             kwargs: dict[str, Any] = {}
-            for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
+            for key, arg in (
+                ("mean", "image_mean"),
+                ("std", "image_std"),
+                ("interpolation", "image_interpolation"),
+                ("resize_mode", "image_resize_mode"),
+            ):
                 if key in tag_cfg:
                     kwargs[arg] = tag_cfg[key]
             if tag_cfg.get("quick_gelu", False) and not open_clip.get_model_config(model).get("quick_gelu", False):
@@ -196,7 +219,7 @@ class OpenClipEncoder:
             extra = {"create_kwargs": kwargs, "pretrained_tag": source}
         return model, str(resolved.path), resolved, extra
 
-    def _preprocess(self, frames: np.ndarray) -> "torch.Tensor":  # noqa: F821
+    def _preprocess(self, frames: np.ndarray) -> torch.Tensor:  # noqa: F821
         """open_clip's eval transform, batched on the device: resize (uint8, antialiased), centre crop, normalise."""
         import torch
         from torchvision.transforms.v2 import InterpolationMode
@@ -210,7 +233,9 @@ class OpenClipEncoder:
             if cfg["resize_mode"] == "squash":
                 x = F.resize(x, list(size), interpolation=interpolation, antialias=True)
             elif cfg["resize_mode"] == "shortest":
-                x = F.resize(x, size[0] if size[0] == size[1] else list(size), interpolation=interpolation, antialias=True)
+                x = F.resize(
+                    x, size[0] if size[0] == size[1] else list(size), interpolation=interpolation, antialias=True
+                )
                 x = F.center_crop(x, list(size))
             else:
                 return torch.stack([self._pil_preprocess(_to_pil(f)) for f in frames]).to(self.device)
@@ -285,9 +310,12 @@ def _check_model_name(name: str) -> None:
 
 
 #: encode.clip_backend -> constructor ``(EncodeParams, WeightsParams) -> ClipEncoder``, imported lazily.
-BACKENDS: Registry[Callable[[EncodeParams, WeightsParams], ClipEncoder]] = Registry("encode.clip_backend", {
-    "open_clip": "pipeline.encode.clip:OpenClipEncoder",
-})
+BACKENDS: Registry[Callable[[EncodeParams, WeightsParams], ClipEncoder]] = Registry(
+    "encode.clip_backend",
+    {
+        "open_clip": "pipeline.encode.clip:OpenClipEncoder",
+    },
+)
 
 
 def load_clip(params: EncodeParams, weights: WeightsParams) -> ClipEncoder:

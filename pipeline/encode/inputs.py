@@ -4,6 +4,7 @@ Everything is checked before any work starts where that is cheap (every episode
 has its flow and annotation file); file contents are checked when each episode
 is read. Problems raise :class:`EncodeInputError` naming the file and the fix.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,7 +42,9 @@ class EpisodeInputs:
     episode_path: Path
     flow_path: Path
     annotation_path: Path
-    header: EpisodeHeader | None = None  # the episode file checked from its headers (:func:`pipeline.episodes.read_header`)
+    header: EpisodeHeader | None = (
+        None  # the episode file checked from its headers (:func:`pipeline.episodes.read_header`)
+    )
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: st
     """
     episodes_dir, flow_dir, annotations_dir = Path(episodes_dir), Path(flow_dir), Path(annotations_dir)
     if not episodes_dir.is_dir():
-        raise EncodeInputError(f"--episodes {episodes_dir}: no such folder; run the collect stage first (semore collect)")
+        raise EncodeInputError(
+            f"--episodes {episodes_dir}: no such folder; run the collect stage first (semore collect)"
+        )
     tasks = sorted(p.name for p in episodes_dir.iterdir() if p.is_dir() and any(p.glob("episode_*.npz")))
     if not tasks:
         raise EncodeInputError(
@@ -86,7 +91,9 @@ def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: st
     for task in tasks:
         other = seen.setdefault(sanitize_task(task), task)
         if other != task:
-            raise EncodeInputError(f"tasks {other!r} and {task!r} give the same sample key prefix {sanitize_task(task)!r}; rename one")
+            raise EncodeInputError(
+                f"tasks {other!r} and {task!r} give the same sample key prefix {sanitize_task(task)!r}; rename one"
+            )
 
     found: list[EpisodeInputs] = []
     missing: list[str] = []
@@ -101,12 +108,16 @@ def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: st
             if not flow.is_file():
                 missing.append(f"{flow} (run: semore flow --episodes {episodes_dir / task} --out {flow_dir / task})")
             if not annotation.is_file():
-                missing.append(f"{annotation} (run: semore annotate --episodes {episodes_dir / task} --out {annotations_dir / task})")
+                missing.append(
+                    f"{annotation} (run: semore annotate --episodes {episodes_dir / task} --out {annotations_dir / task})"
+                )
             found.append(EpisodeInputs(task, index, path, flow, annotation, header))
     if missing:
         shown = "\n  ".join(missing[:10])
         more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise EncodeInputError(f"{len(missing)} input file(s) missing for the episodes in {episodes_dir}:\n  {shown}{more}")
+        raise EncodeInputError(
+            f"{len(missing)} input file(s) missing for the episodes in {episodes_dir}:\n  {shown}{more}"
+        )
     found.sort(key=lambda e: (e.task, e.episode))
     return found
 
@@ -141,7 +152,9 @@ def _check_flow_source(path: Path, meta: dict[str, Any], episode_path: Path, epi
     source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
     recorded = source.get("episode_sha256")
     if not isinstance(recorded, str):
-        raise EncodeInputError(f"{path}: no meta.source.episode_sha256, so it cannot be matched to {episode_path}; {fix}")
+        raise EncodeInputError(
+            f"{path}: no meta.source.episode_sha256, so it cannot be matched to {episode_path}; {fix}"
+        )
     if recorded != episode_sha256:
         raise EncodeInputError(
             f"{path} was computed from another episode than {episode_path} (meta.source.episode_sha256 {recorded[:12]}..., "
@@ -153,7 +166,13 @@ def _check_flow_source(path: Path, meta: dict[str, Any], episode_path: Path, epi
 
 
 def load_flow(
-    path: Path, length: int, height: int, width: int, *, episode_path: Path | None = None, episode_sha256: str | None = None
+    path: Path,
+    length: int,
+    height: int,
+    width: int,
+    *,
+    episode_path: Path | None = None,
+    episode_sha256: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read a flow file: ``flow`` (T, 2, H, W) float16 pixels, ``valid`` (T, H, W) bool, ``meta`` dict.
 
@@ -180,9 +199,13 @@ def load_flow(
     if episode_path is not None and episode_sha256 is not None:
         _check_flow_source(path, meta, episode_path, episode_sha256)
     if flow.shape != (length, 2, height, width):
-        raise EncodeInputError(f"{path}: flow has shape {flow.shape}, expected (T, 2, H, W) = {(length, 2, height, width)} for its episode; {fix}")
+        raise EncodeInputError(
+            f"{path}: flow has shape {flow.shape}, expected (T, 2, H, W) = {(length, 2, height, width)} for its episode; {fix}"
+        )
     if valid.shape != (length, height, width):
-        raise EncodeInputError(f"{path}: valid has shape {valid.shape}, expected (T, H, W) = {(length, height, width)}; {fix}")
+        raise EncodeInputError(
+            f"{path}: valid has shape {valid.shape}, expected (T, H, W) = {(length, height, width)}; {fix}"
+        )
     if not np.issubdtype(flow.dtype, np.floating):
         raise EncodeInputError(f"{path}: flow has dtype {flow.dtype}, expected float16; {fix}")
     if valid.dtype != np.bool_:
@@ -206,8 +229,14 @@ def load_flow(
 
 
 def load_annotations(
-    path: Path, length: int, *, task: str | None = None, episode: int | None = None,
-    episode_path: Path | None = None, episode_sha256: str | None = None, frame_size: tuple[int, int] | None = None,
+    path: Path,
+    length: int,
+    *,
+    task: str | None = None,
+    episode: int | None = None,
+    episode_path: Path | None = None,
+    episode_sha256: str | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> AnnotationFile:
     """Read an annotation file through the annotate stage's own schema (``pipeline.annotate.schema``).
 
@@ -222,7 +251,9 @@ def load_annotations(
 
     fix = "rerun the annotate stage for this task"
     try:  # the annotate stage's own checks: schema, steps, boxes inside the frame, source = this episode file
-        doc = read_annotation_file(path, length=length, frame_size=frame_size, episode=episode_path, episode_sha256=episode_sha256)
+        doc = read_annotation_file(
+            path, length=length, frame_size=frame_size, episode=episode_path, episode_sha256=episode_sha256
+        )
     except AnnotationFileError as exc:
         raise EncodeInputError(str(exc)) from exc
     if task is not None and doc.task != task:
@@ -234,11 +265,16 @@ def load_annotations(
     for rec in doc.records:
         if rec.status == "ok" and rec.annotation is not None:
             note = rec.annotation
-            objects = [{"box": list(o.box) if o.box is not None else [], "description": o.description, "name": o.name} for o in note.objects]
+            objects = [
+                {"box": list(o.box) if o.box is not None else [], "description": o.description, "name": o.name}
+                for o in note.objects
+            ]
             record = {"status": "ok", "caption": note.caption, "objects": objects, "motion": note.motion, "error": ""}
             result.frames[rec.step] = FrameAnnotation("ok", record)
         else:
-            result.frames[rec.step] = FrameAnnotation("failed", empty_annotation("failed", str(rec.error or "annotation failed")))
+            result.frames[rec.step] = FrameAnnotation(
+                "failed", empty_annotation("failed", str(rec.error or "annotation failed"))
+            )
     return result
 
 
@@ -262,8 +298,13 @@ def check_inputs(items: list[EpisodeInputs]) -> None:
         digest = sha256_of(item.episode_path)
         load_flow(item.flow_path, length, height, width, episode_path=item.episode_path, episode_sha256=digest)
         notes = load_annotations(
-            item.annotation_path, length, task=item.task, episode=item.episode,
-            episode_path=item.episode_path, episode_sha256=digest, frame_size=(height, width),
+            item.annotation_path,
+            length,
+            task=item.task,
+            episode=item.episode,
+            episode_path=item.episode_path,
+            episode_sha256=digest,
+            frame_size=(height, width),
         )
         tally = failed_by_task.setdefault(item.task, [0, 0])
         tally[0] += len(notes.frames)

@@ -9,6 +9,7 @@ to its target and renamed into place at the end, so an interrupted run leaves th
 dataset (or nothing) behind, never a half-written one; temporaries left by a killed run are
 removed by the next one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,16 @@ from pipeline.dataset.schema import SCHEMA_VERSION, SPLITS, TEXT_ROWS, text_targ
 from pipeline.dataset.writer import ShardInfo, ShardSink, write_metadata
 from pipeline.encode.card import build_card
 from pipeline.encode.clip import ClipEncoder, load_clip
-from pipeline.encode.inputs import EncodeInputError, EpisodeInputs, FrameAnnotation, assign_splits, check_inputs, discover, load_annotations, load_flow
+from pipeline.encode.inputs import (
+    EncodeInputError,
+    EpisodeInputs,
+    FrameAnnotation,
+    assign_splits,
+    check_inputs,
+    discover,
+    load_annotations,
+    load_flow,
+)
 from pipeline.encode.samples import episode_samples
 from pipeline.encode.stats import SplitStats
 from pipeline.episodes import Episode, load_episode
@@ -56,7 +66,9 @@ class EncodeSummary(StageSummary):
         return sum(s["samples"] for s in self.splits.values())
 
     def line(self) -> str:
-        parts = ", ".join(f"{split}: {info['samples']} samples / {len(info['shards'])} shards" for split, info in self.splits.items())
+        parts = ", ".join(
+            f"{split}: {info['samples']} samples / {len(info['shards'])} shards" for split, info in self.splits.items()
+        )
         return f"{self.out}: {parts}; CLIP dim {self.embed_dim}"
 
 
@@ -97,7 +109,16 @@ class EncodedEpisode:
 
     def samples(self) -> list[dict[str, Any]]:
         """The episode's T+1 samples as bytes (PNG, npy, JSON encoding: the stage's own CPU work)."""
-        return episode_samples(self.episode, self.task, self.index, self.flow, self.valid, self.annotations, self.clip_image, self.clip_text)
+        return episode_samples(
+            self.episode,
+            self.task,
+            self.index,
+            self.flow,
+            self.valid,
+            self.annotations,
+            self.clip_image,
+            self.clip_text,
+        )
 
 
 def _check_finite(ep: Episode, path: Path) -> None:
@@ -106,7 +127,9 @@ def _check_finite(ep: Episode, path: Path) -> None:
         bad = ~np.isfinite(getattr(ep, name))
         if bad.any():
             step = int(np.argwhere(bad)[0][0])
-            raise EncodeInputError(f"{path}: {name} is not finite at step {step} (NaN/inf cannot be stored as JSON); rerun the collect stage for this task")
+            raise EncodeInputError(
+                f"{path}: {name} is not finite at step {step} (NaN/inf cannot be stored as JSON); rerun the collect stage for this task"
+            )
 
 
 def embed_episode(item: EpisodeInputs, encoder: ClipEncoder, texts: _TextEmbedder) -> EncodedEpisode:
@@ -132,16 +155,28 @@ def embed_episode(item: EpisodeInputs, encoder: ClipEncoder, texts: _TextEmbedde
     stored_image, stored_text = clip_image.astype(np.float16), clip_text.astype(np.float16)
     stored_flow = dequantize_flow(quantize_flow(flow))  # what flow.png holds (range checked by load_flow)
     return EncodedEpisode(
-        task=item.task, index=item.episode, episode=ep, flow=stored_flow, valid=valid, clip_image=stored_image, clip_text=stored_text,
+        task=item.task,
+        index=item.episode,
+        episode=ep,
+        flow=stored_flow,
+        valid=valid,
+        clip_image=stored_image,
+        clip_text=stored_text,
         text_present=np.abs(clip_text).sum(axis=2) > 0,
         statuses=[notes.frames[s].status if s in notes.frames else "none" for s in range(t + 1)],
-        annotations=notes.frames, flow_meta=flow_meta, annotate_header={k: v for k, v in notes.header.items() if k not in ("episode", "task", "source")},
+        annotations=notes.frames,
+        flow_meta=flow_meta,
+        annotate_header={k: v for k, v in notes.header.items() if k not in ("episode", "task", "source")},
     )
 
 
 def _write_episode(
-    encoded: EncodedEpisode, sink: ShardSink, stats: SplitStats,
-    tasks: dict[str, dict[str, Any]], shapes: dict[str, set[str]], split: str,
+    encoded: EncodedEpisode,
+    sink: ShardSink,
+    stats: SplitStats,
+    tasks: dict[str, dict[str, Any]],
+    shapes: dict[str, set[str]],
+    split: str,
 ) -> None:
     """Encode one episode's samples (PNG, npy, JSON), write them to ``sink`` and add the episode to the
     split's ``stats``, the per-task provenance ``tasks`` and the frame/action ``shapes`` seen."""
@@ -149,20 +184,56 @@ def _write_episode(
         sink.write(sample)
     ep = encoded.episode
     stats.add_episode(
-        encoded.task, ep.frames, encoded.flow, encoded.valid, encoded.clip_image, encoded.clip_text, encoded.text_present,
-        encoded.statuses, ep.actions, ep.rewards, ep.discounts, ep.qpos, ep.qvel,
+        encoded.task,
+        ep.frames,
+        encoded.flow,
+        encoded.valid,
+        encoded.clip_image,
+        encoded.clip_text,
+        encoded.text_present,
+        encoded.statuses,
+        ep.actions,
+        ep.rewards,
+        ep.discounts,
+        ep.qpos,
+        ep.qvel,
     )
     for name, value in (("H", ep.frames.shape[1]), ("W", ep.frames.shape[2]), ("A", ep.actions.shape[1])):
         shapes[name].add(str(value))
-    info = tasks.setdefault(encoded.task, {"episodes": [], "splits": {}, "collect": _collect_provenance(ep),
-                                           "flow": encoded.flow_meta, "annotate": encoded.annotate_header})
-    info["episodes"].append({"episode": encoded.index, "seed": ep.meta.seed, "length": ep.length, "return": ep.meta.episode_return, "split": split})
+    info = tasks.setdefault(
+        encoded.task,
+        {
+            "episodes": [],
+            "splits": {},
+            "collect": _collect_provenance(ep),
+            "flow": encoded.flow_meta,
+            "annotate": encoded.annotate_header,
+        },
+    )
+    info["episodes"].append(
+        {
+            "episode": encoded.index,
+            "seed": ep.meta.seed,
+            "length": ep.length,
+            "return": ep.meta.episode_return,
+            "split": split,
+        }
+    )
     info["splits"].setdefault(split, []).append(encoded.index)
 
 
 def _collect_provenance(ep: Episode) -> dict[str, Any]:
     meta = asdict(ep.meta)
-    for per_episode in ("episode", "seed", "length", "episode_return", "terminated", "truncated", "body_names", "geom_names"):
+    for per_episode in (
+        "episode",
+        "seed",
+        "length",
+        "episode_return",
+        "terminated",
+        "truncated",
+        "body_names",
+        "geom_names",
+    ):
         meta.pop(per_episode, None)
     return meta
 
@@ -192,8 +263,12 @@ def run(
     inputs = discover(episodes_dir, flow_dir, annotations_dir)
     check_inputs(inputs)
     split_of = assign_splits(inputs, section.val_fraction, section.seed)
-    log.info("encode: %d episodes of %d task(s): %s", len(inputs), len({e.task for e in inputs}),
-             ", ".join(f"{s} {sum(v == s for v in split_of.values())}" for s in SPLITS))
+    log.info(
+        "encode: %d episodes of %d task(s): %s",
+        len(inputs),
+        len({e.task for e in inputs}),
+        ", ".join(f"{s} {sum(v == s for v in split_of.values())}" for s in SPLITS),
+    )
     if encoder is None:
         encoder = load_clip(section, weights)
     texts = _TextEmbedder(encoder)
@@ -202,7 +277,10 @@ def run(
     shapes: dict[str, set[str]] = {"H": set(), "W": set(), "A": set()}
     shards: dict[str, list[ShardInfo]] = {}
     bar = progress(total=len(inputs), desc="encode", unit="episode")
-    with atomic_path(out, clean_stale=True) as tmp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode-samples") as pool:
+    with (
+        atomic_path(out, clean_stale=True) as tmp,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode-samples") as pool,
+    ):
         tmp.mkdir()
         for split in SPLITS:
             sink = ShardSink(tmp / split, maxcount=section.shard_maxcount, maxsize_bytes=section.shard_maxsize_mb * 1e6)
@@ -231,17 +309,28 @@ def run(
             "encode_params": section.model_dump(mode="json"),
             "weights_params": weights.model_dump(mode="json"),
             "clip": encoder.provenance(),
-            "tasks": {task: {**tasks[task], "episodes": sorted(tasks[task]["episodes"], key=lambda e: e["episode"])} for task in sorted(tasks)},
+            "tasks": {
+                task: {**tasks[task], "episodes": sorted(tasks[task]["episodes"], key=lambda e: e["episode"])}
+                for task in sorted(tasks)
+            },
             "libraries": _library_versions(),
         }
         sizes = {k: "/".join(sorted(v, key=int)) for k, v in shapes.items()}
         sizes["D"] = str(encoder.dim)
         card = build_card(section.dataset_name, section.license, splits, sizes, provenance)
         write_metadata(tmp, splits, {s: stats[s].to_json() for s in SPLITS if stats[s].samples}, provenance, str(card))
-    log.info("encode: wrote %s (%s)", out, ", ".join(f"{s}: {v['samples']} samples in {len(v['shards'])} shard(s)" for s, v in splits.items()))
+    log.info(
+        "encode: wrote %s (%s)",
+        out,
+        ", ".join(f"{s}: {v['samples']} samples in {len(v['shards'])} shard(s)" for s, v in splits.items()),
+    )
     return EncodeSummary(
-        stage="encode", out=str(out), splits=splits, embed_dim=encoder.dim,
-        annotated_frames=sum(s.annotated for s in stats.values()), failed_annotations=sum(s.failed for s in stats.values()),
+        stage="encode",
+        out=str(out),
+        splits=splits,
+        embed_dim=encoder.dim,
+        annotated_frames=sum(s.annotated for s in stats.values()),
+        failed_annotations=sum(s.failed for s in stats.values()),
     )
 
 
@@ -250,4 +339,9 @@ def _library_versions() -> dict[str, str]:
     import PIL
     import webdataset
 
-    return {"numpy": np.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__, "webdataset": webdataset.__version__}
+    return {
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
+        "webdataset": webdataset.__version__,
+    }

@@ -3,6 +3,7 @@
 Each sample is encoded to bytes by :func:`pipeline.dataset.codec.encode_sample` (the one place
 that knows how a field is stored), so the shard writer only stores bytes.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,7 +22,9 @@ def float32_value(value: np.floating | float) -> float:
     return float(str(np.float32(value)))
 
 
-def frame_record(episode: Episode, task: str, index: int, step: int, annotation: FrameAnnotation | None) -> dict[str, Any]:
+def frame_record(
+    episode: Episode, task: str, index: int, step: int, annotation: FrameAnnotation | None
+) -> dict[str, Any]:
     """The ``json`` member of frame ``step`` (see ``schema.JSON_DOCS`` for keys and units)."""
     length = episode.length
     has_action = step < length
@@ -77,8 +80,15 @@ def episode_samples(
     for step in range(length + 1):
         last = step == length
         record = frame_record(episode, task, index, step, annotations.get(step))
-        samples.append(encode_sample(
-            make_key(task, index, step), episode.frames[step], zero_flow if last else flow[step], no_valid if last else valid[step],
-            clip_image[step], clip_text[step], record,
-        ))
+        samples.append(
+            encode_sample(
+                make_key(task, index, step),
+                episode.frames[step],
+                zero_flow if last else flow[step],
+                no_valid if last else valid[step],
+                clip_image[step],
+                clip_text[step],
+                record,
+            )
+        )
     return samples

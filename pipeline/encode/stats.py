@@ -4,6 +4,7 @@ Accumulated batch by batch with Chan's parallel update (float64), so the result
 does not depend on how the data were chunked beyond float rounding, and large
 datasets need no second pass. Written to ``stats.json`` per split.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -117,13 +118,22 @@ class SplitStats:
         if channels[0].size:
             means = np.array([c.mean() for c in channels])
             self.flow.merge(
-                channels[0].size, means, np.array([((c - m) ** 2).sum() for c, m in zip(channels, means)]),
-                np.array([c.min() for c in channels]), np.array([c.max() for c in channels]),
+                channels[0].size,
+                means,
+                np.array([((c - m) ** 2).sum() for c, m in zip(channels, means)]),
+                np.array([c.min() for c in channels]),
+                np.array([c.max() for c in channels]),
             )
         # the last frame's all-False mask counts in the valid fraction, as it is stored
         n, k = valid.size + valid[0].size, int(valid.sum())
         p = k / n
-        self.flow_valid.merge(n, np.array([p]), np.array([n * p * (1 - p)]), np.array([0.0 if k < n else 1.0]), np.array([1.0 if k else 0.0]))
+        self.flow_valid.merge(
+            n,
+            np.array([p]),
+            np.array([n * p * (1 - p)]),
+            np.array([0.0 if k < n else 1.0]),
+            np.array([1.0 if k else 0.0]),
+        )
         if self.clip_image is None:
             self.clip_image = RunningStats(clip_image.shape[1])
             self.clip_text = [RunningStats(clip_image.shape[1]) for _ in range(clip_text.shape[1])]
@@ -134,7 +144,12 @@ class SplitStats:
         self.reward.update(rewards)
         self.discount.update(discounts)
         task_stats = self.per_task.setdefault(
-            task, {"action": RunningStats(actions.shape[1]), "qpos": RunningStats(qpos.shape[1]), "qvel": RunningStats(qvel.shape[1])}
+            task,
+            {
+                "action": RunningStats(actions.shape[1]),
+                "qpos": RunningStats(qpos.shape[1]),
+                "qvel": RunningStats(qvel.shape[1]),
+            },
         )
         task_stats["action"].update(actions)
         task_stats["qpos"].update(qpos)
@@ -148,10 +163,23 @@ class SplitStats:
             "failed_annotations": self.failed,
             "fields": {
                 "rgb.png": {"axis": "channel (R, G, B)", "unit": "pixel value 0..255", **self.rgb.to_json()},
-                "flow.png": {"axis": "channel (dx, dy)", "unit": "pixels", "over": "valid pixels", **self.flow.to_json()},
-                "flow.png:valid": {"axis": "-", "unit": "fraction of pixels valid (mean)", **self.flow_valid.to_json(scalar=True)},
+                "flow.png": {
+                    "axis": "channel (dx, dy)",
+                    "unit": "pixels",
+                    "over": "valid pixels",
+                    **self.flow.to_json(),
+                },
+                "flow.png:valid": {
+                    "axis": "-",
+                    "unit": "fraction of pixels valid (mean)",
+                    **self.flow_valid.to_json(scalar=True),
+                },
                 "clip.npy": {
-                    "image": {"axis": "embedding dim", "unit": "unit-norm embedding", **(self.clip_image.to_json() if self.clip_image else {})},
+                    "image": {
+                        "axis": "embedding dim",
+                        "unit": "unit-norm embedding",
+                        **(self.clip_image.to_json() if self.clip_image else {}),
+                    },
                     **{
                         name: {"axis": "embedding dim", "over": "non-zero rows", **acc.to_json()}
                         for name, acc in zip(TEXT_ROWS, self.clip_text or [])

@@ -3,6 +3,7 @@
 Each job rebuilds what it needs from paths and seeds (the backbone from its checkpoint or its
 random-init index), so jobs run in any order and on any worker with the same result.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,10 +53,20 @@ class RLJob:
     label: str
 
 
-def _make_env(task: str, image_size: int, camera: int | str, action_repeat: int, render_mode: str, episode_steps: int, seed: int) -> Any:
+def _make_env(
+    task: str, image_size: int, camera: int | str, action_repeat: int, render_mode: str, episode_steps: int, seed: int
+) -> Any:
     from pipeline.collect import make_env
 
-    return make_env(task, image_size=image_size, camera=camera, action_repeat=action_repeat, render_mode=render_mode, episode_steps=episode_steps, seed=seed)
+    return make_env(
+        task,
+        image_size=image_size,
+        camera=camera,
+        action_repeat=action_repeat,
+        render_mode=render_mode,
+        episode_steps=episode_steps,
+        seed=seed,
+    )
 
 
 def _observer_factory(job: RLJob, section: EvaluateParams, device: torch.device) -> Any:
@@ -95,11 +106,34 @@ def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> di
     if (cached := cache.get(key)) is not None:
         log.info("%s on %s seed %d: finished before, read from %s", job.label, job.task, job.seed_index, cache.folder)
         return {"job": job, **cached}
-    schedule = Schedule(section.frames, section.seed_frames, section.eval_every_frames, section.eval_episodes, section.episode_frames, job.action_repeat)
-    make_env = partial(_make_env, job.task, job.image_size, section.camera, job.action_repeat, section.render_mode, max(1, section.episode_frames // job.action_repeat))
+    schedule = Schedule(
+        section.frames,
+        section.seed_frames,
+        section.eval_every_frames,
+        section.eval_episodes,
+        section.episode_frames,
+        job.action_repeat,
+    )
+    make_env = partial(
+        _make_env,
+        job.task,
+        job.image_size,
+        section.camera,
+        job.action_repeat,
+        section.render_mode,
+        max(1, section.episode_frames // job.action_repeat),
+    )
     seed = derive_seed(section.seed, "agent", job.label, job.seed_index)
-    workspace = VectorWorkspace(job.task, make_env, _observer_factory(job, section, device), section.agent, schedule, seed, device,
-                                name=f"{job.label} on {job.task} seed {job.seed_index}")
+    workspace = VectorWorkspace(
+        job.task,
+        make_env,
+        _observer_factory(job, section, device),
+        section.agent,
+        schedule,
+        seed,
+        device,
+        name=f"{job.label} on {job.task} seed {job.seed_index}",
+    )
     try:
         result = workspace.train()
     finally:
@@ -126,10 +160,17 @@ def job_pool(workers: int) -> ProcessPoolExecutor | None:
     if workers <= 1:
         return None
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(1, logging.getLogger().getEffectiveLevel()))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(1, logging.getLogger().getEffectiveLevel()),
+    )
 
 
-def run_jobs(jobs: list[RLJob], section: EvaluateParams, *, pool: ProcessPoolExecutor | None, device_name: str) -> list[dict[str, Any]]:
+def run_jobs(
+    jobs: list[RLJob], section: EvaluateParams, *, pool: ProcessPoolExecutor | None, device_name: str
+) -> list[dict[str, Any]]:
     """Every job, in ``pool``'s processes (in this process when None or one job); results in the order of ``jobs``."""
     if pool is None or len(jobs) <= 1:
         return [run_job(job, section, device_name) for job in jobs]
@@ -138,18 +179,32 @@ def run_jobs(jobs: list[RLJob], section: EvaluateParams, *, pool: ProcessPoolExe
     for future in as_completed(futures):
         i = futures[future]
         results[i] = future.result()
-        log.info("%s on %s seed %d: final return %.1f", jobs[i].label, jobs[i].task, jobs[i].seed_index, results[i]["final_return"])
+        log.info(
+            "%s on %s seed %d: final return %.1f",
+            jobs[i].label,
+            jobs[i].task,
+            jobs[i].seed_index,
+            results[i]["final_return"],
+        )
     return [results[i] for i in range(len(jobs))]
 
 
 def finetune_params(finetune: FinetuneParams, section: EvaluateParams, task: str, action_repeat: int) -> FinetuneParams:
     """The finetune params of the pixel arm on ``task``: the evaluation's observation (action
     repeat, camera, render mode) and ``allow_mismatch`` over the given ``FinetuneParams``."""
-    update = {"task": task, "action_repeat": action_repeat, "camera": section.camera, "render_mode": section.render_mode, "allow_mismatch": section.allow_mismatch}
+    update = {
+        "task": task,
+        "action_repeat": action_repeat,
+        "camera": section.camera,
+        "render_mode": section.render_mode,
+        "allow_mismatch": section.allow_mismatch,
+    }
     return finetune.model_copy(update=update)
 
 
-def run_finetune_arm(backbone: str | Path, section: EvaluateParams, finetune: Any, repeats: dict[str, int], scratch_dir: Path) -> list[dict[str, Any]]:
+def run_finetune_arm(
+    backbone: str | Path, section: EvaluateParams, finetune: Any, repeats: dict[str, int], scratch_dir: Path
+) -> list[dict[str, Any]]:
     """The pixel SAC arm (``pipeline.finetune``, DrQ-style with augmentation) from the pretrained
     backbone and from scratch, ``seeds`` runs per task, on evaluate's schedule and observation
     (action repeat, camera, render mode); curves in the same layout as :func:`run_job`'s.
@@ -160,14 +215,28 @@ def run_finetune_arm(backbone: str | Path, section: EvaluateParams, finetune: An
     for task in section.tasks:
         for init in ("pretrained", "scratch"):
             for s in range(section.seeds):
-                params = finetune_params(finetune, section, task, repeats[task]).model_copy(update={
-                    "frames": section.frames, "seed_frames": section.seed_frames,
-                    "eval_every_frames": section.eval_every_frames, "eval_episodes": section.eval_episodes, "episode_frames": section.episode_frames,
-                    "encoder_init": init, "seed": derive_seed(section.seed, "agent", f"finetune:{init}", s), "video": False,
-                    "checkpoint_dir": str(scratch_dir / "checkpoints"),
-                })
+                params = finetune_params(finetune, section, task, repeats[task]).model_copy(
+                    update={
+                        "frames": section.frames,
+                        "seed_frames": section.seed_frames,
+                        "eval_every_frames": section.eval_every_frames,
+                        "eval_episodes": section.eval_episodes,
+                        "episode_frames": section.episode_frames,
+                        "encoder_init": init,
+                        "seed": derive_seed(section.seed, "agent", f"finetune:{init}", s),
+                        "video": False,
+                        "checkpoint_dir": str(scratch_dir / "checkpoints"),
+                    }
+                )
                 summary = finetune_run(backbone, scratch_dir / f"{task}-{init}-{s}", params)
                 job = RLJob("finetune", task, repeats[task], s, init, str(backbone), 0, f"finetune:{init}")
                 curve = [{k: e[k] for k in ("frames", "return_mean", "return_std")} for e in summary.evals]
-                results.append({"job": job, "curve": curve, "final_return": curve[-1]["return_mean"], "speed": {"updates_per_s": float("nan"), "acting_frames_per_s": float("nan")}})
+                results.append(
+                    {
+                        "job": job,
+                        "curve": curve,
+                        "final_return": curve[-1]["return_mean"],
+                        "speed": {"updates_per_s": float("nan"), "acting_frames_per_s": float("nan")},
+                    }
+                )
     return results

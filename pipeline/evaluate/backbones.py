@@ -7,6 +7,7 @@ repeat, camera, render mode) must be what the task's evaluation uses. A mismatch
 naming both values unless ``evaluate.allow_mismatch`` turns it into a warning, which the outputs
 record. A checkpoint that records no facts (older than the contract) is checked on size and stack only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,13 +55,22 @@ class Backbone:
         return int(self.module.feature_dim)
 
     def provenance(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "folder": str(self.spec.folder), "weights_sha256": self.spec.sha256, "warnings": self.warnings}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "folder": str(self.spec.folder),
+            "weights_sha256": self.spec.sha256,
+            "warnings": self.warnings,
+        }
 
     @torch.no_grad()
     def features(self, stacks: np.ndarray, batch: int = 64) -> np.ndarray:
         """(N, 3k, H, W) uint8 stacks -> (N, feature_dim) float32 features, ``batch`` at a time."""
         device = next(self.module.parameters()).device
-        out = [self.module(torch.as_tensor(stacks[i : i + batch], device=device)).float().cpu().numpy() for i in range(0, len(stacks), batch)]
+        out = [
+            self.module(torch.as_tensor(stacks[i : i + batch], device=device)).float().cpu().numpy()
+            for i in range(0, len(stacks), batch)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
 
     def episode_features(self, frames: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -75,7 +85,9 @@ def _freeze(module: nn.Module, device: torch.device) -> nn.Module:
     return module.to(device).eval().requires_grad_(False)
 
 
-def load_backbones(pretrained: str | Path, *, random_inits: int, checkpoints: list[str], seed: int, device: torch.device) -> list[Backbone]:
+def load_backbones(
+    pretrained: str | Path, *, random_inits: int, checkpoints: list[str], seed: int, device: torch.device
+) -> list[Backbone]:
     """The pretrained backbone, ``random_inits`` random initialisations of its architecture
     (seeded from ``seed``), and every extra checkpoint, frozen on ``device``."""
     spec = read_spec(pretrained)
@@ -85,7 +97,9 @@ def load_backbones(pretrained: str | Path, *, random_inits: int, checkpoints: li
         backbones.append(Backbone(f"random-{i}", "random", spec, _freeze(build_encoder(spec, "scratch"), device)))
     for i, path in enumerate(checkpoints):
         other = read_spec(path)
-        backbones.append(Backbone(f"checkpoint-{i}", "checkpoint", other, _freeze(build_encoder(other, "pretrained"), device)))
+        backbones.append(
+            Backbone(f"checkpoint-{i}", "checkpoint", other, _freeze(build_encoder(other, "pretrained"), device))
+        )
     return backbones
 
 
@@ -97,12 +111,24 @@ def load_one(name: str, pretrained: str | Path, *, seed: int, device: torch.devi
     if name.startswith("random-"):
         torch.manual_seed(derive_seed(seed, "random_init", index=int(name.split("-", 1)[1])))
         return Backbone(name, "random", spec, _freeze(build_encoder(spec, "scratch"), device))
-    return Backbone(name, "checkpoint" if name.startswith("checkpoint-") else "pretrained", spec, _freeze(build_encoder(spec, "pretrained"), device))
+    return Backbone(
+        name,
+        "checkpoint" if name.startswith("checkpoint-") else "pretrained",
+        spec,
+        _freeze(build_encoder(spec, "pretrained"), device),
+    )
 
 
 def check_backbone(
-    backbone: Backbone, task: str, *, image_size: int, frame_stack: int, action_repeat: int, allow_mismatch: bool,
-    camera: int | str | None = None, render_mode: str | None = None,
+    backbone: Backbone,
+    task: str,
+    *,
+    image_size: int,
+    frame_stack: int,
+    action_repeat: int,
+    allow_mismatch: bool,
+    camera: int | str | None = None,
+    render_mode: str | None = None,
 ) -> None:
     """Refuse (or, with ``allow_mismatch``, warn about and record) a backbone that does not fit the task.
 
@@ -119,13 +145,16 @@ def check_backbone(
         problems.append(f"frame stack: backbone {backbone.spec.frame_stack} frames, evaluation {frame_stack}")
     recorded = ObservationMeta.read(backbone.spec.folder) if backbone.kind != "random" else None
     if recorded is not None:
-        problems += recorded.mismatches(task, who="evaluation", action_repeat=action_repeat, camera=camera, render_mode=render_mode)
+        problems += recorded.mismatches(
+            task, who="evaluation", action_repeat=action_repeat, camera=camera, render_mode=render_mode
+        )
     if not problems:
         return
     message = f"backbone {backbone.name} ({backbone.spec.folder}) does not match task {task}: " + "; ".join(problems)
     if not allow_mismatch:
         raise MismatchError(
-            message + ". Pretrain on data collected like this evaluation (collect.action_repeat, collect.camera, collect.render_mode), "
+            message
+            + ". Pretrain on data collected like this evaluation (collect.action_repeat, collect.camera, collect.render_mode), "
             "or set evaluate.action_repeat / evaluate.camera / evaluate.render_mode to match it, or set evaluate.allow_mismatch: true to compare anyway (recorded in the outputs)"
         )
     log.warning("%s (allowed by evaluate.allow_mismatch; recorded)", message)

@@ -10,6 +10,7 @@ architecture), the stage's params except those that only choose *which* runs exi
 are scheduled, the device type, and the source of the code that computes a run. Change any of
 them and the run trains again; the stale entry stays on disk, unread.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,17 +27,47 @@ log = logging.getLogger(__name__)
 #: Params that choose which runs exist, how they are scheduled, or how results are summarised,
 #: but not what one run computes.
 _NOT_IN_KEY = {
-    "tasks", "action_repeat", "heldout_episodes", "heldout_frames", "heldout_policy_noise", "image_size", "frame_stack",
-    "random_inits", "frozen_random", "checkpoints", "allow_mismatch", "arms", "seeds", "feature_batch", "probe",
-    "min_final_return", "workers", "device", "threads", "cache_dir",
+    "tasks",
+    "action_repeat",
+    "heldout_episodes",
+    "heldout_frames",
+    "heldout_policy_noise",
+    "image_size",
+    "frame_stack",
+    "random_inits",
+    "frozen_random",
+    "checkpoints",
+    "allow_mismatch",
+    "arms",
+    "seeds",
+    "feature_batch",
+    "probe",
+    "min_final_return",
+    "workers",
+    "device",
+    "threads",
+    "cache_dir",
 }
 #: Source that computes one run (relative to the repository root): a change here retrains.
 #: Deliberately narrow (no pretraining losses, no collect stage), so that work on pretraining
 #: keeps the state and random-init runs, which it cannot change.
 _CODE = (
-    "models/actor.py", "models/backbone.py", "models/checkpoint.py", "models/critic.py", "models/interaction.py", "models/layers.py",
-    "pipeline/evaluate/workspace.py", "pipeline/evaluate/arms.py", "pipeline/evaluate/backbones.py", "pipeline/evaluate/seeding.py", "pipeline/seeding.py",
-    "pipeline/finetune/sac.py", "pipeline/finetune/encoder.py", "pipeline/collect/envs", "pipeline/collect/render.py", "pipeline/rendering.py",
+    "models/actor.py",
+    "models/backbone.py",
+    "models/checkpoint.py",
+    "models/critic.py",
+    "models/interaction.py",
+    "models/layers.py",
+    "pipeline/evaluate/workspace.py",
+    "pipeline/evaluate/arms.py",
+    "pipeline/evaluate/backbones.py",
+    "pipeline/evaluate/seeding.py",
+    "pipeline/seeding.py",
+    "pipeline/finetune/sac.py",
+    "pipeline/finetune/encoder.py",
+    "pipeline/collect/envs",
+    "pipeline/collect/render.py",
+    "pipeline/rendering.py",
 )
 
 

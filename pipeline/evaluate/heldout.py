@@ -5,6 +5,7 @@ so pretraining never saw them. The policy is Ornstein-Uhlenbeck noise in [-1, 1]
 action box, which spreads the states (a still pole or a fallen cheetah would teach a probe
 little).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,14 +41,35 @@ class HeldOutTask:
         return len(self.frames)
 
 
-def collect_heldout(task: str, *, episodes: int, frames_per_episode: int, action_repeat: int, image_size: int, camera: int | str, render_mode: str, noise: float, seed: int) -> HeldOutTask:
+def collect_heldout(
+    task: str,
+    *,
+    episodes: int,
+    frames_per_episode: int,
+    action_repeat: int,
+    image_size: int,
+    camera: int | str,
+    render_mode: str,
+    noise: float,
+    seed: int,
+) -> HeldOutTask:
     """Record ``episodes`` episodes of ``task`` with an OU-noise policy; deterministic for the arguments."""
     from pipeline.collect import make_env
 
     steps = max(1, frames_per_episode // action_repeat)
     all_frames, all_obs = [], []
     kinds: list[str] = []
-    env = ActionScale(make_env(task, image_size=image_size, camera=camera, action_repeat=action_repeat, render_mode=render_mode, episode_steps=steps, seed=derive_seed(seed, "heldout", task)))
+    env = ActionScale(
+        make_env(
+            task,
+            image_size=image_size,
+            camera=camera,
+            action_repeat=action_repeat,
+            render_mode=render_mode,
+            episode_steps=steps,
+            seed=derive_seed(seed, "heldout", task),
+        )
+    )
     try:
         for i in range(episodes):
             rng = np.random.default_rng(derive_seed(seed, "heldout", task, i + 1))
@@ -56,7 +78,9 @@ def collect_heldout(task: str, *, episodes: int, frames_per_episode: int, action
             frames, observations = [result.frame], [obs]
             action = np.zeros(env.action_dim, np.float32)
             while not result.done:
-                action = np.clip(action - 0.15 * action + noise * rng.standard_normal(env.action_dim), -1.0, 1.0).astype(np.float32)
+                action = np.clip(
+                    action - 0.15 * action + noise * rng.standard_normal(env.action_dim), -1.0, 1.0
+                ).astype(np.float32)
                 result = env.step(action)
                 frames.append(result.frame)
                 observations.append(env.probe_observation()[0])

@@ -4,6 +4,7 @@ Everything is written into one folder atomically, with deterministic bytes (no w
 figures: speeds go to the log). ``dvclive/`` is DVCLive's layout (``metrics.json``, ``plots/``),
 so ``dvc metrics show``, ``dvc plots show/diff`` and ``dvc exp show`` compare evaluations.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,38 +23,83 @@ def _fmt(e: dict[str, float], digits: int = 3) -> str:
 
 
 def _probe_tables(probe: dict[str, Any]) -> list[str]:
-    model = {"ridge": "ridge (linear)", "mlp": "MLP (one hidden layer of 256, fixed settings)"}[next(iter(probe.values()))["model"]] if probe else "ridge"
-    lines = [f"## Probe: {model} from frozen features to the observation vector", "",
-             "Pooled out-of-fold R^2 (episode-grouped k-fold; 1 - sum SSE / sum SST over standardised dimensions) with 95% episode-bootstrap CIs. "
-             "1 = the features determine the observation (linearly, for ridge), 0 = no better than its mean.", ""]
+    model = (
+        {"ridge": "ridge (linear)", "mlp": "MLP (one hidden layer of 256, fixed settings)"}[
+            next(iter(probe.values()))["model"]
+        ]
+        if probe
+        else "ridge"
+    )
+    lines = [
+        f"## Probe: {model} from frozen features to the observation vector",
+        "",
+        "Pooled out-of-fold R^2 (episode-grouped k-fold; 1 - sum SSE / sum SST over standardised dimensions) with 95% episode-bootstrap CIs. "
+        "1 = the features determine the observation (linearly, for ridge), 0 = no better than its mean.",
+        "",
+    ]
     for task, pr in probe.items():
-        lines += [f"### {task} ({pr['episodes']} held-out episodes, {pr['frames']} frames; dims {pr['dims']})", "",
-                  "| backbone | all | position | velocity |", "| --- | --- | --- | --- |"]
-        lines += [f"| {name} | " + " | ".join(_fmt(r[g]) for g in ("all", "position", "velocity")) + " |" for name, r in pr["r2"].items()]
-        lines += ["", "Pretrained minus each other backbone (paired: same resampled episodes):", "",
-                  "| vs | all | position | velocity | CI excludes 0 (all) |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"### {task} ({pr['episodes']} held-out episodes, {pr['frames']} frames; dims {pr['dims']})",
+            "",
+            "| backbone | all | position | velocity |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(_fmt(r[g]) for g in ("all", "position", "velocity")) + " |"
+            for name, r in pr["r2"].items()
+        ]
+        lines += [
+            "",
+            "Pretrained minus each other backbone (paired: same resampled episodes):",
+            "",
+            "| vs | all | position | velocity | CI excludes 0 (all) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for name, d in pr["pretrained_minus"].items():
-            sign = "no" if d["all"]["ci_low"] <= 0 <= d["all"]["ci_high"] else ("yes, better" if d["all"]["ci_low"] > 0 else "yes, worse")
-            lines.append(f"| {name} | " + " | ".join(_fmt(d[g]) for g in ("all", "position", "velocity")) + f" | {sign} |")
+            sign = (
+                "no"
+                if d["all"]["ci_low"] <= 0 <= d["all"]["ci_high"]
+                else ("yes, better" if d["all"]["ci_low"] > 0 else "yes, worse")
+            )
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(d[g]) for g in ("all", "position", "velocity")) + f" | {sign} |"
+            )
         lines.append("")
     return lines
 
 
-def _rl_tables(section: EvaluateParams, repeats: dict[str, int], results: list[dict[str, Any]], aggregates: dict[str, Any]) -> list[str]:
+def _rl_tables(
+    section: EvaluateParams, repeats: dict[str, int], results: list[dict[str, Any]], aggregates: dict[str, Any]
+) -> list[str]:
     header = f"frames = {section.frames} per run; {FRAME_COUNTING}"
-    lines = ["## SAC arms", "", f"Final evaluation return (mean over {section.eval_episodes} deterministic episodes), {header}.", "",
-             "| task (action repeat) | arm | seeds | mean | per seed | SAC-state (DrQ Tab. 1, 100k) | DrQ (100k) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "## SAC arms",
+        "",
+        f"Final evaluation return (mean over {section.eval_episodes} deterministic episodes), {header}.",
+        "",
+        "| task (action repeat) | arm | seeds | mean | per seed | SAC-state (DrQ Tab. 1, 100k) | DrQ (100k) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     by = {}
     for r in results:
         by.setdefault((r["job"].task, r["job"].label), []).append(r["final_return"])
     for (task, label), finals in by.items():
         published = PUBLISHED_100K.get(task, {})
-        lines.append(f"| {task} ({repeats[task]}) | {label} | {len(finals)} | {np.mean(finals):.1f} | {', '.join(f'{f:.1f}' for f in finals)} | "
-                     f"{published.get('SAC-state', '-')} | {published.get('DrQ', '-')} |")
-    lines += ["", f"Across tasks x seeds (rliable: IQM and mean with 95% stratified-bootstrap CIs; returns on the 0-1000 DMC scale; {header}):", "",
-              "| arm | runs x tasks | IQM | mean |", "| --- | --- | --- | --- |"]
+        lines.append(
+            f"| {task} ({repeats[task]}) | {label} | {len(finals)} | {np.mean(finals):.1f} | {', '.join(f'{f:.1f}' for f in finals)} | "
+            f"{published.get('SAC-state', '-')} | {published.get('DrQ', '-')} |"
+        )
+    lines += [
+        "",
+        f"Across tasks x seeds (rliable: IQM and mean with 95% stratified-bootstrap CIs; returns on the 0-1000 DMC scale; {header}):",
+        "",
+        "| arm | runs x tasks | IQM | mean |",
+        "| --- | --- | --- | --- |",
+    ]
     for arm, a in aggregates.items():
-        lines.append(f"| {arm} | {a['runs']} x {a['tasks']} | {a['iqm']:.1f} [{a['iqm_ci_low']:.1f}, {a['iqm_ci_high']:.1f}] | {a['mean']:.1f} [{a['mean_ci_low']:.1f}, {a['mean_ci_high']:.1f}] |")
+        lines.append(
+            f"| {arm} | {a['runs']} x {a['tasks']} | {a['iqm']:.1f} [{a['iqm_ci_low']:.1f}, {a['iqm_ci_high']:.1f}] | {a['mean']:.1f} [{a['mean_ci_low']:.1f}, {a['mean_ci_high']:.1f}] |"
+        )
     lines.append("")
     return lines
 
@@ -99,8 +145,19 @@ def _plot_probe(path: Path, probe: dict[str, Any]) -> None:
         r2 = probe[task]["r2"]
         names = list(r2)
         values = np.array([r2[n]["all"]["value"] for n in names])
-        errors = np.array([[r2[n]["all"]["value"] - r2[n]["all"]["ci_low"] for n in names], [r2[n]["all"]["ci_high"] - r2[n]["all"]["value"] for n in names]])
-        ax.bar(range(len(names)), values, yerr=errors, capsize=3, color=["C0" if n == "pretrained" else "C7" for n in names])
+        errors = np.array(
+            [
+                [r2[n]["all"]["value"] - r2[n]["all"]["ci_low"] for n in names],
+                [r2[n]["all"]["ci_high"] - r2[n]["all"]["value"] for n in names],
+            ]
+        )
+        ax.bar(
+            range(len(names)),
+            values,
+            yerr=errors,
+            capsize=3,
+            color=["C0" if n == "pretrained" else "C7" for n in names],
+        )
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
         ax.axhline(0.0, color="k", linewidth=0.5)
         ax.set_title(f"{task}: probe R^2 (95% CI)")
@@ -109,7 +166,9 @@ def _plot_probe(path: Path, probe: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def _log_dvclive(folder: Path, probe: dict[str, Any], results: list[dict[str, Any]], aggregates: dict[str, Any]) -> None:
+def _log_dvclive(
+    folder: Path, probe: dict[str, Any], results: list[dict[str, Any]], aggregates: dict[str, Any]
+) -> None:
     from pipeline.curves import open_live
 
     with open_live(folder) as live:
@@ -124,29 +183,67 @@ def _log_dvclive(folder: Path, probe: dict[str, Any], results: list[dict[str, An
         for r in results:
             job = r["job"]
             points = [{"frames": p["frames"], "return": round(p["return_mean"], 4)} for p in r["curve"]]
-            live.log_plot(f"curve_{job.task}_{job.label.replace(':', '-')}_seed{job.seed_index}", points, x="frames", y="return",
-                          template="linear", title=f"{job.task} {job.label} seed {job.seed_index}", x_label="environment frames (after action repeat)", y_label="evaluation return")
+            live.log_plot(
+                f"curve_{job.task}_{job.label.replace(':', '-')}_seed{job.seed_index}",
+                points,
+                x="frames",
+                y="return",
+                template="linear",
+                title=f"{job.task} {job.label} seed {job.seed_index}",
+                x_label="environment frames (after action repeat)",
+                y_label="evaluation return",
+            )
 
 
-def write_outputs(out: str | Path, section: EvaluateParams, *, repeats: dict[str, int], image_size: int, frame_stack: int, backbones: list[Backbone],
-                  probe: dict[str, Any], results: list[dict[str, Any]], aggregates: dict[str, Any], warnings: list[str],
-                  probe_files: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+def write_outputs(
+    out: str | Path,
+    section: EvaluateParams,
+    *,
+    repeats: dict[str, int],
+    image_size: int,
+    frame_stack: int,
+    backbones: list[Backbone],
+    probe: dict[str, Any],
+    results: list[dict[str, Any]],
+    aggregates: dict[str, Any],
+    warnings: list[str],
+    probe_files: dict[str, dict[str, np.ndarray]] | None = None,
+) -> None:
     """Write every output of the stage into ``out`` as one atomic folder; ``probe_files``: task ->
     the arrays of ``probe/<task>.npz`` (:func:`pipeline.probe.probe_arrays`)."""
     record = {
         "frame_counting": FRAME_COUNTING,
         "tasks": {t: {"action_repeat": repeats[t]} for t in section.tasks},
-        "observation": {"image_size": image_size, "frame_stack": frame_stack, "render_mode": section.render_mode, "camera": section.camera},
+        "observation": {
+            "image_size": image_size,
+            "frame_stack": frame_stack,
+            "render_mode": section.render_mode,
+            "camera": section.camera,
+        },
         "backbones": [b.provenance() for b in backbones],
         "probe": probe,
-        "rl": [{"arm": r["job"].label, "task": r["job"].task, "seed": r["job"].seed_index, "final_return": r["final_return"], "curve": r["curve"]} for r in results],
+        "rl": [
+            {
+                "arm": r["job"].label,
+                "task": r["job"].task,
+                "seed": r["job"].seed_index,
+                "final_return": r["final_return"],
+                "curve": r["curve"],
+            }
+            for r in results
+        ],
         "aggregates": aggregates,
         "warnings": warnings,
     }
-    lines = ["# Evaluation report", "",
-             f"Backbone: `{backbones[0].spec.folder}` (weights sha256 {backbones[0].spec.sha256[:12]}), compared with {section.random_inits} random initialisations"
-             + (f" and {len(section.checkpoints)} other checkpoint(s)" if section.checkpoints else "") + ".",
-             f"Observations: {frame_stack} stacked {image_size}x{image_size} frames; action repeat per task {repeats}; {FRAME_COUNTING}.", ""]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Backbone: `{backbones[0].spec.folder}` (weights sha256 {backbones[0].spec.sha256[:12]}), compared with {section.random_inits} random initialisations"
+        + (f" and {len(section.checkpoints)} other checkpoint(s)" if section.checkpoints else "")
+        + ".",
+        f"Observations: {frame_stack} stacked {image_size}x{image_size} frames; action repeat per task {repeats}; {FRAME_COUNTING}.",
+        "",
+    ]
     if warnings:
         lines += ["**Warnings (allowed mismatches):**", ""] + [f"- {w}" for w in warnings] + [""]
     if probe:
@@ -166,4 +263,3 @@ def write_outputs(out: str | Path, section: EvaluateParams, *, repeats: dict[str
         if results:
             _plot_curves(tmp / "plots" / "learning_curves.png", results, list(section.tasks))
         _log_dvclive(tmp / "dvclive", probe, results, aggregates)
-

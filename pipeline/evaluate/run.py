@@ -16,6 +16,7 @@ Does the backbone help control? Answered on held-out data with seeds and confide
 4. Aggregates across tasks x seeds with rliable (:mod:`pipeline.evaluate.stats`); the report,
    plots and DVCLive logs (:mod:`pipeline.evaluate.report`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,27 +67,53 @@ class EvaluateSummary(StageSummary):
     warnings: list[str]
 
     def line(self) -> str:
-        gaps = ", ".join(f"{t} {g['value']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]" for t, g in self.probe_gap.items()) or "-"
-        arms = ", ".join(f"{a} {v['iqm']:.1f} [{v['iqm_ci_low']:.1f}, {v['iqm_ci_high']:.1f}]" for a, v in self.final_return.items()) or "-"
+        gaps = (
+            ", ".join(
+                f"{t} {g['value']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]" for t, g in self.probe_gap.items()
+            )
+            or "-"
+        )
+        arms = (
+            ", ".join(
+                f"{a} {v['iqm']:.1f} [{v['iqm_ci_low']:.1f}, {v['iqm_ci_high']:.1f}]"
+                for a, v in self.final_return.items()
+            )
+            or "-"
+        )
         return f"evaluate {', '.join(self.tasks)}: probe R^2 pretrained - best random: {gaps}; final return IQM: {arms} -> {self.out}"
 
 
 def _preflight(
-    backbone: str | Path, section: EvaluateParams, device: torch.device, finetune: FinetuneParams | None = None,
+    backbone: str | Path,
+    section: EvaluateParams,
+    device: torch.device,
+    finetune: FinetuneParams | None = None,
 ) -> tuple[list[Backbone], dict[str, int], int, int]:
     from pipeline.collect.envs import resolve_task
 
     for task in section.tasks:
         resolve_task(task)  # UnknownTaskError names close matches
-    backbones = load_backbones(backbone, random_inits=section.random_inits, checkpoints=list(section.checkpoints), seed=section.seed, device=device)
+    backbones = load_backbones(
+        backbone,
+        random_inits=section.random_inits,
+        checkpoints=list(section.checkpoints),
+        seed=section.seed,
+        device=device,
+    )
     image_size = section.image_size or backbones[0].spec.image_size
     frame_stack = section.frame_stack or backbones[0].spec.frame_stack
     repeats = {task: action_repeat_for(task, section.action_repeat) for task in section.tasks}
     for b in backbones:
         for task in section.tasks:
             check_backbone(
-                b, task, image_size=image_size, frame_stack=frame_stack, action_repeat=repeats[task], camera=section.camera,
-                render_mode=section.render_mode, allow_mismatch=section.allow_mismatch,
+                b,
+                task,
+                image_size=image_size,
+                frame_stack=frame_stack,
+                action_repeat=repeats[task],
+                camera=section.camera,
+                render_mode=section.render_mode,
+                allow_mismatch=section.allow_mismatch,
             )
     if "finetune" in section.arms:
         from pipeline.finetune.encoder import read_spec
@@ -100,13 +127,22 @@ def _preflight(
     return backbones, repeats, image_size, frame_stack
 
 
-def _probe_task(task: str, backbones: list[Backbone], section: EvaluateParams, action_repeat: int, image_size: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _probe_task(
+    task: str, backbones: list[Backbone], section: EvaluateParams, action_repeat: int, image_size: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Held-out episodes of ``task`` and every backbone's probe on them, with paired CIs: the
     record for ``results.json``, and the probe file's arrays (:func:`pipeline.probe.probe_arrays`)."""
     p = section.probe
     heldout = collect_heldout(
-        task, episodes=section.heldout_episodes, frames_per_episode=section.heldout_frames, action_repeat=action_repeat,
-        image_size=image_size, camera=section.camera, render_mode=section.render_mode, noise=section.heldout_policy_noise, seed=section.seed,
+        task,
+        episodes=section.heldout_episodes,
+        frames_per_episode=section.heldout_frames,
+        action_repeat=action_repeat,
+        image_size=image_size,
+        camera=section.camera,
+        render_mode=section.render_mode,
+        noise=section.heldout_policy_noise,
+        seed=section.seed,
     )
     episode = np.concatenate([np.full(len(o), i) for i, o in enumerate(heldout.observations)])
     targets = np.concatenate(heldout.observations)
@@ -116,22 +152,39 @@ def _probe_task(task: str, backbones: list[Backbone], section: EvaluateParams, a
     oofs = {}
     for b in backbones:
         features = np.concatenate([b.episode_features(f, section.feature_batch) for f in heldout.frames])
-        oofs[b.name] = probes.out_of_fold(features[keep], targets[keep], episode[keep], heldout.kinds, alphas=list(p.alphas), folds=p.folds, model=p.model)
+        oofs[b.name] = probes.out_of_fold(
+            features[keep],
+            targets[keep],
+            episode[keep],
+            heldout.kinds,
+            alphas=list(p.alphas),
+            folds=p.folds,
+            model=p.model,
+        )
     r2 = {name: {g: probes.r2_with_ci(o, g, weights).as_dict() for g in probes.GROUPS} for name, o in oofs.items()}
     diff = {
         name: {g: probes.paired_difference(oofs["pretrained"], o, g, weights).as_dict() for g in probes.GROUPS}
-        for name, o in oofs.items() if name != "pretrained"
+        for name, o in oofs.items()
+        if name != "pretrained"
     }
     randoms = [n for n in oofs if n.startswith("random-")]
     best_random = max(randoms, key=lambda n: probes.pooled_r2(oofs[n])) if randoms else None
     record = {
-        "model": p.model, "episodes": heldout.episodes, "frames": int(len(keep)), "dims": {k: heldout.kinds.count(k) for k in sorted(set(heldout.kinds))},
-        "r2": r2, "pretrained_minus": diff, "best_random": best_random, "alphas": {n: list(o.alphas) for n, o in oofs.items()},
+        "model": p.model,
+        "episodes": heldout.episodes,
+        "frames": int(len(keep)),
+        "dims": {k: heldout.kinds.count(k) for k in sorted(set(heldout.kinds))},
+        "r2": r2,
+        "pretrained_minus": diff,
+        "best_random": best_random,
+        "alphas": {n: list(o.alphas) for n, o in oofs.items()},
     }
     return record, probes.probe_arrays(oofs, weights)
 
 
-def _rl_jobs(arm: str, section: EvaluateParams, backbones: list[Backbone], repeats: dict[str, int], image_size: int) -> list[RLJob]:
+def _rl_jobs(
+    arm: str, section: EvaluateParams, backbones: list[Backbone], repeats: dict[str, int], image_size: int
+) -> list[RLJob]:
     """The runs of one arm, seed-major (every task and backbone at seed 0 first), so that a
     stopped study has whole seeds done; ``frozen_random: paired`` makes the random inits one arm."""
     folder = {b.name: str(b.spec.folder) for b in backbones}
@@ -170,11 +223,15 @@ def _final_scores(results: list[dict[str, Any]], tasks: list[str], seeds: int) -
     scores: dict[str, np.ndarray] = {}
     for r in results:
         job = r["job"]
-        scores.setdefault(job.label, np.full((seeds, len(tasks)), np.nan))[job.seed_index, tasks.index(job.task)] = r["final_return"]
+        scores.setdefault(job.label, np.full((seeds, len(tasks)), np.nan))[job.seed_index, tasks.index(job.task)] = r[
+            "final_return"
+        ]
     return scores
 
 
-def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finetune: FinetuneParams | None = None) -> EvaluateSummary:
+def run(
+    backbone: str | Path, out: str | Path, section: EvaluateParams, *, finetune: FinetuneParams | None = None
+) -> EvaluateSummary:
     """Evaluate the backbone under ``backbone`` (the pretrain stage's output folder or a checkpoint
     folder) and write ``out``: ``report.md``, ``results.json``, ``probe/<task>.npz`` (the probe arm's
     out-of-fold predictions: :func:`pipeline.probe.read_probe_file`), ``plots/`` and ``dvclive/``.
@@ -188,7 +245,11 @@ def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finet
     backbones, repeats, image_size, frame_stack = _preflight(backbone, section, device, finetune)
     start = time.perf_counter()
 
-    probed = {task: _probe_task(task, backbones, section, repeats[task], image_size) for task in section.tasks} if "probe" in section.arms else {}
+    probed = (
+        {task: _probe_task(task, backbones, section, repeats[task], image_size) for task in section.tasks}
+        if "probe" in section.arms
+        else {}
+    )
     probe = {task: record for task, (record, _) in probed.items()}
     results: list[dict[str, Any]] = []
     if {"state", "frozen"} & set(section.arms):
@@ -196,28 +257,62 @@ def run(backbone: str | Path, out: str | Path, section: EvaluateParams, *, finet
         pool = job_pool(section.workers)
         with pool if pool is not None else contextlib.nullcontext():
             if "state" in section.arms:
-                state = run_jobs(_rl_jobs("state", section, backbones, repeats, image_size), section, pool=pool, device_name=str(device))
+                state = run_jobs(
+                    _rl_jobs("state", section, backbones, repeats, image_size),
+                    section,
+                    pool=pool,
+                    device_name=str(device),
+                )
                 _check_learning(state, section.min_final_return)
                 results += state
             if "frozen" in section.arms:
-                results += run_jobs(_rl_jobs("frozen", section, backbones, repeats, image_size), section, pool=pool, device_name=str(device))
+                results += run_jobs(
+                    _rl_jobs("frozen", section, backbones, repeats, image_size),
+                    section,
+                    pool=pool,
+                    device_name=str(device),
+                )
     if "finetune" in section.arms:
         with tempfile.TemporaryDirectory(prefix="evaluate-finetune-") as scratch:
             results += run_finetune_arm(backbone, section, finetune or FinetuneParams(), repeats, Path(scratch))
     scores = _final_scores(results, list(section.tasks), section.seeds)
     aggregates = aggregate(scores, seed=derive_seed(section.seed, "bootstrap")) if scores else {}
     for r in results:
-        log.info("%s %s seed %d: %.1f updates/s, %.1f acting frames/s", r["job"].label, r["job"].task, r["job"].seed_index, r["speed"]["updates_per_s"], r["speed"]["acting_frames_per_s"])
+        log.info(
+            "%s %s seed %d: %.1f updates/s, %.1f acting frames/s",
+            r["job"].label,
+            r["job"].task,
+            r["job"].seed_index,
+            r["speed"]["updates_per_s"],
+            r["speed"]["acting_frames_per_s"],
+        )
     warnings = sorted({w for b in backbones for w in b.warnings})
     write_outputs(
-        out, section, repeats=repeats, image_size=image_size, frame_stack=frame_stack, backbones=backbones, probe=probe,
-        probe_files={task: arrays for task, (_, arrays) in probed.items()}, results=results, aggregates=aggregates, warnings=warnings,
+        out,
+        section,
+        repeats=repeats,
+        image_size=image_size,
+        frame_stack=frame_stack,
+        backbones=backbones,
+        probe=probe,
+        probe_files={task: arrays for task, (_, arrays) in probed.items()},
+        results=results,
+        aggregates=aggregates,
+        warnings=warnings,
     )
     log.info("evaluate: %.1f s", time.perf_counter() - start)
     gap = {
-        task: pr["pretrained_minus"][pr["best_random"]]["all"] for task, pr in probe.items() if pr["best_random"] is not None
+        task: pr["pretrained_minus"][pr["best_random"]]["all"]
+        for task, pr in probe.items()
+        if pr["best_random"] is not None
     }
     return EvaluateSummary(
-        stage="evaluate", out=str(out), tasks=list(section.tasks), probe_gap=gap,
-        final_return={arm: {k: round(float(v), 3) for k, v in a.items() if k.startswith("iqm")} for arm, a in aggregates.items()}, warnings=warnings,
+        stage="evaluate",
+        out=str(out),
+        tasks=list(section.tasks),
+        probe_gap=gap,
+        final_return={
+            arm: {k: round(float(v), 3) for k, v in a.items() if k.startswith("iqm")} for arm, a in aggregates.items()
+        },
+        warnings=warnings,
     )

@@ -4,11 +4,21 @@ Streams are keyed by a stream name, the task (by CRC32, so adding a task changes
 numbers) and an index; collect's streams derive from ``collect.seed`` with other keys, so
 held-out episodes never repeat pretraining episodes even when the two seeds are equal.
 """
+
 from __future__ import annotations
 
 from pipeline import seeding
 
-_STREAMS = {"heldout": 11, "random_init": 12, "agent": 13, "train_env": 14, "eval_env": 15, "explore": 16, "replay": 17, "bootstrap": 18}
+_STREAMS = {
+    "heldout": 11,
+    "random_init": 12,
+    "agent": 13,
+    "train_env": 14,
+    "eval_env": 15,
+    "explore": 16,
+    "replay": 17,
+    "bootstrap": 18,
+}
 
 
 def derive_seed(seed: int, stream: str, task: str = "", index: int = 0) -> int:

@@ -5,6 +5,7 @@ seeds within each task (stratified bootstrap), the field's convention for few-ru
 Returns are divided by 1000 (every DMC task's maximum) before aggregating across tasks and
 multiplied back for reporting, so a cheetah and a cartpole return count on the same scale.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,13 @@ def aggregate(scores: dict[str, np.ndarray], *, reps: int = 2000, seed: int = 0)
     for arm, s in normalised.items():
         (iqm, mean), ((iqm_lo, mean_lo), (iqm_hi, mean_hi)) = point[arm], interval[arm]
         out[arm] = {
-            "iqm": iqm * DMC_MAX_RETURN, "iqm_ci_low": iqm_lo * DMC_MAX_RETURN, "iqm_ci_high": iqm_hi * DMC_MAX_RETURN,
-            "mean": mean * DMC_MAX_RETURN, "mean_ci_low": mean_lo * DMC_MAX_RETURN, "mean_ci_high": mean_hi * DMC_MAX_RETURN,
-            "runs": int(s.shape[0]), "tasks": int(s.shape[1]),
+            "iqm": iqm * DMC_MAX_RETURN,
+            "iqm_ci_low": iqm_lo * DMC_MAX_RETURN,
+            "iqm_ci_high": iqm_hi * DMC_MAX_RETURN,
+            "mean": mean * DMC_MAX_RETURN,
+            "mean_ci_low": mean_lo * DMC_MAX_RETURN,
+            "mean_ci_high": mean_hi * DMC_MAX_RETURN,
+            "runs": int(s.shape[0]),
+            "tasks": int(s.shape[1]),
         }
     return out

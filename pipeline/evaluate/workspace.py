@@ -12,12 +12,14 @@ learns), and the state arm has no pixels.
 
 Frames are environment frames after action repeat (:mod:`pipeline.benchmark`).
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -115,7 +117,13 @@ class VectorReplay:
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: float, terminated: bool, next_obs: np.ndarray) -> None:
         i = self._next
-        self.obs[i], self.action[i], self.reward[i], self.terminated[i], self.next_obs[i] = obs, action, reward, terminated, next_obs
+        self.obs[i], self.action[i], self.reward[i], self.terminated[i], self.next_obs[i] = (
+            obs,
+            action,
+            reward,
+            terminated,
+            next_obs,
+        )
         self._next = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -123,8 +131,12 @@ class VectorReplay:
         """A uniform batch in :meth:`SAC.update`'s layout (discount = gamma: one-step returns)."""
         idx = self._rng.integers(0, self.size, batch)
         return {
-            "obs": self.obs[idx], "action": self.action[idx], "reward": self.reward[idx],
-            "discount": np.full(batch, self.gamma, np.float32), "terminated": self.terminated[idx], "next_obs": self.next_obs[idx],
+            "obs": self.obs[idx],
+            "action": self.action[idx],
+            "reward": self.reward[idx],
+            "discount": np.full(batch, self.gamma, np.float32),
+            "terminated": self.terminated[idx],
+            "next_obs": self.next_obs[idx],
         }
 
 
@@ -175,7 +187,18 @@ class VectorWorkspace:
         name: what its log lines call the run (default: the task); runs side by side need their own.
     """
 
-    def __init__(self, task: str, make_env: Callable[[int], Any], make_observer: Callable[[], Observer], agent_params: AgentParams, schedule: Schedule, seed: int, device: torch.device, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        task: str,
+        make_env: Callable[[int], Any],
+        make_observer: Callable[[], Observer],
+        agent_params: AgentParams,
+        schedule: Schedule,
+        seed: int,
+        device: torch.device,
+        *,
+        name: str | None = None,
+    ) -> None:
         self.task, self.schedule, self.seed, self.name = task, schedule, seed, name or task
         self.observer, self.eval_observer = make_observer(), make_observer()
 
@@ -189,7 +212,13 @@ class VectorWorkspace:
         self.action_dim = self.env.action_dim
         torch.manual_seed(derive_seed(seed, "agent", task))
         self.agent = SAC(_Identity(self.observer.dim), self.action_dim, agent_params, device, train_encoder=False)
-        self.replay = VectorReplay(agent_params.replay_capacity, self.observer.dim, self.action_dim, agent_params.gamma, derive_seed(seed, "replay", task))
+        self.replay = VectorReplay(
+            agent_params.replay_capacity,
+            self.observer.dim,
+            self.action_dim,
+            agent_params.gamma,
+            derive_seed(seed, "replay", task),
+        )
         self.explore = np.random.default_rng(derive_seed(seed, "explore", task))
         self.batch_size, self.updates_per_step = agent_params.batch_size, agent_params.updates_per_step
         self.frame, self.episode = 0, 0

@@ -3,6 +3,7 @@
 Every frame of one stacked observation moves by the same shift, so the motion between frames is
 kept; each observation in the batch draws its own shift.
 """
+
 from __future__ import annotations
 
 import torch

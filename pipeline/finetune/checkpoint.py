@@ -5,6 +5,7 @@ A checkpoint that cannot be read (truncated, corrupted, from an incompatible ver
 moved aside to ``<folder>.corrupt-<n>`` (kept for inspection, never read again) and the run starts
 from scratch: it fails neither silently nor identically on every rerun.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,9 @@ class ResumeCheckpoint:
         """The frame the checkpoint was taken at (from ``run.json``)."""
         return int(json.loads((self.folder / RUN_FILE).read_text())["frame"])
 
-    def save(self, agent: SAC, buffer: ReplayBuffer, state: TrainState, explore: np.random.Generator, run: dict[str, Any]) -> None:
+    def save(
+        self, agent: SAC, buffer: ReplayBuffer, state: TrainState, explore: np.random.Generator, run: dict[str, Any]
+    ) -> None:
         payload = {
             "agent": agent.state_dict(),
             "state": state.__dict__,
@@ -87,12 +90,24 @@ class ResumeCheckpoint:
         ``agent`` and ``buffer`` may be partly overwritten by a failed load: build new ones then."""
         try:
             return self.load(agent, buffer, explore)
-        except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        except (
+            OSError,
+            EOFError,
+            RuntimeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            pickle.UnpicklingError,
+            zipfile.BadZipFile,
+        ) as exc:
             aside = self._aside()
             self.folder.rename(aside)
             log.warning(
                 "resume checkpoint %s is unreadable (%s: %s); moved it to %s and starting this run from scratch",
-                self.folder, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", aside,
+                self.folder,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+                aside,
             )
             return None
 

@@ -1,4 +1,5 @@
 """The encoder the SAC agent starts from: the pretrain stage's backbone, pretrained, scratch or frozen."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, build_module, load_module, read_checkpoint_config, resolve_class
+from models.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    build_module,
+    load_module,
+    read_checkpoint_config,
+    resolve_class,
+)
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -66,9 +75,13 @@ def read_spec(path: str | Path) -> EncoderSpec:
     config = dict(record["config"])
     missing = [k for k in ("frame_stack", "image_size") if k not in config]
     if missing:
-        raise BackboneError(f"{folder}/{CONFIG_FILE}: the encoder config lacks {', '.join(missing)}; the finetune stage needs them to build its observations")
+        raise BackboneError(
+            f"{folder}/{CONFIG_FILE}: the encoder config lacks {', '.join(missing)}; the finetune stage needs them to build its observations"
+        )
     if config.get("flow_input"):
-        raise BackboneError(f"{folder}: this backbone was pretrained with flow_input=true and needs optical flow as input, which the online agent does not compute; pretrain with pretrain.flow_input: false")
+        raise BackboneError(
+            f"{folder}: this backbone was pretrained with flow_input=true and needs optical flow as input, which the online agent does not compute; pretrain with pretrain.flow_input: false"
+        )
     digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
     return EncoderSpec(folder, record["class"], config, int(config["frame_stack"]), int(config["image_size"]), digest)
 
@@ -86,6 +99,16 @@ def build_encoder(spec: EncoderSpec, encoder_init: str) -> nn.Module:
     except CheckpointError as exc:
         raise BackboneError(f"--backbone: {exc}") from None
     if not hasattr(encoder, "feature_dim"):
-        raise BackboneError(f"{spec.folder}: {spec.class_path} has no attribute feature_dim; the SAC heads need the size of its output")
-    log.info("encoder %s (%s) from %s: %d parameters, input %d x %dpx frames", spec.class_path, encoder_init, spec.folder, sum(p.numel() for p in encoder.parameters()), spec.frame_stack, spec.image_size)
+        raise BackboneError(
+            f"{spec.folder}: {spec.class_path} has no attribute feature_dim; the SAC heads need the size of its output"
+        )
+    log.info(
+        "encoder %s (%s) from %s: %d parameters, input %d x %dpx frames",
+        spec.class_path,
+        encoder_init,
+        spec.folder,
+        sum(p.numel() for p in encoder.parameters()),
+        spec.frame_stack,
+        spec.image_size,
+    )
     return encoder.to(torch.float32)

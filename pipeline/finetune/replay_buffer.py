@@ -14,6 +14,7 @@ N-step returns are cut short at the end of an episode: the sample then carries t
 ``gamma ** m`` of the m <= n steps it covers and ``terminated`` of its last transition. A
 time-limit truncation is not a termination: its last frame is stored and bootstrapped from.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,16 @@ class ReplayBuffer:
         seed: seeds the sampling generator (its state is part of :meth:`state_dict`).
     """
 
-    def __init__(self, capacity: int, frame_shape: tuple[int, int, int], action_dim: int, frame_stack: int, n_step: int = 1, gamma: float = 0.99, seed: int = 0) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        frame_shape: tuple[int, int, int],
+        action_dim: int,
+        frame_stack: int,
+        n_step: int = 1,
+        gamma: float = 0.99,
+        seed: int = 0,
+    ) -> None:
         if capacity < frame_stack + n_step + 1:
             raise ValueError(f"capacity={capacity} is too small for frame_stack={frame_stack} and n_step={n_step}")
         self.capacity = capacity
@@ -73,7 +83,9 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        return self.frames.nbytes + self.actions.nbytes + self.rewards.nbytes + self.terminated.nbytes + self.steps.nbytes
+        return (
+            self.frames.nbytes + self.actions.nbytes + self.rewards.nbytes + self.terminated.nbytes + self.steps.nbytes
+        )
 
     def __len__(self) -> int:
         """Frames currently held."""
@@ -90,7 +102,9 @@ class ReplayBuffer:
         if frame.shape[-1] == 3 and frame.shape != self.frame_shape:
             frame = frame.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         if frame.shape != self.frame_shape or frame.dtype != np.uint8:
-            raise ValueError(f"frame has shape {frame.shape} dtype {frame.dtype}; expected uint8 {self.frame_shape} or its (H, W, 3) transpose")
+            raise ValueError(
+                f"frame has shape {frame.shape} dtype {frame.dtype}; expected uint8 {self.frame_shape} or its (H, W, 3) transpose"
+            )
         slot = self.total % self.capacity
         if slot >= len(self.steps):
             self._grow(min(self.capacity, 2 * len(self.steps)))
@@ -155,7 +169,9 @@ class ReplayBuffer:
 
         Within the first k - 1 steps of an episode the episode's first frame is repeated.
         """
-        return stack_frames(self.frames, logical, self.frame_stack, self._slot_step(logical), ring=self.capacity, channels_last=False)
+        return stack_frames(
+            self.frames, logical, self.frame_stack, self._slot_step(logical), ring=self.capacity, channels_last=False
+        )
 
     def sample_indices(self, batch_size: int) -> np.ndarray:
         """Uniformly sampled logical indices of valid transition starts (rejection sampling)."""
@@ -228,7 +244,9 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if tuple(state["frames"].shape[1:]) != self.frame_shape or state["actions"].shape[1:] != (self.action_dim,):
-            raise ValueError(f"replay state holds frames {state['frames'].shape[1:]} and actions {state['actions'].shape[1:]}; this buffer takes {self.frame_shape} and ({self.action_dim},)")
+            raise ValueError(
+                f"replay state holds frames {state['frames'].shape[1:]} and actions {state['actions'].shape[1:]}; this buffer takes {self.frame_shape} and ({self.action_dim},)"
+            )
         self.total = int(state["total"])
         keep = min(len(state["steps"]), self.capacity)
         self._first = self.total - keep

@@ -5,6 +5,7 @@ Checks, before any work, that the backbone was pretrained on the observations th
 from its checkpoint if one exists, trains, evaluates, exports the actor and the video, and logs
 the curves with DVCLive.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,19 +82,27 @@ def check_observation(spec: EncoderSpec, params: FinetuneParams) -> list[str]:
     if recorded is None:
         return []
     problems = recorded.mismatches(
-        params.task, who="finetune", action_repeat=params.action_repeat, image_size=spec.image_size,
-        camera=params.camera, render_mode=params.render_mode, frame_stack=spec.frame_stack,
+        params.task,
+        who="finetune",
+        action_repeat=params.action_repeat,
+        image_size=spec.image_size,
+        camera=params.camera,
+        render_mode=params.render_mode,
+        frame_stack=spec.frame_stack,
     )
     if not problems:
         return []
     message = f"backbone {spec.folder} does not match the finetune run on {params.task}: " + "; ".join(problems)
     if not params.allow_mismatch:
         raise ObservationMismatchError(
-            message + ". Set finetune.action_repeat / finetune.camera / finetune.render_mode to the backbone's values, or pretrain on data "
+            message
+            + ". Set finetune.action_repeat / finetune.camera / finetune.render_mode to the backbone's values, or pretrain on data "
             "collected like this run (collect.action_repeat, collect.camera, collect.render_mode), or set finetune.allow_mismatch: true "
             "to train anyway (recorded in the outputs)"
         )
-    log.warning("!!! %s (allowed by finetune.allow_mismatch; recorded in the metrics and the actor's metadata)", message)
+    log.warning(
+        "!!! %s (allowed by finetune.allow_mismatch; recorded in the metrics and the actor's metadata)", message
+    )
     return [message]
 
 
@@ -101,18 +110,16 @@ def log_curves(folder: str | Path, evals: list[dict[str, Any]], episodes: list[d
     """The learning curves as DVCLive logs in ``folder`` (step = environment frames after action repeat):
     ``eval/return_mean`` (and std) per evaluation, ``train/episode_return`` per training episode."""
     from pipeline.curves import open_live
-
     from pipeline.io import atomic_path
 
-    with atomic_path(folder) as tmp:
-        with open_live(tmp) as live:
-            for e in evals:
-                live.step = int(e["frames"])
-                live.log_metric("eval/return_mean", round(float(e["return_mean"]), 4))
-                live.log_metric("eval/return_std", round(float(e["return_std"]), 4))
-            for e in episodes:
-                live.step = int(e["frames"])
-                live.log_metric("train/episode_return", round(float(e["episode_return"]), 4))
+    with atomic_path(folder) as tmp, open_live(tmp) as live:
+        for e in evals:
+            live.step = int(e["frames"])
+            live.log_metric("eval/return_mean", round(float(e["return_mean"]), 4))
+            live.log_metric("eval/return_std", round(float(e["return_std"]), 4))
+        for e in episodes:
+            live.step = int(e["frames"])
+            live.log_metric("train/episode_return", round(float(e["episode_return"]), 4))
 
 
 def _speed(timing: dict[str, float]) -> None:
@@ -121,7 +128,14 @@ def _speed(timing: dict[str, float]) -> None:
     log.info("speed: %.2f updates/s, %.1f env frames/s while acting, %.1f s in evaluation", ups, fps, timing["eval_s"])
 
 
-def run(backbone: str | Path, out: str | Path, section: FinetuneParams, *, metrics: str | Path | None = None, plots: str | Path | None = None) -> FinetuneSummary:
+def run(
+    backbone: str | Path,
+    out: str | Path,
+    section: FinetuneParams,
+    *,
+    metrics: str | Path | None = None,
+    plots: str | Path | None = None,
+) -> FinetuneSummary:
     """Train SAC online from the backbone under ``backbone``; write ``out/actor/``, ``out/eval_video.gif``,
     the metrics JSON (``metrics``) and the DVCLive curves (``plots``)."""
     p = section
@@ -141,12 +155,21 @@ def run(backbone: str | Path, out: str | Path, section: FinetuneParams, *, metri
     _speed(workspace.timing)
     state = workspace.state
     summary = FinetuneSummary(
-        stage="finetune", out=str(out), task=p.task, encoder_init=p.encoder_init, frames=state.frame, episodes=state.episode,
-        updates=workspace.agent.updates, eval={k: v for k, v in final.items() if k != "returns"} | {"episodes": p.eval_episodes},
+        stage="finetune",
+        out=str(out),
+        task=p.task,
+        encoder_init=p.encoder_init,
+        frames=state.frame,
+        episodes=state.episode,
+        updates=workspace.agent.updates,
+        eval={k: v for k, v in final.items() if k != "returns"} | {"episodes": p.eval_episodes},
         best_eval_return_mean=max(e["return_mean"] for e in evals),
         last_train_episode_return=state.episodes[-1]["episode_return"] if state.episodes else None,
-        replay_buffer_mib=round(workspace.replay_bytes / 2**20, 2), warnings=warnings,
-        evals=[{k: v for k, v in e.items() if k != "returns"} for e in evals], train_episodes=list(state.episodes), timing=workspace.timing,
+        replay_buffer_mib=round(workspace.replay_bytes / 2**20, 2),
+        warnings=warnings,
+        evals=[{k: v for k, v in e.items() if k != "returns"} for e in evals],
+        train_episodes=list(state.episodes),
+        timing=workspace.timing,
     )
     if metrics is not None:
         summary.write_metrics(metrics)

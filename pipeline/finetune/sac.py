@@ -19,6 +19,7 @@ pretrained :class:`models.backbone.DualPathBackbone`) feeds an actor head and tw
 Every hyperparameter is a field of :class:`pipeline.config.sac.SACParams` (or of the sections built on it), documented
 where it is declared; this module reads them from there.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,7 +53,15 @@ class SAC:
             gradient, eval mode.
     """
 
-    def __init__(self, encoder: nn.Module, action_dim: int, params: FinetuneParams | AgentParams, device: torch.device, *, train_encoder: bool = True) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        action_dim: int,
+        params: FinetuneParams | AgentParams,
+        device: torch.device,
+        *,
+        train_encoder: bool = True,
+    ) -> None:
         p = params
         self.device = device
         self.action_dim = action_dim
@@ -65,7 +74,9 @@ class SAC:
 
         feature_dim = int(encoder.feature_dim)
         self.encoder = encoder.to(device)
-        self.actor = Actor(feature_dim, action_dim, p.hidden_dim, p.hidden_depth, p.log_std_min, p.log_std_max).to(device)
+        self.actor = Actor(feature_dim, action_dim, p.hidden_dim, p.hidden_depth, p.log_std_min, p.log_std_max).to(
+            device
+        )
         self.critic = Critic(feature_dim, action_dim, p.hidden_dim, p.hidden_depth).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(p.init_temperature), device=device, requires_grad=True)

@@ -10,6 +10,7 @@ key hashes everything that changes the result except ``frames``, so the same run
 continues where the last one stopped, and a stopped run resumes at its last checkpoint and
 reaches exactly the state an uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,15 @@ from pipeline.io import atomic_path
 log = logging.getLogger(__name__)
 
 #: Params that do not change what the run computes, left out of the run key.
-_NOT_IN_RUN_KEY = {"frames", "checkpoint_every_frames", "checkpoint_dir", "device", "threads", "video", "allow_mismatch"}
+_NOT_IN_RUN_KEY = {
+    "frames",
+    "checkpoint_every_frames",
+    "checkpoint_dir",
+    "device",
+    "threads",
+    "video",
+    "allow_mismatch",
+}
 #: Random streams derived from ``seed`` (the value is the stream's id in the seed sequence).
 _STREAMS = {"torch": 0, "explore": 1, "replay": 2, "train_env": 3, "eval_env": 4}
 
@@ -63,8 +72,14 @@ def check_memory(params: FinetuneParams, frame_shape: tuple[int, int, int], acti
     """Bytes this run's replay buffer will use; stops before work if that cannot fit in RAM."""
     steps = math.ceil(params.frames / params.action_repeat)
     steps_per_episode = params.episode_frames // params.action_repeat
-    used = ReplayBuffer.estimate_bytes(min(params.replay_capacity, steps + math.ceil(steps / steps_per_episode)), frame_shape, action_dim)
-    log.info("replay buffer: frames of %s uint8 stored once (stacks built at sampling time): about %.1f MiB for this run", "x".join(map(str, frame_shape)), used / 2**20)
+    used = ReplayBuffer.estimate_bytes(
+        min(params.replay_capacity, steps + math.ceil(steps / steps_per_episode)), frame_shape, action_dim
+    )
+    log.info(
+        "replay buffer: frames of %s uint8 stored once (stacks built at sampling time): about %.1f MiB for this run",
+        "x".join(map(str, frame_shape)),
+        used / 2**20,
+    )
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -93,10 +108,20 @@ class Workspace:
         self.spec, self.device = spec, device
         self.key = run_key(p, spec)
         self.run_info = {"key": self.key, "params": p.model_dump(mode="json"), "backbone_sha256": spec.sha256}
-        env_kwargs = dict(image_size=spec.image_size, camera=p.camera, action_repeat=p.action_repeat, render_mode=p.render_mode, episode_steps=p.episode_frames // p.action_repeat)
-        self.env = FrameStack(ActionScale(make_env(p.task, seed=derive_seed(p.seed, "train_env"), **env_kwargs)), spec.frame_stack)
+        env_kwargs = dict(
+            image_size=spec.image_size,
+            camera=p.camera,
+            action_repeat=p.action_repeat,
+            render_mode=p.render_mode,
+            episode_steps=p.episode_frames // p.action_repeat,
+        )
+        self.env = FrameStack(
+            ActionScale(make_env(p.task, seed=derive_seed(p.seed, "train_env"), **env_kwargs)), spec.frame_stack
+        )
         try:
-            self.eval_env = FrameStack(ActionScale(make_env(p.task, seed=derive_seed(p.seed, "eval_env"), **env_kwargs)), spec.frame_stack)
+            self.eval_env = FrameStack(
+                ActionScale(make_env(p.task, seed=derive_seed(p.seed, "eval_env"), **env_kwargs)), spec.frame_stack
+            )
         except BaseException:
             self.env.close()
             raise
@@ -113,8 +138,22 @@ class Workspace:
         """Fresh agent, replay buffer, exploration RNG and counters (seeded)."""
         p = self.p
         torch.manual_seed(derive_seed(p.seed, "torch"))
-        self.agent = SAC(build_encoder(self.spec, p.encoder_init), self.action_dim, p, self.device, train_encoder=p.encoder_init != "frozen")
-        self.replay = ReplayBuffer(p.replay_capacity, self.frame_shape, self.action_dim, self.spec.frame_stack, p.n_step, p.gamma, seed=derive_seed(p.seed, "replay"))
+        self.agent = SAC(
+            build_encoder(self.spec, p.encoder_init),
+            self.action_dim,
+            p,
+            self.device,
+            train_encoder=p.encoder_init != "frozen",
+        )
+        self.replay = ReplayBuffer(
+            p.replay_capacity,
+            self.frame_shape,
+            self.action_dim,
+            self.spec.frame_stack,
+            p.n_step,
+            p.gamma,
+            seed=derive_seed(p.seed, "replay"),
+        )
         self.explore = np.random.default_rng(derive_seed(p.seed, "explore"))
         self.state = TrainState(next_checkpoint=p.checkpoint_every_frames)
 
@@ -129,17 +168,30 @@ class Workspace:
         if not ckpt.exists():
             return
         if ckpt.frame() > self.p.frames:
-            log.warning("checkpoint %s is at frame %d, past frames=%d: starting afresh (it will be overwritten)", ckpt.folder, ckpt.frame(), self.p.frames)
+            log.warning(
+                "checkpoint %s is at frame %d, past frames=%d: starting afresh (it will be overwritten)",
+                ckpt.folder,
+                ckpt.frame(),
+                self.p.frames,
+            )
             return
         state = ckpt.try_load(self.agent, self.replay, self.explore)
         if state is None:
             self._build()  # a failed load may have left parts of the old state behind
             return
         self.state = state
-        log.info("resumed from %s at frame %d (episode %d, %d updates)", ckpt.folder, state.frame, state.episode, self.agent.updates)
+        log.info(
+            "resumed from %s at frame %d (episode %d, %d updates)",
+            ckpt.folder,
+            state.frame,
+            state.episode,
+            self.agent.updates,
+        )
 
     def save_checkpoint(self) -> None:
-        self.checkpoint.save(self.agent, self.replay, self.state, self.explore, {**self.run_info, "frame": self.state.frame})
+        self.checkpoint.save(
+            self.agent, self.replay, self.state, self.explore, {**self.run_info, "frame": self.state.frame}
+        )
 
     # --- evaluation ------------------------------------------------------------------------
     def evaluate(self, *, episodes: int | None = None, keep_video: bool = False) -> dict[str, Any]:
@@ -161,7 +213,13 @@ class Workspace:
         if keep_video:
             self.video = frames
         record = {"frames": self.state.frame, **summarise(returns), "returns": returns}
-        log.info("eval at frame %d: return %.1f +- %.1f over %d episodes", record["frames"], record["return_mean"], record["return_std"], len(returns))
+        log.info(
+            "eval at frame %d: return %.1f +- %.1f over %d episodes",
+            record["frames"],
+            record["return_mean"],
+            record["return_std"],
+            len(returns),
+        )
         self.timing["eval_s"] += time.perf_counter() - start
         return record
 
@@ -209,7 +267,13 @@ class Workspace:
                 return False  # frames reached mid-episode: the last checkpoint stays at the previous episode end
         state.episode += 1
         state.episodes.append({"frames": state.frame, "episode_return": episode_return})
-        log.info("episode %d: frame %d, return %.1f%s", state.episode, state.frame, episode_return, "".join(f", {k} {v:.3g}" for k, v in sorted(self.info.items())))
+        log.info(
+            "episode %d: frame %d, return %.1f%s",
+            state.episode,
+            state.frame,
+            episode_return,
+            "".join(f", {k} {v:.3g}" for k, v in sorted(self.info.items())),
+        )
         return True
 
     def train(self) -> None:
@@ -249,18 +313,41 @@ class Workspace:
         and ``out_dir/eval_video.gif``, as one atomic folder. ``warnings`` (backbone/run observation
         mismatches allowed by ``finetune.allow_mismatch``) go into the actor's meta as ``observation_warnings``."""
         p, agent = self.p, self.agent
-        actor_config = {"feature_dim": int(agent.encoder.feature_dim), "action_dim": self.action_dim, "hidden_dim": p.hidden_dim, "hidden_depth": p.hidden_depth, "log_std_min": p.log_std_min, "log_std_max": p.log_std_max}
-        policy_config = {"encoder_config": self.spec.config, "actor_config": actor_config, "encoder_class": self.spec.class_path}
+        actor_config = {
+            "feature_dim": int(agent.encoder.feature_dim),
+            "action_dim": self.action_dim,
+            "hidden_dim": p.hidden_dim,
+            "hidden_depth": p.hidden_depth,
+            "log_std_min": p.log_std_min,
+            "log_std_max": p.log_std_max,
+        }
+        policy_config = {
+            "encoder_config": self.spec.config,
+            "actor_config": actor_config,
+            "encoder_class": self.spec.class_path,
+        }
         policy = PixelPolicy(**policy_config)
         policy.encoder.load_state_dict(agent.encoder.state_dict())
         policy.actor.load_state_dict(agent.actor.state_dict())
         unwrapped = self.env.unwrapped
         meta = ActorMeta(
-            task=p.task, action_dim=self.action_dim, frame_stack=self.spec.frame_stack, image_size=self.spec.image_size,
-            action_repeat=p.action_repeat, camera=p.camera, render_mode=p.render_mode,
+            task=p.task,
+            action_dim=self.action_dim,
+            frame_stack=self.spec.frame_stack,
+            image_size=self.spec.image_size,
+            action_repeat=p.action_repeat,
+            camera=p.camera,
+            render_mode=p.render_mode,
         ).to_meta(
-            action_low=np.asarray(unwrapped.action_low).tolist(), action_high=np.asarray(unwrapped.action_high).tolist(), encoder_init=p.encoder_init, frames=final["frames"], eval_return_mean=final["return_mean"], backbone_sha256=self.spec.sha256, seed=p.seed,
-            observation_warnings=list(warnings))
+            action_low=np.asarray(unwrapped.action_low).tolist(),
+            action_high=np.asarray(unwrapped.action_high).tolist(),
+            encoder_init=p.encoder_init,
+            frames=final["frames"],
+            eval_return_mean=final["return_mean"],
+            backbone_sha256=self.spec.sha256,
+            seed=p.seed,
+            observation_warnings=list(warnings),
+        )
         with atomic_path(out_dir, clean_stale=True) as tmp:
             tmp.mkdir()
             save_module(tmp / "actor", policy.cpu(), policy_config, meta)

@@ -5,6 +5,7 @@ chosen by ``flow.backend`` through :data:`pipeline.flow.registry.BACKENDS`; the 
 defined in :mod:`pipeline.flow.files`. See :mod:`pipeline.flow.base` for the sign convention
 and the mask semantics.
 """
+
 from __future__ import annotations
 
 from pipeline.flow.base import FlowBackend, FlowResult, PairBackend

@@ -16,13 +16,15 @@ through :meth:`FlowBackend.flows`, a stream of episodes, which a :class:`PairBac
 overrides to batch frame pairs across episode boundaries (its only batching path:
 ``episode_flow`` is ``flows`` of one episode).
 """
+
 from __future__ import annotations
 
 import abc
 import functools
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -67,7 +69,7 @@ class FlowBackend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_params(cls, params: FlowParams, weights: WeightsParams) -> "FlowBackend":
+    def from_params(cls, params: FlowParams, weights: WeightsParams) -> FlowBackend:
         """Build the backend from the ``flow`` and ``weights`` params sections."""
 
     @classmethod

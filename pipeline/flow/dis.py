@@ -1,4 +1,5 @@
 """OpenCV DIS optical flow (dense inverse search): no weights, fast on one CPU core."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -30,7 +31,7 @@ class DISBackend(PairBackend):
         self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
 
     @classmethod
-    def from_params(cls, params: FlowParams, weights: WeightsParams) -> "DISBackend":
+    def from_params(cls, params: FlowParams, weights: WeightsParams) -> DISBackend:
         return cls(params.dis_preset, params.batch_size)
 
     def pairs_flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ flow compresses (the simulator's), stored for estimates, ``valid`` and ``meta`` 
 ``meta.source.episode_sha256`` ties the file to the exact episode it was computed from: the
 flow stage recomputes a file whose hash names another episode, and a reader should refuse it.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,7 +76,9 @@ def flow_meta(source: dict[str, Any], episode_name: str, flow16: np.ndarray, val
     }
 
 
-def write_flow(path: str | Path, flow16: np.ndarray, valid: np.ndarray, meta: dict[str, Any], deflate_flow: bool = True) -> None:
+def write_flow(
+    path: str | Path, flow16: np.ndarray, valid: np.ndarray, meta: dict[str, Any], deflate_flow: bool = True
+) -> None:
     """Write one flow file atomically (same arrays and meta, same bytes).
 
     Args:

@@ -6,6 +6,7 @@ systematic sample that costs 1/k) into a small value; :class:`TaskQuality` adds 
 bounded memory: exact sums and counts, and a fine histogram (:data:`BIN_WIDTH` wide bins) for
 the median, so the result does not depend on the order the episodes are added in.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,13 @@ def warp_back(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     u, v = pixel_grid(h, w)
     map_u = u + flow[0].astype(np.float32)
     map_v = v + flow[1].astype(np.float32)
-    out = cv2.remap(np.ascontiguousarray(image, dtype=np.float32), map_u, map_v, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.remap(
+        np.ascontiguousarray(image, dtype=np.float32),
+        map_u,
+        map_v,
+        interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return out.reshape(h, w, -1)
 
 
@@ -66,7 +73,7 @@ class ErrorSample:
     bins: np.ndarray
 
     @classmethod
-    def of(cls, values: np.ndarray, threshold: float) -> "ErrorSample":
+    def of(cls, values: np.ndarray, threshold: float) -> ErrorSample:
         """Reduce the errors ``values`` (1-d, >= 0, any float dtype) of the pixels under a mask."""
         values = np.asarray(values, np.float64)
         scaled = values / BIN_WIDTH
@@ -144,7 +151,9 @@ def measured_pairs(pairs: int, every: int) -> np.ndarray:
     return np.arange(0, pairs, every, dtype=np.int64)
 
 
-def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exact: FlowResult | None, every: int = 1) -> EpisodeQuality:
+def measure_episode(
+    frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exact: FlowResult | None, every: int = 1
+) -> EpisodeQuality:
     """The metrics of one episode's flow on the pairs :func:`measured_pairs` picks, computed only at the pixels they count.
 
     With exact (simulator) flow: end-point error of ``flow`` and of zero flow under the exact
@@ -162,7 +171,9 @@ def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exa
     """
     pairs = measured_pairs(len(flow), every)
     if exact is not None and len(exact.flow) != len(pairs):
-        raise ValueError(f"exact flow of {len(exact.flow)} pairs given for the {len(pairs)} measured pairs (every {every} of {len(flow)})")
+        raise ValueError(
+            f"exact flow of {len(exact.flow)} pairs given for the {len(pairs)} measured pairs (every {every} of {len(flow)})"
+        )
     valid_all = valid
     if every > 1:
         flow, valid = flow[pairs], valid[pairs]
@@ -177,7 +188,9 @@ def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exa
     epe = epe_zero = photo = photo_zero = None
     if exact is not None:
         ex, ey = _vectors_at(exact.flow, where, pair_of, hw)
-        epe = ErrorSample.of(end_point_error(np.stack([dx, dy])[..., None], np.stack([ex, ey])[..., None]).ravel(), THRESHOLD)
+        epe = ErrorSample.of(
+            end_point_error(np.stack([dx, dy])[..., None], np.stack([ex, ey])[..., None]).ravel(), THRESHOLD
+        )
         epe_zero = ErrorSample.of(np.hypot(ex, ey), THRESHOLD)
     if len(flow):
         first_at = first.reshape(-1, 3)[where].astype(np.float32)
@@ -191,7 +204,13 @@ def measure_episode(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exa
             image = second[t].astype(np.float32)
             for a in range(bounds[t], bounds[t + 1], _REMAP_ROWS):  # OpenCV maps hold < 32767 rows
                 b = min(a + _REMAP_ROWS, bounds[t + 1])
-                sampled = cv2.remap(image, map_u[a:b, None], map_v[a:b, None], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                sampled = cv2.remap(
+                    image,
+                    map_u[a:b, None],
+                    map_v[a:b, None],
+                    interpolation=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE,
+                )
                 warped[a:b] = sampled.reshape(-1, 3)
         photo = ErrorSample.of(_rgb_mean(np.abs(warped - first_at)), THRESHOLD)
         second_at = second.reshape(-1, 3)[where].astype(np.float32)
@@ -238,7 +257,12 @@ class TaskQuality:
         self.pixels += episode.pixels
         self.exact_valid += episode.exact_valid
         self.exact_pixels += episode.exact_pixels
-        for stats, sample in ((self.epe, episode.epe), (self.epe_zero, episode.epe_zero), (self.photo, episode.photo), (self.photo_zero, episode.photo_zero)):
+        for stats, sample in (
+            (self.epe, episode.epe),
+            (self.epe_zero, episode.epe_zero),
+            (self.photo, episode.photo),
+            (self.photo_zero, episode.photo_zero),
+        ):
             if sample is not None:
                 stats.add(sample)
 

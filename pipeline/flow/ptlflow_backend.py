@@ -12,6 +12,7 @@ a ptlflow tag (``things``, ``sintel``, ...) found in ptlflow's own cache
 or ``random``. ``import ptlflow`` takes tens of seconds and imports every model,
 so it happens only when this backend is built.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,7 +68,9 @@ def _is_tag_like(source: str) -> bool:
     return source != RANDOM and not any(ch in source for ch in "/\\.~:")
 
 
-def resolve_ptlflow_weights(ptlflow: ModuleType, model: str, source: str, weights: WeightsParams, param_key: str = "flow.weights") -> ResolvedWeights:
+def resolve_ptlflow_weights(
+    ptlflow: ModuleType, model: str, source: str, weights: WeightsParams, param_key: str = "flow.weights"
+) -> ResolvedWeights:
     """Resolve ``source`` for ptlflow model ``model`` (see the module docstring for the forms).
 
     Raises:
@@ -106,7 +109,7 @@ def resolve_ptlflow_weights(ptlflow: ModuleType, model: str, source: str, weight
     )
 
 
-def to_ptlflow_images(first: "torch.Tensor", second: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+def to_ptlflow_images(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:  # noqa: F821
     """ptlflow's input from two (N, H, W, 3) uint8 RGB tensors: (N, 2, 3, H, W) float32 in [0, 1], BGR."""
     import torch
 
@@ -142,7 +145,9 @@ class PtlflowBackend(PairBackend):
         if model not in names:
             close = difflib.get_close_matches(model, names, n=3)
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-            raise UnknownModelError(f"flow.model = {model!r} is not a ptlflow model{hint}.\n  Fix: set flow.model to one of: {', '.join(names)}")
+            raise UnknownModelError(
+                f"flow.model = {model!r} is not a ptlflow model{hint}.\n  Fix: set flow.model to one of: {', '.join(names)}"
+            )
         self.model_name = model
         self.weights = resolve_ptlflow_weights(ptlflow, model, weights_source, weights)
         torch.manual_seed(0)  # a random initialisation is the same on every run
@@ -158,8 +163,10 @@ class PtlflowBackend(PairBackend):
         self.ptlflow_version = ptlflow.__version__
 
     @classmethod
-    def from_params(cls, params: FlowParams, weights: WeightsParams) -> "PtlflowBackend":
-        return cls(params.model, params.weights, weights, params.batch_size, params.device, params.fp16, params.min_size)
+    def from_params(cls, params: FlowParams, weights: WeightsParams) -> PtlflowBackend:
+        return cls(
+            params.model, params.weights, weights, params.batch_size, params.device, params.fp16, params.min_size
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         import torch
@@ -168,7 +175,7 @@ class PtlflowBackend(PairBackend):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def forward(self, images: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # noqa: F821
         """The bare model: (N, 2, 3, H, W) float BGR in [0, 1] on the device -> (N, 2, H, W) float flow."""
         import torch
 
@@ -190,7 +197,9 @@ class PtlflowBackend(PairBackend):
         images = to_ptlflow_images(a, b)
         size = self.input_size(h, w)
         if size != (h, w):
-            images = F.interpolate(images.flatten(0, 1), size=size, mode="bilinear", align_corners=False).unflatten(0, (-1, 2))
+            images = F.interpolate(images.flatten(0, 1), size=size, mode="bilinear", align_corners=False).unflatten(
+                0, (-1, 2)
+            )
         try:
             flow = self.forward(images).float()
         except RuntimeError as exc:

@@ -1,4 +1,5 @@
 """Flow backends by name: ``flow.backend`` picks one. A new backend is one module and one line here."""
+
 from __future__ import annotations
 
 from pipeline.config import FlowParams, WeightsParams

@@ -16,6 +16,7 @@ one computed from another episode (another SHA-256) or another backend is recomp
 Previews go to ``<out>/previews/``; flow files and previews this run did not produce are
 removed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,10 +24,11 @@ import functools
 import json
 import logging
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -130,7 +132,11 @@ def run(
     reference = backend if isinstance(backend, SimulatorBackend) else SimulatorBackend(section.occlusion_tolerance)
     jobs = plan(headers, out, record, backend.fields, section.previews)
     if not all(job.has_truth for job in jobs):
-        log.info("%d of %d episodes have no depth/segmentation: no end-point error for them", sum(not j.has_truth for j in jobs), len(jobs))
+        log.info(
+            "%d of %d episodes have no depth/segmentation: no end-point error for them",
+            sum(not j.has_truth for j in jobs),
+            len(jobs),
+        )
     up_to_date = [is_up_to_date(job) for job in jobs]
     kept = [job for job, ok in zip(jobs, up_to_date) if ok]
     todo = [job for job, ok in zip(jobs, up_to_date) if not ok]
@@ -145,9 +151,16 @@ def run(
         finishing = deque((job, Task(pool, finish_kept, job, backend, reference, out, every)) for job in kept)
         try:
             for job, episode, result in backend.flows(loaded):
-                flow16 = to_float16(result.flow, job.header.path)  # non-finite flow is refused before its file is written
+                flow16 = to_float16(
+                    result.flow, job.header.path
+                )  # non-finite flow is refused before its file is written
                 finishing.append((job, Task(pool, write_episode, job, flow16, result.valid, backend.compressible)))
-                finishing.append((job, Task(pool, measure_episode_flow, job, episode, flow16, result, backend, reference, out, every)))
+                finishing.append(
+                    (
+                        job,
+                        Task(pool, measure_episode_flow, job, episode, flow16, result, backend, reference, out, every),
+                    )
+                )
                 if len(finishing) > 2 * AHEAD:
                     finishing[-1][1].run_here()  # the helper is behind: do this here rather than wait
                 while finishing and finishing[0][1].done():
@@ -161,11 +174,19 @@ def run(
 
     _remove_stale(out, {job.out.name for job in jobs}, previews)
     summary = FlowSummary(stage="flow", out=str(out), **quality.summary(record, len(jobs)))
-    log.info("flow: %d pairs of %d episodes -> %s; end-point error %s", summary.pairs, len(jobs), out, json.dumps(summary.epe))
+    log.info(
+        "flow: %d pairs of %d episodes -> %s; end-point error %s",
+        summary.pairs,
+        len(jobs),
+        out,
+        json.dumps(summary.epe),
+    )
     return summary
 
 
-def plan(headers: list[EpisodeHeader], out: Path, record: dict[str, Any], backend_fields: tuple[str, ...], previews: int) -> list[EpisodeJob]:
+def plan(
+    headers: list[EpisodeHeader], out: Path, record: dict[str, Any], backend_fields: tuple[str, ...], previews: int
+) -> list[EpisodeJob]:
     """One :class:`EpisodeJob` per episode; ``previews`` pairs spread evenly over all pairs of the task."""
     shown = _preview_pairs([h.length for h in headers], previews)
     jobs = []
@@ -190,8 +211,13 @@ def is_up_to_date(job: EpisodeJob) -> bool:
         return False
     source = existing.get("source") or {}
     if source.get("episode_sha256") != job.source["episode_sha256"]:
-        log.info("%s was computed from another episode than %s (episode sha256 %s, not %s); recomputing it",
-                 job.out, job.header.path, source.get("episode_sha256"), job.source["episode_sha256"])
+        log.info(
+            "%s was computed from another episode than %s (episode sha256 %s, not %s); recomputing it",
+            job.out,
+            job.header.path,
+            source.get("episode_sha256"),
+            job.source["episode_sha256"],
+        )
         return False
     return source == job.source and existing.get("pairs") == job.header.length
 
@@ -208,7 +234,14 @@ def write_episode(job: EpisodeJob, flow16: np.ndarray, valid: np.ndarray, deflat
 
 
 def measure_episode_flow(
-    job: EpisodeJob, episode: Episode, flow16: np.ndarray, result: FlowResult, backend: FlowBackend, reference: SimulatorBackend, out: Path, every: int = 1
+    job: EpisodeJob,
+    episode: Episode,
+    flow16: np.ndarray,
+    result: FlowResult,
+    backend: FlowBackend,
+    reference: SimulatorBackend,
+    out: Path,
+    every: int = 1,
 ) -> Finished:
     """Measure one computed episode's flow as written (``flow16``) on pairs 0, every, 2 every, ... and draw its previews.
 
@@ -216,10 +249,14 @@ def measure_episode_flow(
         reference: the simulator backend the metrics compare against (``backend`` itself when it is one).
     """
     is_exact = backend is reference
-    return _measure(job, episode, flow16, result.valid, result if is_exact else None, reference, out, every, show_exact=not is_exact)
+    return _measure(
+        job, episode, flow16, result.valid, result if is_exact else None, reference, out, every, show_exact=not is_exact
+    )
 
 
-def finish_kept(job: EpisodeJob, backend: FlowBackend, reference: SimulatorBackend, out: Path, every: int = 1) -> Finished:
+def finish_kept(
+    job: EpisodeJob, backend: FlowBackend, reference: SimulatorBackend, out: Path, every: int = 1
+) -> Finished:
     """Measure an up-to-date flow file (read back) and draw its previews."""
     episode = load(job)
     flow16, valid = read_flow(job.out)
@@ -234,7 +271,9 @@ def to_float16(flow: np.ndarray, episode_path: Path) -> np.ndarray:
         UserError: a NaN or infinite value, or one beyond float16's range (+-65504 px), named with its pair and the episode file.
     """
     flow16 = as_float16(flow)  # overflow gives inf, refused below with the episode named
-    if (flow16.view(np.uint16) & _FLOAT16_EXPONENT).max(initial=0) == _FLOAT16_EXPONENT:  # inf or NaN (10x faster than np.isfinite on float16)
+    if (flow16.view(np.uint16) & _FLOAT16_EXPONENT).max(
+        initial=0
+    ) == _FLOAT16_EXPONENT:  # inf or NaN (10x faster than np.isfinite on float16)
         pairs = np.flatnonzero(~np.isfinite(flow16).reshape(len(flow16), -1).all(axis=1))
         raise UserError(
             f"{episode_path}: the flow backend returned non-finite flow (NaN, inf or beyond +-{FLOAT16_MAX:g} px) "
@@ -246,8 +285,16 @@ def to_float16(flow: np.ndarray, episode_path: Path) -> np.ndarray:
 
 
 def _measure(
-    job: EpisodeJob, episode: Episode, flow16: np.ndarray, valid: np.ndarray, exact_all: FlowResult | None, reference: SimulatorBackend,
-    out: Path, every: int, *, show_exact: bool,
+    job: EpisodeJob,
+    episode: Episode,
+    flow16: np.ndarray,
+    valid: np.ndarray,
+    exact_all: FlowResult | None,
+    reference: SimulatorBackend,
+    out: Path,
+    every: int,
+    *,
+    show_exact: bool,
 ) -> Finished:
     """Metrics of the written flow against the exact flow (``reference``'s, on the measured pairs only, when the episode
     has simulator truth), and previews.
@@ -259,9 +306,17 @@ def _measure(
     pairs = measured_pairs(len(flow16), every)
     exact = None
     if job.has_truth:
-        exact = reference.episode_flow(episode, pairs) if exact_all is None else FlowResult(exact_all.flow[pairs], exact_all.valid[pairs])
+        exact = (
+            reference.episode_flow(episode, pairs)
+            if exact_all is None
+            else FlowResult(exact_all.flow[pairs], exact_all.valid[pairs])
+        )
     quality = measure_episode(episode.frames, flow16, valid, exact, every)
-    shown = reference.episode_flow(episode, np.array(job.previews, np.int64)) if show_exact and job.has_truth and job.previews else None
+    shown = (
+        reference.episode_flow(episode, np.array(job.previews, np.int64))
+        if show_exact and job.has_truth and job.previews
+        else None
+    )
     names = []
     for row, t in enumerate(job.previews):
         flows = [(flow16[t].astype(np.float32), valid[t])]

@@ -18,6 +18,7 @@ Background pixels (segmentation -1: no geom, e.g. empty sky) have no depth and
 no rigid motion, so they are invalid. In dm_control the floor is a geom, so
 most pixels are valid.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -145,7 +146,9 @@ def simulator_flow(
     return FlowResult(flow, valid)
 
 
-def _visible(next_depth: np.ndarray, tu: np.ndarray, tv: np.ndarray, zn: np.ndarray, ok: np.ndarray, tolerance: float) -> np.ndarray:
+def _visible(
+    next_depth: np.ndarray, tu: np.ndarray, tv: np.ndarray, zn: np.ndarray, ok: np.ndarray, tolerance: float
+) -> np.ndarray:
     """True where one of the 4 pixels around (tu, tv) in ``next_depth`` matches depth ``zn`` within ``tolerance``."""
     h, w = next_depth.shape
     u0 = np.floor(np.where(ok, tu, 0.0)).astype(np.int64)
@@ -171,7 +174,7 @@ class SimulatorBackend(FlowBackend):
         self.occlusion_tolerance = occlusion_tolerance
 
     @classmethod
-    def from_params(cls, params: FlowParams, weights: WeightsParams) -> "SimulatorBackend":
+    def from_params(cls, params: FlowParams, weights: WeightsParams) -> SimulatorBackend:
         return cls(params.occlusion_tolerance)
 
     @classmethod

@@ -6,6 +6,7 @@ exact flow - all flows on the same magnitude scale so they can be compared.
 Directions: right = red, down = yellow-green, left = cyan, up = violet
 (OpenCV hue of the angle of (dx, dy) in image axes).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -32,9 +32,11 @@ positives of a row are its own target **and every duplicate of it** (:func:`dupl
 same caption, the same frame), because a duplicate is not a different answer; with duplicates
 as negatives even a perfect predictor cannot go below ``log(number of duplicates)``.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -121,7 +123,9 @@ def alignment(
         all_valid = gather(valid.to(torch.uint8)).bool()
         logits = pred_n @ prepare(all_raw).T / temperature
         own = torch.zeros_like(logits, dtype=torch.bool)
-        own[torch.arange(pred.shape[0], device=pred.device), torch.arange(pred.shape[0], device=pred.device) + offset] = True
+        own[
+            torch.arange(pred.shape[0], device=pred.device), torch.arange(pred.shape[0], device=pred.device) + offset
+        ] = True
         positive = (duplicates(target, all_raw) | own) & all_valid[None, :]
         logits = logits.masked_fill(~all_valid[None, :], float("-inf"))
         # A row without a valid target would be all -inf (NaN loss and gradient): give it zero
@@ -142,7 +146,11 @@ def flow_epe(pred: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tenso
 
 
 def flow_weights(
-    target: Tensor, valid: Tensor, moving_threshold: float = FLOW_MOVING_THRESHOLD, static_share: float = FLOW_STATIC_SHARE, gather: Gather = _identity
+    target: Tensor,
+    valid: Tensor,
+    moving_threshold: float = FLOW_MOVING_THRESHOLD,
+    static_share: float = FLOW_STATIC_SHARE,
+    gather: Gather = _identity,
 ) -> Tensor:
     """(B, H, W) per-pixel weights of :func:`flow_loss` for (B, 2, H, W) target flow, (B, H, W) valid mask.
 
@@ -222,22 +230,42 @@ def loss_terms(
     rows = torch.ones(batch["clip_image"].shape[0], dtype=torch.bool, device=batch["clip_image"].device)
     if weights.get("clip_image", 0.0) > 0:
         terms["clip_image"] = alignment(
-            outputs["clip_image"], batch["clip_image"], rows, clip_loss, temperature, gather, offset, centres.get("clip_image")
+            outputs["clip_image"],
+            batch["clip_image"],
+            rows,
+            clip_loss,
+            temperature,
+            gather,
+            offset,
+            centres.get("clip_image"),
         )
     for i, name in enumerate(TEXT_TERMS):
         if weights.get(name, 0.0) > 0:
             terms[name] = alignment(
-                outputs[name], batch["clip_text"][:, i], batch["text_valid"].bool(), clip_loss, temperature, gather, offset, centres.get(name)
+                outputs[name],
+                batch["clip_text"][:, i],
+                batch["text_valid"].bool(),
+                clip_loss,
+                temperature,
+                gather,
+                offset,
+                centres.get(name),
             )
     if weights.get("flow", 0.0) > 0:
-        terms["flow"] = flow_loss(outputs["flow"], batch["flow"], batch["flow_valid"], flow_moving_threshold, flow_static_share, gather)
+        terms["flow"] = flow_loss(
+            outputs["flow"], batch["flow"], batch["flow_valid"], flow_moving_threshold, flow_static_share, gather
+        )
     if weights.get("reward", 0.0) > 0:
         terms["reward"] = reward_mse(outputs["reward"], batch["reward"].float(), batch["reward_valid"].bool())
     return terms
 
 
 def term_weights(
-    weight_clip_image: float, weight_clip_text: float, weight_flow: float, weight_reward: float, weight_clip_motion: float
+    weight_clip_image: float,
+    weight_clip_text: float,
+    weight_flow: float,
+    weight_reward: float,
+    weight_clip_motion: float,
 ) -> dict[str, float]:
     """Map the params' loss weights onto the term names (caption and objects share ``weight_clip_text``)."""
     return {

@@ -15,11 +15,12 @@ little regularisation for new episodes); with a single train episode it falls ba
 contiguous blocks of that episode's frames. The same is done for the same architecture at its
 random initialisation.
 """
+
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -91,7 +92,11 @@ def extract(
         try:
             joints = model_joints(task)
         except UserError as exc:  # a task this install cannot build: which qpos are angles is unknown
-            log.warning("probe: task %r is skipped: its model is needed to read its recorded state as joint state (%s)", task, str(exc).splitlines()[0])
+            log.warning(
+                "probe: task %r is skipped: its model is needed to read its recorded state as joint state (%s)",
+                task,
+                str(exc).splitlines()[0],
+            )
             continue
         try:
             state, _ = state_matrix(joints, np.stack(qpos[task]), np.stack(qvel[task]))
@@ -123,8 +128,24 @@ def probe(
     single train episode). R^2 is unitless (NaN for a task whose validation state does not vary);
     ``r2`` averages the finite per-task values.
     """
-    train = extract(backbone, train_shards, frame_stack, device, batch_size=batch_size, max_per_task=max_per_task, flow_input=flow_input)
-    val = extract(backbone, validation_shards, frame_stack, device, batch_size=batch_size, max_per_task=max_per_task, flow_input=flow_input)
+    train = extract(
+        backbone,
+        train_shards,
+        frame_stack,
+        device,
+        batch_size=batch_size,
+        max_per_task=max_per_task,
+        flow_input=flow_input,
+    )
+    val = extract(
+        backbone,
+        validation_shards,
+        frame_stack,
+        device,
+        batch_size=batch_size,
+        max_per_task=max_per_task,
+        flow_input=flow_input,
+    )
     per_task: dict[str, float] = {}
     alphas: dict[str, float] = {}
     for task in sorted(set(train) & set(val)):

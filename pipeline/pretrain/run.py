@@ -17,6 +17,7 @@ Outputs (written by rank 0 only, each atomically):
 
 Entry: ``run(dataset, out, section, *, metrics, plots) -> PretrainSummary``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,7 +73,9 @@ def backbone_config(params: PretrainParams, info: Dataset) -> dict[str, Any]:
 def observation_meta(params: PretrainParams, info: Dataset) -> dict[str, Any]:
     """``meta["observation"]`` of the checkpoints (:class:`pipeline.observation.ObservationMeta`):
     the dataset's per-task action repeat, camera and render mode, its frame size, and the frame stack."""
-    return ObservationMeta.from_dataset(info.stats, image_size=info.image_size, frame_stack=params.frame_stack).to_dict()
+    return ObservationMeta.from_dataset(
+        info.stats, image_size=info.image_size, frame_stack=params.frame_stack
+    ).to_dict()
 
 
 def seed_everything(seed: int) -> None:
@@ -94,7 +97,7 @@ def finite_or_none(obj: Any) -> Any:
 
 def final_losses(history: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each term over the last tenth of the steps (at least one), NaN-free steps only."""
-    tail = history[-max(1, len(history) // 10):]
+    tail = history[-max(1, len(history) // 10) :]
     out: dict[str, float] = {}
     for name in ("total", *TERMS):
         values = [r[name] for r in tail if name in r and not math.isnan(r[name])]
@@ -110,16 +113,15 @@ def write_curves(folder: str | Path, history: list[dict[str, float]], validation
     from pipeline.curves import open_live
 
     validated = {int(r["step"]): r for r in validation}
-    with atomic_path(folder) as tmp:
-        with open_live(tmp) as live:
-            for record in history:
-                live.step = int(record["step"])
-                for name in ("total", *TERMS):
-                    if name in record and not math.isnan(record[name]):
-                        live.log_metric(f"loss/{name}", float(record[name]))
-                for name, value in validated.get(live.step, {}).items():
-                    if name != "step" and not math.isnan(value):
-                        live.log_metric(f"validation/{name}", float(value))
+    with atomic_path(folder) as tmp, open_live(tmp) as live:
+        for record in history:
+            live.step = int(record["step"])
+            for name in ("total", *TERMS):
+                if name in record and not math.isnan(record[name]):
+                    live.log_metric(f"loss/{name}", float(record[name]))
+            for name, value in validated.get(live.step, {}).items():
+                if name != "step" and not math.isnan(value):
+                    live.log_metric(f"validation/{name}", float(value))
 
 
 @dataclass(frozen=True)
@@ -135,13 +137,19 @@ class PretrainSummary(StageSummary):
     def line(self) -> str:
         if self.values is None:
             return f"pretrain: worker rank done -> {self.out}"
-        r2 = {k: "n/a" if v is None else f"{v:.3f}" for k, v in self.values["probe_r2"].items()}  # None: no task could be probed
+        r2 = {
+            k: "n/a" if v is None else f"{v:.3f}" for k, v in self.values["probe_r2"].items()
+        }  # None: no task could be probed
         total = self.values["loss"].get("total")
-        return (f"pretrain: {self.values['steps']} steps, final total loss {'n/a' if total is None else f'{total:.4f}'}, "
-                f"probe R^2 pretrained {r2['pretrained']} vs random {r2['random']} -> {self.out}")
+        return (
+            f"pretrain: {self.values['steps']} steps, final total loss {'n/a' if total is None else f'{total:.4f}'}, "
+            f"probe R^2 pretrained {r2['pretrained']} vs random {r2['random']} -> {self.out}"
+        )
 
 
-def run(dataset: str | Path, out: str | Path, section: PretrainParams, *, metrics: str | Path, plots: str | Path) -> PretrainSummary:
+def run(
+    dataset: str | Path, out: str | Path, section: PretrainParams, *, metrics: str | Path, plots: str | Path
+) -> PretrainSummary:
     """Train the backbone on ``dataset`` and write every output (rank 0 only under DDP)."""
     values = pretrain(dataset, out, metrics, plots, section)
     return PretrainSummary(stage="pretrain", out=str(out), values=values)
@@ -203,11 +211,15 @@ def empty_term_steps(history: list[dict[str, float]]) -> dict[str, int]:
     return {t: sum(1 for r in history if math.isnan(r[t])) for t in names}
 
 
-def pretrain(dataset: str | Path, out: str | Path, metrics_path: str | Path, plots_dir: str | Path, params: PretrainParams) -> dict[str, Any] | None:
+def pretrain(
+    dataset: str | Path, out: str | Path, metrics_path: str | Path, plots_dir: str | Path, params: PretrainParams
+) -> dict[str, Any] | None:
     """Train the backbone on ``dataset`` and write every output; returns the metrics (rank 0) or None."""
     info = open_dataset(dataset)  # validated here: stats.json, shard list, sizes and SHA-256, first sample
     if not info.shards["validation"]:
-        raise UserError(f"{info.folder}: no validation shards, which the probe needs; re-encode with encode.val_fraction > 0")
+        raise UserError(
+            f"{info.folder}: no validation shards, which the probe needs; re-encode with encode.val_fraction > 0"
+        )
     _check_text_targets(info, params)
     device = select_device(params.device, param_key="pretrain.device")
     ctx = distributed_context(device)
@@ -221,9 +233,19 @@ def pretrain(dataset: str | Path, out: str | Path, metrics_path: str | Path, plo
             dist.destroy_process_group()
 
 
-def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, params: PretrainParams, device: torch.device, ctx: DistContext) -> dict[str, Any] | None:
+def _pretrain(
+    info: Dataset,
+    out: Path,
+    metrics_path: Path,
+    plots_dir: Path,
+    params: PretrainParams,
+    device: torch.device,
+    ctx: DistContext,
+) -> dict[str, Any] | None:
     if params.batch_size % ctx.world_size:
-        raise UserError(f"pretrain.batch_size = {params.batch_size} does not split evenly over {ctx.world_size} processes; make it a multiple of pretrain.nproc")
+        raise UserError(
+            f"pretrain.batch_size = {params.batch_size} does not split evenly over {ctx.world_size} processes; make it a multiple of pretrain.nproc"
+        )
     config = backbone_config(params, info)
     if params.threads:
         torch.set_num_threads(params.threads)
@@ -234,12 +256,20 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
     model.to(device)
     log.info(
         "backbone: %d parameters, fused features %d, %d-frame stacks of %dpx; %d process(es), device %s",
-        model.backbone.num_parameters, params.feature_dim, params.frame_stack, info.image_size, ctx.world_size, device,
+        model.backbone.num_parameters,
+        params.feature_dim,
+        params.frame_stack,
+        info.image_size,
+        ctx.world_size,
+        device,
     )
     if params.batch_size > info.samples["train"]:
         log.warning(
             "pretrain.batch_size = %d is larger than the dataset's %d train samples (%s): every batch repeats samples; "
-            "lower pretrain.batch_size or encode more episodes", params.batch_size, info.samples["train"], info.folder,
+            "lower pretrain.batch_size or encode more episodes",
+            params.batch_size,
+            info.samples["train"],
+            info.folder,
         )
     loader = make_loader(
         info.shards["train"],
@@ -256,10 +286,21 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
     means = clip_means(info) if params.centre_clip_targets else {t: None for t in CLIP_FIELDS}
     centres = {t: torch.tensor(m, dtype=torch.float32, device=device) for t, m in means.items() if m is not None}
     loss_args = dict(
-        clip_loss=params.clip_loss, temperature=params.temperature, device=device, flow_input=params.flow_input, centres=centres,
-        flow_moving_threshold=params.flow_moving_threshold, flow_static_share=params.flow_static_share,
+        clip_loss=params.clip_loss,
+        temperature=params.temperature,
+        device=device,
+        flow_input=params.flow_input,
+        centres=centres,
+        flow_moving_threshold=params.flow_moving_threshold,
+        flow_static_share=params.flow_static_share,
     )
-    weights = term_weights(params.weight_clip_image, params.weight_clip_text, params.weight_flow, params.weight_reward, params.weight_clip_motion)
+    weights = term_weights(
+        params.weight_clip_image,
+        params.weight_clip_text,
+        params.weight_flow,
+        params.weight_reward,
+        params.weight_clip_motion,
+    )
     if not any(w > 0 for w in weights.values()):
         raise UserError("every pretrain.weight_* is 0: set at least one loss weight above 0")
     optimizer = make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
@@ -268,11 +309,23 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
     def validate(step: int) -> None:
         batches = make_loader(info.shards["validation"], params.frame_stack, params.batch_size, workers=0, repeat=False)
         validation_curve.append({"step": step, **evaluate_losses(model, batches, weights=weights, **loss_args)})
-        log.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in validation_curve[-1].items() if k != "step"))
+        log.info(
+            "step %d validation: %s",
+            step,
+            ", ".join(f"{k}={v:.4f}" for k, v in validation_curve[-1].items() if k != "step"),
+        )
 
     history = train(
-        model, loader, steps=params.steps, optimizer=optimizer, weights=weights, ctx=ctx, grad_clip=params.grad_clip,
-        validate=validate, validate_every=params.validate_every, **loss_args,
+        model,
+        loader,
+        steps=params.steps,
+        optimizer=optimizer,
+        weights=weights,
+        ctx=ctx,
+        grad_clip=params.grad_clip,
+        validate=validate,
+        validate_every=params.validate_every,
+        **loss_args,
     )
     if not ctx.is_main:
         return None
@@ -280,25 +333,38 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
     validation_loss = {k: v for k, v in validation_curve[-1].items() if k != "step"}
 
     probe_args = dict(alpha=params.probe_alpha, max_per_task=params.probe_max_per_task, flow_input=params.flow_input)
-    trained = probe(model.backbone, info.shards["train"], info.shards["validation"], params.frame_stack, device, **probe_args)
-    baseline = probe(initial_backbone.to(device), info.shards["train"], info.shards["validation"], params.frame_stack, device, **probe_args)
-    log.info("probe R^2 (state from frozen features): pretrained %.3f, random weights %.3f", trained["r2"], baseline["r2"])
+    trained = probe(
+        model.backbone, info.shards["train"], info.shards["validation"], params.frame_stack, device, **probe_args
+    )
+    baseline = probe(
+        initial_backbone.to(device),
+        info.shards["train"],
+        info.shards["validation"],
+        params.frame_stack,
+        device,
+        **probe_args,
+    )
+    log.info(
+        "probe R^2 (state from frozen features): pretrained %.3f, random weights %.3f", trained["r2"], baseline["r2"]
+    )
 
-    metrics = finite_or_none({
-        "loss": final_losses(history),
-        "validation_loss": validation_loss,
-        "validation_curve": validation_curve,
-        "empty_term_steps": empty_term_steps(history),
-        "probe_r2": {"pretrained": trained["r2"], "random": baseline["r2"]},
-        "probe_r2_per_task": {"pretrained": trained["per_task"], "random": baseline["per_task"]},
-        "feature_dim": params.feature_dim,
-        "backbone_parameters": model.backbone.num_parameters,
-        "steps": params.steps,
-        "samples_seen": params.steps * params.batch_size,
-        "processes": ctx.world_size,
-        "threads": torch.get_num_threads(),
-        "probe_alpha": {"pretrained": trained["alpha"], "random": baseline["alpha"]},
-    })
+    metrics = finite_or_none(
+        {
+            "loss": final_losses(history),
+            "validation_loss": validation_loss,
+            "validation_curve": validation_curve,
+            "empty_term_steps": empty_term_steps(history),
+            "probe_r2": {"pretrained": trained["r2"], "random": baseline["r2"]},
+            "probe_r2_per_task": {"pretrained": trained["per_task"], "random": baseline["per_task"]},
+            "feature_dim": params.feature_dim,
+            "backbone_parameters": model.backbone.num_parameters,
+            "steps": params.steps,
+            "samples_seen": params.steps * params.batch_size,
+            "processes": ctx.world_size,
+            "threads": torch.get_num_threads(),
+            "probe_alpha": {"pretrained": trained["alpha"], "random": baseline["alpha"]},
+        }
+    )
     meta = {
         "stage": "pretrain",
         "input": f"obs (B, {3 * params.frame_stack}, {info.image_size}, {info.image_size}) RGB pixels in [0, 255], oldest frame first",
@@ -310,7 +376,9 @@ def _pretrain(info: Dataset, out: Path, metrics_path: Path, plots_dir: Path, par
         "observation": observation_meta(params, info),
     }
     meta["targets"] = {  # what the CLIP heads were trained to predict, reproducible from the raw clip.npy rows
-        "clip_centring": "normalize(raw - mean) per field with the train split's mean; all-zero rows stay zero" if centres else "none",
+        "clip_centring": "normalize(raw - mean) per field with the train split's mean; all-zero rows stay zero"
+        if centres
+        else "none",
         "clip_mean": {t: (m if t in centres else None) for t, m in means.items()},
     }
     model.cpu()

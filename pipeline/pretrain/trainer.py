@@ -6,12 +6,14 @@ gets ``batch_size / world_size`` samples per step; every loss term is normalised
 all processes (see :mod:`pipeline.pretrain.losses`), so N processes on N slices of a batch take
 exactly the step one process takes on the whole batch.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -120,14 +122,22 @@ def train(
         outputs = net(batch["obs"], batch["flow"] if flow_input else None)
         gather, offset = (_gather, ctx.rank * local) if ctx.distributed else (lambda x: x, 0)
         terms = loss_terms(
-            outputs, batch, weights, clip_loss, temperature, gather, offset,
-            centres=centres, flow_moving_threshold=flow_moving_threshold, flow_static_share=flow_static_share,
+            outputs,
+            batch,
+            weights,
+            clip_loss,
+            temperature,
+            gather,
+            offset,
+            centres=centres,
+            flow_moving_threshold=flow_moving_threshold,
+            flow_static_share=flow_static_share,
         )
         names = list(terms)
         stats = torch.stack([terms[n][0].detach() for n in names] + [terms[n][1].detach() for n in names])
         if ctx.distributed:
             dist.all_reduce(stats)
-        sums, counts = stats[: len(names)], stats[len(names):]
+        sums, counts = stats[: len(names)], stats[len(names) :]
         total = torch.zeros((), device=device)
         record: dict[str, float] = {"step": step + 1}
         for i, name in enumerate(names):
@@ -144,10 +154,18 @@ def train(
         record["empty_terms"] = len(empty)
         record["total"] = float("nan") if empty else sum(weights[n] * record[n] for n in names)
         history.append(record)
-        if validate is not None and validate_every > 0 and ctx.is_main and (step + 1) % validate_every == 0 and step + 1 < steps:
+        if (
+            validate is not None
+            and validate_every > 0
+            and ctx.is_main
+            and (step + 1) % validate_every == 0
+            and step + 1 < steps
+        ):
             validate(step + 1)
         if ctx.is_main and (step + 1) % max(1, steps // 10) == 0:
-            log.info("step %d/%d: %s", step + 1, steps, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"))
+            log.info(
+                "step %d/%d: %s", step + 1, steps, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step")
+            )
     return history
 
 
@@ -183,8 +201,14 @@ def evaluate_losses(
             batch = to_device(raw, device)
             outputs = model(batch["obs"], batch["flow"] if flow_input else None)
             terms = loss_terms(
-                outputs, batch, weights, clip_loss, temperature,
-                centres=centres, flow_moving_threshold=flow_moving_threshold, flow_static_share=flow_static_share,
+                outputs,
+                batch,
+                weights,
+                clip_loss,
+                temperature,
+                centres=centres,
+                flow_moving_threshold=flow_moving_threshold,
+                flow_static_share=flow_static_share,
             )
             for name, (total, count) in terms.items():
                 sums[name] += float(total)

@@ -7,6 +7,7 @@ callable maps (frame pixels, how many times this frame was asked before,
 request body) to what the server does: answer with content, sleep first,
 return an HTTP error, send a malformed body, or drop the connection.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,10 +18,11 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +75,9 @@ def pixels_digest(frame: np.ndarray) -> str:
 class ChatServer:
     """Start with :meth:`start` (``port=0`` picks a free one); :meth:`stop` closes it; usable as a context manager."""
 
-    def __init__(self, model: str = "test-vlm", plan: Plan | None = None, port: int = 0, stop_after: int | None = None) -> None:
+    def __init__(
+        self, model: str = "test-vlm", plan: Plan | None = None, port: int = 0, stop_after: int | None = None
+    ) -> None:
         self.model = model
         self.plan: Plan = plan or (lambda frame, seen, body: Action())
         self.port = port
@@ -91,7 +95,7 @@ class ChatServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "ChatServer":
+    def start(self) -> ChatServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -145,7 +149,13 @@ class ChatServer:
                         "id": "chatcmpl-test",
                         "object": "chat.completion",
                         "model": server.model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": action.content}, "finish_reason": "stop"}],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": action.content},
+                                "finish_reason": "stop",
+                            }
+                        ],
                     }
                     self._send(200, json.dumps(reply))
                 elif action.kind == "status":
@@ -179,21 +189,29 @@ class ChatServer:
             httpd.shutdown()
             httpd.server_close()
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def collect_episodes(out_dir: Any, task: str = "cartpole-swingup", episodes: int = 2, steps: int = 20, size: int = 48) -> Any:
+def collect_episodes(
+    out_dir: Any, task: str = "cartpole-swingup", episodes: int = 2, steps: int = 20, size: int = 48
+) -> Any:
     """Record a few small real episodes (with segmentation) of ``task`` into ``out_dir``; return it."""
     from pipeline.collect import collect_task
     from pipeline.config import CollectParams
 
     params = CollectParams(
-        tasks=[task], episodes_per_task=episodes, episode_steps=steps, image_size=size, workers=1, preview_episodes=0,
-        depth=False, segmentation=True,
+        tasks=[task],
+        episodes_per_task=episodes,
+        episode_steps=steps,
+        image_size=size,
+        workers=1,
+        preview_episodes=0,
+        depth=False,
+        segmentation=True,
     )
     collect_task(task, params, out_dir, workers=1)
     return out_dir
@@ -240,8 +258,11 @@ def scene_at_state(scene: Any, qpos: Any, qvel: Any, reader: Any = None) -> tupl
         data.qvel[:] = qvel
         mujoco.mj_forward(model, data)
         moved = dataclasses.replace(
-            scene, qpos=np.array(qpos, np.float64), qvel=np.array(qvel, np.float64),
-            body_pos=data.xpos.copy(), body_quat=data.xquat.copy(),
+            scene,
+            qpos=np.array(qpos, np.float64),
+            qvel=np.array(qvel, np.float64),
+            body_pos=data.xpos.copy(),
+            body_quat=data.xquat.copy(),
         )
     finally:
         close()

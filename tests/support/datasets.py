@@ -9,11 +9,13 @@
   (:func:`pipeline.encode.run.run`) with :class:`ProjectionClip`, a tiny deterministic stand-in
   for CLIP, so the result is a dataset the real validator accepts.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,12 +23,12 @@ from pipeline.episodes import Episode, EpisodeMeta, episode_filename, save_episo
 from pipeline.io import dumps_json, sha256_of, write_json_atomic, write_npz_atomic
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def physics_sizes(task: str) -> tuple[int, int]:
     """(nq, nv) of ``task``'s MuJoCo model, so that a synthetic episode's qpos/qvel have the widths the
     probe's joint state (:func:`pipeline.joint_state.state_matrix`) expects; (3, 3) for a made-up task name."""
-    from pipeline.task_physics import load_task_physics
     from pipeline.errors import UserError
+    from pipeline.task_physics import load_task_physics
 
     try:
         model, _, close = load_task_physics(task)
@@ -37,7 +39,9 @@ def physics_sizes(task: str) -> tuple[int, int]:
     return sizes
 
 
-def synthetic_episode(task: str, index: int, length: int, size: int, seed: int = 0, action_dim: int = 2) -> tuple[Episode, np.ndarray, np.ndarray]:
+def synthetic_episode(
+    task: str, index: int, length: int, size: int, seed: int = 0, action_dim: int = 2
+) -> tuple[Episode, np.ndarray, np.ndarray]:
     """An episode of ``length`` steps with ``size`` x ``size`` frames, its flow (T, 2, H, W) float16 and valid mask."""
     rng = np.random.default_rng([seed, index, len(task)])
     velocity = rng.uniform(-1.5, 1.5, size=2)
@@ -49,7 +53,7 @@ def synthetic_episode(task: str, index: int, length: int, size: int, seed: int =
     flow = np.zeros((length, 2, size, size), np.float16)
     positions = start + np.arange(length + 1)[:, None] * velocity
     for t in range(length + 1):
-        x0, y0 = (np.round(positions[t]).astype(int) % (size - side))
+        x0, y0 = np.round(positions[t]).astype(int) % (size - side)
         frames[t, y0 : y0 + side, x0 : x0 + side] = colour
         if t < length:
             flow[t, 0, y0 : y0 + side, x0 : x0 + side] = velocity[0]
@@ -76,17 +80,37 @@ def synthetic_episode(task: str, index: int, length: int, size: int, seed: int =
         camera_intrinsics=np.array([[size, 0, size / 2], [0, size, size / 2], [0, 0, 1]], np.float64),
         geom_body=np.array([0, 1, 1], np.int32),
         meta=EpisodeMeta(
-            task=task, suite="synthetic", episode=index, seed=seed * 1000 + index, policy="random", action_repeat=1,
-            image_size=size, camera=0, render_mode="fast", control_timestep=0.01, length=length,
-            episode_return=float(rewards.sum()), terminated=False, truncated=True, action_low=[-1.0] * action_dim,
-            action_high=[1.0] * action_dim, body_names=["world", "square"], geom_names=["floor", "square", "marker"],
+            task=task,
+            suite="synthetic",
+            episode=index,
+            seed=seed * 1000 + index,
+            policy="random",
+            action_repeat=1,
+            image_size=size,
+            camera=0,
+            render_mode="fast",
+            control_timestep=0.01,
+            length=length,
+            episode_return=float(rewards.sum()),
+            terminated=False,
+            truncated=True,
+            action_low=[-1.0] * action_dim,
+            action_high=[1.0] * action_dim,
+            body_names=["world", "square"],
+            geom_names=["floor", "square", "marker"],
         ),
     )
     return episode, flow, valid
 
 
 def synthetic_annotations(
-    task: str, index: int, length: int, every_k: int, failed_steps: tuple[int, ...] = (), episode_sha256: str | None = None, size: int = 16
+    task: str,
+    index: int,
+    length: int,
+    every_k: int,
+    failed_steps: tuple[int, ...] = (),
+    episode_sha256: str | None = None,
+    size: int = 16,
 ) -> dict:
     """An annotation file body in the annotate stage's format (records at steps 0, k, 2k, ...).
 
@@ -95,25 +119,41 @@ def synthetic_annotations(
     records = []
     for step in range(0, length + 1, every_k):
         if step in failed_steps:
-            records.append({"step": step, "status": "failed", "annotation": None, "raw": "not json", "error": "invalid JSON"})
+            records.append(
+                {"step": step, "status": "failed", "annotation": None, "raw": "not json", "error": "invalid JSON"}
+            )
             continue
         side = "left" if (step // every_k) % 2 else "right"
-        records.append({
-            "step": step,
-            "status": "ok",
-            "annotation": {
-                "caption": f"A square moves to the {side} in {task}.",
-                "objects": [
-                    {"name": "square", "description": f"a coloured square, step {step}", "box": [1, 2, min(10, size), min(12, size)]},
-                    {"name": "background", "description": "plain dark floor", "box": None},
-                ],
-                "motion": f"the square drifts {side}",
-            },
-            "raw": "{...}",
-            "error": None,
-        })
-    body = {"task": task, "episode": index, "backend": "synthetic", "model": "none", "prompt": "Describe {task}.",
-            "every_k": every_k, "weights": {"source": "none"}, "records": records}
+        records.append(
+            {
+                "step": step,
+                "status": "ok",
+                "annotation": {
+                    "caption": f"A square moves to the {side} in {task}.",
+                    "objects": [
+                        {
+                            "name": "square",
+                            "description": f"a coloured square, step {step}",
+                            "box": [1, 2, min(10, size), min(12, size)],
+                        },
+                        {"name": "background", "description": "plain dark floor", "box": None},
+                    ],
+                    "motion": f"the square drifts {side}",
+                },
+                "raw": "{...}",
+                "error": None,
+            }
+        )
+    body = {
+        "task": task,
+        "episode": index,
+        "backend": "synthetic",
+        "model": "none",
+        "prompt": "Describe {task}.",
+        "every_k": every_k,
+        "weights": {"source": "none"},
+        "records": records,
+    }
     if episode_sha256 is not None:
         body["source"] = {"episode": episode_filename(index), "episode_sha256": episode_sha256}
     return body
@@ -137,10 +177,19 @@ def write_synthetic_inputs(
             episode_path = dirs[0] / task / episode_filename(i)
             save_episode(episode_path, episode)
             digest = sha256_of(episode_path)
-            meta = {"backend": "synthetic", "model": "exact", "task": task, "episode": episode_filename(i),
-                    "source": {"episode_sha256": digest}}
-            write_npz_atomic(dirs[1] / task / episode_filename(i), {"flow": flow, "valid": valid, "meta": np.array(dumps_json(meta))})
-            body = synthetic_annotations(task, i, length, every_k, (failed or {}).get((task, i), ()), episode_sha256=digest, size=size)
+            meta = {
+                "backend": "synthetic",
+                "model": "exact",
+                "task": task,
+                "episode": episode_filename(i),
+                "source": {"episode_sha256": digest},
+            }
+            write_npz_atomic(
+                dirs[1] / task / episode_filename(i), {"flow": flow, "valid": valid, "meta": np.array(dumps_json(meta))}
+            )
+            body = synthetic_annotations(
+                task, i, length, every_k, (failed or {}).get((task, i), ()), episode_sha256=digest, size=size
+            )
             write_json_atomic(dirs[2] / task / f"episode_{i:06d}.json", body)
     return dirs
 
@@ -159,7 +208,9 @@ class ProjectionClip:
         flat = frames.reshape(len(frames), -1).astype(np.float32) / 255.0
         size = flat.shape[1]
         if size not in self._projections:
-            self._projections[size] = np.random.default_rng([self.seed, size]).standard_normal((size, self.dim)).astype(np.float32)
+            self._projections[size] = (
+                np.random.default_rng([self.seed, size]).standard_normal((size, self.dim)).astype(np.float32)
+            )
         out = flat @ self._projections[size]
         return out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-8)
 
@@ -171,8 +222,13 @@ class ProjectionClip:
 
     def provenance(self) -> dict[str, Any]:
         return {
-            "backend": "test-projection", "model": "projection", "weights_param": "random", "weights": {"sha256": "random init"},
-            "random_init": True, "embed_dim": self.dim, "precision": "fp32",
+            "backend": "test-projection",
+            "model": "projection",
+            "weights_param": "random",
+            "weights": {"sha256": "random init"},
+            "random_init": True,
+            "embed_dim": self.dim,
+            "precision": "fp32",
             "preprocess": {"resize_mode": "none", "size": None, "interpolation": "none", "mean": None, "std": None},
         }
 
@@ -196,7 +252,9 @@ def write_synthetic_dataset(
     from pipeline.encode.run import run as encode
 
     out = Path(out)
-    inputs = write_synthetic_inputs(out.parent / f"{out.name}.inputs", tasks, episodes, steps, size, annotate_every, failed)
+    inputs = write_synthetic_inputs(
+        out.parent / f"{out.name}.inputs", tasks, episodes, steps, size, annotate_every, failed
+    )
     params = EncodeParams(val_fraction=val_fraction, shard_maxcount=shard_maxcount)
     encode(*inputs, out, params, WeightsParams(), encoder=ProjectionClip(clip_dim))
     return out

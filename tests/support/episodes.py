@@ -3,6 +3,7 @@
 Tests give what their scene is about (frames, bodies, camera, truth); the bookkeeping every
 episode needs (meta, zero rewards, unit discounts, truncation at the last step) is filled in here.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,10 +36,24 @@ def make_episode(
     n, size = len(frames), frames.shape[1]
     steps = n - 1
     meta = EpisodeMeta(
-        task=task, suite="synthetic", episode=index, seed=index, policy="scripted", action_repeat=1, image_size=size,
-        camera=0, render_mode="fast", control_timestep=0.05, length=steps, episode_return=0.0, terminated=False,
-        truncated=True, action_low=[-1.0], action_high=[1.0],
-        body_names=["world"] + [f"body{i}" for i in range(1, body_pos.shape[1])], geom_names=[f"plane{g}" for g in range(len(geom_body))],
+        task=task,
+        suite="synthetic",
+        episode=index,
+        seed=index,
+        policy="scripted",
+        action_repeat=1,
+        image_size=size,
+        camera=0,
+        render_mode="fast",
+        control_timestep=0.05,
+        length=steps,
+        episode_return=0.0,
+        terminated=False,
+        truncated=True,
+        action_low=[-1.0],
+        action_high=[1.0],
+        body_names=["world"] + [f"body{i}" for i in range(1, body_pos.shape[1])],
+        geom_names=[f"plane{g}" for g in range(len(geom_body))],
     )
     episode = Episode(
         frames=frames,

@@ -5,6 +5,7 @@ class; adding one is one module and one line in :data:`BACKENDS`. Task names are
 across backends: dm_control suite tasks are ``domain-task`` (``cheetah-run``), gymnasium
 MuJoCo environments are their ids (``HalfCheetah-v5``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -20,10 +21,13 @@ from pipeline.rendering import setup_headless_rendering
 __all__ = ["BACKENDS", "PixelEnv", "StepResult", "list_tasks", "make_env", "resolve_task"]
 
 #: suite name -> env class (its module also has ``task_names()``), imported lazily.
-BACKENDS: Registry[type[PixelEnv]] = Registry("environment suite", {
-    "dm_control": "pipeline.collect.envs.dm_control_suite:DmControlEnv",
-    "gymnasium": "pipeline.collect.envs.gymnasium_mujoco:GymnasiumEnv",
-})
+BACKENDS: Registry[type[PixelEnv]] = Registry(
+    "environment suite",
+    {
+        "dm_control": "pipeline.collect.envs.dm_control_suite:DmControlEnv",
+        "gymnasium": "pipeline.collect.envs.gymnasium_mujoco:GymnasiumEnv",
+    },
+)
 
 
 def _backend(suite: str) -> ModuleType:

@@ -5,6 +5,7 @@ A backend wraps one simulator's task (dm_control suite, gymnasium MuJoCo) and ex
 top: action repeat, the agent-step time limit (recorded as truncation, never as
 termination), and rendering of the frame plus the simulator's truth for it.
 """
+
 from __future__ import annotations
 
 import abc
@@ -114,7 +115,9 @@ class PixelEnv(abc.ABC):
         """Release the backend's resources."""
 
     # -- shared machinery -----------------------------------------------------------------------
-    def _init_rendering(self, image_size: int, camera: int | mujoco.MjvCamera, render_mode: str, depth: bool, segmentation: bool) -> None:
+    def _init_rendering(
+        self, image_size: int, camera: int | mujoco.MjvCamera, render_mode: str, depth: bool, segmentation: bool
+    ) -> None:
         """Set up rendering; ``camera`` is a model camera id or a free ``MjvCamera``.
 
         The OpenGL context itself is created at the first frame rendered, so an env built only to
@@ -139,7 +142,9 @@ class PixelEnv(abc.ABC):
     def body_names(self) -> list[str]:
         import mujoco
 
-        return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_BODY, i) or f"body{i}" for i in range(self.model.nbody)]
+        return [
+            mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_BODY, i) or f"body{i}" for i in range(self.model.nbody)
+        ]
 
     @property
     def camera_name(self) -> str:
@@ -150,7 +155,9 @@ class PixelEnv(abc.ABC):
     def geom_names(self) -> list[str]:
         import mujoco
 
-        return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_GEOM, i) or f"geom{i}" for i in range(self.model.ngeom)]
+        return [
+            mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_GEOM, i) or f"geom{i}" for i in range(self.model.ngeom)
+        ]
 
     @property
     def geom_body(self) -> np.ndarray:
@@ -208,7 +215,9 @@ class PixelEnv(abc.ABC):
             model = self.model
             joint_of = {int(model.jnt_qposadr[j]): j for j in range(model.njnt)}
             unbounded = {
-                adr for adr, j in joint_of.items() if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE and not model.jnt_limited[j]
+                adr
+                for adr, j in joint_of.items()
+                if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE and not model.jnt_limited[j]
             }
             self._wrap_dims = frozenset(i for i, adr in enumerate(self._observation_qpos()) if adr in unbounded)
         return self._wrap_dims
@@ -257,9 +266,17 @@ class PixelEnv(abc.ABC):
         data = self.data
         if not self.render_frames:
             return StepResult(
-                frame=None, reward=float(reward), discount=float(discount), terminated=bool(terminated), truncated=bool(truncated),
-                qpos=data.qpos.copy(), qvel=data.qvel.copy(), body_pos=data.xpos.copy(), body_quat=data.xquat.copy(),
-                camera_extrinsics=None, camera_intrinsics=None,
+                frame=None,
+                reward=float(reward),
+                discount=float(discount),
+                terminated=bool(terminated),
+                truncated=bool(truncated),
+                qpos=data.qpos.copy(),
+                qvel=data.qvel.copy(),
+                body_pos=data.xpos.copy(),
+                body_quat=data.xquat.copy(),
+                camera_extrinsics=None,
+                camera_intrinsics=None,
             )
         frame = self.start_rendering().render(self.data)
         return StepResult(
@@ -286,7 +303,7 @@ class PixelEnv(abc.ABC):
             self._renderer = None
         self._close_backend()
 
-    def __enter__(self) -> "PixelEnv":
+    def __enter__(self) -> PixelEnv:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -314,8 +331,12 @@ def resolve_camera(model: mujoco.MjModel, camera: int | str, task: str) -> int:
     if isinstance(camera, str):
         camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
         if camera_id < 0:
-            raise CameraError(f"collect.camera = {camera!r}: task {task} has no camera of that name; its cameras are {choices}, or -1 for the free camera")
+            raise CameraError(
+                f"collect.camera = {camera!r}: task {task} has no camera of that name; its cameras are {choices}, or -1 for the free camera"
+            )
         return camera_id
     if not -1 <= camera < model.ncam:
-        raise CameraError(f"collect.camera = {camera}: task {task} has {model.ncam} camera(s): {choices}; use one of them or -1 for the free camera")
+        raise CameraError(
+            f"collect.camera = {camera}: task {task} has {model.ncam} camera(s): {choices}; use one of them or -1 for the free camera"
+        )
     return int(camera)

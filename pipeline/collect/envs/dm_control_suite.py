@@ -5,6 +5,7 @@ sets the limit, counted in agent steps, and reports it as truncation. Each ``res
 reseeds the task's ``RandomState``, so an episode depends on its seed only (not on the
 episodes run before it in the same process).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,19 @@ class DmControlEnv(PixelEnv):
 
     suite = SUITE
 
-    def __init__(self, task: str, *, image_size: int, camera: int | str, action_repeat: int, render_mode: str, depth: bool, segmentation: bool, episode_steps: int, seed: int) -> None:
+    def __init__(
+        self,
+        task: str,
+        *,
+        image_size: int,
+        camera: int | str,
+        action_repeat: int,
+        render_mode: str,
+        depth: bool,
+        segmentation: bool,
+        episode_steps: int,
+        seed: int,
+    ) -> None:
         super().__init__(action_repeat=action_repeat, episode_steps=episode_steps, seed=seed)
         from dm_control import suite
 
@@ -87,7 +100,9 @@ class DmControlEnv(PixelEnv):
         import mujoco
 
         model = self.model
-        hinges = [int(model.jnt_qposadr[j]) for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE]
+        hinges = [
+            int(model.jnt_qposadr[j]) for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE
+        ]
         matches = None
         for offset in (2.0, 5.0):
             physics = self._env.physics.copy(share_model=True)
@@ -95,7 +110,9 @@ class DmControlEnv(PixelEnv):
             for adr, angle in angles.items():
                 physics.data.qpos[adr] = angle
             physics.forward()
-            obs = np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in self._env.task.get_observation(physics).values()])
+            obs = np.concatenate(
+                [np.asarray(v, np.float64).reshape(-1) for v in self._env.task.get_observation(physics).values()]
+            )
             found = [next((adr for adr, angle in angles.items() if abs(x - angle) < 1e-6), None) for x in obs]
             matches = found if matches is None else [a if a == b else None for a, b in zip(matches, found)]
         return matches or []

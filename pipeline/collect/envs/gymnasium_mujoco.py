@@ -6,6 +6,7 @@ The unwrapped environment is used: gymnasium's ``TimeLimit`` is replaced by the 
 default free camera (its ``default_camera_config``); camera ``0`` of a model without cameras
 falls back to it.
 """
+
 from __future__ import annotations
 
 import mujoco
@@ -33,7 +34,19 @@ class GymnasiumEnv(PixelEnv):
 
     suite = SUITE
 
-    def __init__(self, task: str, *, image_size: int, camera: int | str, action_repeat: int, render_mode: str, depth: bool, segmentation: bool, episode_steps: int, seed: int) -> None:
+    def __init__(
+        self,
+        task: str,
+        *,
+        image_size: int,
+        camera: int | str,
+        action_repeat: int,
+        render_mode: str,
+        depth: bool,
+        segmentation: bool,
+        episode_steps: int,
+        seed: int,
+    ) -> None:
         super().__init__(action_repeat=action_repeat, episode_steps=episode_steps, seed=seed)
         import gymnasium as gym
 
@@ -51,7 +64,9 @@ class GymnasiumEnv(PixelEnv):
             if camera == 0 and self.model.ncam == 0:
                 camera = -1
             camera_id = resolve_camera(self.model, camera, task)
-            self._init_rendering(image_size, self._free_camera() if camera_id < 0 else camera_id, render_mode, depth, segmentation)
+            self._init_rendering(
+                image_size, self._free_camera() if camera_id < 0 else camera_id, render_mode, depth, segmentation
+            )
         except BaseException:
             self._close_backend()
             raise

@@ -19,6 +19,7 @@ Pieces:
 * :class:`FrameStack`, :class:`ActionScale`: wrappers; the wrapped env's :class:`StepResult`
   gains ``obs`` (the stack) / takes actions in [-1, 1]. Everything else is delegated.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -113,7 +114,15 @@ def steps_from_starts(starts: np.ndarray) -> np.ndarray:
     return positions - last_start
 
 
-def stack_frames(frames: np.ndarray, indices: np.ndarray, k: int, steps: np.ndarray, *, ring: int | None = None, channels_last: bool | None = None) -> np.ndarray:
+def stack_frames(
+    frames: np.ndarray,
+    indices: np.ndarray,
+    k: int,
+    steps: np.ndarray,
+    *,
+    ring: int | None = None,
+    channels_last: bool | None = None,
+) -> np.ndarray:
     """Frame stacks ending at ``indices`` of a stored frame array, oldest frame first.
 
     The stack for frame ``i`` holds frames ``i - k + 1 .. i``; where its episode has fewer previous
@@ -163,7 +172,7 @@ def stack_frames(frames: np.ndarray, indices: np.ndarray, k: int, steps: np.ndar
 class Wrapper:
     """Base of the wrappers: delegates every attribute it does not define to the wrapped env."""
 
-    def __init__(self, env: PixelEnv | "Wrapper") -> None:
+    def __init__(self, env: PixelEnv | Wrapper) -> None:
         self.env = env
 
     def __getattr__(self, name: str) -> Any:
@@ -188,7 +197,7 @@ class Wrapper:
     def close(self) -> None:
         self.env.close()
 
-    def __enter__(self) -> "Wrapper":
+    def __enter__(self) -> Wrapper:
         return self
 
     def __exit__(self, *exc: object) -> None:
