@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from pipeline.rendering import setup_headless_rendering  # noqa: E402
+from pipeline.common.rendering import setup_headless_rendering  # noqa: E402
 
 setup_headless_rendering()  # before anything opens an EGL context (it preloads triton)
 
@@ -95,8 +95,8 @@ def main() -> None:
     from pipeline.annotate.simulator import PhysicsReader, describe
     from pipeline.annotate.truth import model_entities, scene_truths, visible_entities
     from pipeline.config import parse_params
-    from pipeline.episodes import list_episodes, load_episode
-    from pipeline.task_physics import clear_model_cache
+    from pipeline.sim.episodes import list_episodes, load_episode
+    from pipeline.sim.task_physics import clear_model_cache
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_annotate_"))
     episodes_dir = collect_episodes(tmp / "episodes", args.task, args.episodes, args.steps, args.size)
@@ -125,7 +125,7 @@ def main() -> None:
     if "simulator" in wanted:
         import mujoco
 
-        from pipeline.task_physics import load_task_physics
+        from pipeline.sim.task_physics import load_task_physics
 
         def bare_simulator() -> None:
             clear_model_cache()
@@ -200,7 +200,7 @@ def main() -> None:
         from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from pipeline.device import select_device
+        from pipeline.common.device import select_device
 
         folder = save_tiny_vlm(tmp / "tiny-vlm")
         device = select_device("auto")

@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from pipeline.rendering import setup_headless_rendering  # noqa: E402
+from pipeline.common.rendering import setup_headless_rendering  # noqa: E402
 
 setup_headless_rendering()  # before anything opens an EGL context (it preloads triton)
 
@@ -72,7 +72,7 @@ def measure(task: str, episodes: int, steps: int, size: int, work: Path) -> dict
     from pipeline.annotate.truth import scene_truths
     from pipeline.config import parse_params
     from pipeline.dataset.schema import objects_text
-    from pipeline.episodes import list_episodes, load_episode
+    from pipeline.sim.episodes import list_episodes, load_episode
 
     folder = collect_episodes(work / task / "episodes", task=task, episodes=episodes, steps=steps, size=size)
     params = parse_params({"annotate": {"every_k": 1, "cache_dir": str(work / "cache")}})

@@ -45,7 +45,7 @@ def _bare_worker(
     Same passes as the stage: one RGB pass, plus one id-colour pass read for depth and/or
     segmentation when either is on (no decoding, no copies, nothing kept).
     """
-    from pipeline.rendering import setup_headless_rendering
+    from pipeline.common.rendering import setup_headless_rendering
 
     setup_headless_rendering()
     import mujoco

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.rendering import setup_headless_rendering  # noqa: E402
+from pipeline.common.rendering import setup_headless_rendering  # noqa: E402
 
 setup_headless_rendering()  # before anything opens an EGL context (it preloads triton)
 
@@ -121,7 +121,7 @@ def main() -> None:
     from pipeline.config import EncodeParams, WeightsParams
     from pipeline.encode.clip import load_clip
     from pipeline.encode.run import run as build_dataset
-    from pipeline.episodes import list_episodes, load_episode
+    from pipeline.sim.episodes import list_episodes, load_episode
     from tests.support.datasets import write_synthetic_inputs
 
     if args.torch_threads:

@@ -20,7 +20,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from pipeline.rendering import setup_headless_rendering
+from pipeline.common.rendering import setup_headless_rendering
 
 
 def bare_env_fps(make_env, steps: int) -> float:
@@ -76,11 +76,11 @@ def main() -> None:
     setup_headless_rendering()
     torch.set_num_threads(args.threads)
 
-    from pipeline.benchmark import action_repeat_for
     from pipeline.collect import make_env
     from pipeline.config.evaluate import AgentParams, EvaluateParams
     from pipeline.evaluate.backbones import load_one
     from pipeline.evaluate.workspace import FeatureObserver, Schedule, StateObserver, VectorWorkspace
+    from pipeline.sim.benchmark import action_repeat_for
 
     repeat = action_repeat_for(args.task)
     backbone = load_one("pretrained", args.backbone, seed=0, device=torch.device("cpu"))

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.common.logs import setup_logging
+from pipeline.common.rendering import setup_headless_rendering
 from pipeline.config import load_params
 from pipeline.config.finetune import FinetuneParams
-from pipeline.logs import setup_logging
-from pipeline.rendering import setup_headless_rendering
 
 #: The real experiment (DrQ's cartpole-swingup settings where they apply; see docs/ARCHITECTURE.md).
 REAL_EXPERIMENT = dict(
@@ -182,7 +182,7 @@ def main() -> None:
     setup_logging("WARNING")
     logging.getLogger("pipeline.finetune").setLevel(logging.INFO)
 
-    from pipeline.device import select_device
+    from pipeline.common.device import select_device
     from pipeline.finetune.encoder import build_encoder, read_spec
     from pipeline.finetune.run import run as finetune
 

@@ -37,17 +37,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.rendering import setup_headless_rendering  # noqa: E402
+from pipeline.common.rendering import setup_headless_rendering  # noqa: E402
 
 setup_headless_rendering()
 
 import pipeline.flow.run as flow_run  # noqa: E402
 from pipeline.config import CollectParams, FlowParams, WeightsParams  # noqa: E402
-from pipeline.episodes import list_episodes, load_episode  # noqa: E402
 from pipeline.flow.base import FlowBackend  # noqa: E402
 from pipeline.flow.dis import DISBackend  # noqa: E402
 from pipeline.flow.run import run as run_stage  # noqa: E402
 from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend  # noqa: E402
+from pipeline.sim.episodes import list_episodes, load_episode  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "flow"
 

@@ -70,10 +70,10 @@ def main() -> None:
     import webdataset as wds
 
     from models.heads import PretrainModel
+    from pipeline.common.device import select_device
     from pipeline.config import load_params
     from pipeline.dataset import open_dataset
     from pipeline.dataset.stacked import make_loader
-    from pipeline.device import select_device
     from pipeline.pretrain.losses import term_weights
     from pipeline.pretrain.run import backbone_config
     from pipeline.pretrain.trainer import make_optimizer, train

@@ -435,7 +435,7 @@ def finetune_stage(backbone: Path, out: Path, section: Any) -> Any:
 
 def episode_frames(folder: Path) -> list[Any]:
     """The (T+1, H, W, 3) uint8 frames of every episode file in ``folder``, in order."""
-    from pipeline.episodes import list_episodes, load_episode
+    from pipeline.sim.episodes import list_episodes, load_episode
 
     return [load_episode(p, ["frames"]).frames for p in list_episodes(folder)]
 
@@ -823,7 +823,7 @@ def section_vlm(ctx: Ctx) -> None:
 
 
 def summary_metric(summary: Any, key: str) -> Any:
-    """``key`` of a stage summary's metrics (:meth:`pipeline.stage.StageSummary.metrics`), None when absent."""
+    """``key`` of a stage summary's metrics (:meth:`pipeline.common.stage.StageSummary.metrics`), None when absent."""
     metrics = summary.metrics() if callable(getattr(summary, "metrics", None)) else {}
     return _find(metrics, key)
 
@@ -856,7 +856,7 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
         every_k=1,
         max_failure_rate=1.0,
     )
-    from pipeline.device import select_device
+    from pipeline.common.device import select_device
 
     device = select_device("auto")
     processor = AutoProcessor.from_pretrained(folder)
@@ -1543,7 +1543,7 @@ def section_e2e(ctx: Ctx) -> None:
             ],
         ),
     ]
-    from pipeline.device import select_device
+    from pipeline.common.device import select_device
 
     resolved = str(select_device("auto"))
     frames = 2 * (s.e2e_steps + 1)
@@ -1693,14 +1693,14 @@ def main(argv: list[str] | None = None) -> int:
             ""  # device auto resolves to the CPU in every stage too (set before torch loads)
         )
 
-    from pipeline.rendering import setup_headless_rendering
+    from pipeline.common.rendering import setup_headless_rendering
 
     setup_headless_rendering()  # MUJOCO_GL=egl and triton preloaded before any GL context
     import torch
     import yaml
 
-    from pipeline.device import select_device
-    from pipeline.logs import setup_logging
+    from pipeline.common.device import select_device
+    from pipeline.common.logs import setup_logging
 
     setup_logging("WARNING")
     device = select_device("auto")

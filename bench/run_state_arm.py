@@ -19,15 +19,15 @@ import time
 
 import torch
 
-from pipeline.rendering import setup_headless_rendering
+from pipeline.common.rendering import setup_headless_rendering
 
 
 def main() -> None:
     setup_headless_rendering()
-    from pipeline.benchmark import action_repeat_for
     from pipeline.collect import make_env
     from pipeline.config.evaluate import AgentParams
     from pipeline.evaluate.workspace import Schedule, StateObserver, VectorWorkspace
+    from pipeline.sim.benchmark import action_repeat_for
 
     logging.basicConfig(level=logging.WARNING)
     task, frames, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

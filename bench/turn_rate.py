@@ -7,7 +7,7 @@ folder's ``model/`` checkpoint, heads included), it prints:
 * **decoder**: the flow decoder's end-point error and cosine to the exact flow on the validation
   episodes, per target length bin, beside the error of predicting zero;
 * **readouts**: R^2 of the turn rate and the cart velocity by the stage's probe
-  (:func:`pipeline.probe.out_of_fold`, episode-grouped folds over every episode, ridge and the fixed
+  (:func:`pipeline.common.probe.out_of_fold`, episode-grouped folds over every episode, ridge and the fixed
   MLP) from the exact flow, the decoded flow and the motion map, pooled;
 * **supervised ceiling** (``--cnn``): a small CNN trained on the turn rate itself (train episodes)
   and scored on the validation episodes, from the exact flow and from the RGB stack, 3 seeds;
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from pipeline import probe as P  # noqa: E402
+from pipeline.common import probe as P  # noqa: E402
 from pipeline.dataset import open_dataset  # noqa: E402
 from pipeline.dataset.schema import TEXT_ROWS  # noqa: E402
 

@@ -14,9 +14,9 @@ import logging
 import sys
 from types import ModuleType
 
-from pipeline.errors import UserError
-from pipeline.logs import setup_logging
-from pipeline.rendering import setup_headless_rendering
+from pipeline.common.errors import UserError
+from pipeline.common.logs import setup_logging
+from pipeline.common.rendering import setup_headless_rendering
 
 log = logging.getLogger("semore")
 

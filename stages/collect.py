@@ -2,7 +2,7 @@
 
 Writes OUT/episode_<i:06d>.npz (frames, actions, rewards, termination vs truncation,
 qpos/qvel, body poses, camera pose and intrinsics, optional depth and segmentation; schema
-in pipeline/episodes.py), OUT/index.json and OUT/preview.gif. Reads the `collect` section of
+in pipeline/sim/episodes.py), OUT/index.json and OUT/preview.gif. Reads the `collect` section of
 params.yaml. Finished episode files recorded with the same params are kept on a rerun.
 """
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
 
     from pipeline.collect import list_tasks
     from pipeline.collect.run import run as collect
-    from pipeline.errors import UserError
+    from pipeline.common.errors import UserError
 
     if args.list_tasks:
         print("\n".join(list_tasks()))

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _relaunch(args: argparse.Namespace, nproc: int) -> None:
     """Run this same command under torchrun with ``nproc`` processes."""
-    from pipeline.errors import UserError
+    from pipeline.common.errors import UserError
 
     cmd = [
         sys.executable,

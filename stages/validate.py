@@ -23,7 +23,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
     data = params.model_dump(mode="json")
     if args.section is not None:
         if args.section not in data:
-            from pipeline.errors import UserError
+            from pipeline.common.errors import UserError
 
             raise UserError(f"--section {args.section!r}: no such section; sections are {', '.join(data)}")
         data = {args.section: data[args.section]}

@@ -13,7 +13,7 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pipeline.rendering import setup_headless_rendering  # noqa: E402
+from pipeline.common.rendering import setup_headless_rendering  # noqa: E402
 
 # Sets MUJOCO_GL and preloads triton before any test creates a GL context (see the function).
 setup_headless_rendering()

@@ -22,10 +22,10 @@ from pipeline.annotate.schema import (
 )
 from pipeline.annotate.truth import Entity, model_entities, scene_truths, visible_entities
 from pipeline.cli import main
+from pipeline.common.errors import UserError
+from pipeline.common.io import sha256_of
 from pipeline.config import parse_params
-from pipeline.episodes import list_episodes, load_episode, save_episode
-from pipeline.errors import UserError
-from pipeline.io import sha256_of
+from pipeline.sim.episodes import list_episodes, load_episode, save_episode
 
 VALID = {"caption": "c", "objects": [{"name": "cart", "description": "d", "box": [1, 2, 3, 4]}], "motion": "m"}
 

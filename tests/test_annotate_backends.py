@@ -15,9 +15,9 @@ from pipeline.annotate.base import FrameItem, FrameResult
 from pipeline.annotate.openai_backend import OpenAIBackend
 from pipeline.annotate.run import AnnotateFailed, AnnotateIncomplete
 from pipeline.annotate.schema import Annotation
+from pipeline.common.errors import UserError
 from pipeline.config import parse_params
-from pipeline.episodes import list_episodes, load_episode
-from pipeline.errors import UserError
+from pipeline.sim.episodes import list_episodes, load_episode
 
 STEPS = [0, 5, 10, 15, 20]  # every_k = 5 over 20-step episodes
 
@@ -230,7 +230,7 @@ def test_a_frame_recurring_in_a_later_episode_is_asked_once(episodes: Path, tmp_
     for this one's answers: a frame seen again in the next episode comes from the cache."""
     import shutil
 
-    from pipeline.episodes import save_episode
+    from pipeline.sim.episodes import save_episode
 
     copy = tmp_path / "episodes"
     shutil.copytree(episodes, copy)

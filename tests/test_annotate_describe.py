@@ -25,9 +25,9 @@ from pipeline.annotate.information import entropy_bits, text_information
 from pipeline.annotate.simulator import MODEL_NAME, PhysicsReader, describe
 from pipeline.annotate.truth import body_angular_velocities, scene_truths
 from pipeline.config import parse_params
-from pipeline.episodes import list_episodes, load_episode
-from pipeline.joint_state import Joint, state_matrix
-from pipeline.task_physics import load_task_physics
+from pipeline.sim.episodes import list_episodes, load_episode
+from pipeline.sim.joint_state import Joint, state_matrix
+from pipeline.sim.task_physics import load_task_physics
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_captions_carry_more_of_the_state_than_a_constant_caption(cartpole: Path
     assert info["episodes"] == 3 and info["state_dims"] == 5  # cart x, cos/sin of the hinge, 2 velocities
     assert info["caption"]["probe_r2"] > 0.2 and info["objects"]["probe_r2"] > 0.2
     # The same frames and states with one caption for all (what a near-constant caption gives): nothing to read.
-    from pipeline.joint_state import model_joints
+    from pipeline.sim.joint_state import model_joints
 
     qpos, qvel, episode = [], [], []
     for i, path in enumerate(list_episodes(cartpole)):
@@ -246,7 +246,7 @@ def test_a_prefetched_model_is_compiled_once_and_a_failed_compile_is_retried(mon
     import threading
     import time
 
-    from pipeline import task_physics
+    from pipeline.sim import task_physics
 
     task_physics.clear_model_cache()
     compiled: list[str] = []

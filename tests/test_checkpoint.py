@@ -33,8 +33,8 @@ from models.checkpoint import (
 )
 from pipeline.collect.errors import PolicyError
 from pipeline.collect.policies import make_policy
+from pipeline.common.errors import UserError
 from pipeline.config.collect import PolicyParams
-from pipeline.errors import UserError
 from pipeline.finetune.encoder import EncoderSpec, build_encoder, read_spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from pipeline.collect.collector import episode_seed, record_episode
 from pipeline.collect.policies import make_policy
 from pipeline.collect.run import run as run_collect
 from pipeline.config.collect import CollectParams
-from pipeline.episodes import Episode, list_episodes, load_episode, save_episode
+from pipeline.sim.episodes import Episode, list_episodes, load_episode, save_episode
 
 
 def load_index_metas(folder: Path) -> list:

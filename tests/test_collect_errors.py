@@ -25,7 +25,7 @@ from pipeline.collect.errors import DiskSpaceError
 from pipeline.collect.policies import make_policy
 from pipeline.config import ParamsError, parse_params
 from pipeline.config.collect import CollectParams, PolicyParams
-from pipeline.episodes import save_episode
+from pipeline.sim.episodes import save_episode
 
 
 def small(**overrides) -> CollectParams:

@@ -13,7 +13,7 @@ from models.checkpoint import save_module
 from pipeline.collect import collect_task
 from pipeline.collect.policies import NoisyPolicy, RandomPolicy, make_policy
 from pipeline.config.collect import CollectParams, PolicyParams
-from pipeline.episodes import load_episode
+from pipeline.sim.episodes import load_episode
 
 LOW = np.array([-2.0, 0.0, -1.0], np.float32)
 HIGH = np.array([2.0, 1.0, 3.0], np.float32)

@@ -205,8 +205,8 @@ def test_pretrain_refuses_a_dataset_without_valid_annotations_while_text_losses_
     copy: Path, tmp_path: Path
 ) -> None:
     """A dataset from elsewhere (encode itself refuses to write one) whose train split has no valid annotation."""
+    from pipeline.common.errors import UserError
     from pipeline.config import PretrainParams
-    from pipeline.errors import UserError
     from pipeline.pretrain.run import pretrain  # the function run() wraps
 
     stats_path = copy / "stats.json"

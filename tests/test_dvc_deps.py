@@ -8,54 +8,23 @@ unless it is listed in :data:`OUTPUT_NEUTRAL` with the reason it cannot change a
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "models", "stages")
+from tests.support.imports import ROOT, module_file, project_imports
 
 #: Modules whose code cannot change what a stage writes, and why. Imports are not followed through them.
 OUTPUT_NEUTRAL = {
     "pipeline/__init__.py": "package marker",
     "stages/__init__.py": "package marker",
+    "pipeline/common/__init__.py": "package marker (a docstring)",
+    "pipeline/sim/__init__.py": "package marker (a docstring)",
     "pipeline/config": "params are deps by value (each stage's `params:`); these modules validate them",
-    "pipeline/errors.py": "exception classes and messages",
-    "pipeline/logs.py": "logging and progress bars",
-    "pipeline/registry.py": "name -> backend class lookup; the classes themselves are deps",
-    "pipeline/device.py": "picks the device a param names; the machine, not this code, decides the numerics",
+    "pipeline/common/errors.py": "exception classes and messages",
+    "pipeline/common/logs.py": "logging and progress bars",
+    "pipeline/common/registry.py": "name -> backend class lookup; the classes themselves are deps",
+    "pipeline/common/device.py": "picks the device a param names; the machine, not this code, decides the numerics",
 }
-
-
-def _module_file(name: str) -> Path | None:
-    path = ROOT.joinpath(*name.split("."))
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    """Project modules ``path`` imports anywhere (``from a import b`` gives ``a`` and ``a.b``; ``a.b`` counts only if it is a module)."""
-    package = list(path.relative_to(ROOT).with_suffix("").parts)[
-        :-1
-    ]  # the package a relative import starts from (for __init__.py: its own)
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = (
-                ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
-                if node.level
-                else node.module
-            )
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name and name.split(".")[0] in PACKAGES}
 
 
 def _covered(relative: str, entries: list[str]) -> bool:
@@ -67,7 +36,7 @@ def _reached(entry: str) -> set[str]:
     seen: set[str] = set()
     todo = [entry]
     while todo:
-        path = _module_file(todo.pop())
+        path = module_file(todo.pop())
         if path is None:
             continue
         relative = str(path.relative_to(ROOT))
@@ -75,7 +44,7 @@ def _reached(entry: str) -> set[str]:
             continue
         seen.add(relative)
         if not _covered(relative, list(OUTPUT_NEUTRAL)):
-            todo.extend(_imports(path))
+            todo.extend(project_imports(path))
     return seen
 
 
@@ -89,16 +58,17 @@ def test_every_module_a_stage_runs_is_one_of_its_deps(stage: str) -> None:
     deps = [d for d in _stages()[stage]["deps"] if not d.startswith("data/")]
     missing = sorted(f for f in _reached(f"stages.{stage}") if not _covered(f, deps + list(OUTPUT_NEUTRAL)))
     assert not missing, (
-        f"dvc.yaml stage {stage!r} runs code that is not among its deps, so changing it would not rerun the stage: {missing}. "
-        "Add each (or its folder) to the stage's deps, or, if it cannot change the stage's outputs, to OUTPUT_NEUTRAL with the reason."
+        f"dvc.yaml stage {stage!r} runs code that is not among its deps, so changing it would not rerun "
+        f"the stage: {missing}. Add each (or its folder) to the stage's deps, or, if it cannot change "
+        "the stage's outputs, to OUTPUT_NEUTRAL with the reason."
     )
 
 
 def test_the_import_walk_follows_function_level_imports_and_stops_at_neutral_modules() -> None:
-    """The walk itself: the flow stage imports pipeline.flow.run inside a function, which imports pipeline.io;
+    """The walk itself: the flow stage imports pipeline.flow.run inside a function, which imports pipeline.common.io;
     pipeline.config is reached but not followed."""
     reached = _reached("stages.flow")
-    assert {"stages/flow.py", "pipeline/flow/run.py", "pipeline/io.py", "pipeline/flow/simulator.py"} <= reached
+    assert {"stages/flow.py", "pipeline/flow/run.py", "pipeline/common/io.py", "pipeline/flow/simulator.py"} <= reached
     assert not any(
         f.startswith("pipeline/config/") and f != "pipeline/config/__init__.py" for f in reached
     )  # not followed

@@ -19,7 +19,7 @@ from pipeline.dataset.schema import CLIP_ROWS, FIELD_DOCS, JSON_DOCS, TEXT_ROWS,
 from pipeline.encode.clip import load_clip
 from pipeline.encode.inputs import EpisodeInputs, assign_splits
 from pipeline.encode.run import run as encode
-from pipeline.episodes import load_episode
+from pipeline.sim.episodes import load_episode
 
 TASKS = ("cartpole-swingup", "walker.walk")  # a dot in a task name must not reach the sample keys
 EPISODES, LENGTH, SIZE, EVERY_K = 3, 8, 16, 3

@@ -11,9 +11,9 @@ import open_clip
 import pytest
 import torch
 
+from pipeline.common.weights import WeightsNotFoundError, sha256_of
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.encode.clip import ClipModelError, OpenClipEncoder, load_clip, register_project_configs
-from pipeline.weights import WeightsNotFoundError, sha256_of
 
 TINY = "semore-tiny-clip"
 
@@ -136,7 +136,7 @@ def test_unknown_model_and_bad_weights_file_are_user_errors(tmp_path: Path) -> N
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_requested_without_cuda() -> None:
-    from pipeline.device import DeviceError
+    from pipeline.common.device import DeviceError
 
     with pytest.raises(DeviceError, match="encode.device"):
         load_clip(EncodeParams(device="cuda"), WeightsParams())

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from support.datasets import restamp, write_synthetic_inputs
 
+from pipeline.common.io import write_npz_atomic
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset import DatasetError, validate_dataset
 from pipeline.dataset.schema import CLIP_ROWS
 from pipeline.encode.inputs import EncodeInputError
 from pipeline.encode.run import run as encode
-from pipeline.io import write_npz_atomic
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -127,7 +127,7 @@ def test_unreadable_annotation_file(tmp_path: Path) -> None:
 
 
 def test_non_finite_state_is_named(tmp_path: Path) -> None:
-    from pipeline.episodes import load_episode, save_episode
+    from pipeline.sim.episodes import load_episode, save_episode
 
     episodes, flow, notes = _inputs(tmp_path)
     path = episodes / TASK / "episode_000001.npz"

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from support.datasets import ProjectionClip, write_synthetic_inputs
 
+from pipeline.common.io import dumps_json, write_json_atomic, write_npz_atomic
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset.schema import DatasetError
 from pipeline.dataset.writer import write_metadata
 from pipeline.encode.inputs import EncodeInputError
 from pipeline.encode.run import run as encode
-from pipeline.io import dumps_json, write_json_atomic, write_npz_atomic
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -62,7 +62,7 @@ def test_flow_and_annotations_of_episodes_collected_with_another_seed_are_refuse
     episodes, flow, notes = inputs
     other = write_synthetic_inputs(tmp_path / "other", TASKS, episodes=2, length=4, size=8, every_k=2)
     # same shapes, other episodes: re-collected with another seed, flow and annotations left over
-    from pipeline.episodes import load_episode, save_episode
+    from pipeline.sim.episodes import load_episode, save_episode
 
     ep = load_episode(other[0] / TASKS[1] / "episode_000000.npz")
     ep.rewards[0] += 1.0

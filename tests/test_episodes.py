@@ -12,7 +12,9 @@ import yaml
 from support.episodes import make_episode
 
 from pipeline.cli import main as cli_main
-from pipeline.episodes import (
+from pipeline.common.errors import UserError
+from pipeline.common.io import write_npz_atomic
+from pipeline.sim.episodes import (
     Episode,
     EpisodeFileError,
     EpisodeMeta,
@@ -23,8 +25,6 @@ from pipeline.episodes import (
     read_header,
     save_episode,
 )
-from pipeline.errors import UserError
-from pipeline.io import write_npz_atomic
 
 SIZE = 12
 

@@ -11,10 +11,10 @@ import torch
 
 from models.backbone import DualPathBackbone
 from models.checkpoint import save_module
-from pipeline import probe as probes
 from pipeline.collect.errors import UnknownTaskError
+from pipeline.common import probe as probes
+from pipeline.common.errors import UserError
 from pipeline.config.evaluate import EvaluateParams
-from pipeline.errors import UserError
 from pipeline.evaluate.backbones import MismatchError, check_backbone, load_backbones
 from pipeline.evaluate.run import NotLearningError, run
 
@@ -97,10 +97,14 @@ def test_same_params_give_the_same_bytes(tmp_path: Path, backbone: Path, torch_o
 
 
 def test_the_probe_file_gives_back_every_probe_number_exactly(tmp_path: Path, backbone: Path, torch_one_thread) -> None:
-    """Re-analysis starts from ``probe/<task>.npz``: the stage's own statistics on it reproduce results.json."""
+    """Re-analysis starts from ``probe/<task>.npz``: the stage's own statistics on it reproduce results.json,
+    through the import path README gives (``pipeline.probe``)."""
+    from pipeline import probe as readme_probes
+
     run(backbone, tmp_path / "eval", params(arms=["probe"], random_inits=2))
     recorded = json.loads((tmp_path / "eval" / "results.json").read_text())["probe"]["cartpole-swingup"]
-    oofs, weights = probes.read_probe_file(tmp_path / "eval" / "probe" / "cartpole-swingup.npz")
+    assert readme_probes.read_probe_file is probes.read_probe_file
+    oofs, weights = readme_probes.read_probe_file(tmp_path / "eval" / "probe" / "cartpole-swingup.npz")
     assert list(oofs) == ["pretrained", "random-0", "random-1"] and weights.shape == (100, 4)
     assert {n: list(o.alphas) for n, o in oofs.items()} == recorded["alphas"]
     for group in probes.GROUPS:

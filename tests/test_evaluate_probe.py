@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.probe import OutOfFold, bootstrap_weights, out_of_fold, paired_difference, pooled_r2, r2_with_ci
+from pipeline.common.probe import OutOfFold, bootstrap_weights, out_of_fold, paired_difference, pooled_r2, r2_with_ci
 
 KINDS = ["position", "position", "velocity"]
 
@@ -125,8 +125,8 @@ def test_the_mlp_probe_finds_what_is_in_the_features_non_linearly_and_ridge_does
 def test_an_unknown_probe_model_is_refused_and_the_param_admits_exactly_the_models() -> None:
     import typing
 
+    from pipeline.common.probe import MODELS
     from pipeline.config.evaluate import ProbeParams
-    from pipeline.probe import MODELS
 
     targets, episode = _episodes()
     with pytest.raises(ValueError, match="probe model 'lasso'"):

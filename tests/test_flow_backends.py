@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from support.episodes import make_episode
 
+from pipeline.common.errors import UserError
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode, EpisodeHeader
-from pipeline.errors import UserError
 from pipeline.flow.base import inside_mask, pixel_grid
 from pipeline.flow.dis import DISBackend
 from pipeline.flow.metrics import end_point_error
 from pipeline.flow.registry import BACKENDS, make_backend
 from pipeline.flow.simulator import SimulatorBackend, quat_to_matrix
+from pipeline.sim.episodes import Episode, EpisodeHeader
 
 FOCAL = 60.0
 BACKGROUND_DEPTH = 50.0

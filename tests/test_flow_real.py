@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from pipeline.config import CollectParams, FlowParams, WeightsParams
-from pipeline.episodes import list_episodes, load_episode
 from pipeline.flow.base import inside_mask
 from pipeline.flow.dis import DISBackend
 from pipeline.flow.metrics import photometric_error
 from pipeline.flow.run import run
 from pipeline.flow.simulator import SimulatorBackend
+from pipeline.sim.episodes import list_episodes, load_episode
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ from test_episodes import damage_crc
 from test_flow_backends import quat_z, synthetic_episode
 
 from pipeline.cli import main as cli_main
+from pipeline.common.errors import UserError
+from pipeline.common.io import sha256_of, write_npz_atomic
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode, episode_filename, read_header, save_episode
-from pipeline.errors import UserError
 from pipeline.flow.base import FlowResult
 from pipeline.flow.dis import DISBackend
 from pipeline.flow.run import FlowSummary, run
 from pipeline.flow.simulator import SimulatorBackend
-from pipeline.io import sha256_of, write_npz_atomic
+from pipeline.sim.episodes import Episode, episode_filename, read_header, save_episode
 
 SIZE = 40
 

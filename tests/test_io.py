@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.io import atomic_path, npz_bytes, write_npz_atomic
+from pipeline.common.io import atomic_path, npz_bytes, write_npz_atomic
 
 
 def test_npz_bytes_are_deterministic_and_loadable(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_object_arrays_are_refused() -> None:
 
 
 def test_a_killed_writers_temporaries_are_swept_from_a_stage_folder(tmp_path: Path) -> None:
-    from pipeline.io import remove_stale_temporaries_in
+    from pipeline.common.io import remove_stale_temporaries_in
 
     (tmp_path / ".episode_000001.npz.ab12cd34.tmp").write_bytes(b"half")
     (tmp_path / ".previews.zz99yy88.tmp").mkdir()
@@ -60,7 +60,7 @@ def test_a_killed_writers_temporaries_are_swept_from_a_stage_folder(tmp_path: Pa
 
 
 def test_json_with_one_line_per_item_reads_back_equal_and_is_deterministic(tmp_path: Path) -> None:
-    from pipeline.io import dumps_json_items, write_json_atomic
+    from pipeline.common.io import dumps_json_items, write_json_atomic
 
     body = {
         "task": "cartpole",

@@ -1,4 +1,4 @@
-"""The observation-facts contract (pipeline.observation): written from a dataset, read back from a checkpoint, compared with a run."""
+"""The observation-facts contract (pipeline.sim.observation): written from a dataset, read back from a checkpoint, compared with a run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from models.backbone import DualPathBackbone
 from models.checkpoint import save_module
-from pipeline.observation import ObservationMeta, ObservationMetaError
+from pipeline.sim.observation import ObservationMeta, ObservationMetaError
 
 STATS = {
     "provenance": {

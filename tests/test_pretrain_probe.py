@@ -1,4 +1,4 @@
-"""The pretrain stage's probe: :func:`pipeline.probe.split_r2` (train split -> validation split).
+"""The pretrain stage's probe: :func:`pipeline.common.probe.split_r2` (train split -> validation split).
 
 The end-to-end probe (features from a backbone on a real dataset) is in test_pretrain_stage.py.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.probe import ALPHAS, split_r2
+from pipeline.common.probe import ALPHAS, split_r2
 
 
 def _episodes(n_episodes: int, length: int, rng: np.random.Generator, dims: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -162,8 +162,8 @@ def test_checkpoints_record_the_datasets_observation_facts(tmp_path: Path) -> No
     mode from the dataset's provenance (here different per task), the frame size and the frame stack."""
     from dataclasses import replace
 
-    from pipeline.episodes import episode_filename, load_episode, save_episode
-    from pipeline.observation import ObservationMeta
+    from pipeline.sim.episodes import episode_filename, load_episode, save_episode
+    from pipeline.sim.observation import ObservationMeta
 
     inputs = write_synthetic_inputs(
         tmp_path / "inputs", tasks=("cartpole-swingup", "walker-walk"), episodes=2, length=8, size=16, every_k=3
@@ -278,9 +278,9 @@ def test_nproc_relaunches_the_same_command_under_torchrun(tmp_path: Path, datase
 
 def test_probe_target_is_the_joint_state_a_frame_shows(dataset: Path) -> None:
     """The diagnostic probe regresses on hinge angles as cos/sin, without the untracked root x
-    (pipeline.joint_state), not on raw qpos/qvel; frames of another model are refused by name."""
+    (pipeline.sim.joint_state), not on raw qpos/qvel; frames of another model are refused by name."""
+    from pipeline.common.errors import UserError
     from pipeline.dataset import open_dataset
-    from pipeline.errors import UserError
     from pipeline.pretrain.probe import extract
 
     shards = open_dataset(dataset).shards["train"]

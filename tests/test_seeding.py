@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from pipeline.common.seeding import derive_seed
 from pipeline.evaluate.seeding import derive_seed as evaluate_seed
 from pipeline.finetune.workspace import derive_seed as finetune_seed
-from pipeline.seeding import derive_seed
 
 
 def test_values_are_pinned_so_a_changed_derivation_is_noticed() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.weights import WeightsNotFoundError, cache_name, resolve_weights, sha256_of
+from pipeline.common.weights import WeightsNotFoundError, cache_name, resolve_weights, sha256_of
 
 
 def _resolve(source: str, cache: Path, **kw):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from pipeline.annotate.schema import Annotation, AnnotationError, AnnotationRecord, parse_annotation
-from pipeline.registry import Registry
+from pipeline.common.registry import Registry
 
 if TYPE_CHECKING:
     from pipeline.annotate.truth import SceneTruth

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from pipeline.annotate.base import FrameItem, FrameResult
 from pipeline.annotate.schema import Annotation, frame_context
-from pipeline.io import dumps_json
+from pipeline.common.io import dumps_json
 
 log = logging.getLogger(__name__)
 

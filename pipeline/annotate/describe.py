@@ -3,7 +3,7 @@
 A vision-language model asked about a cart-pole frame says "the pole is tilted a little to the
 right and swinging fast", not "pole_1 at (0.12, 0.00, 1.48) m". This module turns a frame's
 :class:`~pipeline.annotate.truth.SceneTruth` (and, with ``annotate.physics``, the restored
-:class:`~pipeline.annotate.simulator.PhysicsState`: contacts, centre-of-mass velocities) into such
+:class:`~pipeline.annotate.truth.PhysicsState`: contacts, centre-of-mass velocities) into such
 words, coarsely quantised by the documented thresholds below, so that the caption's CLIP
 embedding carries the state. Deterministic: a pure function of the frame's truth.
 
@@ -45,15 +45,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.annotate.accuracy import LIMB_WORDS, PREFIX_QUALIFIERS
-from pipeline.annotate.truth import WORLD_BODY, Entity, SceneTruth
-
-if TYPE_CHECKING:
-    from pipeline.annotate.simulator import PhysicsState
+from pipeline.annotate.truth import WORLD_BODY, Entity, PhysicsState, SceneTruth
 
 # -- thresholds, all in SI units (m, m/s, rad/s) or degrees ------------------------------------------
 #: Speeds below this (m/s) are "still": under a twentieth of a typical 1 m body length per second.

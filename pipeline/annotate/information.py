@@ -8,7 +8,7 @@ joins them, ``name: description; ...``; ``motion``) this reports, per task:
 * ``distinct``: how many different texts; ``entropy_bits``: the Shannon entropy of their
   frequencies (log2 of the number of equally likely texts they are worth);
 * ``probe_r2`` (``_position``, ``_velocity``): how well the text predicts the simulator's state,
-  by the evaluate stage's probe protocol (:func:`pipeline.probe.out_of_fold`: ridge, k-fold **by
+  by the evaluate stage's probe protocol (:func:`pipeline.common.probe.out_of_fold`: ridge, k-fold **by
   episode**, penalty chosen by an inner episode-grouped CV, pooled out-of-fold R^2 averaged over
   standardised state dimensions). Features: a binary bag of the text's words and word pairs (what
   a linear reader of the words can use); a text first seen in a held-out episode still shares
@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline.annotate.schema import Annotation
 from pipeline.annotate.truth import SceneTruth
-from pipeline.joint_state import model_joints, state_matrix
+from pipeline.sim.joint_state import model_joints, state_matrix
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def text_information(
     Args:
         texts: field name -> (N,) texts, one per frame.
         episode: (N,) episode id of each frame (the probe's folds).
-        state: (N, D) float state of each frame (:func:`pipeline.joint_state.state_matrix`); ``kinds``: (D,) its columns' kinds.
+        state: (N, D) float state of each frame (:func:`pipeline.sim.joint_state.state_matrix`); ``kinds``: (D,) its columns' kinds.
 
     Returns:
         ``{"frames", "episodes", "state_dims", <field>: {"distinct", "entropy_bits", "probe_r2",
@@ -88,7 +88,7 @@ def text_information(
     try:
         from threadpoolctl import threadpool_limits
 
-        from pipeline.probe import ALPHAS, FOLDS, out_of_fold, pooled_r2
+        from pipeline.common.probe import ALPHAS, FOLDS, out_of_fold, pooled_r2
     except ImportError as exc:  # a project dependency; a bare environment (the GPU check's image) may lack it
         log.warning("annotate: no text probe in text_information (%s); the counts are still reported", exc)
         can_probe = False

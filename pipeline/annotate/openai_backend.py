@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from pipeline.annotate.base import Backend, FrameItem, FrameResult, result_from_text
-from pipeline.errors import UserError
+from pipeline.common.errors import UserError
 
 if TYPE_CHECKING:
     from pipeline.config import AnnotateParams, WeightsParams

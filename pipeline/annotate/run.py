@@ -47,12 +47,12 @@ from pipeline.annotate.cache import AnnotationCache, cache_key
 from pipeline.annotate.information import TextSamples
 from pipeline.annotate.schema import AnnotationFile, AnnotationSource, annotated_steps, output_filename
 from pipeline.annotate.truth import TRUTH_FIELDS, SceneTruth, scene_truths
-from pipeline.episodes import Episode, EpisodeHeader, EpisodeMeta, check_episodes, load_episode
-from pipeline.errors import UserError
-from pipeline.io import remove_stale_temporaries_in, sha256_of, write_json_atomic
-from pipeline.logs import progress
-from pipeline.stage import StageSummary
-from pipeline.task_physics import prefetch_task_physics
+from pipeline.common.errors import UserError
+from pipeline.common.io import remove_stale_temporaries_in, sha256_of, write_json_atomic
+from pipeline.common.logs import progress
+from pipeline.common.stage import StageSummary
+from pipeline.sim.episodes import Episode, EpisodeHeader, EpisodeMeta, check_episodes, load_episode
+from pipeline.sim.task_physics import prefetch_task_physics
 
 if TYPE_CHECKING:
     from pipeline.config import AnnotateParams, WeightsParams
@@ -183,7 +183,7 @@ def check_inputs(episodes_dir: Path, needs_scene: bool, backend_name: str) -> tu
 
     Raises:
         UserError: no episodes, a damaged or malformed file, several tasks in one folder
-            (:func:`pipeline.episodes.check_episodes`), or a backend that needs segmentation
+            (:func:`pipeline.sim.episodes.check_episodes`), or a backend that needs segmentation
             the episodes lack.
     """
     headers = check_episodes(episodes_dir)

@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline.errors import UserError
-from pipeline.io import sha256_of
+from pipeline.common.errors import UserError
+from pipeline.common.io import sha256_of
 
 
 class AnnotationError(ValueError):
@@ -209,7 +209,7 @@ class AnnotationSource(BaseModel):
 
     episode: str = Field(min_length=1, description="the episode file's name, e.g. 'episode_000000.npz'")
     episode_sha256: str = Field(
-        pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the episode file (pipeline.io.sha256_of)"
+        pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the episode file (pipeline.common.io.sha256_of)"
     )
 
 
@@ -238,7 +238,7 @@ class AnnotationFile(BaseModel):
         return self
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON-ready file body (what :func:`pipeline.io.write_json_atomic` writes)."""
+        """The JSON-ready file body (what :func:`pipeline.common.io.write_json_atomic` writes)."""
         return self.model_dump(mode="json")
 
 
@@ -258,7 +258,7 @@ def read_annotation_file(
         frame_size: (H, W) of the episode's frames, when known: every box must lie in the image.
         episode: the episode file this annotation file is paired with, when known: its
             ``source`` must name this file and its SHA-256 (``episode_sha256`` if given,
-            else computed with :func:`pipeline.io.sha256_of`).
+            else computed with :func:`pipeline.common.io.sha256_of`).
 
     Raises:
         AnnotationFileError: missing or unreadable file, content that does not follow

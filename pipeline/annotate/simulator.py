@@ -15,7 +15,7 @@ says it the way such a model would: in coarse words, not numbers. For each frame
   the body's motion (direction in the image, still / slowly / fast), spin and what
   it touches;
 * **physics** (``annotate.physics: true``, the default): the frame's ``qpos`` /
-  ``qvel`` restored into the task's physics (:func:`pipeline.task_physics.load_task_physics`: the model
+  ``qvel`` restored into the task's physics (:func:`pipeline.sim.task_physics.load_task_physics`: the model
   collect simulates, built without a renderer) and ``mj_forward`` run; velocities are
   then the bodies' centres of mass (``mj_objectVelocity``: exact, and meaningful for a
   pole hinged at its frame origin), and MuJoCo's contact list gives what touches what
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,9 +38,9 @@ import numpy as np
 from pipeline.annotate.base import Backend, FrameItem, FrameResult
 from pipeline.annotate.describe import describe_frame, object_words
 from pipeline.annotate.schema import Annotation, KeyObject
-from pipeline.annotate.truth import SceneTruth
-from pipeline.errors import UserError
-from pipeline.task_physics import load_task_physics
+from pipeline.annotate.truth import PhysicsState, SceneTruth
+from pipeline.common.errors import UserError
+from pipeline.sim.task_physics import load_task_physics
 
 if TYPE_CHECKING:
     from pipeline.config import AnnotateParams, WeightsParams
@@ -50,23 +49,6 @@ log = logging.getLogger(__name__)
 
 #: The simulator's "model id" in annotation files and cache keys; v2: state in words (:mod:`pipeline.annotate.describe`).
 MODEL_NAME = "mujoco-truth-v2"
-
-
-@dataclass(frozen=True)
-class PhysicsState:
-    """What the restored physics adds to a frame's truth.
-
-    Attributes:
-        contacts: geom id pairs (g1, g2), g1 < g2, sorted, of MuJoCo's contact list.
-        com_pos: (nbody, 3) float64 body centres of mass in the world (m).
-        lin_vel: (nbody, 3) float64 centre-of-mass linear velocities in the world (m/s).
-        ang_vel: (nbody, 3) float64 angular velocities in the world (rad/s).
-    """
-
-    contacts: list[tuple[int, int]]
-    com_pos: np.ndarray
-    lin_vel: np.ndarray
-    ang_vel: np.ndarray
 
 
 class PhysicsReader:

@@ -1,7 +1,7 @@
 """Annotate in-process with any image-text-to-text model of transformers.
 
 ``AutoModelForImageTextToText`` + ``AutoProcessor`` loaded from the folder that
-:func:`pipeline.weights.resolve_weights` finds for ``annotate.model`` (a local
+:func:`pipeline.common.weights.resolve_weights` finds for ``annotate.model`` (a local
 folder saved with ``save_pretrained``, a name in ``weights.cache_dir``, or a
 hub id ``owner/name`` / ``hf://owner/name`` downloaded when online). Prompts go
 through the model's own chat template (one image, then the prompt text);
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.annotate.base import Backend, FrameItem, FrameResult, result_from_text
 from pipeline.annotate.tiny_vlm import SEED as TINY_SEED
-from pipeline.errors import UserError
-from pipeline.weights import resolve_weights
+from pipeline.common.errors import UserError
+from pipeline.common.weights import resolve_weights
 
 if TYPE_CHECKING:
     from pipeline.config import AnnotateParams, WeightsParams
@@ -56,7 +56,7 @@ class TransformersBackend(Backend):
     def __init__(self, params: AnnotateParams, weights: WeightsParams) -> None:
         import torch
 
-        from pipeline.device import select_device
+        from pipeline.common.device import select_device
 
         self.device = select_device(params.device, param_key="annotate.device")
         self.batch_size = params.batch_size

@@ -1,6 +1,6 @@
 """What the simulator knows about a recorded frame: which bodies are in view, where, how fast.
 
-Built from the episode files (:mod:`pipeline.episodes`) alone: the segmentation
+Built from the episode files (:mod:`pipeline.sim.episodes`) alone: the segmentation
 (geom id per pixel) mapped to bodies through ``geom_body``, ``body_pos`` /
 ``body_quat`` and their finite differences (linear and angular velocities), and the
 camera pose and intrinsics. The simulator annotator describes it
@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.episodes import Episode
+from pipeline.sim.episodes import Episode
 
 WORLD_BODY = 0
 _PLACEHOLDER_RE = re.compile(r"^(geom|body)\d+$")
@@ -237,3 +237,20 @@ def scene_truths(episode: Episode, steps: list[int], min_pixels: int) -> dict[in
             suite=meta.suite,
         )
     return out
+
+
+@dataclass(frozen=True)
+class PhysicsState:
+    """What the restored physics adds to a frame's truth.
+
+    Attributes:
+        contacts: geom id pairs (g1, g2), g1 < g2, sorted, of MuJoCo's contact list.
+        com_pos: (nbody, 3) float64 body centres of mass in the world (m).
+        lin_vel: (nbody, 3) float64 centre-of-mass linear velocities in the world (m/s).
+        ang_vel: (nbody, 3) float64 angular velocities in the world (rad/s).
+    """
+
+    contacts: list[tuple[int, int]]
+    com_pos: np.ndarray
+    lin_vel: np.ndarray
+    ang_vel: np.ndarray

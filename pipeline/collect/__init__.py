@@ -4,7 +4,7 @@ Public API:
 
 * :func:`make_env` / :func:`list_tasks` — pixel environments by task name (also used for online RL).
 * :func:`collect_task` — record a task's episodes to ``episode_<i:06d>.npz`` files
-  (:mod:`pipeline.episodes` schema), ``index.json`` and ``preview.gif``.
+  (:mod:`pipeline.sim.episodes` schema), ``index.json`` and ``preview.gif``.
 * :mod:`pipeline.collect.run` — the stage's ``run(task, out, section) -> CollectSummary``.
 * :mod:`pipeline.collect.envs.wrappers` — the observation (frame stack) and action ([-1, 1])
   conventions shared by collection, online training, evaluation and the dataset readers.

@@ -1,6 +1,6 @@
 """Camera pose and intrinsics of a MuJoCo render, in the conventions of the episode files.
 
-Conventions (the same as :mod:`pipeline.episodes`):
+Conventions (the same as :mod:`pipeline.sim.episodes`):
 
 * **extrinsics** are ``world_from_camera``: a (4, 4) float64 matrix whose upper-left (3, 3)
   block holds the camera axes as columns in world coordinates and whose last column holds the

@@ -1,13 +1,13 @@
 """Record a task's episodes to disk: the work of the collect stage.
 
-Layout of ``out_dir`` (see :mod:`pipeline.episodes` for the episode schema):
+Layout of ``out_dir`` (see :mod:`pipeline.sim.episodes` for the episode schema):
 
 * ``episode_<i:06d>.npz`` for i in ``range(episodes_per_task)``, each written atomically;
 * ``index.json``: one row per episode (file, length, return, seed, task, policy, flags);
 * ``preview.gif``: the first ``preview_episodes`` episodes (RGB | depth | segmentation).
 
 Action repeat: each task's episodes use its own (``collect.action_repeat``'s override for the
-task, else the PlaNet/DrQ benchmark value of :mod:`pipeline.benchmark`, the one finetune and
+task, else the PlaNet/DrQ benchmark value of :mod:`pipeline.sim.benchmark`, the one finetune and
 evaluate act with), so the frame gap the backbone learns is the one it sees online; each
 episode's header records it (``meta.action_repeat``). ``episode_steps`` counts agent steps: an
 episode stores ``episode_steps + 1`` frames spanning ``episode_steps x action_repeat``
@@ -62,7 +62,9 @@ import numpy as np
 from pipeline.collect.disk import FrameLayout, check_disk_space
 from pipeline.collect.envs import PixelEnv, make_env, resolve_task
 from pipeline.collect.policies import Policy, make_policy
-from pipeline.episodes import (
+from pipeline.common.errors import UserError
+from pipeline.common.io import dumps_json
+from pipeline.sim.episodes import (
     SCHEMA_VERSION,
     Episode,
     EpisodeMeta,
@@ -73,8 +75,6 @@ from pipeline.episodes import (
     save_episode,
     write_index,
 )
-from pipeline.errors import UserError
-from pipeline.io import dumps_json
 
 if TYPE_CHECKING:
     from pipeline.config.collect import CollectParams, PolicyParams
@@ -419,7 +419,7 @@ def collect_task(
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a folder; remove it or choose another path")
     resolve_task(task)
-    from pipeline.logs import progress
+    from pipeline.common.logs import progress
 
     env_kwargs = _env_kwargs(params, task)
     recorder = _Recorder(task, env_kwargs, params.policy)  # validates the camera and the policy against the task

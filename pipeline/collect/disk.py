@@ -1,7 +1,7 @@
 """Up-front disk-space check of a collect run: estimate the bytes its episode files take, refuse when
 the disk cannot hold them.
 
-Episode files are zip-deflated ``.npz`` archives (:mod:`pipeline.episodes`), so their size depends on
+Episode files are zip-deflated ``.npz`` archives (:mod:`pipeline.sim.episodes`), so their size depends on
 the content. The estimate uses per-array compression ratios a few times worse than any measured on
 the default tasks (cartpole-swingup and cheetah-run at 84 px, fast render, 2026-11-30): RGB frames
 compressed to 6.4-11.5% of their raw bytes, depth to 2.6-5.2%, segmentation to 0.9-1.4%, and the

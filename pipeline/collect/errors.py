@@ -1,8 +1,8 @@
-"""User-fixable errors of the collect stage (all :class:`pipeline.errors.UserError`: exit 2, no traceback)."""
+"""User-fixable errors of the collect stage (all :class:`pipeline.common.errors.UserError`: exit 2, no traceback)."""
 
 from __future__ import annotations
 
-from pipeline.errors import UserError
+from pipeline.common.errors import UserError
 
 
 class UnknownTaskError(UserError, ValueError):

@@ -33,7 +33,7 @@ import numpy as np
 
 from pipeline.collect.envs.wrappers import FrameStacker, scale_action
 from pipeline.collect.errors import PolicyError
-from pipeline.io import sha256_of
+from pipeline.common.io import sha256_of
 
 if TYPE_CHECKING:
     from models.actor import ActorMeta

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.episodes import Episode
-from pipeline.io import atomic_path
+from pipeline.common.io import atomic_path
+from pipeline.sim.episodes import Episode
 
 #: GIF frame delays are multiples of 10 ms and most viewers clamp delays below 20 ms.
 MIN_DELAY_MS = 20

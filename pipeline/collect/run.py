@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.collect.collector import collect_task
+from pipeline.common.stage import StageSummary
 from pipeline.config.collect import CollectParams
-from pipeline.stage import StageSummary
 
 
 @dataclass(frozen=True)

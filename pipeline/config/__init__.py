@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pipeline.common.errors import UserError
 from pipeline.config.annotate import AnnotateParams
 from pipeline.config.base import Section
 from pipeline.config.collect import CollectParams, PolicyParams
@@ -23,7 +24,6 @@ from pipeline.config.finetune import FinetuneParams
 from pipeline.config.flow import FlowParams
 from pipeline.config.pretrain import PretrainParams
 from pipeline.config.weights import WeightsParams
-from pipeline.errors import UserError
 
 __all__ = [
     "AnnotateParams",

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.benchmark import action_repeat_for
 from pipeline.config.base import Bool, Float, Int, Section, Seed
+from pipeline.sim.benchmark import action_repeat_for
 
 
 class PolicyParams(Section):
@@ -62,7 +62,7 @@ class CollectParams(Section):
         {},
         description="Per-task action repeat overrides (simulator steps per agent step; only the last frame of each repeat is rendered, so it is "
         "the frame gap the backbone learns). Unset tasks use the PlaNet/DrQ benchmark value that finetune and evaluate use online "
-        "(pipeline.benchmark: cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2).",
+        "(pipeline.sim.benchmark: cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2).",
     )
     image_size: Int = Field(84, ge=16, le=1024, description="Rendered frames are image_size x image_size RGB.")
     camera: Int | str = Field(

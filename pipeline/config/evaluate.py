@@ -47,7 +47,7 @@ class ProbeParams(Section):
     model: Literal["ridge", "mlp"] = Field(
         "ridge",
         description="'ridge': linear, the penalty chosen per fold from alphas (the protocol's probe: is the state linearly in the features). "
-        "'mlp': one hidden layer of 256 ReLU units with fixed settings (pipeline.probe.MLP; alphas unused): is it in the features at all.",
+        "'mlp': one hidden layer of 256 ReLU units with fixed settings (pipeline.common.probe.MLP; alphas unused): is it in the features at all.",
     )
 
     folds: Int = Field(

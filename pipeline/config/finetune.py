@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.benchmark import action_repeat_for
 from pipeline.config.base import Bool, DeviceName, Float, Int, Seed
 from pipeline.config.sac import SACParams
+from pipeline.sim.benchmark import action_repeat_for
 
 
 class FinetuneParams(SACParams):
@@ -29,7 +29,7 @@ class FinetuneParams(SACParams):
         ge=1,
         le=100,
         description="Simulator steps per agent step; the action is held and rewards are summed. null: the PlaNet/DrQ benchmark value for task "
-        "(pipeline.benchmark, as collect and evaluate use: cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2), "
+        "(pipeline.sim.benchmark, as collect and evaluate use: cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2), "
         "filled in when the params are read, so the section always holds a number.",
     )
     episode_frames: Int = Field(

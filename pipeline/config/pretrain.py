@@ -121,7 +121,7 @@ class PretrainParams(Section):
     probe_alpha: Float = Field(
         0.0,
         ge=0,
-        description="Ridge penalty of the linear probe on standardised features (0: chosen per task from pipeline.probe.ALPHAS by episode-grouped cross-validation on the train split).",
+        description="Ridge penalty of the linear probe on standardised features (0: chosen per task from pipeline.common.probe.ALPHAS by episode-grouped cross-validation on the train split).",
     )
     probe_max_per_task: Int = Field(
         5000, ge=0, description="Frames per task and split the probe reads at most (0: all)."

@@ -20,8 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.errors import UserError
 from pipeline.dataset.reader import Dataset, open_dataset, validate_dataset
-from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,13 @@ raises :class:`DatasetError` naming the shard, the sample key where one is at fa
 from __future__ import annotations
 
 import json
-import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.common.io import sha256_of
 from pipeline.dataset.codec import decode_sample
 from pipeline.dataset.schema import (
     CARD_FILE,
@@ -33,7 +32,10 @@ from pipeline.dataset.schema import (
     DatasetError,
     parse_key,
 )
-from pipeline.io import sha256_of
+from pipeline.dataset.shards import iter_tar_samples
+
+if TYPE_CHECKING:  # torch is imported only when frames() is called
+    from pipeline.dataset.stacked import StackedFrames
 
 _FIX = "rebuild the dataset (semore encode) or pull it again (semore pull)"
 
@@ -71,7 +73,7 @@ class Dataset:
         """Per-field statistics of ``split`` (count, mean, std, min, max; see the card)."""
         return self.stats.get("stats", {}).get(split, {}).get("fields", {})
 
-    def frames(self, split: str = "train", frame_stack: int = 3, **kwargs: Any) -> StackedFrames:  # noqa: F821
+    def frames(self, split: str = "train", frame_stack: int = 3, **kwargs: Any) -> StackedFrames:
         """Stacked-frame samples of ``split`` (:class:`pipeline.dataset.stacked.StackedFrames`, a torch IterableDataset)."""
         from pipeline.dataset.stacked import StackedFrames
 
@@ -113,70 +115,6 @@ def read_stats(folder: str | Path) -> dict[str, Any]:
                 f"{path}: splits.{split} is not a list of shards with name, samples, bytes, sha256; {_FIX}"
             )
     return stats
-
-
-def _check_tar_end(shard: Path) -> None:
-    """A complete tar is whole 512-byte blocks ending in (at least) two zero blocks; tarfile reads a
-    truncated one without complaint, so this is checked up front."""
-    try:
-        size = shard.stat().st_size
-        with open(shard, "rb") as fh:
-            fh.seek(max(size - 1024, 0))
-            tail = fh.read()
-    except OSError as exc:
-        raise DatasetError(f"{shard}: unreadable ({exc}); rebuild or pull the dataset again") from exc
-    if size < 1024 or size % 512 or tail.strip(b"\0"):
-        raise DatasetError(
-            f"{shard}: truncated or not a tar file (no end-of-archive blocks); rebuild or pull the dataset again"
-        )
-
-
-def iter_tar_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {field: bytes}) for each sample of a shard, in stored order.
-
-    Raises:
-        DatasetError: unreadable tar, a member name without ``<key>.<field>``, or a key split across the shard.
-    """
-    current: str | None = None
-    fields: dict[str, bytes] = {}
-    seen: set[str] = set()
-    _check_tar_end(shard)
-    try:
-        with tarfile.open(shard, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name
-                base = name.rsplit("/", 1)[-1]
-                if "." not in base:
-                    raise DatasetError(
-                        f"{shard}: member {name!r} has no '.<field>' suffix; the shard is not in WebDataset format"
-                    )
-                key, field = base.split(".", 1)
-                handle = tar.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                if len(data) != member.size:
-                    raise DatasetError(
-                        f"{shard}: member {name!r} is truncated ({len(data)} of {member.size} bytes); rebuild or pull the dataset again"
-                    )
-                if key != current:
-                    if current is not None:
-                        yield current, fields
-                    if key in seen:
-                        raise DatasetError(
-                            f"{shard}: sample {key!r} appears in two places; its members must be contiguous"
-                        )
-                    seen.add(key)
-                    current, fields = key, {}
-                if field in fields:
-                    raise DatasetError(f"{shard}: sample {key!r} has field {field!r} twice")
-                fields[field] = data
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DatasetError(
-            f"{shard}: corrupt or truncated tar ({type(exc).__name__}: {exc}) after sample {current!r}; rebuild or pull the dataset again"
-        ) from exc
-    if current is not None:
-        yield current, fields
 
 
 def _check_decoded(sample: dict[str, Any], where: str, dims: dict[str, int]) -> None:

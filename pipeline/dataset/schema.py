@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.common.errors import UserError
 
 
 class DatasetError(UserError, ValueError):

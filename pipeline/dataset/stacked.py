@@ -26,7 +26,7 @@ Annotated frames per batch (training): with ``annotated_per_batch`` m > 0 each c
 a second, endless, separately shuffled stream of its annotated frames only, and tops every batch
 of its main stream up to m annotated frames from it (:func:`mix_annotated`).
 
-Shards are read with :func:`pipeline.dataset.reader.iter_tar_samples` and fields decoded with
+Shards are read with :func:`pipeline.dataset.shards.iter_tar_samples` and fields decoded with
 :mod:`pipeline.dataset.codec`: a truncated shard or a field that does not decode raises
 :class:`DatasetError` naming the shard and the sample key. Open a dataset with
 :func:`pipeline.dataset.open_dataset` (which validates it) and take its shard lists from there.
@@ -47,8 +47,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.dataset.codec import decode_clip, decode_flow, decode_json, decode_rgb
-from pipeline.dataset.reader import iter_tar_samples
 from pipeline.dataset.schema import FIELDS, DatasetError
+from pipeline.dataset.shards import iter_tar_samples
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.io import sha256_of, write_bytes_atomic, write_json_atomic
 from pipeline.dataset.schema import CARD_FILE, SCHEMA_VERSION, SHARD_PATTERN, STATS_FILE, DatasetError
-from pipeline.io import sha256_of, write_bytes_atomic, write_json_atomic
 
 #: Fixed tar member metadata (mtime in seconds since the epoch; an int: a float adds a PAX header per member).
 TAR_MTIME = 0

@@ -4,7 +4,7 @@ A backend maps frames (N, H, W, 3) uint8 and texts to L2-normalised float32
 embeddings (N, D). It is chosen by ``encode.clip_backend`` from :data:`BACKENDS`;
 a new backend is one class and one registry line.
 
-Weights always go through :func:`pipeline.weights.resolve_weights`:
+Weights always go through :func:`pipeline.common.weights.resolve_weights`:
 ``encode.weights`` is an open_clip pretrained tag of ``encode.clip_model``
 (downloaded by open_clip when online, found in its caches offline), a local
 checkpoint file, ``local-dir:/path`` (``open_clip_config.json`` plus weights:
@@ -25,10 +25,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.common.errors import UserError
+from pipeline.common.registry import Registry
+from pipeline.common.weights import ResolvedWeights, resolve_weights
 from pipeline.config import EncodeParams, WeightsParams
-from pipeline.errors import UserError
-from pipeline.registry import Registry
-from pipeline.weights import ResolvedWeights, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class OpenClipEncoder:
         import open_clip
         import torch
 
-        from pipeline.device import select_device
+        from pipeline.common.device import select_device
 
         register_project_configs()
         self.params = params

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.common.errors import UserError
+from pipeline.common.io import sha256_of
 from pipeline.dataset.schema import FLOW_MAX, FLOW_MIN, empty_annotation, sanitize_task
-from pipeline.episodes import EpisodeHeader, check_episodes, read_header
-from pipeline.errors import UserError
-from pipeline.io import sha256_of
+from pipeline.sim.episodes import EpisodeHeader, check_episodes, read_header
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class EpisodeInputs:
     flow_path: Path
     annotation_path: Path
     header: EpisodeHeader | None = (
-        None  # the episode file checked from its headers (:func:`pipeline.episodes.read_header`)
+        None  # the episode file checked from its headers (:func:`pipeline.sim.episodes.read_header`)
     )
 
 
@@ -70,7 +70,7 @@ def _episode_index(path: Path) -> int | None:
 
 def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: str | Path) -> list[EpisodeInputs]:
     """Every (task, episode) with its three files, sorted by task then episode; each episode file
-    checked from its headers by :func:`pipeline.episodes.check_episodes`.
+    checked from its headers by :func:`pipeline.sim.episodes.check_episodes`.
 
     Raises:
         EncodeInputError: no episodes, an episode without its flow or annotation file,
@@ -281,7 +281,7 @@ def load_annotations(
 def check_inputs(items: list[EpisodeInputs]) -> None:
     """Check every input before any work, so nothing is written when one is bad.
 
-    * episodes: the episode module's own check of the array headers (:func:`pipeline.episodes.read_header`);
+    * episodes: the episode module's own check of the array headers (:func:`pipeline.sim.episodes.read_header`);
     * flow: shapes against the episode, every value finite, ``meta.source.episode_sha256`` equal to
       the episode file's SHA-256;
     * annotations: the annotate stage's schema (``read_annotation_file``), the task and episode they

@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.common.io import atomic_path
+from pipeline.common.logs import progress
+from pipeline.common.stage import StageSummary
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset.codec import dequantize_flow, quantize_flow
 from pipeline.dataset.schema import SCHEMA_VERSION, SPLITS, TEXT_ROWS, text_targets
@@ -40,10 +43,7 @@ from pipeline.encode.inputs import (
 )
 from pipeline.encode.samples import episode_samples
 from pipeline.encode.stats import SplitStats
-from pipeline.episodes import Episode, load_episode
-from pipeline.io import atomic_path
-from pipeline.logs import progress
-from pipeline.stage import StageSummary
+from pipeline.sim.episodes import Episode, load_episode
 
 log = logging.getLogger(__name__)
 

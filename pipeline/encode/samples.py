@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.dataset.codec import encode_sample
 from pipeline.dataset.schema import empty_annotation, make_key
 from pipeline.encode.inputs import FrameAnnotation
-from pipeline.episodes import Episode
+from pipeline.sim.episodes import Episode
 
 
 def float32_value(value: np.floating | float) -> float:

@@ -144,8 +144,8 @@ def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> di
 
 
 def _init_worker(threads: int, log_level: int) -> None:
-    from pipeline.logs import setup_logging
-    from pipeline.rendering import setup_headless_rendering
+    from pipeline.common.logs import setup_logging
+    from pipeline.common.rendering import setup_headless_rendering
 
     setup_headless_rendering()
     setup_logging(logging.getLevelName(log_level))  # a spawned process starts unconfigured: its progress would be lost

@@ -2,7 +2,7 @@
 architecture, and any other checkpoint given by path; and their frozen features of frames.
 
 A backbone is checked against each task before any work: its image size and frame stack, and the
-observation facts its metadata records (:class:`pipeline.observation.ObservationMeta`: action
+observation facts its metadata records (:class:`pipeline.sim.observation.ObservationMeta`: action
 repeat, camera, render mode) must be what the task's evaluation uses. A mismatch is an error
 naming both values unless ``evaluate.allow_mismatch`` turns it into a warning, which the outputs
 record. A checkpoint that records no facts (older than the contract) is checked on size and stack only.
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from pipeline.collect.envs.wrappers import stack_frames
-from pipeline.errors import UserError
+from pipeline.common.errors import UserError
 from pipeline.evaluate.seeding import derive_seed
 from pipeline.finetune.encoder import EncoderSpec, build_encoder, read_spec
-from pipeline.observation import ObservationMeta
+from pipeline.sim.observation import ObservationMeta
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_path
+from pipeline.common.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,12 @@ _CODE = (
     "pipeline/evaluate/arms.py",
     "pipeline/evaluate/backbones.py",
     "pipeline/evaluate/seeding.py",
-    "pipeline/seeding.py",
+    "pipeline/common/seeding.py",
     "pipeline/finetune/sac.py",
     "pipeline/finetune/encoder.py",
     "pipeline/collect/envs",
     "pipeline/collect/render.py",
-    "pipeline/rendering.py",
+    "pipeline/common/rendering.py",
 )
 
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.benchmark import FRAME_COUNTING, PUBLISHED_100K
+from pipeline.common.io import atomic_path, dumps_json, npz_bytes
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.evaluate.backbones import Backbone
-from pipeline.io import atomic_path, dumps_json, npz_bytes
+from pipeline.sim.benchmark import FRAME_COUNTING, PUBLISHED_100K
 
 
 def _fmt(e: dict[str, float], digits: int = 3) -> str:
@@ -169,7 +169,7 @@ def _plot_probe(path: Path, probe: dict[str, Any]) -> None:
 def _log_dvclive(
     folder: Path, probe: dict[str, Any], results: list[dict[str, Any]], aggregates: dict[str, Any]
 ) -> None:
-    from pipeline.curves import open_live
+    from pipeline.common.curves import open_live
 
     with open_live(folder) as live:
         for task, pr in probe.items():
@@ -210,7 +210,7 @@ def write_outputs(
     probe_files: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> None:
     """Write every output of the stage into ``out`` as one atomic folder; ``probe_files``: task ->
-    the arrays of ``probe/<task>.npz`` (:func:`pipeline.probe.probe_arrays`)."""
+    the arrays of ``probe/<task>.npz`` (:func:`pipeline.common.probe.probe_arrays`)."""
     record = {
         "frame_counting": FRAME_COUNTING,
         "tasks": {t: {"action_repeat": repeats[t]} for t in section.tasks},

@@ -8,7 +8,7 @@ Does the backbone help control? Answered on held-out data with seeds and confide
    ``finetune`` arm, the pixel agent's runs pass the finetune stage's own check.
 2. **probe**: held-out episodes per task (:mod:`pipeline.evaluate.heldout`); ridge (or MLP: ``probe.model``) probe from
    each backbone's frozen features to the observation vector, episode-grouped k-fold, pooled R^2
-   with bootstrap CIs; pretrained vs each other backbone, paired (:mod:`pipeline.probe`).
+   with bootstrap CIs; pretrained vs each other backbone, paired (:mod:`pipeline.common.probe`).
 3. **state** then **frozen**: SAC on the observation vector, then on each backbone's frozen
    features (:mod:`pipeline.evaluate.workspace`), ``seeds`` runs per task. The state arm runs
    first: if it does not reach ``min_final_return`` on a task the stage stops there, since a
@@ -30,18 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import probe as probes
-from pipeline.benchmark import action_repeat_for
+from pipeline.common import probe as probes
+from pipeline.common.device import select_device
+from pipeline.common.errors import UserError
+from pipeline.common.stage import StageSummary
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.finetune import FinetuneParams
-from pipeline.device import select_device
-from pipeline.errors import UserError
 from pipeline.evaluate.arms import RLJob, finetune_params, job_pool, run_finetune_arm, run_jobs
 from pipeline.evaluate.backbones import Backbone, check_backbone, load_backbones
 from pipeline.evaluate.heldout import collect_heldout
 from pipeline.evaluate.seeding import derive_seed
 from pipeline.evaluate.stats import aggregate
-from pipeline.stage import StageSummary
+from pipeline.sim.benchmark import action_repeat_for
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _probe_task(
     task: str, backbones: list[Backbone], section: EvaluateParams, action_repeat: int, image_size: int
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Held-out episodes of ``task`` and every backbone's probe on them, with paired CIs: the
-    record for ``results.json``, and the probe file's arrays (:func:`pipeline.probe.probe_arrays`)."""
+    record for ``results.json``, and the probe file's arrays (:func:`pipeline.common.probe.probe_arrays`)."""
     p = section.probe
     heldout = collect_heldout(
         task,
@@ -234,7 +234,7 @@ def run(
 ) -> EvaluateSummary:
     """Evaluate the backbone under ``backbone`` (the pretrain stage's output folder or a checkpoint
     folder) and write ``out``: ``report.md``, ``results.json``, ``probe/<task>.npz`` (the probe arm's
-    out-of-fold predictions: :func:`pipeline.probe.read_probe_file`), ``plots/`` and ``dvclive/``.
+    out-of-fold predictions: :func:`pipeline.common.probe.read_probe_file`), ``plots/`` and ``dvclive/``.
 
     ``finetune`` supplies the pixel agent's hyperparameters when ``section.arms`` has ``finetune``."""
     from pipeline.evaluate.report import write_outputs

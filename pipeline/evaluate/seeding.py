@@ -7,7 +7,7 @@ held-out episodes never repeat pretraining episodes even when the two seeds are 
 
 from __future__ import annotations
 
-from pipeline import seeding
+from pipeline.common import seeding
 
 _STREAMS = {
     "heldout": 11,

@@ -10,7 +10,7 @@ per frame while acting, so a random shift of the pixels could never reach the st
 (DrQ's augmentation regularises an encoder that *learns*; here nothing upstream of the features
 learns), and the state arm has no pixels.
 
-Frames are environment frames after action repeat (:mod:`pipeline.benchmark`).
+Frames are environment frames after action repeat (:mod:`pipeline.sim.benchmark`).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.common.io import atomic_path
 from pipeline.finetune.replay_buffer import ReplayBuffer
 from pipeline.finetune.sac import SAC
-from pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from models.checkpoint import (
     read_checkpoint_config,
     resolve_class,
 )
-from pipeline.errors import UserError
+from pipeline.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import write_bytes_atomic
+from pipeline.common.io import write_bytes_atomic
 
 
 def summarise(returns: Sequence[float]) -> dict[str, float]:

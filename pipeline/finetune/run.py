@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
+from pipeline.common.device import select_device
+from pipeline.common.errors import UserError
+from pipeline.common.stage import StageSummary
 from pipeline.config.finetune import FinetuneParams
-from pipeline.device import select_device
-from pipeline.errors import UserError
 from pipeline.finetune.encoder import EncoderSpec, read_spec
 from pipeline.finetune.workspace import Workspace
-from pipeline.observation import ObservationMeta
-from pipeline.stage import StageSummary
+from pipeline.sim.observation import ObservationMeta
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ObservationMismatchError(UserError):
 
 def check_observation(spec: EncoderSpec, params: FinetuneParams) -> list[str]:
     """Compare the observation facts the backbone's checkpoint records (its pretraining data's:
-    :class:`pipeline.observation.ObservationMeta`) with this run's: the action repeat of
+    :class:`pipeline.sim.observation.ObservationMeta`) with this run's: the action repeat of
     ``params.task``, the camera and render mode, the image size and frame stack it renders at
     (the backbone's config). Facts the checkpoint does not record are not checked.
 
@@ -109,8 +109,8 @@ def check_observation(spec: EncoderSpec, params: FinetuneParams) -> list[str]:
 def log_curves(folder: str | Path, evals: list[dict[str, Any]], episodes: list[dict[str, Any]]) -> None:
     """The learning curves as DVCLive logs in ``folder`` (step = environment frames after action repeat):
     ``eval/return_mean`` (and std) per evaluation, ``train/episode_return`` per training episode."""
-    from pipeline.curves import open_live
-    from pipeline.io import atomic_path
+    from pipeline.common.curves import open_live
+    from pipeline.common.io import atomic_path
 
     with atomic_path(folder) as tmp, open_live(tmp) as live:
         for e in evals:

@@ -27,16 +27,16 @@ import torch
 
 from models.actor import ActorMeta, PixelPolicy
 from models.checkpoint import save_module
-from pipeline import seeding
 from pipeline.collect.envs.wrappers import ActionScale, FrameStack
+from pipeline.common import seeding
+from pipeline.common.errors import UserError
+from pipeline.common.io import atomic_path
 from pipeline.config.finetune import FinetuneParams
-from pipeline.errors import UserError
 from pipeline.finetune.checkpoint import ResumeCheckpoint, TrainState
 from pipeline.finetune.encoder import EncoderSpec, build_encoder
 from pipeline.finetune.replay_buffer import ReplayBuffer
 from pipeline.finetune.report import summarise, write_gif
 from pipeline.finetune.sac import SAC
-from pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class Workspace:
 
     def train(self) -> None:
         """Train to ``frames``: evaluations every ``eval_every_frames``, checkpoints at episode ends."""
-        from pipeline.logs import progress
+        from pipeline.common.logs import progress
 
         p, state = self.p, self.state
         with progress(total=p.frames, desc=f"finetune {p.task} ({p.encoder_init})", unit="frame") as bar:

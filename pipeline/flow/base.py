@@ -29,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode, EpisodeHeader
+from pipeline.sim.episodes import Episode, EpisodeHeader
 
 K = TypeVar("K")
 
@@ -62,7 +62,7 @@ class FlowBackend(abc.ABC):
     """
 
     name: ClassVar[str]
-    #: Episode members (see :mod:`pipeline.episodes`) this backend reads.
+    #: Episode members (see :mod:`pipeline.sim.episodes`) this backend reads.
     fields: ClassVar[tuple[str, ...]] = ("frames",)
     #: Whether its float16 flow is worth deflating in the flow file (exact flow: zeros off the mask, smooth).
     compressible: ClassVar[bool] = True
@@ -74,7 +74,7 @@ class FlowBackend(abc.ABC):
 
     @classmethod
     def check_episode(cls, header: EpisodeHeader) -> None:
-        """Raise :class:`~pipeline.errors.UserError` if this (schema-valid) episode lacks what the backend needs.
+        """Raise :class:`~pipeline.common.errors.UserError` if this (schema-valid) episode lacks what the backend needs.
 
         Called for every episode before any work; the message names the file and the param to change.
         """

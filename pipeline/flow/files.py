@@ -1,7 +1,7 @@
 """The flow file: what the flow stage writes for each episode and the encode stage reads.
 
 ``<out>/episode_<i:06d>.npz`` (the same name as its episode), written atomically with
-deterministic bytes (:func:`pipeline.io.write_npz_atomic`; ``flow`` deflated for backends whose
+deterministic bytes (:func:`pipeline.common.io.write_npz_atomic`; ``flow`` deflated for backends whose
 flow compresses (the simulator's), stored for estimates, ``valid`` and ``meta`` always deflated):
 
 * ``flow`` (T, 2, H, W) float16: forward flow t -> t+1 in pixels, channel 0 dx (right), channel 1 dy (down);
@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.io import dumps_json, write_npz_atomic
+from pipeline.common.io import dumps_json, write_npz_atomic
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ BGR channel order; the model pads to its stride itself; output ``["flows"]``
 (B, 1, 2, H, W), forward flow in pixels (channel 0 dx, channel 1 dy) - the
 pipeline's convention, so no conversion is needed on the way out.
 
-Checkpoints go through :func:`pipeline.weights.resolve_weights`: a local file
+Checkpoints go through :func:`pipeline.common.weights.resolve_weights`: a local file
 (a dict holding ``state_dict``, as ptlflow saves), a file in ``weights.cache_dir``,
 a ptlflow tag (``things``, ``sintel``, ...) found in ptlflow's own cache
 (``$TORCH_HOME/hub/checkpoints``) or downloaded there by ptlflow when online,
@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pipeline.common.errors import UserError
+from pipeline.common.weights import RANDOM, ResolvedWeights, resolve_weights
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.errors import UserError
 from pipeline.flow.base import PairBackend
-from pipeline.weights import RANDOM, ResolvedWeights, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def resolve_ptlflow_weights(
 
     Raises:
         UserError: ``source`` looks like a checkpoint tag that ``model`` does not have.
-        pipeline.weights.WeightsNotFoundError: nothing found and ``weights.on_missing`` is ``error``.
+        pipeline.common.weights.WeightsNotFoundError: nothing found and ``weights.on_missing`` is ``error``.
     """
     ref = ptlflow.get_model_reference(model)
     tags: dict[str, str] = dict(getattr(ref, "pretrained_checkpoints", None) or {})
@@ -136,7 +136,7 @@ class PtlflowBackend(PairBackend):
         self.min_size = min_size
         import torch
 
-        from pipeline.device import autocast_dtype, select_device
+        from pipeline.common.device import autocast_dtype, select_device
 
         self.device = select_device(device, param_key="flow.device")
         self.amp_dtype = autocast_dtype(self.device, fp16)

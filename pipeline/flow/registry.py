@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from pipeline.common.registry import Registry
 from pipeline.config import FlowParams, WeightsParams
 from pipeline.flow.base import FlowBackend
-from pipeline.registry import Registry
 
 #: ``flow.backend`` value -> backend class, imported when asked for (ptlflow imports torch and every model).
 BACKENDS: Registry[type[FlowBackend]] = Registry(
@@ -21,6 +21,6 @@ def make_backend(params: FlowParams, weights: WeightsParams) -> FlowBackend:
     """Build the backend named by ``params.backend``.
 
     Raises:
-        pipeline.registry.UnknownEntryError: an unknown name (the message lists the valid ones).
+        pipeline.common.registry.UnknownEntryError: an unknown name (the message lists the valid ones).
     """
     return BACKENDS.get(params.backend).from_params(params, weights)

@@ -1,7 +1,7 @@
 """The flow stage for one task: episodes in, one flow file per episode, metrics and previews out.
 
 ``run(episodes, out, section, weights) -> FlowSummary``. Every episode is checked
-(:func:`pipeline.episodes.check_episodes`, and by the backend) before anything is written.
+(:func:`pipeline.sim.episodes.check_episodes`, and by the backend) before anything is written.
 Then one loop: the backend computes the episodes in order (:meth:`FlowBackend.flows`);
 each computed episode is converted to float16 and checked finite (:func:`to_float16`), then
 written as its flow file (:mod:`pipeline.flow.files`, :func:`write_episode`) and measured,
@@ -32,18 +32,18 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from pipeline.common.errors import UserError
+from pipeline.common.io import remove_stale_temporaries_in, sha256_of
+from pipeline.common.logs import progress
+from pipeline.common.stage import StageSummary
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode, EpisodeHeader, check_episodes, load_episode
-from pipeline.errors import UserError
 from pipeline.flow.base import FlowBackend, FlowResult
 from pipeline.flow.files import FLOAT16_MAX, as_float16, flow_meta, flow_source, read_flow, read_flow_meta, write_flow
 from pipeline.flow.metrics import EpisodeQuality, TaskQuality, measure_episode, measured_pairs
 from pipeline.flow.registry import BACKENDS
 from pipeline.flow.simulator import SIMULATOR_FIELDS, SimulatorBackend
 from pipeline.flow.visualize import preview_image, write_png
-from pipeline.io import remove_stale_temporaries_in, sha256_of
-from pipeline.logs import progress
-from pipeline.stage import StageSummary
+from pipeline.sim.episodes import Episode, EpisodeHeader, check_episodes, load_episode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pipeline.common.errors import UserError
 from pipeline.config import FlowParams, WeightsParams
-from pipeline.episodes import Episode, EpisodeHeader
-from pipeline.errors import UserError
 from pipeline.flow.base import FlowBackend, FlowResult, pixel_grid
+from pipeline.sim.episodes import Episode, EpisodeHeader
 
 #: Episode members the simulator flow reads.
 SIMULATOR_FIELDS = (

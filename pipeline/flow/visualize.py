@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.io import write_bytes_atomic
+from pipeline.common.io import write_bytes_atomic
 
 
 def flow_to_rgb(flow: np.ndarray, valid: np.ndarray | None = None, max_magnitude: float | None = None) -> np.ndarray:

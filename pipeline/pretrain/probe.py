@@ -1,15 +1,15 @@
 """Representation check: a linear probe from frozen fused features to the physics state.
 
 This module reads the features (:func:`extract`); the regression and its score are the project's
-one probe, :func:`pipeline.probe.split_r2` (scikit-learn ridge). For each task (the state has a
+one probe, :func:`pipeline.common.probe.split_r2` (scikit-learn ridge). For each task (the state has a
 different size per task) a ridge regression from the backbone's fused features (standardised with
 train-split statistics) to the state of the current frame is fitted on the train
 split and scored on the validation split: variance-weighted R^2 (1 - sum SSE / sum SST over the
 state dimensions, each scaled by its train-split std), averaged over tasks. The state is the joint
-state a frame can show (:func:`pipeline.joint_state.state_matrix`: hinge angles as cos/sin, no
+state a frame can show (:func:`pipeline.sim.joint_state.state_matrix`: hinge angles as cos/sin, no
 untracked root x, velocities), not raw qpos: a raw winding angle or the runner's root x would
 cap R^2 for every backbone alike, whatever its features hold. The ridge penalty,
-unless given, is chosen from :data:`pipeline.probe.ALPHAS` on the train split by episode-grouped
+unless given, is chosen from :data:`pipeline.common.probe.ALPHAS` on the train split by episode-grouped
 k-fold CV (frames of one episode are strongly correlated, so splitting by frame would pick too
 little regularisation for new episodes); with a single train episode it falls back to k-fold over
 contiguous blocks of that episode's frames. The same is done for the same architecture at its
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.common.errors import UserError
+from pipeline.common.probe import split_r2
 from pipeline.dataset.stacked import StackedFrames
-from pipeline.errors import UserError
-from pipeline.joint_state import model_joints, state_matrix
-from pipeline.probe import split_r2
+from pipeline.sim.joint_state import model_joints, state_matrix
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def extract(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """task -> (features (N, feature_dim) float64, state (N, S) float64, episode (N,) int64), in stream order.
 
-    ``state`` is :func:`pipeline.joint_state.state_matrix` of the frames' recorded qpos and qvel; a task
+    ``state`` is :func:`pipeline.sim.joint_state.state_matrix` of the frames' recorded qpos and qvel; a task
     whose model this install cannot build (not a dm_control or gymnasium task) is left out, with a warning.
 
     Reads every shard once, in order, in this process. ``max_per_task`` > 0 keeps at most that
@@ -123,8 +123,8 @@ def probe(
 ) -> dict[str, object]:
     """``{"r2": mean over tasks, "per_task": {task: r2}, "alpha": {task: ridge penalty}}`` (see the module docstring).
 
-    ``alpha`` 0 chooses the ridge penalty per task on the train split (:func:`pipeline.probe.split_r2`:
-    episode-grouped k-fold CV over :data:`pipeline.probe.ALPHAS`, contiguous blocks of frames with a
+    ``alpha`` 0 chooses the ridge penalty per task on the train split (:func:`pipeline.common.probe.split_r2`:
+    episode-grouped k-fold CV over :data:`pipeline.common.probe.ALPHAS`, contiguous blocks of frames with a
     single train episode). R^2 is unitless (NaN for a task whose validation state does not vary);
     ``r2`` averages the finite per-task values.
     """

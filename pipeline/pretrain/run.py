@@ -34,17 +34,17 @@ from torch import distributed as dist
 
 from models.checkpoint import save_module
 from models.heads import PretrainModel
+from pipeline.common.device import select_device
+from pipeline.common.errors import UserError
+from pipeline.common.io import atomic_path, write_json_atomic
+from pipeline.common.stage import StageSummary
 from pipeline.config import PretrainParams
 from pipeline.dataset import Dataset, open_dataset
 from pipeline.dataset.stacked import make_loader
-from pipeline.device import select_device
-from pipeline.errors import UserError
-from pipeline.io import atomic_path, write_json_atomic
-from pipeline.observation import ObservationMeta
 from pipeline.pretrain.losses import TERMS, term_weights
 from pipeline.pretrain.probe import probe
 from pipeline.pretrain.trainer import DistContext, distributed_context, evaluate_losses, make_optimizer, train
-from pipeline.stage import StageSummary
+from pipeline.sim.observation import ObservationMeta
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def backbone_config(params: PretrainParams, info: Dataset) -> dict[str, Any]:
 
 
 def observation_meta(params: PretrainParams, info: Dataset) -> dict[str, Any]:
-    """``meta["observation"]`` of the checkpoints (:class:`pipeline.observation.ObservationMeta`):
+    """``meta["observation"]`` of the checkpoints (:class:`pipeline.sim.observation.ObservationMeta`):
     the dataset's per-task action repeat, camera and render mode, its frame size, and the frame stack."""
     return ObservationMeta.from_dataset(
         info.stats, image_size=info.image_size, frame_stack=params.frame_stack
@@ -110,7 +110,7 @@ def write_curves(folder: str | Path, history: list[dict[str, float]], validation
     """The loss curves as DVCLive logs in ``folder``, atomically: one ``loss/<term>`` metric per
     term (step = optimiser step; steps where the term had no target are left out) and, at the
     steps of ``validation`` records, ``validation/<term>``."""
-    from pipeline.curves import open_live
+    from pipeline.common.curves import open_live
 
     validated = {int(r["step"]): r for r in validation}
     with atomic_path(folder) as tmp, open_live(tmp) as live:

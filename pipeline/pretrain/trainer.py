@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.logs import progress
+from pipeline.common.logs import progress
 from pipeline.pretrain.losses import FLOW_MOVING_THRESHOLD, FLOW_STATIC_SHARE, TERMS, ClipLoss, loss_terms
 
 log = logging.getLogger(__name__)

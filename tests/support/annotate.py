@@ -238,7 +238,7 @@ def annotate(episodes: Any, out: Any, metrics: Any, params: Any, backend: Any = 
 
 def scene_at_state(scene: Any, qpos: Any, qvel: Any, reader: Any = None) -> tuple[Any, Any]:
     """A recorded frame's :class:`~pipeline.annotate.truth.SceneTruth` moved to the state (``qpos``, ``qvel``), and
-    its :class:`~pipeline.annotate.simulator.PhysicsState`.
+    its :class:`~pipeline.annotate.truth.PhysicsState`.
 
     Body poses come from ``mj_forward`` of the task's model at that state; the finite-difference velocities
     (what ``annotate.physics: false`` reads) are set to the physics' exact ones. The camera, what is in view
@@ -250,7 +250,7 @@ def scene_at_state(scene: Any, qpos: Any, qvel: Any, reader: Any = None) -> tupl
     import mujoco
 
     from pipeline.annotate.simulator import PhysicsReader
-    from pipeline.task_physics import load_task_physics
+    from pipeline.sim.task_physics import load_task_physics
 
     model, data, close = load_task_physics(scene.task, scene.suite)
     try:

@@ -3,7 +3,7 @@
 * :func:`write_synthetic_inputs`: episodes, flow and annotations in the collect / flow / annotate
   file formats (a coloured square moving at a constant velocity, so the exact flow is known;
   annotations describe it), written with the upstream stages' own writers
-  (``pipeline.episodes.save_episode``, deterministic ``.npz`` and JSON) and carrying the
+  (``pipeline.sim.episodes.save_episode``, deterministic ``.npz`` and JSON) and carrying the
   provenance (episode file name and SHA-256) the encode stage checks;
 * :func:`write_synthetic_dataset`: those inputs encoded by the real encode stage
   (:func:`pipeline.encode.run.run`) with :class:`ProjectionClip`, a tiny deterministic stand-in
@@ -19,16 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.episodes import Episode, EpisodeMeta, episode_filename, save_episode
-from pipeline.io import dumps_json, sha256_of, write_json_atomic, write_npz_atomic
+from pipeline.common.io import dumps_json, sha256_of, write_json_atomic, write_npz_atomic
+from pipeline.sim.episodes import Episode, EpisodeMeta, episode_filename, save_episode
 
 
 @functools.cache
 def physics_sizes(task: str) -> tuple[int, int]:
     """(nq, nv) of ``task``'s MuJoCo model, so that a synthetic episode's qpos/qvel have the widths the
-    probe's joint state (:func:`pipeline.joint_state.state_matrix`) expects; (3, 3) for a made-up task name."""
-    from pipeline.errors import UserError
-    from pipeline.task_physics import load_task_physics
+    probe's joint state (:func:`pipeline.sim.joint_state.state_matrix`) expects; (3, 3) for a made-up task name."""
+    from pipeline.common.errors import UserError
+    from pipeline.sim.task_physics import load_task_physics
 
     try:
         model, _, close = load_task_physics(task)

@@ -1,4 +1,4 @@
-"""Test factory for schema-valid episodes of synthetic scenes (``pipeline.episodes.Episode``).
+"""Test factory for schema-valid episodes of synthetic scenes (``pipeline.sim.episodes.Episode``).
 
 Tests give what their scene is about (frames, bodies, camera, truth); the bookkeeping every
 episode needs (meta, zero rewards, unit discounts, truncation at the last step) is filled in here.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.episodes import Episode, EpisodeMeta
+from pipeline.sim.episodes import Episode, EpisodeMeta
 
 
 def make_episode(

@@ -15,8 +15,8 @@ from types import ModuleType
 
 from pipeline.collect.envs.base import PixelEnv, StepResult
 from pipeline.collect.errors import UnknownTaskError
-from pipeline.registry import Registry
-from pipeline.rendering import setup_headless_rendering
+from pipeline.common.registry import Registry
+from pipeline.common.rendering import setup_headless_rendering
 
 __all__ = ["BACKENDS", "PixelEnv", "StepResult", "list_tasks", "make_env", "resolve_task"]
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import UserError
-from pipeline.io import atomic_path, sha256_of
+from pipeline.common.errors import UserError
+from pipeline.common.io import atomic_path, sha256_of
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from pipeline.errors import UserError
+from pipeline.common.errors import UserError
 
 T = TypeVar("T")
 

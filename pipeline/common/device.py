@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.errors import UserError
+from pipeline.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import write_json_atomic
+from pipeline.common.io import write_json_atomic
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.common.errors import UserError
 
 #: The key of the checkpoint metadata that holds the facts.
 OBSERVATION_KEY = "observation"

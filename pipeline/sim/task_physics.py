@@ -1,7 +1,7 @@
 """Each task's MuJoCo model, compiled once per process without a renderer.
 
 The annotate stage restores recorded states into it (:mod:`pipeline.annotate.simulator`), and the
-probes' joint-state target reads its joints (:mod:`pipeline.joint_state`). Compiling a model costs
+probes' joint-state target reads its joints (:mod:`pipeline.sim.joint_state`). Compiling a model costs
 about as much as restoring 150 frames, so a process compiles each task once; the annotate stage
 starts that compile on a background thread (:func:`prefetch_task_physics`) while it loads its
 first episode.

@@ -1,7 +1,7 @@
 """The episode file: what the collect stage writes and every later stage reads.
 
 One ``.npz`` per episode (``data/episodes/<task>/episode_<i:06d>.npz``), written
-atomically with deterministic bytes (:func:`pipeline.io.write_npz_atomic`).
+atomically with deterministic bytes (:func:`pipeline.common.io.write_npz_atomic`).
 An episode of ``T`` agent steps holds ``T + 1`` frames; step ``t`` is the
 transition from frame ``t`` to frame ``t + 1``.
 
@@ -35,7 +35,7 @@ through it:
 * :func:`load_episode`: the arrays themselves (only the members asked for are decompressed).
 
 A file that cannot be read (truncated, damaged zip data or CRC) or breaks the schema raises
-:class:`EpisodeFileError`, a :class:`~pipeline.errors.UserError` that names the file and the
+:class:`EpisodeFileError`, a :class:`~pipeline.common.errors.UserError` that names the file and the
 fix (rerun collect); it is also a ``ValueError``.
 """
 
@@ -51,8 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
-from pipeline.io import dumps_json, write_json_atomic, write_npz_atomic
+from pipeline.common.errors import UserError
+from pipeline.common.io import dumps_json, write_json_atomic, write_npz_atomic
 
 SCHEMA_VERSION = 1
 OPTIONAL_ARRAYS = ("depth", "segmentation")

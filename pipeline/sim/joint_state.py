@@ -43,10 +43,10 @@ class Joint:
 
 
 def model_joints(task: str, suite: str = "") -> list[Joint]:
-    """The joints of ``task``'s model (:func:`pipeline.task_physics.load_task_physics`, no renderer)."""
+    """The joints of ``task``'s model (:func:`pipeline.sim.task_physics.load_task_physics`, no renderer)."""
     import mujoco
 
-    from pipeline.task_physics import load_task_physics
+    from pipeline.sim.task_physics import load_task_physics
 
     model, _, close = load_task_physics(task, suite)
     try:
