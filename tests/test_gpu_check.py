@@ -129,3 +129,20 @@ def test_unknown_section_is_refused_before_any_work(tmp_path: Path) -> None:
 def test_shell_entry_points_parse(script: str) -> None:
     proc = subprocess.run(["bash", "-n", str(ROOT / "bench" / script)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_each_measurement_module_runs_alone_as_its_section(section: str, tmp_path: Path) -> None:
+    """``python -m gpu.<section>`` is the driver restricted to that section: an unknown extra section is refused
+    by name, so the module's own section is the one it would run."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"gpu.{section}", "--sections", f"{section},warp", "--out", str(tmp_path)],
+        cwd=ROOT / "bench",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "unknown warp" in proc.stderr
+    assert not (tmp_path / "gpu_check.json").exists()

@@ -1,0 +1,1 @@
+"""The GPU check's measurements, one module per section; ``bench/gpu_check.py`` is the driver."""
