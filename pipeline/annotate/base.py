@@ -137,7 +137,7 @@ class Backend(ABC):
         for a single frame's problem (only for a broken setup).
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a backend holds models, sessions or threads
         """Release models, sessions and threads."""
 
     def __enter__(self) -> Backend:

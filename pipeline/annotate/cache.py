@@ -72,7 +72,8 @@ class AnnotationCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, item: FrameItem) -> FrameResult | None:
-        """The cached result for ``item`` (whose ``key`` is set), or None; its item's ``rerun`` is the entry's runs - 1."""
+        """The cached result for ``item`` (whose ``key`` is set), or None; its item's ``rerun`` is the
+        entry's runs - 1."""
         entry = self._read(item.key, item.frame_size)
         if entry is None:
             self.misses += 1

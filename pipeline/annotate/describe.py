@@ -120,7 +120,8 @@ COMPASS = (
 
 
 def vector_norm(v: np.ndarray) -> float:
-    """Euclidean norm of a float64 vector, the same float as ``np.linalg.norm(v)`` (``sqrt(v . v)``) at a quarter of its cost."""
+    """Euclidean norm of a float64 vector, the same float as ``np.linalg.norm(v)`` (``sqrt(v . v)``)
+    at a quarter of its cost."""
     return math.sqrt(v.dot(v))
 
 
@@ -168,7 +169,8 @@ def compass_words(angle_deg: float) -> str:
 
 
 def part_name(name: str) -> str:
-    """A MuJoCo body name in words: ``bthigh`` -> 'back thigh', ``right_foot`` -> 'right foot', ``pole_1`` -> 'pole 1'."""
+    """A MuJoCo body name in words: ``bthigh`` -> 'back thigh', ``right_foot`` -> 'right foot',
+    ``pole_1`` -> 'pole 1'."""
     word = name.replace("_", " ").strip()
     if len(word) > 1 and word[0] in PREFIX_QUALIFIERS and word[1:] in LIMB_WORDS:
         return f"{PREFIX_QUALIFIERS[word[0]]} {word[1:]}"
@@ -270,7 +272,8 @@ class Frame:
         return float(uvw[0] / uvw[2]), float(uvw[1] / uvw[2])
 
     def screen_angle(self, direction: np.ndarray) -> float | None:
-        """On-screen angle (degrees, clockwise from image up, in (-180, 180]) of a world direction; None along the view."""
+        """On-screen angle (degrees, clockwise from image up, in (-180, 180]) of a world direction;
+        None along the view."""
         x, y, _ = self.to_camera(direction).tolist()
         if math.hypot(x, y) < 1e-6:
             return None
@@ -351,7 +354,8 @@ def _join(parts: list[str]) -> str:
 
 # -- cartpole -----------------------------------------------------------------------------------
 def pole_words(angle_deg: float) -> str:
-    """A pole's on-screen angle from upright (degrees, clockwise = tip to the right) in words (:data:`POLE_BANDS_DEG`)."""
+    """A pole's on-screen angle from upright (degrees, clockwise = tip to the right) in words
+    (:data:`POLE_BANDS_DEG`)."""
     a = abs(angle_deg)
     side = "right" if angle_deg > 0 else "left"
     upright, little, lot, horizontal, slant, down = POLE_BANDS_DEG
@@ -450,7 +454,10 @@ def _other_parts_down(frame: Frame, feet: list[str]) -> str:
     down = [n for n in sorted(frame.bodies, key=frame.bodies.get) if n not in feet and frame.grounded(n)]
     if not down:
         return ""
-    return f"its {_join([part_name(n) for n in down])} {'touches' if len(down) == 1 else 'touch'} the {frame.ground_name()}"
+    return (
+        f"its {_join([part_name(n) for n in down])} {'touches' if len(down) == 1 else 'touch'} "
+        f"the {frame.ground_name()}"
+    )
 
 
 def describe_cheetah(frame: Frame) -> Words:
@@ -475,7 +482,8 @@ def describe_cheetah(frame: Frame) -> Words:
 
 
 def _legged_objects(frame: Frame, pose: str, pace: str, feet: list[str]) -> dict[str, str]:
-    """Key-object words of a legged body: the torso's pose and pace, each limb's :func:`limb_words`, feet on the ground or not."""
+    """Key-object words of a legged body: the torso's pose and pace, each limb's :func:`limb_words`,
+    feet on the ground or not."""
     objects = {name: limb_words(frame, name) for name in frame.bodies}
     objects["torso"] = f"{pose}, {pace}"
     for foot in feet:
@@ -651,7 +659,8 @@ DESCRIBERS: dict[str, tuple[tuple[str, ...], Describer]] = {
 
 
 def describer_for(task: str, suite: str, bodies: dict[str, int]) -> Describer:
-    """The describer of ``task``'s domain (dm_control ``domain-task``) when its model has the bodies it needs, else :func:`describe_generic`."""
+    """The describer of ``task``'s domain (dm_control ``domain-task``) when its model has the bodies it needs,
+    else :func:`describe_generic`."""
     if suite == "gymnasium":
         return describe_generic
     needs, describer = DESCRIBERS.get(task.partition("-")[0], ((), describe_generic))

@@ -74,7 +74,8 @@ def text_information(
     Args:
         texts: field name -> (N,) texts, one per frame.
         episode: (N,) episode id of each frame (the probe's folds).
-        state: (N, D) float state of each frame (:func:`pipeline.sim.joint_state.state_matrix`); ``kinds``: (D,) its columns' kinds.
+        state: (N, D) float state of each frame (:func:`pipeline.sim.joint_state.state_matrix`);
+            ``kinds``: (D,) its columns' kinds.
 
     Returns:
         ``{"frames", "episodes", "state_dims", <field>: {"distinct", "entropy_bits", "probe_r2",
@@ -118,7 +119,8 @@ def text_information(
 
 @dataclass
 class TextSamples:
-    """The texts and states of a run's annotated frames with simulator truth (one task), for :func:`text_information`."""
+    """The texts and states of a run's annotated frames with simulator truth (one task), for
+    :func:`text_information`."""
 
     task: str = ""
     suite: str = ""
@@ -133,7 +135,7 @@ class TextSamples:
 
         self.task, self.suite = scene.task, scene.suite
         self.episode.append(episode)
-        for name, text in zip(TEXT_ROWS, text_targets(annotation.model_dump())):
+        for name, text in zip(TEXT_ROWS, text_targets(annotation.model_dump()), strict=True):
             self.texts.setdefault(name, []).append(text)
         self.qpos.append(scene.qpos)
         self.qvel.append(scene.qvel)

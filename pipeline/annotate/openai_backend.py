@@ -103,7 +103,8 @@ class OpenAIBackend(Backend):
             response = self._session().get(url, headers=self.headers, timeout=min(self.timeout_s, 30.0))
         except requests.RequestException as exc:
             raise UserError(
-                f"annotate.base_url = {self.base_url!r}: no server answers ({type(exc).__name__}: {exc}).\n  Fix: {fix}."
+                f"annotate.base_url = {self.base_url!r}: no server answers ({type(exc).__name__}: {exc}).\n"
+                f"  Fix: {fix}."
             ) from None
         if response.status_code in (401, 403):
             raise UserError(
@@ -120,7 +121,8 @@ class OpenAIBackend(Backend):
             )
         elif self.model not in served:
             raise UserError(
-                f"annotate.model = {self.model!r} is not served at {self.base_url} (served: {', '.join(served) or 'none'}).\n"
+                f"annotate.model = {self.model!r} is not served at {self.base_url} "
+                f"(served: {', '.join(served) or 'none'}).\n"
                 f"  Fix: set annotate.model to one of the served models."
             )
 

@@ -193,14 +193,16 @@ def check_inputs(episodes_dir: Path, needs_scene: bool, backend_name: str) -> tu
         raise UserError(
             f"annotate.backend = {backend_name!r} needs segmentation, which {', '.join(missing[:3])}"
             f"{' ...' if len(missing) > 3 else ''} in {episodes_dir} lack.\n"
-            "  Fix: set collect.segmentation: true and rerun the collect stage, or use annotate.backend: transformers or openai."
+            "  Fix: set collect.segmentation: true and rerun the collect stage, "
+            "or use annotate.backend: transformers or openai."
         )
     return headers, all(with_segmentation)
 
 
 @dataclass(frozen=True)
 class LoadedEpisode:
-    """What :func:`load_frames` reads of one episode: its frames, the SHA-256 of its file and each annotated step's truth."""
+    """What :func:`load_frames` reads of one episode: its frames, the SHA-256 of its file and each annotated
+    step's truth."""
 
     episode: Episode
     sha256: str
@@ -325,7 +327,8 @@ def run(
     )
     if summary.failed_unreachable:
         raise AnnotateIncomplete(
-            f"annotate {task}: {summary.failed_unreachable} of {summary.frames} frames failed for reasons outside the frame "
+            f"annotate {task}: {summary.failed_unreachable} of {summary.frames} frames failed "
+            "for reasons outside the frame "
             f"(server unreachable, timeouts or HTTP errors; see 'error' in {out_dir}/episode_*.json).\n"
             f"  Fix: make the backend reachable and rerun; the {summary.ok} answered frames are cached "
             f"in {section.cache_dir} and will not be queried again."
@@ -340,8 +343,9 @@ def failure_message(
 ) -> str:
     """Why a run with too many invalid answers is refused: the rate, a sample raw answer, and the fix."""
     lines = [
-        f"annotate {summary.task}: {summary.failed} of {summary.frames} frames ({summary.failure_rate:.1%}) have no valid "
-        f"annotation, above annotate.max_failure_rate = {section.max_failure_rate:g} ({summary.backend} backend, model {summary.model!r})."
+        f"annotate {summary.task}: {summary.failed} of {summary.frames} frames ({summary.failure_rate:.1%}) "
+        f"have no valid annotation, above annotate.max_failure_rate = {section.max_failure_rate:g} "
+        f"({summary.backend} backend, model {summary.model!r})."
     ]
     if sample is not None:
         raw = sample.raw if sample.raw is not None else "(no answer text)"
@@ -350,19 +354,22 @@ def failure_message(
         lines.append(f"  Why it is invalid: {sample.error}")
     retry_left = summary.failed - summary.failed_retries_exhausted
     lines.append(
-        "  Fix: make the model answer the prompt with the JSON object it asks for (a chat VLM that follows instructions, "
-        "annotate.prompt, annotate.max_new_tokens), then rerun: "
+        "  Fix: make the model answer the prompt with the JSON object it asks for "
+        "(a chat VLM that follows instructions, annotate.prompt, annotate.max_new_tokens), then rerun: "
         + (
-            f"the {retry_left} failed frames are asked again (up to annotate.max_invalid_runs = {section.max_invalid_runs} runs each), "
+            f"the {retry_left} failed frames are asked again "
+            f"(up to annotate.max_invalid_runs = {section.max_invalid_runs} runs each), "
             if retry_left
             else ""
         )
         + (
-            f"{summary.failed_retries_exhausted} frames have used all {section.max_invalid_runs} runs (raise annotate.max_invalid_runs to ask them again), "
+            f"{summary.failed_retries_exhausted} frames have used all {section.max_invalid_runs} runs "
+            "(raise annotate.max_invalid_runs to ask them again), "
             if summary.failed_retries_exhausted
             else ""
         )
-        + f"answered frames come from the cache ({section.cache_dir}). Or, if this rate is acceptable, raise annotate.max_failure_rate. "
+        + f"answered frames come from the cache ({section.cache_dir}). "
+        "Or, if this rate is acceptable, raise annotate.max_failure_rate. "
         f"The failed records are in {out_dir}/episode_*.json."
     )
     return "\n".join(lines)
@@ -377,7 +384,8 @@ def _annotate_episodes(
     out_dir: Path,
     section: AnnotateParams,
 ) -> tuple[AnnotateSummary, FailureSample | None]:
-    """The loop over episodes: prepare, query, write, count; then remove stale files. Returns the summary and a sample failure."""
+    """The loop over episodes: prepare, query, write, count; then remove stale files. Returns the summary and a
+    sample failure."""
     cache = AnnotationCache(section.cache_dir if backend.uses_cache else None)
     run_fields = {
         "task": task,

@@ -167,7 +167,8 @@ def parse_annotation(text: str, frame_size: tuple[int, int] | None = None) -> An
 
 # -- the output file -------------------------------------------------------------------------------
 class AnnotationFileError(UserError, ValueError):
-    """An annotation file that is missing, unreadable or not in this module's format; the message names it and the fix."""
+    """An annotation file that is missing, unreadable or not in this module's format; the message names it and
+    the fix."""
 
 
 def output_filename(episode: int) -> str:
@@ -266,7 +267,10 @@ def read_annotation_file(
             file(s), the field and the fix).
     """
     path = Path(path)
-    fix = f"Fix: rerun the annotate stage for this task (semore annotate --episodes data/episodes/<task> --out {path.parent})."
+    fix = (
+        "Fix: rerun the annotate stage for this task "
+        f"(semore annotate --episodes data/episodes/<task> --out {path.parent})."
+    )
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -299,6 +303,7 @@ def read_annotation_file(
         if (doc.source.episode, doc.source.episode_sha256) != (episode.name, digest):
             raise AnnotationFileError(
                 f"{path} was computed from another episode than {episode}: its source is {doc.source.episode} "
-                f"with sha256 {doc.source.episode_sha256[:12]}..., the episode file has sha256 {digest[:12]}....\n  {fix}"
+                f"with sha256 {doc.source.episode_sha256[:12]}..., "
+                f"the episode file has sha256 {digest[:12]}....\n  {fix}"
             )
     return doc

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The simulator's "model id" in annotation files and cache keys; v2: state in words (:mod:`pipeline.annotate.describe`).
+#: The simulator's "model id" in annotation files and cache keys; v2: state in words
+#: (:mod:`pipeline.annotate.describe`).
 MODEL_NAME = "mujoco-truth-v2"
 
 
@@ -74,7 +75,8 @@ class PhysicsReader:
             or model.nbody != len(scene.body_pos)
         ):
             raise UserError(
-                f"{scene.task}: the recorded state (nq={scene.qpos.size}, nv={scene.qvel.size}, nbody={len(scene.body_pos)}) "
+                f"{scene.task}: the recorded state "
+                f"(nq={scene.qpos.size}, nv={scene.qvel.size}, nbody={len(scene.body_pos)}) "
                 f"does not fit the task's model (nq={model.nq}, nv={model.nv}, nbody={model.nbody}).\n"
                 "  Fix: rerun the collect stage with the installed simulator, or set annotate.physics: false."
             )

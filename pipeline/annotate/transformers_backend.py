@@ -85,7 +85,8 @@ class TransformersBackend(Backend):
         if getattr(processor, "chat_template", None) is None and getattr(tokenizer, "chat_template", None) is None:
             raise UserError(
                 f"annotate.model = {params.model!r}: the processor has no chat template.\n"
-                "  Fix: use an instruction-tuned (chat) image-text-to-text model, or add a chat_template to its processor."
+                "  Fix: use an instruction-tuned (chat) image-text-to-text model, "
+                "or add a chat_template to its processor."
             )
         if tokenizer is not None:
             tokenizer.padding_side = "left"  # decoder-only batched generation: prompts must end together
@@ -101,7 +102,8 @@ class TransformersBackend(Backend):
         if path is None or not path.is_dir():
             raise UserError(
                 f"annotate.model = {self.model!r}: {path} is not a model folder.\n"
-                "  Fix: point annotate.model at a folder written by save_pretrained (config.json, weights, processor files)."
+                "  Fix: point annotate.model at a folder written by save_pretrained "
+                "(config.json, weights, processor files)."
             )
         try:
             processor = AutoProcessor.from_pretrained(path)
@@ -141,7 +143,8 @@ class TransformersBackend(Backend):
                 out = self.net.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError as exc:
             raise UserError(
-                f"annotate: out of memory generating a batch of {len(items)} frames ({exc}).\n  Fix: lower annotate.batch_size."
+                f"annotate: out of memory generating a batch of {len(items)} frames ({exc}).\n"
+                "  Fix: lower annotate.batch_size."
             ) from None
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)

@@ -337,7 +337,7 @@ def _record_in_pool(
     try:
         futures = [pool.submit(_worker_run, job) for job in jobs]
         here: set[int] = set()
-        for future, job in zip(reversed(futures), reversed(jobs)):
+        for future, job in zip(reversed(futures), reversed(jobs), strict=True):
             if not future.cancel():  # the pool has started it (and, first in first out, all before it)
                 break
             yield recorder.run(job)
@@ -347,7 +347,7 @@ def _record_in_pool(
                 here
                 | {
                     job.index
-                    for future, job in zip(futures, jobs)
+                    for future, job in zip(futures, jobs, strict=True)
                     if future.done() and not future.cancelled() and future.exception() is None
                 }
             )

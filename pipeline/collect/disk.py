@@ -95,8 +95,10 @@ def check_disk_space(
     if needed > free:
         raise DiskSpaceError(
             f"collect {task}: {episodes} episode(s) x {frames_per_episode} frames need about {_human(needed)} "
-            f"(estimated at {_human(layout.bytes_per_frame())} per frame), but only {_human(free)} are free on the disk of {out_dir}.\n"
-            "  Fix: free disk space or choose an --out folder on a larger disk, or record less: lower collect.episodes_per_task, "
+            f"(estimated at {_human(layout.bytes_per_frame())} per frame), "
+            f"but only {_human(free)} are free on the disk of {out_dir}.\n"
+            "  Fix: free disk space or choose an --out folder on a larger disk, "
+            "or record less: lower collect.episodes_per_task, "
             "collect.episode_steps or collect.image_size, or set collect.depth / collect.segmentation to false."
         )
     return needed

@@ -13,11 +13,11 @@ in :data:`POLICIES`.
   correlated exploration (``theta = 1`` gives white noise).
 * ``checkpoint``: an actor saved by the finetune stage with :func:`models.checkpoint.save_module`.
   Its ``config.json`` meta is declared by :class:`models.actor.ActorMeta` (``task``,
-  ``action_dim``, ``frame_stack``, ``image_size``, ``action_repeat``, ...); the module has ``act(obs) -> actions`` mapping a uint8 tensor
-  (B, 3 * frame_stack, H, W) (oldest frame first; channels R, G, B per frame) to deterministic
-  actions in [-1, 1] of shape (B, A). The policy keeps the frame stack itself
-  (:class:`~pipeline.collect.envs.wrappers.FrameStacker`: at reset it holds ``frame_stack``
-  copies of the first frame) and maps actions to the box with
+  ``action_dim``, ``frame_stack``, ``image_size``, ``action_repeat``, ...); the module has
+  ``act(obs) -> actions`` mapping a uint8 tensor (B, 3 * frame_stack, H, W) (oldest frame first;
+  channels R, G, B per frame) to deterministic actions in [-1, 1] of shape (B, A). The policy
+  keeps the frame stack itself (:class:`~pipeline.collect.envs.wrappers.FrameStacker`: at reset
+  it holds ``frame_stack`` copies of the first frame) and maps actions to the box with
   :func:`~pipeline.collect.envs.wrappers.scale_action`, the conventions of every stage.
 """
 
@@ -208,7 +208,8 @@ class CheckpointPolicy(_BoxPolicy):
 
         if params.checkpoint is None:
             raise PolicyError(
-                "collect.policy.kind is 'checkpoint' but collect.policy.checkpoint is not set; set it to the finetune stage's actor folder"
+                "collect.policy.kind is 'checkpoint' but collect.policy.checkpoint is not set; "
+                "set it to the finetune stage's actor folder"
             )
         self.path = Path(params.checkpoint)
         self.meta = check_checkpoint(
@@ -251,7 +252,8 @@ class CheckpointPolicy(_BoxPolicy):
         unit = out.detach().cpu().double().numpy().reshape(-1)
         if unit.shape != self.low.shape:
             raise PolicyError(
-                f"collect.policy.checkpoint = {str(self.path)!r}: act() returned {unit.shape[0]} action dims, expected {self.low.shape[0]}"
+                f"collect.policy.checkpoint = {str(self.path)!r}: act() returned {unit.shape[0]} action dims, "
+                f"expected {self.low.shape[0]}"
             )
         return self._to_box(unit)
 

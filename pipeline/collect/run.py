@@ -40,7 +40,8 @@ class CollectSummary(StageSummary):
 
     def line(self) -> str:
         return (
-            f"collect {self.task}: {self.episodes} episodes, {self.frames} frames at action repeat {self.action_repeat}, mean return {self.mean_return:.2f}, "
+            f"collect {self.task}: {self.episodes} episodes, {self.frames} frames "
+            f"at action repeat {self.action_repeat}, mean return {self.mean_return:.2f}, "
             f"{self.terminated} terminated, {self.seconds:.1f} s -> {self.out}"
         )
 

@@ -15,8 +15,8 @@ DEFAULT_PROMPT = (
     "each, not numbers. Reply with a JSON object only, with keys: "
     "caption (one sentence on the state: the pose of each moving part, e.g. a pole upright, tilted a little or a lot "
     "to the left or right, horizontal or hanging down; a body level, nose up or down, upright, leaning or fallen; "
-    "where things are in the frame and relative to each other, e.g. left of the middle, above the cup, near the target; "
-    "and which parts touch the ground or each other), "
+    "where things are in the frame and relative to each other, e.g. left of the middle, above the cup, "
+    "near the target; and which parts touch the ground or each other), "
     "objects (a list of {{name, description, box}} for the objects that matter for the task: name is a short noun, "
     "description gives its pose, place, motion and contacts in a few words, box is [x0, y0, x1, y1] in pixels or null) "
     "and motion (one short sentence on which way and how fast things move or turn: still, slowly or fast; "
@@ -34,22 +34,26 @@ DEFAULT_EVERY_K = 1
 class AnnotateParams(Section):
     backend: Literal["simulator", "transformers", "openai"] = Field(
         "simulator",
-        description="'simulator': grounded in recorded physics (no weights); 'transformers': in-process image-text-to-text model; 'openai': an OpenAI-compatible server (vLLM, Ollama).",
+        description="'simulator': grounded in recorded physics (no weights); 'transformers': in-process "
+        "image-text-to-text model; 'openai': an OpenAI-compatible server (vLLM, Ollama).",
     )
     every_k: Int = Field(
         DEFAULT_EVERY_K,
         ge=1,
-        description="Annotate every k-th frame of each episode (frame 0, k, 2k, ...). 1: every frame (the simulator describes a frame in under 1 ms); raise it for a VLM backend, which costs per frame.",
+        description="Annotate every k-th frame of each episode (frame 0, k, 2k, ...). 1: every frame (the simulator "
+        "describes a frame in under 1 ms); raise it for a VLM backend, which costs per frame.",
     )
     prompt: str = Field(
         DEFAULT_PROMPT,
         min_length=1,
-        description="Prompt template (str.format): {task} is replaced by the task name; write {{ and }} for literal braces.",
+        description="Prompt template (str.format): {task} is replaced by the task name; "
+        "write {{ and }} for literal braces.",
     )
     model: str = Field(
         "random",
         min_length=1,
-        description="'transformers': a local folder, a name in weights.cache_dir, a hub id (owner/name) or 'random' (tiny random model); 'openai': the served model name.",
+        description="'transformers': a local folder, a name in weights.cache_dir, a hub id (owner/name) or 'random' "
+        "(tiny random model); 'openai': the served model name.",
     )
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' ('transformers').")
     batch_size: Int = Field(4, ge=1, le=1024, description="Frames per generate() call ('transformers').")
@@ -82,13 +86,15 @@ class AnnotateParams(Section):
         3,
         ge=1,
         le=100,
-        description="Runs that may ask a frame again after its answers were invalid (cached as failures); after this many the failure is final.",
+        description="Runs that may ask a frame again after its answers were invalid (cached as failures); "
+        "after this many the failure is final.",
     )
     max_failure_rate: Float = Field(
         0.05,
         ge=0,
         le=1,
-        description="Largest share of failed frames a run may end with; above it the stage exits with an error (DVC records nothing).",
+        description="Largest share of failed frames a run may end with; above it the stage exits with an error "
+        "(DVC records nothing).",
     )
     cache_dir: str = Field(
         "data/cache/annotate", description="Content-addressed answer cache; survives reruns and interruptions."
@@ -96,11 +102,13 @@ class AnnotateParams(Section):
     min_visible_pixels: Int = Field(
         4,
         ge=1,
-        description="Pixels of a body in the segmentation for it to count as in view ('simulator' answers, accuracy metric).",
+        description="Pixels of a body in the segmentation for it to count as in view "
+        "('simulator' answers, accuracy metric).",
     )
     physics: Bool = Field(
         True,
-        description="'simulator': restore each annotated frame's qpos/qvel into the task's physics for contacts and exact centre-of-mass velocities; false: only the episode file (body_pos differences, no contacts).",
+        description="'simulator': restore each annotated frame's qpos/qvel into the task's physics for contacts and "
+        "exact centre-of-mass velocities; false: only the episode file (body_pos differences, no contacts).",
     )
 
     @field_validator("prompt")
@@ -110,6 +118,7 @@ class AnnotateParams(Section):
             value.format(task="task")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
-                f"not a valid template ({type(exc).__name__}: {exc}); only {{task}} may be used, write {{{{ and }}}} for literal braces"
+                f"not a valid template ({type(exc).__name__}: {exc}); only {{task}} may be used, "
+                "write {{ and }} for literal braces"
             ) from None
         return value

@@ -46,8 +46,10 @@ class ProbeParams(Section):
 
     model: Literal["ridge", "mlp"] = Field(
         "ridge",
-        description="'ridge': linear, the penalty chosen per fold from alphas (the protocol's probe: is the state linearly in the features). "
-        "'mlp': one hidden layer of 256 ReLU units with fixed settings (pipeline.common.probe.MLP; alphas unused): is it in the features at all.",
+        description="'ridge': linear, the penalty chosen per fold from alphas "
+        "(the protocol's probe: is the state linearly in the features). "
+        "'mlp': one hidden layer of 256 ReLU units with fixed settings (pipeline.common.probe.MLP; alphas unused): "
+        "is it in the features at all.",
     )
 
     folds: Int = Field(
@@ -59,7 +61,8 @@ class ProbeParams(Section):
     alphas: list[Float] = Field(
         [0.1, 1.0, 10.0, 100.0, 1000.0],
         min_length=1,
-        description="Ridge penalties tried; one is chosen per fold by an inner episode-grouped CV on that fold's training episodes only.",
+        description="Ridge penalties tried; one is chosen per fold by an inner episode-grouped CV "
+        "on that fold's training episodes only.",
     )
     bootstrap: Int = Field(
         2000, ge=100, le=100_000, description="Bootstrap resamples (of held-out episodes) for the 95% CIs."
@@ -78,7 +81,8 @@ class EvaluateParams(Section):
     )
     action_repeat: dict[str, Int] = Field(
         {},
-        description="Per-task action repeat overrides; unset tasks use the PlaNet/DrQ benchmark value (cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2).",
+        description="Per-task action repeat overrides; unset tasks use the PlaNet/DrQ benchmark value "
+        "(cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2).",
     )
     episode_frames: Int = Field(
         1000, ge=1, description="Environment frames per RL episode (dm_control's time limit is 1000 frames)."
@@ -95,7 +99,8 @@ class EvaluateParams(Section):
         0.5,
         ge=0.0,
         le=10.0,
-        description="Held-out episodes act with Ornstein-Uhlenbeck noise of this scale around 0 (in [-1, 1] action units), so states spread.",
+        description="Held-out episodes act with Ornstein-Uhlenbeck noise of this scale around 0 "
+        "(in [-1, 1] action units), so states spread.",
     )
     render_mode: Literal["fast", "faithful"] = Field(
         "fast", description="Rendering of the held-out and online frames; use the mode the backbone was pretrained on."
@@ -104,18 +109,21 @@ class EvaluateParams(Section):
         None,
         ge=8,
         le=1024,
-        description="Rendered frame size in pixels; null: the pretrained backbone's. A backbone expecting another size is refused.",
+        description="Rendered frame size in pixels; null: the pretrained backbone's. "
+        "A backbone expecting another size is refused.",
     )
     frame_stack: Int | None = Field(
         None,
         ge=1,
         le=16,
-        description="Frames per observation; null: the pretrained backbone's. A backbone expecting another stack is refused.",
+        description="Frames per observation; null: the pretrained backbone's. "
+        "A backbone expecting another stack is refused.",
     )
     camera: Int | str = Field(0, description="Camera id or name.")
     seed: Seed = Field(
         1_000_003,
-        description="Root seed of this stage (held-out episodes, random inits, SAC seeds); kept apart from collect.seed's streams by a stream id.",
+        description="Root seed of this stage (held-out episodes, random inits, SAC seeds); "
+        "kept apart from collect.seed's streams by a stream id.",
     )
 
     # --- backbones compared ----------------------------------------------------------------
@@ -127,20 +135,26 @@ class EvaluateParams(Section):
     )
     frozen_random: Literal["crossed", "paired"] = Field(
         "crossed",
-        description="How the frozen arm runs the random initialisations. 'crossed': each init is an arm of `seeds` runs (random_inits x seeds runs); "
-        "'paired': one arm 'frozen:random' whose seed s uses init s mod random_inits (`seeds` runs whose spread covers init and seed; the study profile's choice on 2 cores). The probe always compares every init.",
+        description="How the frozen arm runs the random initialisations. "
+        "'crossed': each init is an arm of `seeds` runs (random_inits x seeds runs); "
+        "'paired': one arm 'frozen:random' whose seed s uses init s mod random_inits "
+        "(`seeds` runs whose spread covers init and seed; the study profile's choice on 2 cores). "
+        "The probe always compares every init.",
     )
     checkpoints: list[str] = Field([], description="Other backbone checkpoints (folders) to compare, by path.")
     allow_mismatch: Bool = Field(
         False,
-        description="Turn a backbone/task mismatch (image size, frame stack, action repeat) from an error into a loud warning recorded in the outputs.",
+        description="Turn a backbone/task mismatch (image size, frame stack, action repeat) from an error "
+        "into a loud warning recorded in the outputs.",
     )
 
     # --- arms ------------------------------------------------------------------------------
     arms: list[Literal["probe", "state", "frozen", "finetune"]] = Field(
         ["probe", "state", "frozen"],
         min_length=1,
-        description="'probe': ridge probe on held-out episodes; 'state': SAC on the observation vector; 'frozen': SAC on frozen backbone features; 'finetune': pixel SAC (finetune section's agent; GPU-scale, off by default).",
+        description="'probe': ridge probe on held-out episodes; 'state': SAC on the observation vector; "
+        "'frozen': SAC on frozen backbone features; "
+        "'finetune': pixel SAC (finetune section's agent; GPU-scale, off by default).",
     )
     seeds: Int = Field(1, ge=1, le=64, description="Seeds per RL arm and task (study profile: >= 3).")
     frames: Int = Field(
@@ -160,17 +174,20 @@ class EvaluateParams(Section):
     probe: ProbeParams = Field(default_factory=ProbeParams, description="Probe settings.")
     min_final_return: Float = Field(
         -1.0,
-        description="The state arm must reach at least this final mean return on every task, or the stage fails (a non-learning agent invalidates every other arm); -1 disables.",
+        description="The state arm must reach at least this final mean return on every task, or the stage fails "
+        "(a non-learning agent invalidates every other arm); -1 disables.",
     )
     cache_dir: str | None = Field(
         "data/cache/evaluate",
-        description="Finished RL runs are kept here (one small JSON each) so a stopped evaluation resumes; a run is reused only when its job, params, weights and code are unchanged. null: off.",
+        description="Finished RL runs are kept here (one small JSON each) so a stopped evaluation resumes; "
+        "a run is reused only when its job, params, weights and code are unchanged. null: off.",
     )
     workers: Int = Field(
         2,
         ge=1,
         le=64,
-        description="Processes running RL runs side by side (one torch thread each; on a GPU they share it, and each renders on its own CPU core); 1: in-process. Results do not depend on it.",
+        description="Processes running RL runs side by side (one torch thread each; on a GPU they share it, "
+        "and each renders on its own CPU core); 1: in-process. Results do not depend on it.",
     )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'.")
     threads: Int = Field(0, ge=0, description="torch CPU threads; 0: one per core.")

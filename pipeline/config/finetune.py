@@ -17,7 +17,8 @@ from pipeline.sim.benchmark import action_repeat_for
 
 
 class FinetuneParams(SACParams):
-    """The pixel agent: the shared SAC hyperparameters (:class:`SACParams`) plus the encoder, augmentation, n-step and schedule."""
+    """The pixel agent: the shared SAC hyperparameters (:class:`SACParams`) plus the encoder, augmentation, n-step
+    and schedule."""
 
     # --- environment -------------------------------------------------------------------------
     task: str = Field(
@@ -28,30 +29,35 @@ class FinetuneParams(SACParams):
         None,
         ge=1,
         le=100,
-        description="Simulator steps per agent step; the action is held and rewards are summed. null: the PlaNet/DrQ benchmark value for task "
-        "(pipeline.sim.benchmark, as collect and evaluate use: cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2), "
+        description="Simulator steps per agent step; the action is held and rewards are summed. "
+        "null: the PlaNet/DrQ benchmark value for task (pipeline.sim.benchmark, as collect and evaluate use: "
+        "cartpole 8; reacher, cheetah, ball_in_cup 4; finger, walker 2; others 2), "
         "filled in when the params are read, so the section always holds a number.",
     )
     episode_frames: Int = Field(
         1000,
         ge=1,
-        description="Environment frames per episode (the dm_control time limit is 1000); reaching it is a truncation, which bootstraps.",
+        description="Environment frames per episode (the dm_control time limit is 1000); "
+        "reaching it is a truncation, which bootstraps.",
     )
     camera: Int | str = Field(0, description="Camera id or name the agent sees through.")
     render_mode: Literal["fast", "faithful"] = Field(
         "fast",
-        description="'fast' switches off shadows, reflections and skybox (about 6x faster on CPU); use the mode the backbone was pretrained on.",
+        description="'fast' switches off shadows, reflections and skybox (about 6x faster on CPU); "
+        "use the mode the backbone was pretrained on.",
     )
     allow_mismatch: Bool = Field(
         False,
-        description="A backbone whose recorded observation facts (action repeat for task, image size, camera, render mode, frame stack) differ from this run's "
-        "is refused before any work; true trains anyway with a loud warning, recorded in the metrics and the actor's metadata.",
+        description="A backbone whose recorded observation facts (action repeat for task, image size, camera, "
+        "render mode, frame stack) differ from this run's is refused before any work; "
+        "true trains anyway with a loud warning, recorded in the metrics and the actor's metadata.",
     )
 
     # --- encoder -----------------------------------------------------------------------------
     encoder_init: Literal["pretrained", "scratch", "frozen"] = Field(
         "pretrained",
-        description="'pretrained': start from the pretrain checkpoint and fine-tune it with the critic's loss; 'scratch': same architecture and config, random init; 'frozen': pretrained, never updated.",
+        description="'pretrained': start from the pretrain checkpoint and fine-tune it with the critic's loss; "
+        "'scratch': same architecture and config, random init; 'frozen': pretrained, never updated.",
     )
 
     # --- schedule ----------------------------------------------------------------------------
@@ -71,7 +77,8 @@ class FinetuneParams(SACParams):
         4,
         ge=0,
         le=64,
-        description="Random-shift augmentation: pad by this many pixels (edge replicate) and crop back at a random offset; 0 disables it.",
+        description="Random-shift augmentation: pad by this many pixels (edge replicate) "
+        "and crop back at a random offset; 0 disables it.",
     )
 
     # --- networks ----------------------------------------------------------------------------
@@ -101,7 +108,8 @@ class FinetuneParams(SACParams):
     )
     checkpoint_dir: str = Field(
         "data/cache/finetune",
-        description="Where resumable checkpoints live (outside the DVC output, so a rerun resumes); one sub-folder per run configuration.",
+        description="Where resumable checkpoints live (outside the DVC output, so a rerun resumes); "
+        "one sub-folder per run configuration.",
     )
 
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
@@ -109,7 +117,8 @@ class FinetuneParams(SACParams):
         0,
         ge=0,
         le=1024,
-        description="torch CPU threads (0: torch's default, one per core); 1 is far faster when other processes share the cores.",
+        description="torch CPU threads (0: torch's default, one per core); "
+        "1 is far faster when other processes share the cores.",
     )
     seed: Seed = Field(0, description="Seeds the networks, exploration, replay sampling and environment resets.")
 
@@ -126,6 +135,7 @@ class FinetuneParams(SACParams):
     def _check(self) -> FinetuneParams:
         if self.episode_frames < self.action_repeat:
             raise ValueError(
-                f"episode_frames ({self.episode_frames}) must be at least action_repeat ({self.action_repeat}): an episode needs one agent step"
+                f"episode_frames ({self.episode_frames}) must be at least action_repeat ({self.action_repeat}): "
+                "an episode needs one agent step"
             )
         return self

@@ -18,7 +18,8 @@ class WeightsParams(Section):
 
     on_missing: OnMissing = Field(
         "random",
-        description="Offline and not found: 'error' stops with instructions, 'random' initialises randomly (logged, recorded in provenance).",
+        description="Offline and not found: 'error' stops with instructions, "
+        "'random' initialises randomly (logged, recorded in provenance).",
     )
     cache_dir: str = Field(
         "~/.cache/semore/weights",
@@ -26,5 +27,6 @@ class WeightsParams(Section):
     )
     offline: Bool = Field(
         False,
-        description="Never download, even when the network is reachable (HF_HUB_OFFLINE=1 or SEMORE_OFFLINE=1 do the same).",
+        description="Never download, even when the network is reachable "
+        "(HF_HUB_OFFLINE=1 or SEMORE_OFFLINE=1 do the same).",
     )

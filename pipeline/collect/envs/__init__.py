@@ -63,8 +63,8 @@ def resolve_task(task: str) -> str:
     close = [by_lower[c] for c in difflib.get_close_matches(task.lower(), list(by_lower), n=3, cutoff=0.6)]
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownTaskError(
-        f"unknown task {task!r}.{hint}\n  Valid tasks: dm_control suite 'domain-task' names and gymnasium MuJoCo ids:\n  "
-        + ", ".join(valid)
+        f"unknown task {task!r}.{hint}\n"
+        "  Valid tasks: dm_control suite 'domain-task' names and gymnasium MuJoCo ids:\n  " + ", ".join(valid)
     )
 
 

@@ -111,7 +111,7 @@ class PixelEnv(abc.ABC):
         On return ``data``'s position-dependent fields (xpos, cam_xpos, ...) must match ``qpos``.
         """
 
-    def _close_backend(self) -> None:
+    def _close_backend(self) -> None:  # noqa: B027 - optional hook, a no-op unless a backend holds resources
         """Release the backend's resources."""
 
     # -- shared machinery -----------------------------------------------------------------------
@@ -332,11 +332,13 @@ def resolve_camera(model: mujoco.MjModel, camera: int | str, task: str) -> int:
         camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
         if camera_id < 0:
             raise CameraError(
-                f"collect.camera = {camera!r}: task {task} has no camera of that name; its cameras are {choices}, or -1 for the free camera"
+                f"collect.camera = {camera!r}: task {task} has no camera of that name; "
+                f"its cameras are {choices}, or -1 for the free camera"
             )
         return camera_id
     if not -1 <= camera < model.ncam:
         raise CameraError(
-            f"collect.camera = {camera}: task {task} has {model.ncam} camera(s): {choices}; use one of them or -1 for the free camera"
+            f"collect.camera = {camera}: task {task} has {model.ncam} camera(s): {choices}; "
+            "use one of them or -1 for the free camera"
         )
     return int(camera)

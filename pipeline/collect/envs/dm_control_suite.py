@@ -114,7 +114,7 @@ class DmControlEnv(PixelEnv):
                 [np.asarray(v, np.float64).reshape(-1) for v in self._env.task.get_observation(physics).values()]
             )
             found = [next((adr for adr, angle in angles.items() if abs(x - angle) < 1e-6), None) for x in obs]
-            matches = found if matches is None else [a if a == b else None for a, b in zip(matches, found)]
+            matches = found if matches is None else [a if a == b else None for a, b in zip(matches, found, strict=True)]
         return matches or []
 
     def _close_backend(self) -> None:
