@@ -19,17 +19,14 @@ normalises it itself (``obs / 255 - 0.5``), so callers pass raw pixels.
   vector and map as both the semantic and the motion ones, so the CLIP heads and the flow decoder
   read the same path and the loss set stays fixed; only the two-path structure is taken away.
 * ``semantic_channels``: the semantic path's conv width (default: ``channels``, both paths alike).
-  Fewer channels cut that path's conv cost by about the square of the ratio (24 of 32: 0.56x) while
-  keeping its resolution, the other way (with ``semantic_stride``) to make the backbone cost about
-  two DrQ-v2 encoders; but it loses velocity information on the probe (docs/RESULTS.md 1h), so it
-  is not the default.
+  Fewer channels cut that path's conv cost by about the square of the ratio while keeping its
+  resolution (not the default: docs/RESULTS.md 1h).
 * ``semantic_stride``: the semantic path's second conv has this stride. 1 (the default) keeps
   both paths at one resolution. 2 runs the semantic path's later layers on maps half the motion
   path's size each way (21 x 21 at 84 px), on the argument that what is in a frame needs less
-  resolution than how it moves (SlowFast): it cuts that path's conv cost about 4x, so the
-  backbone costs about two DrQ-v2 encoders, but it measurably loses position information
-  (docs/RESULTS.md 1d), so it is an option, not the default.
-  The ``global`` and ``attention`` exchanges work across map sizes; ``gated`` (per pixel) needs 1.
+  resolution than how it moves (SlowFast): about 4x less conv cost on that path (not the
+  default: docs/RESULTS.md 1d). The ``global`` and ``attention`` exchanges work across map
+  sizes; ``gated`` (per pixel) needs 1.
 * Each path ends in a vector (``path_dim`` = ``feature_dim``): pooled map -> Linear -> LayerNorm.
   The fused vector is ``LayerNorm(Linear(cat(semantic, motion)))``, size ``feature_dim``, float32:
   what the SAC stage consumes.
@@ -63,7 +60,8 @@ class PathOutputs:
         semantic: (B, feature_dim) semantic-path vector (the CLIP projection heads read it).
         motion: (B, feature_dim) motion-path vector.
         fused: (B, feature_dim) fused vector (``forward`` returns this; the reward head reads it).
-        semantic_map: (B, semantic_channels, h', w') last semantic feature map (h' = ceil(h / semantic_stride) when padded).
+        semantic_map: (B, semantic_channels, h', w') last semantic feature map
+            (h' = ceil(h / semantic_stride) when padded).
         motion_map: (B, channels, h, w) last motion feature map, h = ``map_size`` (ceil(H / 2) when
             padded; ``map_border`` cells short of that on each side when not); the flow decoder reads it.
     """
@@ -149,7 +147,8 @@ class DualPathBackbone(nn.Module):
             or pool < 1
         ):
             raise ValueError(
-                f"bad backbone sizes: frame_stack={frame_stack}, depth={depth}, image_size={image_size}, feature_dim={feature_dim}, channels={channels}, semantic_channels={semantic_channels}, pool={pool}"
+                f"bad backbone sizes: frame_stack={frame_stack}, depth={depth}, image_size={image_size}, "
+                f"feature_dim={feature_dim}, channels={channels}, semantic_channels={semantic_channels}, pool={pool}"
             )
         if paths not in PATHS:
             raise ValueError(f"paths={paths!r}: expected one of {PATHS}")
@@ -166,15 +165,18 @@ class DualPathBackbone(nn.Module):
         if semantic_stride > 1 and paths != "motion":
             if depth < 2:
                 raise ValueError(
-                    f"semantic_stride={semantic_stride} strides the semantic path's second conv; depth={depth} has none (use depth >= 2 or semantic_stride 1)"
+                    f"semantic_stride={semantic_stride} strides the semantic path's second conv; "
+                    f"depth={depth} has none (use depth >= 2 or semantic_stride 1)"
                 )
             if pool % semantic_stride:
                 raise ValueError(
-                    f"pool={pool} must be a multiple of semantic_stride={semantic_stride} so that both heads see the same grid"
+                    f"pool={pool} must be a multiple of semantic_stride={semantic_stride} "
+                    "so that both heads see the same grid"
                 )
             if interaction and interaction_kind == "gated" and paths == "both":
                 raise ValueError(
-                    "interaction_kind='gated' exchanges per pixel and needs both paths' maps the same size: use semantic_stride 1, or the 'global' or 'attention' exchange"
+                    "interaction_kind='gated' exchanges per pixel and needs both paths' maps the same size: "
+                    "use semantic_stride 1, or the 'global' or 'attention' exchange"
                 )
         self.frame_stack = frame_stack
         self.image_size = image_size
@@ -208,7 +210,8 @@ class DualPathBackbone(nn.Module):
         semantic_size = _trunk_size(image_size, depth, semantic_stride, padding) if paths != "motion" else self.map_size
         if min(self.map_size, semantic_size) < 1:
             raise ValueError(
-                f"image_size={image_size} is too small for {depth} unpadded 3x3 convs; use padding=1, fewer layers or larger images"
+                f"image_size={image_size} is too small for {depth} unpadded 3x3 convs; "
+                "use padding=1, fewer layers or larger images"
             )
         # Cells the map the flow decoder reads (the motion map; the semantic one in a semantic-only
         # backbone) lacks on each side of the image-aligned grid of a padded trunk (one per valid
@@ -223,7 +226,8 @@ class DualPathBackbone(nn.Module):
         semantic_pooled = semantic_size // semantic_pool if paths != "motion" else pooled
         if min(pooled, semantic_pooled) < 1:
             raise ValueError(
-                f"pool={pool} is larger than the {min(self.map_size, semantic_size)}px feature map of a {image_size}px image"
+                f"pool={pool} is larger than the {min(self.map_size, semantic_size)}px feature map "
+                f"of a {image_size}px image"
             )
         self.semantic_head = (
             nn.Sequential(nn.Linear(semantic_width * semantic_pooled**2, feature_dim), nn.LayerNorm(feature_dim))
@@ -252,14 +256,16 @@ class DualPathBackbone(nn.Module):
         expected = (3 * self.frame_stack, self.image_size, self.image_size)
         if obs.dim() != 4 or tuple(obs.shape[1:]) != expected:
             raise ValueError(
-                f"obs has shape {tuple(obs.shape)}; expected (B, {expected[0]}, {expected[1]}, {expected[2]}) (frame_stack={self.frame_stack} RGB frames, oldest first)"
+                f"obs has shape {tuple(obs.shape)}; expected (B, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"(frame_stack={self.frame_stack} RGB frames, oldest first)"
             )
         if self.flow_input:
             if flow is None:
                 raise ValueError("this backbone was built with flow_input=True: pass flow (B, 2, H, W) in pixels")
             if tuple(flow.shape) != (obs.shape[0], 2, self.image_size, self.image_size):
                 raise ValueError(
-                    f"flow has shape {tuple(flow.shape)}; expected ({obs.shape[0]}, 2, {self.image_size}, {self.image_size})"
+                    f"flow has shape {tuple(flow.shape)}; "
+                    f"expected ({obs.shape[0]}, 2, {self.image_size}, {self.image_size})"
                 )
 
     def forward_paths(self, obs: Tensor, flow: Tensor | None = None) -> PathOutputs:
