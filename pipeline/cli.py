@@ -32,6 +32,7 @@ STAGES: dict[str, str] = {
     "pretrain": "stages.pretrain",
     "finetune": "stages.finetune",
     "evaluate": "stages.evaluate",
+    "headline": "stages.headline",
 }
 
 
@@ -42,7 +43,10 @@ def _stage(name: str) -> ModuleType:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semore",
-        description="Semore pipeline: collect, flow, annotate, encode, pretrain, finetune, evaluate. Params come from params.yaml.",
+        description=(
+            "Semore pipeline: collect, flow, annotate, encode, pretrain, finetune, evaluate. "
+            "Params come from params.yaml."
+        ),
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument(

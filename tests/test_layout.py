@@ -7,7 +7,7 @@ import sys
 from tests.support.imports import PACKAGES, ROOT, module_name, project_imports
 
 # The stage packages, in pipeline order, and the few supporting packages beside them.
-STAGES = ("collect", "flow", "annotate", "encode", "pretrain", "finetune", "evaluate")
+STAGES = ("collect", "flow", "annotate", "encode", "pretrain", "finetune", "evaluate", "headline")
 SUPPORT = ("common", "sim", "config", "dataset")
 # Modules kept at the top for users: the CLI, and README's ``pipeline.probe.read_probe_file``.
 TOP_MODULES = ("__init__.py", "cli.py", "probe.py")

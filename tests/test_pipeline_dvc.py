@@ -33,7 +33,8 @@ REDUCED = {
     "encode": {"val_fraction": 0.34, "batch_size": 16},
     "pretrain": {"steps": 4, "batch_size": 8, "workers": 0},
     "finetune": {
-        # action repeat: the benchmark value (8), as collect and evaluate use; another would be refused (the backbone records 8)
+        # action repeat: the benchmark value (8), as collect and evaluate use; another would be refused
+        # (the backbone records 8)
         "task": TASK,
         "frames": 160,
         "episode_frames": 80,
@@ -122,13 +123,36 @@ def _declared_outputs(project: Path) -> list[str]:
     return sorted(set(outs))
 
 
+def _check_readmes_first_look(project: Path) -> None:
+    """README's first command prints the table README shows (same columns) and fits 120 columns."""
+    shown = _dvc(project, "metrics", "show", "data/metrics/headline.json").splitlines()
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"dvc metrics show data/metrics/headline.json\n```\n```\n(.*?)```", readme, re.S)
+    assert block is not None, "README lost its first-look table"
+    assert shown[0].split() == block.group(1).splitlines()[0].split()
+    assert shown[1].split()[0] == "data/metrics/headline.json"
+    assert all(len(line.rstrip()) <= 120 for line in shown), shown
+    headline = json.loads((project / "data/metrics/headline.json").read_text())
+    assert headline["flow_epe"] < 0.01 and headline["annot_acc"] == 1.0  # simulator flow and oracle annotations
+    assert set(headline["iqm"]) == {"state", "pretrained", "random"}
+
+
 def test_dvc_repro_rerun_and_remote_round_trip(tmp_path: Path) -> None:
     project = tmp_path / "project"
     _copy_project(project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(yaml.safe_dump(_deep_update(params, REDUCED), sort_keys=False))
 
-    all_stages = {f"collect@{TASK}", f"flow@{TASK}", f"annotate@{TASK}", "encode", "pretrain", "finetune", "evaluate"}
+    all_stages = {
+        f"collect@{TASK}",
+        f"flow@{TASK}",
+        f"annotate@{TASK}",
+        "encode",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "headline",
+    }
     assert _ran(_dvc(project, "repro")) == all_stages
 
     # Every declared output exists and holds what the next stage needs.
@@ -147,6 +171,7 @@ def test_dvc_repro_rerun_and_remote_round_trip(tmp_path: Path) -> None:
     assert metrics, "dvc metrics show reported nothing"
     assert (project / "data/evaluation/report.md").is_file()
     assert "data/evaluation/dvclive/metrics.json" in json.dumps(metrics)  # DVCLive's logs are DVC metrics
+    _check_readmes_first_look(project)
 
     # Nothing changed: nothing runs.
     assert _ran(_dvc(project, "repro")) == set()
@@ -157,7 +182,7 @@ def test_dvc_repro_rerun_and_remote_round_trip(tmp_path: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["flow"]["backend"] = "dis"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_dvc(project, "repro")) == {f"flow@{TASK}", "encode", "pretrain", "finetune", "evaluate"}
+    assert _ran(_dvc(project, "repro")) == {f"flow@{TASK}", "encode", "pretrain", "finetune", "evaluate", "headline"}
 
     # Push to a local-directory remote, pull into a clean copy: byte-identical outputs.
     remote = tmp_path / "remote"
