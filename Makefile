@@ -1,6 +1,6 @@
 # Two commands a fresh machine needs (nothing but Python 3.11 installed):
 #   make repro   bootstrap the environment, then run the pipeline (dvc repro)
-#   make test    bootstrap the environment, then run the test suite
+#   make test    bootstrap the environment, check the style (ruff), then run the test suite
 # Bootstrapping installs uv, the system OpenGL (EGL) libraries MuJoCo renders
 # with when they are missing, and the locked Python environment in .venv.
 
@@ -14,7 +14,7 @@ export UV_LINK_MODE := copy
 # several times slower without them.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: bootstrap sysdeps repro test bench clean-venv
+.PHONY: bootstrap sysdeps repro lint test bench clean-venv
 
 bootstrap: sysdeps .venv/.synced
 
@@ -31,7 +31,12 @@ sysdeps:
 repro: bootstrap
 	$(UV) run --locked dvc repro
 
-test: bootstrap
+# The house style (pyproject.toml [tool.ruff]): `ruff format .` and `ruff check --fix .` apply it.
+lint: bootstrap
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+
+test: lint
 	$(UV) run --locked pytest
 
 clean-venv:
