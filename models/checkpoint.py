@@ -157,7 +157,8 @@ def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointNotFoundError(
-            f"{folder}: not a checkpoint folder (no {CONFIG_FILE}); expected the output of the pretrain or finetune stage"
+            f"{folder}: not a checkpoint folder (no {CONFIG_FILE}); "
+            "expected the output of the pretrain or finetune stage"
         )
     try:
         record = json.loads(path.read_text())
@@ -172,7 +173,8 @@ def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
         or not isinstance(record.get("meta", {}), dict)
     ):
         raise CheckpointError(
-            f'{path}: expected {{"class": "package.module:ClassName", "config": {{...}}, "meta": {{...}}}}; restore the checkpoint folder written by the pretrain or finetune stage'
+            f'{path}: expected {{"class": "package.module:ClassName", "config": {{...}}, "meta": {{...}}}}; '
+            "restore the checkpoint folder written by the pretrain or finetune stage"
         )
     return {"class": record["class"], "config": record.get("config", {}), "meta": record.get("meta") or {}}
 
@@ -190,7 +192,8 @@ def build_module(path: str, config: dict[str, Any], source: str | Path = "checkp
         raise type(exc)(f"{source}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
-            f"{source}: cannot build {path} from its config ({type(exc).__name__}: {exc}); the {CONFIG_FILE} was edited or comes from another version of this project"
+            f"{source}: cannot build {path} from its config ({type(exc).__name__}: {exc}); "
+            f"the {CONFIG_FILE} was edited or comes from another version of this project"
         ) from None
 
 
@@ -214,7 +217,8 @@ def load_module(folder: str | Path, map_location: str | torch.device = "cpu") ->
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(
-            f"{weights}: unreadable weights ({exc}); the file is damaged: restore the checkpoint folder or rerun the stage that wrote it"
+            f"{weights}: unreadable weights ({exc}); the file is damaged: "
+            "restore the checkpoint folder or rerun the stage that wrote it"
         ) from None
     try:
         module.load_state_dict(state, strict=True)
@@ -223,8 +227,10 @@ def load_module(folder: str | Path, map_location: str | torch.device = "cpu") ->
         if len(detail) > 400:
             detail = detail[:400] + " ..."
         raise CheckpointError(
-            f"{folder}: {CONFIG_FILE} does not match {WEIGHTS_FILE} ({detail}); the two files come from different checkpoints, "
-            "or the folder was written by a version of this project whose module had other layers (a pretrain model/ from before "
-            "the clip_motion head, say): use a folder written in one piece by the pretrain or finetune stage of this version (or rerun that stage)"
+            f"{folder}: {CONFIG_FILE} does not match {WEIGHTS_FILE} ({detail}); "
+            "the two files come from different checkpoints, "
+            "or the folder was written by a version of this project whose module had other layers "
+            "(a pretrain model/ from before the clip_motion head, say): use a folder written in one piece "
+            "by the pretrain or finetune stage of this version (or rerun that stage)"
         ) from None
     return module, record["meta"]

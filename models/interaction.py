@@ -20,7 +20,8 @@ def _widths(semantic_channels: int, motion_channels: int | None) -> tuple[int, i
 
 class GatedExchange(nn.Module):
     """Gated feature exchange: each path adds a 1x1-conv message from the other, scaled by a
-    sigmoid gate computed from both (per pixel and channel). Six 1x1 convs over the full maps: on a CPU one exchange costs more than two 3x3 layers.
+    sigmoid gate computed from both (per pixel and channel). Six 1x1 convs over the full maps: on a
+    CPU one exchange costs more than two 3x3 layers.
     Both maps must have the same size (h, w)."""
 
     def __init__(self, semantic_channels: int, motion_channels: int | None = None) -> None:

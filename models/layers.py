@@ -21,7 +21,8 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, hidden_depth: int = 1) -> nn
 
 
 def orthogonal_init(module: nn.Module) -> None:
-    """Orthogonal weights, zero biases for every Linear (the usual init of pixel SAC heads); use with ``module.apply``."""
+    """Orthogonal weights, zero biases for every Linear (the usual init of pixel SAC heads);
+    use with ``module.apply``."""
     if isinstance(module, nn.Linear):
         nn.init.orthogonal_(module.weight)
         if module.bias is not None:

@@ -28,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="the encode stage's output folder (train/ and validation/ shards), or a Hub dataset id (user/name) published with `semore push`",
+        help=(
+            "the encode stage's output folder (train/ and validation/ shards), "
+            "or a Hub dataset id (user/name) published with `semore push`"
+        ),
     )
     parser.add_argument("--out", required=True, help="output folder: backbone/ and model/ checkpoints")
     parser.add_argument("--metrics", required=True, help="metrics JSON file to write")

@@ -28,11 +28,9 @@ Out-of-fold protocol (:func:`out_of_fold`, per task, per backbone):
 * Uncertainty: a bootstrap over held-out episodes (the independent unit). Comparisons are
   **paired**: the same resampled episodes score both backbones, and the 95% percentile CI is
   that of the difference. Each resample is scored by the same ratio of sums, so a dimension
-  weighs what it varies in that resample. (The mean of per-dimension R^2 did not survive
-  resampling: a dimension whose variance sits in a few episodes, such as cheetah-run's body
-  pitch, which moves only when the cheetah flips, kept 0.3% of its variance in resamples without
-  them, its R^2 there ran to large negative values, and one such dimension stretched a gap's
-  CI from [+0.074, +0.120] to [+0.079, +0.450].)
+  weighs what it varies in that resample. (Not the mean of per-dimension R^2: a dimension whose
+  variance sits in a few episodes gets large negative R^2 in resamples without them, which
+  stretches the CI; docs/RESULTS.md, "How to read the probe numbers".)
 
 Split protocol (:func:`split_r2`): the same ridge fitted on a train split (penalty chosen on the
 train split alone by the same episode-grouped CV) and scored once on a separate validation split
@@ -162,7 +160,7 @@ def out_of_fold(
         )
     keep = targets.std(axis=0) > 1e-8  # a constant dimension has no R^2
     y = targets[:, keep]
-    kept_kinds = tuple(k for k, m in zip(kinds, keep) if m)
+    kept_kinds = tuple(k for k, m in zip(kinds, keep, strict=True) if m)
     y = (y - y.mean(axis=0)) / y.std(axis=0)
     prediction = np.zeros_like(y)
     chosen = []
@@ -227,7 +225,8 @@ def split_r2(
         raise ValueError(f"the ridge penalty must be >= 0 (got {alpha}; 0 chooses it)")
     if len(x_train) != len(y_train) or len(x_train) != len(groups_train) or len(x_val) != len(y_val):
         raise ValueError(
-            f"row counts differ: x_train {len(x_train)}, y_train {len(y_train)}, groups_train {len(groups_train)}, x_val {len(x_val)}, y_val {len(y_val)}"
+            f"row counts differ: x_train {len(x_train)}, y_train {len(y_train)}, groups_train {len(groups_train)}, "
+            f"x_val {len(x_val)}, y_val {len(y_val)}"
         )
     mean = y_train.mean(axis=0)
     std = y_train.std(axis=0)

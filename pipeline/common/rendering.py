@@ -10,6 +10,7 @@ CPU machines, the NVIDIA driver on GPU ones).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -29,7 +30,6 @@ def setup_headless_rendering() -> str:
 
 
 def _preload_triton() -> None:
-    try:
+    # CPU-only torch builds ship without triton: nothing to clash with
+    with contextlib.suppress(ImportError):
         import triton  # noqa: F401
-    except ImportError:  # CPU-only torch builds ship without triton: nothing to clash with
-        pass

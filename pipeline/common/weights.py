@@ -100,10 +100,13 @@ def _download_hf(source: str, cache_dir: Path) -> Path:
 
 def _download_url(source: str, cache_dir: Path) -> Path:
     target = cache_dir / cache_name(source)
-    with atomic_path(target) as tmp, urllib.request.urlopen(source, timeout=60) as response:  # noqa: S310 (user-given URL)
-        with open(tmp, "wb") as fh:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                fh.write(chunk)
+    with (
+        atomic_path(target) as tmp,
+        urllib.request.urlopen(source, timeout=60) as response,  # noqa: S310 (user-given URL)
+        open(tmp, "wb") as fh,
+    ):
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            fh.write(chunk)
     return target
 
 

@@ -2,7 +2,8 @@
 
 * :mod:`~pipeline.dataset.schema`: folder layout, sample keys, fields (shapes, dtypes, units), ``DatasetError``;
 * :mod:`~pipeline.dataset.codec`: bytes <-> arrays for each field;
-* :mod:`~pipeline.dataset.writer`: deterministic shards, ``stats.json`` and the card (the encode stage writes through it);
+* :mod:`~pipeline.dataset.writer`: deterministic shards, ``stats.json`` and the card
+  (the encode stage writes through it);
 * :mod:`~pipeline.dataset.reader`: :func:`open_dataset` (validated once, on open; the shard list from ``stats.json``)
   and :func:`validate_dataset` (every sample);
 * :mod:`~pipeline.dataset.stacked`: the PyTorch-facing stacked-frame dataset and loader (imports torch);

@@ -84,7 +84,8 @@ def _hub_failure(action: str, repo_id: str, exc: BaseException) -> HubError:
             f"{action} {repo_id}: offline mode is on (HF_HUB_OFFLINE=1); unset it and run again with network access"
         )
     return HubError(
-        f"{action} {repo_id} failed ({type(exc).__name__}: {exc}); check the repo id, your token's access and the network"
+        f"{action} {repo_id} failed ({type(exc).__name__}: {exc}); "
+        "check the repo id, your token's access and the network"
     )
 
 
@@ -113,7 +114,8 @@ def push_dataset(
         token = _token()
         if not token:
             raise HubError(
-                f"push {repo_id}: no Hugging Face token; set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) or run `hf auth login`"
+                f"push {repo_id}: no Hugging Face token; set HF_TOKEN to a write token "
+                "(https://huggingface.co/settings/tokens) or run `hf auth login`"
             )
         from huggingface_hub import HfApi
 

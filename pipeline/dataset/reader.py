@@ -65,7 +65,8 @@ class Dataset:
         """The side of the (square) frames; raises :class:`DatasetError` when they are not square."""
         if self.height != self.width:
             raise DatasetError(
-                f"{self.folder}: frames are {self.width}x{self.height}; the backbone needs square frames (set collect.image_size)"
+                f"{self.folder}: frames are {self.width}x{self.height}; "
+                "the backbone needs square frames (set collect.image_size)"
             )
         return self.height
 
@@ -74,7 +75,8 @@ class Dataset:
         return self.stats.get("stats", {}).get(split, {}).get("fields", {})
 
     def frames(self, split: str = "train", frame_stack: int = 3, **kwargs: Any) -> StackedFrames:
-        """Stacked-frame samples of ``split`` (:class:`pipeline.dataset.stacked.StackedFrames`, a torch IterableDataset)."""
+        """Stacked-frame samples of ``split`` (:class:`pipeline.dataset.stacked.StackedFrames`,
+        a torch IterableDataset)."""
         from pipeline.dataset.stacked import StackedFrames
 
         return StackedFrames(self.shards[split], frame_stack, **kwargs)
@@ -90,7 +92,8 @@ def read_stats(folder: str | Path) -> dict[str, Any]:
     path = folder / STATS_FILE
     if not folder.is_dir():
         raise DatasetError(
-            f"{folder}: no such dataset folder; run the encode stage (semore encode), or semore pull --repo-id <user/name> --out {folder}"
+            f"{folder}: no such dataset folder; run the encode stage (semore encode), "
+            f"or semore pull --repo-id <user/name> --out {folder}"
         )
     try:
         stats = json.loads(path.read_text())
@@ -179,7 +182,8 @@ def check_sample(
 
 
 def _check_layout(folder: Path, stats: dict[str, Any], check_hashes: bool) -> dict[str, tuple[Path, ...]]:
-    """Card present; every listed shard present (with ``check_hashes``: its listed size and SHA-256); no unlisted shard."""
+    """Card present; every listed shard present (with ``check_hashes``: its listed size and SHA-256);
+    no unlisted shard."""
     if not (folder / CARD_FILE).is_file():
         raise DatasetError(f"{folder / CARD_FILE} (the dataset card) is missing; {_FIX}")
     shards: dict[str, tuple[Path, ...]] = {}
@@ -201,7 +205,8 @@ def _check_layout(folder: Path, stats: dict[str, Any], check_hashes: bool) -> di
             size = path.stat().st_size
             if check_hashes and size != info["bytes"]:
                 raise DatasetError(
-                    f"{path}: {size} bytes, {STATS_FILE} lists {info['bytes']}; the shard is truncated or was modified; {_FIX}"
+                    f"{path}: {size} bytes, {STATS_FILE} lists {info['bytes']}; "
+                    f"the shard is truncated or was modified; {_FIX}"
                 )
             if check_hashes and sha256_of(path) != info["sha256"]:
                 raise DatasetError(
@@ -259,6 +264,7 @@ def validate_dataset(folder: str | Path, *, decode: bool = True, check_hashes: b
                 count += 1
             if count != info["samples"]:
                 raise DatasetError(
-                    f"{path}: {count} samples, {STATS_FILE} lists {info['samples']}; the shard is truncated or stale; {_FIX}"
+                    f"{path}: {count} samples, {STATS_FILE} lists {info['samples']}; "
+                    f"the shard is truncated or stale; {_FIX}"
                 )
     return dataset

@@ -59,9 +59,9 @@ FIELD_DOCS: dict[str, tuple[str, str, str]] = {
         "(H, W, 3)",
         "uint16 PNG",
         "Optical flow frame t -> t+1 and its validity, as a KITTI flow PNG (16-bit RGB): R = dx, G = dy stored as "
-        "round(flow * 64) + 32768 (flow = (value - 32768) / 64 pixels, exact to 1/128 px, range -512..511.98 px), B = 1 where "
-        "the flow is valid, 0 elsewhere. dx points right, dy down: the content at pixel (u, v) of frame t is at "
-        "(u + dx, v + dy) in frame t+1. Zero flow and all invalid at an episode's last frame. Decode with "
+        "round(flow * 64) + 32768 (flow = (value - 32768) / 64 pixels, exact to 1/128 px, range -512..511.98 px), "
+        "B = 1 where the flow is valid, 0 elsewhere. dx points right, dy down: the content at pixel (u, v) of frame t "
+        "is at (u + dx, v + dy) in frame t+1. Zero flow and all invalid at an episode's last frame. Decode with "
         "cv2.imread(path, cv2.IMREAD_UNCHANGED) (BGR order: [..., 2] = R) or pipeline.dataset.codec.decode_flow; "
         "PIL reads it as 8 bits and loses the flow.",
     ),
@@ -70,7 +70,8 @@ FIELD_DOCS: dict[str, tuple[str, str, str]] = {
         "float16",
         "CLIP embeddings, L2-normalised (unit norm up to float16 rounding): row 0 = the image embedding of frame t; "
         "row 1 = the text embedding of the annotation's caption, row 2 = of its key objects joined as text "
-        "('name: description; ...'), row 3 = of its motion sentence. A text row is all zeros when the frame has no ok annotation or that text is empty.",
+        "('name: description; ...'), row 3 = of its motion sentence. "
+        "A text row is all zeros when the frame has no ok annotation or that text is empty.",
     ),
     "json": ("-", "JSON object", "Per-frame record, see the json keys table."),
 }
@@ -97,7 +98,8 @@ JSON_DOCS: dict[str, tuple[str, str]] = {
     "annotation.caption": ("str", "One-sentence caption; '' unless status is 'ok'."),
     "annotation.objects": (
         "list[{name: str, description: str, box: list[float]}]",
-        "Key objects; box = [x0, y0, x1, y1] in pixels of the frame, or [] when the VLM gave none; [] unless status is 'ok'.",
+        "Key objects; box = [x0, y0, x1, y1] in pixels of the frame, or [] when the VLM gave none; "
+        "[] unless status is 'ok'.",
     ),
     "annotation.motion": ("str", "One sentence on how things move; '' unless status is 'ok'."),
     "annotation.error": ("str", "Why the annotation failed; '' otherwise."),

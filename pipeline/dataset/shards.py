@@ -56,7 +56,8 @@ def iter_tar_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                 data = handle.read() if handle is not None else b""
                 if len(data) != member.size:
                     raise DatasetError(
-                        f"{shard}: member {name!r} is truncated ({len(data)} of {member.size} bytes); rebuild or pull the dataset again"
+                        f"{shard}: member {name!r} is truncated ({len(data)} of {member.size} bytes); "
+                        "rebuild or pull the dataset again"
                     )
                 if key != current:
                     if current is not None:
@@ -72,7 +73,8 @@ def iter_tar_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                 fields[field] = data
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DatasetError(
-            f"{shard}: corrupt or truncated tar ({type(exc).__name__}: {exc}) after sample {current!r}; rebuild or pull the dataset again"
+            f"{shard}: corrupt or truncated tar ({type(exc).__name__}: {exc}) after sample {current!r}; "
+            "rebuild or pull the dataset again"
         ) from exc
     if current is not None:
         yield current, fields

@@ -88,7 +88,8 @@ def _raw_frames(shards: Sequence[str | Path]) -> Iterator[tuple[str, str, dict[s
             missing = [f for f in FIELDS if f not in fields]
             if missing:
                 raise DatasetError(
-                    f"{shard}: sample {key!r} lacks {', '.join(missing)}; the dataset is not in the encode stage's format: {_FIX}"
+                    f"{shard}: sample {key!r} lacks {', '.join(missing)}; "
+                    f"the dataset is not in the encode stage's format: {_FIX}"
                 )
             yield str(shard), key, fields
 
@@ -117,7 +118,8 @@ def stacked_samples(
         frame_stack: k.
         keep: ``(index, every)``: yield only samples whose running index ``i`` has ``i % every == index``
             (the others are still read for stacking, never decoded).
-        with_state: also yield ``qpos`` (nq,) and ``qvel`` (nv,) of frame t (float64, as recorded), ``task`` and ``episode``.
+        with_state: also yield ``qpos`` (nq,) and ``qvel`` (nv,) of frame t (float64, as recorded),
+            ``task`` and ``episode``.
         only_annotated: yield only frames with a valid annotation (``text_valid``); ``keep`` then
             counts annotated frames only, so every consumer gets its share of them.
 
@@ -192,7 +194,8 @@ class StackedFrames(IterableDataset):
         shuffle_buffer: samples in the shuffle buffer (0: stream order, no shuffling).
         repeat: loop over the shards forever (training) instead of one pass (evaluation).
         rank, world_size: this DDP process and the number of processes.
-        with_state: yield the physics state (``qpos``, ``qvel``), ``task`` and ``episode`` too (for the probe; iterate it directly).
+        with_state: yield the physics state (``qpos``, ``qvel``), ``task`` and ``episode`` too
+            (for the probe; iterate it directly).
         batch_size, annotated_per_batch: with ``annotated_per_batch`` m > 0, every consecutive group
             of ``batch_size`` samples (a batch, when the loader batches by the same size) holds at
             least m annotated frames (``text_valid``); see :func:`mix_annotated`. 0: the plain stream.
@@ -265,8 +268,10 @@ class StackedFrames(IterableDataset):
                 if only_annotated:
                     raise DatasetError(
                         f"the share of {len(self.shards)} shard(s) read by data consumer {consumer} of {consumers} "
-                        "(processes x pretrain.workers) holds no annotated frame, so pretrain.annotated_per_batch cannot be met; "
-                        "lower pretrain.workers, set pretrain.annotated_per_batch: 0, or annotate more frames (annotate.every_k)"
+                        "(processes x pretrain.workers) holds no annotated frame, "
+                        "so pretrain.annotated_per_batch cannot be met; "
+                        "lower pretrain.workers, set pretrain.annotated_per_batch: 0, "
+                        "or annotate more frames (annotate.every_k)"
                     )
                 raise DatasetError(
                     f"{len(self.shards)} shard(s) hold fewer samples than the {consumers} data consumers "

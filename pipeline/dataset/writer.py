@@ -132,7 +132,8 @@ def write_metadata(
     bad = _first_non_finite(body)
     if bad:
         raise DatasetError(
-            f"{folder / STATS_FILE}: {bad} is not finite (NaN or infinity is not JSON); an input holds non-finite values"
+            f"{folder / STATS_FILE}: {bad} is not finite (NaN or infinity is not JSON); "
+            "an input holds non-finite values"
         )
     json.dumps(body, allow_nan=False, default=str)  # the same check, by the JSON encoder itself
     write_json_atomic(folder / STATS_FILE, body)

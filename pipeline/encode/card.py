@@ -118,13 +118,18 @@ def card_body(name: str, splits: dict[str, dict[str, Any]], shapes: dict[str, st
         flow_model = _find(flow, "model")
         task_lines.append(
             f"- **{task}**: {len(info['episodes'])} episodes (train {info['splits'].get('train', [])}, "
-            f"validation {info['splits'].get('validation', [])}); suite {collect.get('suite')}, policy {collect.get('policy')}, "
-            f"action repeat {collect.get('action_repeat')}, image {collect.get('image_size')} px, render mode {collect.get('render_mode')}; "
+            f"validation {info['splits'].get('validation', [])}); "
+            f"suite {collect.get('suite')}, policy {collect.get('policy')}, "
+            f"action repeat {collect.get('action_repeat')}, image {collect.get('image_size')} px, "
+            f"render mode {collect.get('render_mode')}; "
             f"flow backend {_find(flow, 'backend')}{f' (model {flow_model})' if flow_model else ''}; "
-            f"annotation backend {annotate.get('backend')} (model {annotate.get('model')}, every {annotate.get('every_k')} frames)"
+            f"annotation backend {annotate.get('backend')} (model {annotate.get('model')}, "
+            f"every {annotate.get('every_k')} frames)"
         )
     prompts = sorted({str(info.get("annotate", {}).get("prompt")) for info in tasks.values()})
     weights = clip["weights"]
+    clip_weights = "RANDOM INIT" if clip["random_init"] else "sha256 " + str(weights.get("sha256"))
+    preprocess = clip["preprocess"]
     last_train = max(len(splits.get("train", {}).get("shards", [])) - 1, 0)
     return f"""# {name}
 
@@ -141,7 +146,8 @@ split by episode, never by frame; the samples of an episode are contiguous and i
 ```python
 from datasets import load_dataset
 from pipeline.dataset import hf_features  # or datasets.Features from this card's dataset_info
-ds = load_dataset("webdataset", data_files={{"train": "train/{SHARD_GLOB}", "validation": "validation/{SHARD_GLOB}"}}, features=hf_features(), split="train")
+ds = load_dataset("webdataset", data_files={{"train": "train/{SHARD_GLOB}", "validation": "validation/{SHARD_GLOB}"}}, \
+features=hf_features(), split="train")
 # or, from this folder or its Hub repo (uses the card's configs and features):
 # ds = load_dataset("<user>/<repo>", split="train")
 
@@ -171,7 +177,8 @@ loader = torch.utils.data.DataLoader(ds.frames("train", frame_stack=3, shuffle_b
 
 Each sample is a dict: `obs` (3k, H, W) uint8 (k frames of the same episode, oldest first; the
 first frame repeated at an episode's start), `flow` (2, H, W) float32 and `flow_valid` (H, W) bool
-of the last transition, `clip_image` (D,) and `clip_text` (3, D) float32 (caption, key objects, motion) with `text_valid`,
+of the last transition, `clip_image` (D,) and `clip_text` (3, D) float32 (caption, key objects, motion) \
+with `text_valid`,
 `reward` and `reward_valid`, and `key`. `ds.field_stats("train")` gives the statistics of
 `stats.json`; a corrupt or truncated shard raises `DatasetError` naming the shard and the sample.
 
@@ -195,9 +202,9 @@ Sizes: {sizes}.
 - Tasks:
 {chr(10).join("  " + line for line in task_lines)}
 - VLM prompt(s): {"; ".join(f"`{p}`" for p in prompts)}
-- CLIP: open_clip `{clip["model"]}`, weights `{clip["weights_param"]}` ({"RANDOM INIT" if clip["random_init"] else "sha256 " + str(weights.get("sha256"))}),
-  embedding size {clip["embed_dim"]}, preprocessing {clip["preprocess"]["resize_mode"]} resize to {clip["preprocess"]["size"]}
-  ({clip["preprocess"]["interpolation"]}), mean {clip["preprocess"]["mean"]}, std {clip["preprocess"]["std"]}; {clip["precision"]}.
+- CLIP: open_clip `{clip["model"]}`, weights `{clip["weights_param"]}` ({clip_weights}),
+  embedding size {clip["embed_dim"]}, preprocessing {preprocess["resize_mode"]} resize to {preprocess["size"]}
+  ({preprocess["interpolation"]}), mean {preprocess["mean"]}, std {preprocess["std"]}; {clip["precision"]}.
 - Made by `semore encode` with the params below (the `encode` and `weights` sections of params.yaml).
 
 ```json

@@ -126,7 +126,8 @@ class OpenClipEncoder:
             except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError) as exc:
                 raise ClipModelError(
                     f"encode: open_clip could not build {model_name!r} with weights {params.weights!r} "
-                    f"({type(exc).__name__}: {exc}).\n  Fix: check that encode.weights holds weights of encode.clip_model, "
+                    f"({type(exc).__name__}: {exc}).\n"
+                    "  Fix: check that encode.weights holds weights of encode.clip_model, "
                     f"or set encode.weights: random."
                 ) from exc
         model.eval()
@@ -139,8 +140,10 @@ class OpenClipEncoder:
         self._mean, self._std = mean, std
         if resolved.random_init:
             log.warning(
-                "!!! encode: CLIP %s has RANDOM WEIGHTS (%s); its embeddings carry no semantics. Recorded in provenance. "
-                "For real targets set encode.clip_model: ViT-B-32 and encode.weights: laion2b_s34b_b79k (or a local file).",
+                "!!! encode: CLIP %s has RANDOM WEIGHTS (%s); its embeddings carry no semantics. "
+                "Recorded in provenance. "
+                "For real targets set encode.clip_model: ViT-B-32 and encode.weights: laion2b_s34b_b79k "
+                "(or a local file).",
                 model_name,
                 resolved.reason,
             )
@@ -198,7 +201,8 @@ class OpenClipEncoder:
             if (resolved.path / "open_clip_config.json").is_file():
                 return LOCAL_DIR + str(resolved.path), None, resolved, {}
             raise ClipModelError(
-                f"encode.weights = {source!r} resolved to the folder {resolved.path}, which has no open_clip_config.json; "
+                f"encode.weights = {source!r} resolved to the folder {resolved.path}, "
+                "which has no open_clip_config.json; "
                 f"point encode.weights at the checkpoint file, or use local-dir:<folder with open_clip_config.json>"
             )
         extra: dict[str, Any] = {}
@@ -281,9 +285,14 @@ class OpenClipEncoder:
             "embed_dim": self.dim,
             "preprocess": {
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess_cfg.items()},
-                "implementation": "open_clip eval transform, batched in torch: uint8 resize (antialiased) + centre crop + /255 + normalise(mean, std)",
+                "implementation": (
+                    "open_clip eval transform, batched in torch: "
+                    "uint8 resize (antialiased) + centre crop + /255 + normalise(mean, std)"
+                ),
             },
-            "tokenizer": f"{type(self.tokenizer).__name__}(context_length={getattr(self.tokenizer, 'context_length', None)})",
+            "tokenizer": (
+                f"{type(self.tokenizer).__name__}(context_length={getattr(self.tokenizer, 'context_length', None)})"
+            ),
             "precision": "fp16 autocast" if self.amp else "fp32",
             "normalize": "L2 (unit norm), stored as float16",
         }
@@ -305,7 +314,8 @@ def _check_model_name(name: str) -> None:
         hint = f" Close matches: {', '.join(close)}." if close else ""
         raise ClipModelError(
             f"encode.clip_model = {name!r} is not an open_clip model.{hint} "
-            f"Use a name from open_clip.list_models() (e.g. ViT-B-32), semore-tiny-clip, or encode.weights: local-dir:/path."
+            "Use a name from open_clip.list_models() (e.g. ViT-B-32), semore-tiny-clip, "
+            "or encode.weights: local-dir:/path."
         )
 
 

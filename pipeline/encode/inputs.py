@@ -85,7 +85,8 @@ def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: st
     tasks = sorted(p.name for p in episodes_dir.iterdir() if p.is_dir() and any(p.glob("episode_*.npz")))
     if not tasks:
         raise EncodeInputError(
-            f"--episodes {episodes_dir}: no task folders with episode_*.npz files; expected {episodes_dir}/<task>/episode_000000.npz (run semore collect)"
+            f"--episodes {episodes_dir}: no task folders with episode_*.npz files; "
+            f"expected {episodes_dir}/<task>/episode_000000.npz (run semore collect)"
         )
     seen: dict[str, str] = {}
     for task in tasks:
@@ -109,7 +110,8 @@ def discover(episodes_dir: str | Path, flow_dir: str | Path, annotations_dir: st
                 missing.append(f"{flow} (run: semore flow --episodes {episodes_dir / task} --out {flow_dir / task})")
             if not annotation.is_file():
                 missing.append(
-                    f"{annotation} (run: semore annotate --episodes {episodes_dir / task} --out {annotations_dir / task})"
+                    f"{annotation} (run: semore annotate --episodes {episodes_dir / task} "
+                    f"--out {annotations_dir / task})"
                 )
             found.append(EpisodeInputs(task, index, path, flow, annotation, header))
     if missing:
@@ -157,7 +159,8 @@ def _check_flow_source(path: Path, meta: dict[str, Any], episode_path: Path, epi
         )
     if recorded != episode_sha256:
         raise EncodeInputError(
-            f"{path} was computed from another episode than {episode_path} (meta.source.episode_sha256 {recorded[:12]}..., "
+            f"{path} was computed from another episode than {episode_path} "
+            f"(meta.source.episode_sha256 {recorded[:12]}..., "
             f"the episode file's SHA-256 is {episode_sha256[:12]}...): stale or copied flow; {fix}"
         )
     named = meta.get("episode")
@@ -200,7 +203,8 @@ def load_flow(
         _check_flow_source(path, meta, episode_path, episode_sha256)
     if flow.shape != (length, 2, height, width):
         raise EncodeInputError(
-            f"{path}: flow has shape {flow.shape}, expected (T, 2, H, W) = {(length, 2, height, width)} for its episode; {fix}"
+            f"{path}: flow has shape {flow.shape}, expected (T, 2, H, W) = {(length, 2, height, width)} "
+            f"for its episode; {fix}"
         )
     if valid.shape != (length, height, width):
         raise EncodeInputError(
@@ -313,6 +317,7 @@ def check_inputs(items: list[EpisodeInputs]) -> None:
         if annotated and failed == annotated:
             raise EncodeInputError(
                 f"task {task!r}: all {annotated} annotated frames failed (status 'failed' in every annotation file): "
-                "these are the leftovers of a failed annotate run; fix the annotation backend (see data/metrics/annotate_<task>.json) "
+                "these are the leftovers of a failed annotate run; "
+                "fix the annotation backend (see data/metrics/annotate_<task>.json) "
                 "and rerun the annotate stage for this task"
             )

@@ -85,7 +85,7 @@ class _TextEmbedder:
             self.cache.clear()
             todo = sorted({t for t in texts if t})
         if todo:
-            for text, vec in zip(todo, self.encoder.encode_texts(todo)):
+            for text, vec in zip(todo, self.encoder.encode_texts(todo), strict=True):
                 self.cache[text] = vec
         return {t: self.cache[t] for t in texts if t}
 
@@ -128,7 +128,8 @@ def _check_finite(ep: Episode, path: Path) -> None:
         if bad.any():
             step = int(np.argwhere(bad)[0][0])
             raise EncodeInputError(
-                f"{path}: {name} is not finite at step {step} (NaN/inf cannot be stored as JSON); rerun the collect stage for this task"
+                f"{path}: {name} is not finite at step {step} (NaN/inf cannot be stored as JSON); "
+                "rerun the collect stage for this task"
             )
 
 
@@ -136,7 +137,8 @@ def embed_episode(item: EpisodeInputs, encoder: ClipEncoder, texts: _TextEmbedde
     """Read one episode's three input files and compute its CLIP targets.
 
     Raises:
-        EncodeInputError, EpisodeFileError: an input file is unreadable or does not fit its episode (named, with the fix).
+        EncodeInputError, EpisodeFileError: an input file is unreadable or does not fit its episode
+            (named, with the fix).
     """
     ep = load_episode(item.episode_path, _EPISODE_FIELDS, header=item.header)  # EpisodeFileError names the file
     _check_finite(ep, item.episode_path)

@@ -42,7 +42,7 @@ class RunningStats:
         hists = [np.bincount(x[:, c], minlength=256).astype(np.float64) for c in range(self.dim)]
         n = x.shape[0]
         mean = np.array([h @ values / n for h in hists])
-        m2 = np.array([h @ (values - m) ** 2 for h, m in zip(hists, mean)])
+        m2 = np.array([h @ (values - m) ** 2 for h, m in zip(hists, mean, strict=True)])
         mn = np.array([np.flatnonzero(h)[0] for h in hists], np.float64)
         mx = np.array([np.flatnonzero(h)[-1] for h in hists], np.float64)
         self.merge(n, mean, m2, mn, mx)
@@ -106,7 +106,8 @@ class SplitStats:
         """Add one episode, with arrays exactly as stored (float16 embeddings, flow in 1/64 px steps).
 
         Shapes: frames (T+1, H, W, 3); flow (T, 2, H, W); valid (T, H, W); clip_image (T+1, D);
-        clip_text (T+1, R, D) with text_present (T+1, R) bool (R = len(TEXT_ROWS)) marking non-zero rows; statuses per frame.
+        clip_text (T+1, R, D) with text_present (T+1, R) bool (R = len(TEXT_ROWS)) marking non-zero rows;
+        statuses per frame.
         """
         self.samples += frames.shape[0]
         self.episodes += 1
@@ -120,7 +121,7 @@ class SplitStats:
             self.flow.merge(
                 channels[0].size,
                 means,
-                np.array([((c - m) ** 2).sum() for c, m in zip(channels, means)]),
+                np.array([((c - m) ** 2).sum() for c, m in zip(channels, means, strict=True)]),
                 np.array([c.min() for c in channels]),
                 np.array([c.max() for c in channels]),
             )
@@ -182,7 +183,8 @@ class SplitStats:
                     },
                     **{
                         name: {"axis": "embedding dim", "over": "non-zero rows", **acc.to_json()}
-                        for name, acc in zip(TEXT_ROWS, self.clip_text or [])
+                        # an empty split never set clip_text: it reports no text rows
+                        for name, acc in (zip(TEXT_ROWS, self.clip_text, strict=True) if self.clip_text else ())
                     },
                 },
                 "json.reward": {"over": "frames with has_action", **self.reward.to_json(scalar=True)},

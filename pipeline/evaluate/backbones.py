@@ -153,9 +153,10 @@ def check_backbone(
     message = f"backbone {backbone.name} ({backbone.spec.folder}) does not match task {task}: " + "; ".join(problems)
     if not allow_mismatch:
         raise MismatchError(
-            message
-            + ". Pretrain on data collected like this evaluation (collect.action_repeat, collect.camera, collect.render_mode), "
-            "or set evaluate.action_repeat / evaluate.camera / evaluate.render_mode to match it, or set evaluate.allow_mismatch: true to compare anyway (recorded in the outputs)"
+            message + ". Pretrain on data collected like this evaluation "
+            "(collect.action_repeat, collect.camera, collect.render_mode), "
+            "or set evaluate.action_repeat / evaluate.camera / evaluate.render_mode to match it, "
+            "or set evaluate.allow_mismatch: true to compare anyway (recorded in the outputs)"
         )
     log.warning("%s (allowed by evaluate.allow_mismatch; recorded)", message)
     backbone.warnings.append(message)

@@ -33,7 +33,8 @@ def _probe_tables(probe: dict[str, Any]) -> list[str]:
     lines = [
         f"## Probe: {model} from frozen features to the observation vector",
         "",
-        "Pooled out-of-fold R^2 (episode-grouped k-fold; 1 - sum SSE / sum SST over standardised dimensions) with 95% episode-bootstrap CIs. "
+        "Pooled out-of-fold R^2 (episode-grouped k-fold; 1 - sum SSE / sum SST over standardised dimensions) "
+        "with 95% episode-bootstrap CIs. "
         "1 = the features determine the observation (linearly, for ridge), 0 = no better than its mean.",
         "",
     ]
@@ -86,19 +87,23 @@ def _rl_tables(
     for (task, label), finals in by.items():
         published = PUBLISHED_100K.get(task, {})
         lines.append(
-            f"| {task} ({repeats[task]}) | {label} | {len(finals)} | {np.mean(finals):.1f} | {', '.join(f'{f:.1f}' for f in finals)} | "
+            f"| {task} ({repeats[task]}) | {label} | {len(finals)} | {np.mean(finals):.1f} | "
+            f"{', '.join(f'{f:.1f}' for f in finals)} | "
             f"{published.get('SAC-state', '-')} | {published.get('DrQ', '-')} |"
         )
     lines += [
         "",
-        f"Across tasks x seeds (rliable: IQM and mean with 95% stratified-bootstrap CIs; returns on the 0-1000 DMC scale; {header}):",
+        "Across tasks x seeds (rliable: IQM and mean with 95% stratified-bootstrap CIs; "
+        f"returns on the 0-1000 DMC scale; {header}):",
         "",
         "| arm | runs x tasks | IQM | mean |",
         "| --- | --- | --- | --- |",
     ]
     for arm, a in aggregates.items():
         lines.append(
-            f"| {arm} | {a['runs']} x {a['tasks']} | {a['iqm']:.1f} [{a['iqm_ci_low']:.1f}, {a['iqm_ci_high']:.1f}] | {a['mean']:.1f} [{a['mean_ci_low']:.1f}, {a['mean_ci_high']:.1f}] |"
+            f"| {arm} | {a['runs']} x {a['tasks']} | "
+            f"{a['iqm']:.1f} [{a['iqm_ci_low']:.1f}, {a['iqm_ci_high']:.1f}] | "
+            f"{a['mean']:.1f} [{a['mean_ci_low']:.1f}, {a['mean_ci_high']:.1f}] |"
         )
     lines.append("")
     return lines
@@ -111,7 +116,7 @@ def _plot_curves(path: Path, results: list[dict[str, Any]], tasks: list[str]) ->
     from matplotlib import pyplot as plt
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         labels = sorted({r["job"].label for r in results if r["job"].task == task})
         for label in labels:
             curves = [r["curve"] for r in results if r["job"].task == task and r["job"].label == label]
@@ -141,7 +146,7 @@ def _plot_probe(path: Path, probe: dict[str, Any]) -> None:
 
     tasks = list(probe)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         r2 = probe[task]["r2"]
         names = list(r2)
         values = np.array([r2[n]["all"]["value"] for n in names])
@@ -238,10 +243,12 @@ def write_outputs(
     lines = [
         "# Evaluation report",
         "",
-        f"Backbone: `{backbones[0].spec.folder}` (weights sha256 {backbones[0].spec.sha256[:12]}), compared with {section.random_inits} random initialisations"
+        f"Backbone: `{backbones[0].spec.folder}` (weights sha256 {backbones[0].spec.sha256[:12]}), "
+        f"compared with {section.random_inits} random initialisations"
         + (f" and {len(section.checkpoints)} other checkpoint(s)" if section.checkpoints else "")
         + ".",
-        f"Observations: {frame_stack} stacked {image_size}x{image_size} frames; action repeat per task {repeats}; {FRAME_COUNTING}.",
+        f"Observations: {frame_stack} stacked {image_size}x{image_size} frames; "
+        f"action repeat per task {repeats}; {FRAME_COUNTING}.",
         "",
     ]
     if warnings:

@@ -80,7 +80,10 @@ class EvaluateSummary(StageSummary):
             )
             or "-"
         )
-        return f"evaluate {', '.join(self.tasks)}: probe R^2 pretrained - best random: {gaps}; final return IQM: {arms} -> {self.out}"
+        return (
+            f"evaluate {', '.join(self.tasks)}: probe R^2 pretrained - best random: {gaps}; "
+            f"final return IQM: {arms} -> {self.out}"
+        )
 
 
 def _preflight(
@@ -212,8 +215,10 @@ def _check_learning(results: list[dict[str, Any]], threshold: float) -> None:
         finals = [r["final_return"] for r in results if r["job"].task == task]
         if float(np.mean(finals)) < threshold:
             raise NotLearningError(
-                f"the state arm on {task} reached a mean final return of {np.mean(finals):.1f} over {len(finals)} seed(s), below "
-                f"evaluate.min_final_return = {threshold}: the agent is not learning, so the frozen arms would measure nothing. "
+                f"the state arm on {task} reached a mean final return of {np.mean(finals):.1f} "
+                f"over {len(finals)} seed(s), below "
+                f"evaluate.min_final_return = {threshold}: the agent is not learning, "
+                "so the frozen arms would measure nothing. "
                 "Check evaluate.agent and evaluate.frames (or lower min_final_return for a smoke run)"
             )
 

@@ -233,12 +233,12 @@ class VectorWorkspace:
         observer and policy forward per step), from the same start states every time."""
         envs = self.eval_envs
         results = [env.reset(seed=derive_seed(self.seed, "eval_env", self.task, i + 1)) for i, env in enumerate(envs)]
-        raw = [self.eval_observer.reset(env, r, i) for i, (env, r) in enumerate(zip(envs, results))]
+        raw = [self.eval_observer.reset(env, r, i) for i, (env, r) in enumerate(zip(envs, results, strict=True))]
         returns = np.zeros(len(envs))
         alive = [i for i, r in enumerate(results) if not r.done]
         while alive:
             actions = self.agent.act_batch(self.eval_observer.encode([raw[i] for i in alive]), sample=False)
-            for i, action in zip(alive, actions):
+            for i, action in zip(alive, actions, strict=True):
                 results[i] = envs[i].step(action)
                 raw[i] = self.eval_observer.step(envs[i], results[i], i)
                 returns[i] += results[i].reward

@@ -59,8 +59,10 @@ def resolve_backbone(path: str | Path) -> Path:
         if (candidate / CONFIG_FILE).is_file() and (candidate / WEIGHTS_FILE).is_file():
             return candidate
     raise BackboneError(
-        f"--backbone {path}: no backbone checkpoint there (expected {path / BACKBONE_SUBDIR}/{CONFIG_FILE} and {WEIGHTS_FILE}); "
-        "run the pretrain stage first (dvc repro pretrain), or point --backbone at a folder written by models.checkpoint.save_module"
+        f"--backbone {path}: no backbone checkpoint there "
+        f"(expected {path / BACKBONE_SUBDIR}/{CONFIG_FILE} and {WEIGHTS_FILE}); "
+        "run the pretrain stage first (dvc repro pretrain), "
+        "or point --backbone at a folder written by models.checkpoint.save_module"
     )
 
 
@@ -76,11 +78,13 @@ def read_spec(path: str | Path) -> EncoderSpec:
     missing = [k for k in ("frame_stack", "image_size") if k not in config]
     if missing:
         raise BackboneError(
-            f"{folder}/{CONFIG_FILE}: the encoder config lacks {', '.join(missing)}; the finetune stage needs them to build its observations"
+            f"{folder}/{CONFIG_FILE}: the encoder config lacks {', '.join(missing)}; "
+            "the finetune stage needs them to build its observations"
         )
     if config.get("flow_input"):
         raise BackboneError(
-            f"{folder}: this backbone was pretrained with flow_input=true and needs optical flow as input, which the online agent does not compute; pretrain with pretrain.flow_input: false"
+            f"{folder}: this backbone was pretrained with flow_input=true and needs optical flow as input, "
+            "which the online agent does not compute; pretrain with pretrain.flow_input: false"
         )
     digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
     return EncoderSpec(folder, record["class"], config, int(config["frame_stack"]), int(config["image_size"]), digest)

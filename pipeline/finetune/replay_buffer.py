@@ -103,7 +103,8 @@ class ReplayBuffer:
             frame = frame.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         if frame.shape != self.frame_shape or frame.dtype != np.uint8:
             raise ValueError(
-                f"frame has shape {frame.shape} dtype {frame.dtype}; expected uint8 {self.frame_shape} or its (H, W, 3) transpose"
+                f"frame has shape {frame.shape} dtype {frame.dtype}; "
+                f"expected uint8 {self.frame_shape} or its (H, W, 3) transpose"
             )
         slot = self.total % self.capacity
         if slot >= len(self.steps):
@@ -245,7 +246,8 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if tuple(state["frames"].shape[1:]) != self.frame_shape or state["actions"].shape[1:] != (self.action_dim,):
             raise ValueError(
-                f"replay state holds frames {state['frames'].shape[1:]} and actions {state['actions'].shape[1:]}; this buffer takes {self.frame_shape} and ({self.action_dim},)"
+                f"replay state holds frames {state['frames'].shape[1:]} and actions {state['actions'].shape[1:]}; "
+                f"this buffer takes {self.frame_shape} and ({self.action_dim},)"
             )
         self.total = int(state["total"])
         keep = min(len(state["steps"]), self.capacity)

@@ -1,4 +1,5 @@
-"""Small outputs of the finetune stage for people: return summaries and the evaluation video (curves: DVCLive, in run.py)."""
+"""Small outputs of the finetune stage for people: return summaries and the evaluation video
+(curves: DVCLive, in run.py)."""
 
 from __future__ import annotations
 

@@ -59,7 +59,10 @@ class FinetuneSummary(StageSummary):
         return {k: v for k, v in super().metrics().items() if k not in ("evals", "train_episodes", "timing")}
 
     def line(self) -> str:
-        return f"finetune {self.task} ({self.encoder_init}): {self.frames} frames, eval return {self.eval['return_mean']:.1f} +- {self.eval['return_std']:.1f} -> {self.out}"
+        return (
+            f"finetune {self.task} ({self.encoder_init}): {self.frames} frames, "
+            f"eval return {self.eval['return_mean']:.1f} +- {self.eval['return_std']:.1f} -> {self.out}"
+        )
 
 
 class ObservationMismatchError(UserError):
@@ -95,10 +98,9 @@ def check_observation(spec: EncoderSpec, params: FinetuneParams) -> list[str]:
     message = f"backbone {spec.folder} does not match the finetune run on {params.task}: " + "; ".join(problems)
     if not params.allow_mismatch:
         raise ObservationMismatchError(
-            message
-            + ". Set finetune.action_repeat / finetune.camera / finetune.render_mode to the backbone's values, or pretrain on data "
-            "collected like this run (collect.action_repeat, collect.camera, collect.render_mode), or set finetune.allow_mismatch: true "
-            "to train anyway (recorded in the outputs)"
+            message + ". Set finetune.action_repeat / finetune.camera / finetune.render_mode to the backbone's values, "
+            "or pretrain on data collected like this run (collect.action_repeat, collect.camera, collect.render_mode), "
+            "or set finetune.allow_mismatch: true to train anyway (recorded in the outputs)"
         )
     log.warning(
         "!!! %s (allowed by finetune.allow_mismatch; recorded in the metrics and the actor's metadata)", message

@@ -186,7 +186,7 @@ class SAC:
     @torch.no_grad()
     def soft_update_target(self) -> None:
         """target <- tau * online + (1 - tau) * target, parameter by parameter."""
-        for online, target in zip(self.critic.parameters(), self.critic_target.parameters()):
+        for online, target in zip(self.critic.parameters(), self.critic_target.parameters(), strict=True):
             target.lerp_(online, self.tau)
 
     # --- checkpointing -----------------------------------------------------------------------

@@ -86,7 +86,8 @@ def check_memory(params: FinetuneParams, frame_shape: tuple[int, int, int], acti
         return used
     if used > 0.8 * ram:
         raise UserError(
-            f"finetune.replay_capacity = {params.replay_capacity}: this run's replay buffer needs about {used / 2**30:.1f} GiB, "
+            f"finetune.replay_capacity = {params.replay_capacity}: "
+            f"this run's replay buffer needs about {used / 2**30:.1f} GiB, "
             f"more than 80% of this machine's {ram / 2**30:.1f} GiB; lower finetune.replay_capacity"
         )
     return used

@@ -72,7 +72,7 @@ class FlowBackend(abc.ABC):
     def from_params(cls, params: FlowParams, weights: WeightsParams) -> FlowBackend:
         """Build the backend from the ``flow`` and ``weights`` params sections."""
 
-    @classmethod
+    @classmethod  # noqa: B027 - optional hook, a no-op unless a backend needs it
     def check_episode(cls, header: EpisodeHeader) -> None:
         """Raise :class:`~pipeline.common.errors.UserError` if this (schema-valid) episode lacks what the backend needs.
 
@@ -168,7 +168,8 @@ class PairBackend(FlowBackend):
             yield done.key, done.episode, done.result()
 
     def _run_batch(self, waiting: deque[_Pairs]) -> None:
-        """Compute the next (at most :attr:`batch_size`) queued pairs, oldest episode first, and file each slice with its episode."""
+        """Compute the next (at most :attr:`batch_size`) queued pairs, oldest episode first, and file each
+        slice with its episode."""
         firsts, seconds, owners = [], [], []
         room = self.batch_size
         for item in waiting:

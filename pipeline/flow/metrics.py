@@ -45,7 +45,8 @@ def warp_back(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
 
 
 def photometric_error(first: np.ndarray, second: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Per-pixel mean absolute RGB difference (H, W) float32 (0-255 scale) between frame t and frame t+1 warped back by ``flow``."""
+    """Per-pixel mean absolute RGB difference (H, W) float32 (0-255 scale) between frame t and frame t+1
+    warped back by ``flow``."""
     return _rgb_mean(np.abs(warp_back(second, flow) - first))
 
 
@@ -154,7 +155,8 @@ def measured_pairs(pairs: int, every: int) -> np.ndarray:
 def measure_episode(
     frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, exact: FlowResult | None, every: int = 1
 ) -> EpisodeQuality:
-    """The metrics of one episode's flow on the pairs :func:`measured_pairs` picks, computed only at the pixels they count.
+    """The metrics of one episode's flow on the pairs :func:`measured_pairs` picks, computed only at the
+    pixels they count.
 
     With exact (simulator) flow: end-point error of ``flow`` and of zero flow under the exact
     flow's mask. Always: photometric error (mean absolute RGB difference, 0-255) of frame t+1
@@ -172,7 +174,8 @@ def measure_episode(
     pairs = measured_pairs(len(flow), every)
     if exact is not None and len(exact.flow) != len(pairs):
         raise ValueError(
-            f"exact flow of {len(exact.flow)} pairs given for the {len(pairs)} measured pairs (every {every} of {len(flow)})"
+            f"exact flow of {len(exact.flow)} pairs given for the {len(pairs)} measured pairs "
+            f"(every {every} of {len(flow)})"
         )
     valid_all = valid
     if every > 1:
@@ -230,7 +233,8 @@ def measure_episode(
 
 
 def _vectors_at(flow: np.ndarray, where: np.ndarray, pair_of: np.ndarray, hw: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(dx, dy)`` of ``flow`` (T, 2, H, W) at the flat (T, H, W) pixel indices ``where`` (``pair_of`` = ``where // hw``)."""
+    """``(dx, dy)`` of ``flow`` (T, 2, H, W) at the flat (T, H, W) pixel indices ``where``
+    (``pair_of`` = ``where // hw``)."""
     flat = np.ascontiguousarray(flow).reshape(-1)
     at = where + pair_of * hw  # (t, 0, pixel) in the (T, 2, H*W) layout
     return flat[at], flat[at + hw]

@@ -146,7 +146,8 @@ class PtlflowBackend(PairBackend):
             close = difflib.get_close_matches(model, names, n=3)
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise UnknownModelError(
-                f"flow.model = {model!r} is not a ptlflow model{hint}.\n  Fix: set flow.model to one of: {', '.join(names)}"
+                f"flow.model = {model!r} is not a ptlflow model{hint}.\n"
+                f"  Fix: set flow.model to one of: {', '.join(names)}"
             )
         self.model_name = model
         self.weights = resolve_ptlflow_weights(ptlflow, model, weights_source, weights)
@@ -156,8 +157,10 @@ class PtlflowBackend(PairBackend):
             net = ptlflow.get_model(model, ckpt_path=ckpt)
         except (KeyError, RuntimeError) as exc:
             raise CheckpointMismatchError(
-                f"flow.weights = {weights_source!r} ({ckpt}) cannot be loaded into ptlflow model {model!r}: {type(exc).__name__}: {exc}.\n"
-                f"  Fix: give a checkpoint of {model!r} (a torch file holding a dict with 'state_dict'), or set flow.model to the model it belongs to."
+                f"flow.weights = {weights_source!r} ({ckpt}) cannot be loaded into ptlflow model {model!r}: "
+                f"{type(exc).__name__}: {exc}.\n"
+                f"  Fix: give a checkpoint of {model!r} (a torch file holding a dict with 'state_dict'), "
+                "or set flow.model to the model it belongs to."
             ) from exc
         self.net = net.eval().to(self.device)
         self.ptlflow_version = ptlflow.__version__
@@ -206,7 +209,8 @@ class PtlflowBackend(PairBackend):
             if "too small" not in str(exc):
                 raise
             raise UserError(
-                f"frames of {h}x{w} pixels (model input {size[0]}x{size[1]}) are too small for ptlflow model {self.model_name!r} ({exc}).\n"
+                f"frames of {h}x{w} pixels (model input {size[0]}x{size[1]}) are too small "
+                f"for ptlflow model {self.model_name!r} ({exc}).\n"
                 f"  Fix: raise flow.min_size (128 for RAFT models), or use flow.backend: dis or simulator."
             ) from exc
         if size != (h, w):
@@ -215,8 +219,10 @@ class PtlflowBackend(PairBackend):
             flow = flow * torch.tensor([w / size[1], h / size[0]], device=flow.device).view(1, 2, 1, 1)
         if not torch.isfinite(flow).all():
             raise UserError(
-                f"ptlflow model {self.model_name!r} returned non-finite flow for {h}x{w} frames (model input {size[0]}x{size[1]}).\n"
-                f"  Fix: raise flow.min_size (RAFT models need 128: their coarsest correlation level is 1/64 of the input), "
+                f"ptlflow model {self.model_name!r} returned non-finite flow for {h}x{w} frames "
+                f"(model input {size[0]}x{size[1]}).\n"
+                "  Fix: raise flow.min_size "
+                "(RAFT models need 128: their coarsest correlation level is 1/64 of the input), "
                 f"or check the checkpoint ({self.weights.source})."
             )
         return flow.cpu().numpy()

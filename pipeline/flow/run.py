@@ -5,10 +5,10 @@
 Then one loop: the backend computes the episodes in order (:meth:`FlowBackend.flows`);
 each computed episode is converted to float16 and checked finite (:func:`to_float16`), then
 written as its flow file (:mod:`pipeline.flow.files`, :func:`write_episode`) and measured,
-previews drawn (:func:`measure_episode_flow`, which returns its metrics). One helper thread overlaps that, and the loading of the next
-episodes, with the backend's computation; when the helper falls behind (and once the
-backend is done) the main thread takes over work the helper has not started (:class:`Task`),
-so both cores stay busy whichever side is slower.
+previews drawn (:func:`measure_episode_flow`, which returns its metrics). One helper thread
+overlaps that, and the loading of the next episodes, with the backend's computation; when the
+helper falls behind (and once the backend is done) the main thread takes over work the helper
+has not started (:class:`Task`), so both cores stay busy whichever side is slower.
 
 A flow file whose ``meta.source`` (backend record, episode SHA-256, format version) and
 pair count match this run's is kept (a rerun after an interrupt loses no finished episode);
@@ -90,7 +90,8 @@ class EpisodeJob:
 
 @dataclass(frozen=True)
 class Finished:
-    """What a piece of an episode's finishing returns: its metrics (None for the write), the previews drawn, pairs done."""
+    """What a piece of an episode's finishing returns: its metrics (None for the write), the previews drawn,
+    pairs done."""
 
     quality: EpisodeQuality | None
     previews: tuple[str, ...]
@@ -138,8 +139,8 @@ def run(
             len(jobs),
         )
     up_to_date = [is_up_to_date(job) for job in jobs]
-    kept = [job for job, ok in zip(jobs, up_to_date) if ok]
-    todo = [job for job, ok in zip(jobs, up_to_date) if not ok]
+    kept = [job for job, ok in zip(jobs, up_to_date, strict=True) if ok]
+    todo = [job for job, ok in zip(jobs, up_to_date, strict=True) if not ok]
     if kept:
         log.info("%d of %d episodes already have up-to-date flow in %s; keeping them", len(kept), len(jobs), out)
 
@@ -243,7 +244,8 @@ def measure_episode_flow(
     out: Path,
     every: int = 1,
 ) -> Finished:
-    """Measure one computed episode's flow as written (``flow16``) on pairs 0, every, 2 every, ... and draw its previews.
+    """Measure one computed episode's flow as written (``flow16``) on pairs 0, every, 2 every, ... and draw
+    its previews.
 
     Args:
         reference: the simulator backend the metrics compare against (``backend`` itself when it is one).
@@ -268,7 +270,8 @@ def to_float16(flow: np.ndarray, episode_path: Path) -> np.ndarray:
     """``flow`` as float16 (how it is stored), refused if any value is not finite there.
 
     Raises:
-        UserError: a NaN or infinite value, or one beyond float16's range (+-65504 px), named with its pair and the episode file.
+        UserError: a NaN or infinite value, or one beyond float16's range (+-65504 px), named with its pair
+            and the episode file.
     """
     flow16 = as_float16(flow)  # overflow gives inf, refused below with the episode named
     if (flow16.view(np.uint16) & _FLOAT16_EXPONENT).max(
@@ -277,7 +280,8 @@ def to_float16(flow: np.ndarray, episode_path: Path) -> np.ndarray:
         pairs = np.flatnonzero(~np.isfinite(flow16).reshape(len(flow16), -1).all(axis=1))
         raise UserError(
             f"{episode_path}: the flow backend returned non-finite flow (NaN, inf or beyond +-{FLOAT16_MAX:g} px) "
-            f"for pair(s) {', '.join(map(str, pairs[:5]))}{' ...' if len(pairs) > 5 else ''} of this episode; its flow file was not written.\n"
+            f"for pair(s) {', '.join(map(str, pairs[:5]))}{' ...' if len(pairs) > 5 else ''} of this episode; "
+            "its flow file was not written.\n"
             f"  Fix: check the backend's settings and weights (flow.backend, flow.model, flow.weights, flow.min_size), "
             f"or use flow.backend: simulator or dis."
         )
@@ -357,7 +361,8 @@ class Task(Generic[T]):
 
 
 def _loaded(pool: ThreadPoolExecutor, jobs: list[EpisodeJob]) -> Iterator[tuple[EpisodeJob, Episode]]:
-    """Each job with its episode, loaded in ``pool`` up to :data:`AHEAD` episodes ahead; closing it cancels pending loads."""
+    """Each job with its episode, loaded in ``pool`` up to :data:`AHEAD` episodes ahead; closing it cancels
+    pending loads."""
     pending: deque[tuple[EpisodeJob, Task[Episode]]] = deque()
     try:
         for job in jobs:

@@ -155,7 +155,8 @@ def _visible(
     v0 = np.floor(np.where(ok, tv, 0.0)).astype(np.int64)
     limit = tolerance * np.abs(zn)
     seen = np.zeros(tu.shape, bool)
-    # the 2 columns and 2 rows around the target, clamped to the image (np.minimum/np.maximum: np.clip's Python wrapper costs more than the work here)
+    # the 2 columns and 2 rows around the target, clamped to the image
+    # (np.minimum/np.maximum: np.clip's Python wrapper costs more than the work here)
     columns = [np.minimum(np.maximum(u0 + du, 0), w - 1) for du in (0, 1)]
     rows = [np.minimum(np.maximum(v0 + dv, 0), h - 1) for dv in (0, 1)]
     for uu in columns:

@@ -164,7 +164,8 @@ def _check_text_targets(info: Dataset, params: PretrainParams) -> None:
         raise UserError(
             f"{info.folder}: the train split has no frame with a valid annotation (tasks: {tasks}; "
             f"{train.get('failed_annotations', 0)} failed), so the caption, object and motion losses have no target. "
-            "Rerun annotate (and encode) with a working backend, or set pretrain.weight_clip_text: 0 and pretrain.weight_clip_motion: 0 to train without them"
+            "Rerun annotate (and encode) with a working backend, "
+            "or set pretrain.weight_clip_text: 0 and pretrain.weight_clip_motion: 0 to train without them"
         )
 
 
@@ -185,8 +186,9 @@ def clip_means(info: Dataset) -> dict[str, list[float] | None]:
         mean = fields.get(field, {}).get("mean")
         if mean is not None and (len(mean) != info.embed_dim or any(m is None for m in mean)):
             raise UserError(
-                f"{info.folder}/stats.json: stats.train.fields.clip.npy.{field}.mean has {len(mean)} values, the CLIP dimension is "
-                f"{info.embed_dim}; rebuild the dataset (semore encode), or set pretrain.centre_clip_targets: false"
+                f"{info.folder}/stats.json: stats.train.fields.clip.npy.{field}.mean has {len(mean)} values, "
+                f"the CLIP dimension is {info.embed_dim}; "
+                "rebuild the dataset (semore encode), or set pretrain.centre_clip_targets: false"
             )
         out[term] = [float(m) for m in mean] if mean is not None else None
     return out
@@ -199,7 +201,8 @@ def annotated_per_process(params: PretrainParams, world_size: int) -> int:
         return 0
     if params.annotated_per_batch > params.batch_size:
         raise UserError(
-            f"pretrain.annotated_per_batch = {params.annotated_per_batch} is more than pretrain.batch_size = {params.batch_size}; "
+            f"pretrain.annotated_per_batch = {params.annotated_per_batch} "
+            f"is more than pretrain.batch_size = {params.batch_size}; "
             "lower it (or raise the batch size)"
         )
     return -(-params.annotated_per_batch // world_size)
@@ -244,7 +247,8 @@ def _pretrain(
 ) -> dict[str, Any] | None:
     if params.batch_size % ctx.world_size:
         raise UserError(
-            f"pretrain.batch_size = {params.batch_size} does not split evenly over {ctx.world_size} processes; make it a multiple of pretrain.nproc"
+            f"pretrain.batch_size = {params.batch_size} does not split evenly over {ctx.world_size} processes; "
+            "make it a multiple of pretrain.nproc"
         )
     config = backbone_config(params, info)
     if params.threads:
@@ -367,7 +371,10 @@ def _pretrain(
     )
     meta = {
         "stage": "pretrain",
-        "input": f"obs (B, {3 * params.frame_stack}, {info.image_size}, {info.image_size}) RGB pixels in [0, 255], oldest frame first",
+        "input": (
+            f"obs (B, {3 * params.frame_stack}, {info.image_size}, {info.image_size}) RGB pixels in [0, 255], "
+            "oldest frame first"
+        ),
         "output": f"(B, {params.feature_dim}) float32 fused features",
         "clip_dim": info.embed_dim,
         "params": params.model_dump(mode="json"),

@@ -80,7 +80,8 @@ SCHEMA: dict[str, tuple[tuple[int | str | None, ...], type]] = {
 }
 #: What to do about a damaged or malformed episode file (``{task}`` and ``{folder}`` from its path).
 FIX = (
-    "rerun the collect stage for this task (`semore collect --task {task} --out {folder}`, or `dvc repro collect@{task}`), "
+    "rerun the collect stage for this task "
+    "(`semore collect --task {task} --out {folder}`, or `dvc repro collect@{task}`), "
     "which records damaged episodes again"
 )
 
@@ -97,7 +98,8 @@ class EpisodeFileError(UserError, ValueError):
 
     @classmethod
     def of(cls, path: str | Path, problem: str, task: str | None = None) -> EpisodeFileError:
-        """The error for ``problem`` in the episode file ``path``; ``task`` defaults to its folder's name (``<episodes>/<task>/``)."""
+        """The error for ``problem`` in the episode file ``path``; ``task`` defaults to its folder's name
+        (``<episodes>/<task>/``)."""
         folder = Path(path).parent
         return cls(f"{path}: {problem}.\n  Fix: {FIX.format(task=task or folder.name, folder=folder)}.")
 
@@ -135,7 +137,7 @@ def check_shapes(shapes: Mapping[str, Shape]) -> int:
         if np.dtype(dtype) != want:
             raise SchemaError(f"episode member {name!r}: dtype {np.dtype(dtype)}, expected {np.dtype(want)}")
         expected = tuple(sizes[e] if isinstance(e, str) else e for e in spec)
-        if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+        if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape, strict=True)):
             raise SchemaError(f"episode member {name!r}: shape {tuple(shape)}, expected {expected} (None = any)")
     return t
 
@@ -193,7 +195,8 @@ class Episode:
         return int(self.actions.shape[0])
 
     def validate(self) -> None:
-        """Check shapes and dtypes against :data:`SCHEMA`; raise :class:`SchemaError` (a ValueError) naming the bad member."""
+        """Check shapes and dtypes against :data:`SCHEMA`; raise :class:`SchemaError` (a ValueError) naming
+        the bad member."""
         arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "meta"}
         check_shapes({name: (value.shape, value.dtype) for name, value in arrays.items() if value is not None})
 
@@ -305,7 +308,8 @@ def check_episodes(folder: str | Path) -> list[EpisodeHeader]:
     paths = list_episodes(folder)
     if not paths:
         raise EpisodeFileError(
-            f"{folder}: no episode_*.npz files; run the collect stage first (semore collect --task <task> --out {folder})"
+            f"{folder}: no episode_*.npz files; "
+            f"run the collect stage first (semore collect --task <task> --out {folder})"
         )
     headers = [read_header(path) for path in paths]
     tasks = sorted({h.meta.task for h in headers})

@@ -64,7 +64,8 @@ def model_joints(task: str, suite: str = "") -> list[Joint]:
 
 
 def state_matrix(joints: list[Joint], qpos: np.ndarray, qvel: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """The probe's target: (N, D) float64 joint state of frames ``qpos`` (N, nq), ``qvel`` (N, nv), and each column's kind.
+    """The probe's target: (N, D) float64 joint state of frames ``qpos`` (N, nq), ``qvel`` (N, nv),
+    and each column's kind.
 
     Hinges give cos and sin of their angle, slides their position (not :data:`UNTRACKED_SLIDES`),
     ball joints their quaternion, free joints their height and quaternion (kind ``position``);
@@ -78,7 +79,8 @@ def state_matrix(joints: list[Joint], qpos: np.ndarray, qvel: np.ndarray) -> tup
     nv = sum(_DOF_WIDTH[j.kind] for j in joints)
     if qpos.shape[1] != nq or qvel.shape[1] != nv:
         raise ValueError(
-            f"frames with {qpos.shape[1]} qpos and {qvel.shape[1]} qvel values; the model's joints have nq={nq} and nv={nv}"
+            f"frames with {qpos.shape[1]} qpos and {qvel.shape[1]} qvel values; "
+            f"the model's joints have nq={nq} and nv={nv}"
         )
     columns: list[np.ndarray] = []
     kinds: list[str] = []

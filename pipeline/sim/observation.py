@@ -117,7 +117,10 @@ class ObservationMeta:
         Raises:
             ObservationMetaError: not a dict, an unknown key, or a value of the wrong type.
         """
-        fix = f"rerun the pretrain stage to rewrite it, or delete meta.{OBSERVATION_KEY} from {source} to use the checkpoint unchecked"
+        fix = (
+            "rerun the pretrain stage to rewrite it, "
+            f"or delete meta.{OBSERVATION_KEY} from {source} to use the checkpoint unchecked"
+        )
         if not isinstance(raw, Mapping):
             raise ObservationMetaError(
                 f"{source}: meta.{OBSERVATION_KEY} is {type(raw).__name__}, expected a dict; {fix}"
@@ -125,7 +128,8 @@ class ObservationMeta:
         unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:
             raise ObservationMetaError(
-                f"{source}: meta.{OBSERVATION_KEY} has unknown keys {unknown} (known: {sorted(cls.__dataclass_fields__)}); {fix}"
+                f"{source}: meta.{OBSERVATION_KEY} has unknown keys {unknown} "
+                f"(known: {sorted(cls.__dataclass_fields__)}); {fix}"
             )
         checks = {
             "action_repeat": (_is_repeat, True, "an integer >= 1 or {task: integer >= 1}"),
@@ -220,6 +224,7 @@ class ObservationMeta:
                 continue
             label, backbone_form, run_form = forms[key]
             lines.append(
-                f"{label}: backbone pretrained {backbone_form.format(recorded)}, {who} of {task} uses {run_form.format(used)}"
+                f"{label}: backbone pretrained {backbone_form.format(recorded)}, "
+                f"{who} of {task} uses {run_form.format(used)}"
             )
         return lines

@@ -102,7 +102,8 @@ def load_task_physics(task: str, suite: str = "") -> tuple[Any, Any, Callable[[]
 
 
 def clear_model_cache() -> None:
-    """Forget the compiled models (benchmarks timing a cold stage run, as a fresh process has); waits for any being compiled."""
+    """Forget the compiled models (benchmarks timing a cold stage run, as a fresh process has);
+    waits for any being compiled."""
     with _MODELS_LOCK:
         futures = list(_MODELS.values())
         _MODELS.clear()
