@@ -25,7 +25,8 @@ same run that does only the backend's core work on the same frames:
 Every figure is the best of ``--repeat`` runs (the machine is shared; the first run
 of anything in a process also pays imports and warm-up), stage and bare alike.
 
-    .venv/bin/python bench/bench_annotate.py [--task cartpole-swingup] [--episodes 2] [--steps 100] [--every-k 1] [--torch-threads 1] [--repeat 3]
+    .venv/bin/python bench/bench_annotate.py [--task cartpole-swingup] [--episodes 2] [--steps 100]
+        [--every-k 1] [--torch-threads 1] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def main() -> None:
         )
 
     def stage(name: str, cold_cache: bool = True, **annotate_params: Any) -> float:
-        """Best time of the stage; each run with an empty answer cache unless ``cold_cache`` is False (then one shared cache)."""
+        """Best time of the stage; each run with an empty answer cache unless ``cold_cache`` is False
+        (then one shared cache)."""
 
         def once() -> None:
             clear_model_cache()  # a cold run, as the stage's own process has: it compiles the task's model once
@@ -293,7 +295,8 @@ def main() -> None:
         rows.append(("openai, rerun (all from the cache)", n / warm, "PNG + requests.post pool", n / bare))
 
     print(
-        f"\n{args.task}: {n} frames ({args.episodes} episodes x {args.steps} steps, every {args.every_k}, {args.size}x{args.size}), torch threads {torch.get_num_threads()}"
+        f"\n{args.task}: {n} frames ({args.episodes} episodes x {args.steps} steps, every {args.every_k}, "
+        f"{args.size}x{args.size}), torch threads {torch.get_num_threads()}"
     )
     print(f"{'backend':<52} {'stage fr/s':>11} {'bare fr/s':>10} {'ratio':>6}  bare loop")
     for name, stage_fps, bare_name, bare_fps in rows:

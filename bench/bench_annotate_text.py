@@ -1,4 +1,5 @@
-"""How much of the state the simulator's annotation texts carry, per task: v2 (state in words) against v1 and a constant.
+"""How much of the state the simulator's annotation texts carry, per task: v2 (state in words) against v1
+and a constant.
 
 For each task, noisy-policy episodes are recorded (the collect stage's default policy), every frame
 is annotated by the simulator backend (the annotate stage, ``every_k: 1``), and
@@ -13,7 +14,8 @@ v2's caption, key-object text and motion, on the same frames:
 
 Prints a markdown table and writes it as JSON to ``bench/out/annotate_text.json``.
 
-    .venv/bin/python bench/bench_annotate_text.py [--tasks cartpole-swingup cheetah-run ...] [--episodes 4] [--steps 100] [--size 84]
+    .venv/bin/python bench/bench_annotate_text.py [--tasks cartpole-swingup cheetah-run ...] [--episodes 4]
+        [--steps 100] [--size 84]
 
 Measured here (4 noisy episodes x 101 frames per task, 84 px, collect's default action repeats; R^2 over all
 state dimensions, v2 caption / v2 key objects / v1 caption / constant caption):

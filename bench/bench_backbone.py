@@ -21,7 +21,8 @@ wall time). The last column is the spread of the full update's ratio taken withi
 a figure near the goal against its spread.
 
     python bench/bench_backbone.py                                  # default backbone vs DrQ-v2
-    python bench/bench_backbone.py --variant gated='{"interaction_kind": "gated"}' --variant off='{"interaction": false}'
+    python bench/bench_backbone.py --variant gated='{"interaction_kind": "gated"}' \\
+        --variant off='{"interaction": false}'
     python bench/bench_backbone.py --batch-sizes 32 --channels-last
 """
 
@@ -123,7 +124,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="a DualPathBackbone config (overrides of its defaults) to time; repeatable (default: the default backbone)",
+        help="a DualPathBackbone config (overrides of its defaults) to time; repeatable "
+        "(default: the default backbone)",
     )
     parser.add_argument("--channels-last", action="store_true", help="run every encoder in channels_last memory format")
     parser.add_argument(
@@ -139,8 +141,9 @@ def main() -> None:
     k, size = args.frame_stack, args.image_size
     variants = [parse_variant(v) for v in args.variant] or [("dual-path (default)", {})]
     print(
-        f"SAC encoder cost: {k}x3x{size}x{size} uint8 stacks, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-        f"channels_last={args.channels_last}, no torch.compile; fastest of {args.repeats} rounds, {args.clock} ms per call"
+        f"SAC encoder cost: {k}x3x{size}x{size} uint8 stacks, {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}, channels_last={args.channels_last}, no torch.compile; "
+        f"fastest of {args.repeats} rounds, {args.clock} ms per call"
     )
     rows = []
     for batch_size in args.batch_sizes:
@@ -173,7 +176,7 @@ def main() -> None:
             params_count = sum(p.numel() for p in case.encoder.parameters())
             # The same round's times are taken back to back, so their ratio shares its load: the
             # spread of these per-round ratios says how far one run's figure can be trusted.
-            rounds = sorted(u / b for u, b in zip(case.times["update"], cases[0].times["update"]))
+            rounds = sorted(u / b for u, b in zip(case.times["update"], cases[0].times["update"], strict=True))
             rows.append(
                 (
                     batch_size,
@@ -187,22 +190,26 @@ def main() -> None:
                 )
             )
             print(
-                f"  batch {batch_size}: {case.name}: forward+backward {best['fwd_bwd']:.0f} ms (median {med['fwd_bwd']:.0f}), "
+                f"  batch {batch_size}: {case.name}: "
+                f"forward+backward {best['fwd_bwd']:.0f} ms (median {med['fwd_bwd']:.0f}), "
                 f"full update {best['update']:.0f} ms (median {med['update']:.0f})",
                 flush=True,
             )
 
     print(
-        f"\n{'batch':>5}  {'encoder':<28} {'params':>9}  {'fwd+bwd ms':>10} {'ratio':>6}  {'update ms':>10} {'ratio':>6}  {'per-round update ratio':>24}"
+        f"\n{'batch':>5}  {'encoder':<28} {'params':>9}  {'fwd+bwd ms':>10} {'ratio':>6}  "
+        f"{'update ms':>10} {'ratio':>6}  {'per-round update ratio':>24}"
     )
     for batch_size, name, count, fb, fb_ratio, up, up_ratio, rounds in rows:
         spread = f"{statistics.median(rounds):.2f} [{rounds[0]:.2f}, {rounds[-1]:.2f}]"
         print(
-            f"{batch_size:>5}  {name:<28} {count:>9,}  {fb:>10.0f} {fb_ratio:>6.2f}  {up:>10.0f} {up_ratio:>6.2f}  {spread:>24}"
+            f"{batch_size:>5}  {name:<28} {count:>9,}  {fb:>10.0f} {fb_ratio:>6.2f}  "
+            f"{up:>10.0f} {up_ratio:>6.2f}  {spread:>24}"
         )
     print(
-        "ratio = encoder / DrQ-v2 encoder+trunk in the same run, fastest against fastest (goal for the dual-path backbone: "
-        "full update <= 2.2); per-round: median [min, max] over the rounds of the ratio within one round"
+        "ratio = encoder / DrQ-v2 encoder+trunk in the same run, fastest against fastest "
+        "(goal for the dual-path backbone: full update <= 2.2); "
+        "per-round: median [min, max] over the rounds of the ratio within one round"
     )
 
 

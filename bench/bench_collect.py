@@ -5,10 +5,11 @@ extra passes (depth, segmentation), with the same number of recording processes 
 this process plus ``--workers - 1`` spawned ones; the bare loop: ``--workers`` spawned ones),
 timed end to end (process start, imports and env construction included in both). The bare loop
 only steps the simulator and renders with raw MuJoCo calls (the same render passes as the
-stage): no policy, no truth arrays, no depth/segmentation decoding, no files. The stage figure includes everything (policy, simulator truth, compressed .npz files,
-index and preview GIF).
+stage): no policy, no truth arrays, no depth/segmentation decoding, no files. The stage figure
+includes everything (policy, simulator truth, compressed .npz files, index and preview GIF).
 
-    .venv/bin/python bench/bench_collect.py [--task cheetah-run] [--workers 2] [--episodes 8] [--steps 250] [--repeats 2]
+    .venv/bin/python bench/bench_collect.py [--task cheetah-run] [--workers 2] [--episodes 8] [--steps 250]
+        [--repeats 2]
 
 It prints wall-clock frames/s (the goal's unit) and frames per CPU-second (all processes
 involved, children included), which is robust to other processes loading the machine; each is
@@ -167,8 +168,9 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
-        f"collect benchmark: {args.task}, {args.image_size}x{args.image_size}, {args.render_mode} render, action repeat {args.action_repeat}, "
-        f"{args.episodes} episodes x {args.steps} steps, {args.workers} workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
+        f"collect benchmark: {args.task}, {args.image_size}x{args.image_size}, {args.render_mode} render, "
+        f"action repeat {args.action_repeat}, {args.episodes} episodes x {args.steps} steps, {args.workers} workers, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
     )
     print("  wall: frames / end-to-end seconds (process start and env construction included in both);")
     print("  cpu: frames per CPU-second of all processes involved (robust to other load on the machine)")
@@ -188,8 +190,11 @@ def main() -> None:
             wall, cpu = run_bare(args.task, frames, args.workers, **common)
             bare_wall, bare_cpu = min(bare_wall, wall), min(bare_cpu, cpu)
         print(
-            f"  {config:14s} wall: stage {frames / stage_wall:6.1f} frames/s | bare step+render loop {frames / bare_wall:6.1f} frames/s | ratio {bare_wall / stage_wall:.2f}\n"
-            f"  {'':14s} cpu:  stage {frames / stage_cpu:6.1f} frames/s | bare step+render loop {frames / bare_cpu:6.1f} frames/s | ratio {bare_cpu / stage_cpu:.2f}  ({frames} frames)"
+            f"  {config:14s} wall: stage {frames / stage_wall:6.1f} frames/s | "
+            f"bare step+render loop {frames / bare_wall:6.1f} frames/s | ratio {bare_wall / stage_wall:.2f}\n"
+            f"  {'':14s} cpu:  stage {frames / stage_cpu:6.1f} frames/s | "
+            f"bare step+render loop {frames / bare_cpu:6.1f} frames/s | ratio {bare_cpu / stage_cpu:.2f}  "
+            f"({frames} frames)"
         )
     print(f"load average {os.getloadavg()[0]:.1f} at end (other processes share these CPUs)")
 

@@ -13,7 +13,8 @@
 The pretrain stage's consumption rate is the figure to compare the read rate with
 (``bench/bench_pretrain.py`` reports it).
 
-    .venv/bin/python bench/bench_encode.py [--episodes 4] [--steps 100] [--size 84] [--workers 0,1,2] [--dataset DIR] [--clip-model ViT-B-32]
+    .venv/bin/python bench/bench_encode.py [--episodes 4] [--steps 100] [--size 84] [--workers 0,1,2]
+        [--dataset DIR] [--clip-model ViT-B-32]
 
 The ratio in part 1 depends on the CLIP model: the stage's own work per frame (PNG, npy, JSON,
 statistics, tar) is fixed, so the smaller the model the lower the ratio. ``--clip-model ViT-B-32``
@@ -150,7 +151,8 @@ def main() -> None:
             summary = build_dataset(*inputs, dataset, params, WeightsParams(), encoder=encoder)
             stage = summary.samples / (time.perf_counter() - start)
             print(
-                f"encode  {summary.samples} frames {args.size}x{args.size}, CLIP {params.clip_model} (dim {encoder.dim}), batch {params.batch_size}"
+                f"encode  {summary.samples} frames {args.size}x{args.size}, "
+                f"CLIP {params.clip_model} (dim {encoder.dim}), batch {params.batch_size}"
             )
             print(f"  bare CLIP image encoding : {bare:9.1f} frames/s")
             print(f"  encode stage (library)   : {stage:9.1f} frames/s   ratio {stage / bare:.2f}")
@@ -177,7 +179,7 @@ def main() -> None:
         print(f"read    {len(shards)} shards, {size_mb:.1f} MB")
         print(f"  bare tar read (no decode): {bare_rate:9.1f} samples/s")
         for workers in [int(w) for w in args.workers.split(",")]:
-            decoded = rate(lambda: loader_read(shards, workers))
+            decoded = rate(lambda workers=workers: loader_read(shards, workers))  # called in this iteration
             print(f"  decoded, {workers} loader worker(s) : {decoded:9.1f} samples/s   ratio {decoded / bare_rate:.3f}")
 
 

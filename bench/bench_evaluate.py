@@ -125,14 +125,17 @@ def main() -> None:
             ws.close()
     bare = bare_env_fps(mk, args.steps)
     print(
-        f"{args.task}, action repeat {repeat}, batch {agent.batch_size}, hidden {agent.hidden_dim}, torch threads {torch.get_num_threads()}, backbone {backbone.spec.folder}"
+        f"{args.task}, action repeat {repeat}, batch {agent.batch_size}, hidden {agent.hidden_dim}, "
+        f"torch threads {torch.get_num_threads()}, backbone {backbone.spec.folder}"
     )
     print(
-        f"updates/s: frozen {figures['frozen']['updates_per_s']:.1f} vs state {figures['state']['updates_per_s']:.1f} (ratio {figures['frozen']['updates_per_s'] / figures['state']['updates_per_s']:.2f})"
+        f"updates/s: frozen {figures['frozen']['updates_per_s']:.1f} vs state {figures['state']['updates_per_s']:.1f} "
+        f"(ratio {figures['frozen']['updates_per_s'] / figures['state']['updates_per_s']:.2f})"
     )
     for arm in ("state", "frozen"):
         print(
-            f"acting frames/s: {arm} {figures[arm]['acting_fps']:.1f} vs bare env step + render {bare:.1f} (ratio {figures[arm]['acting_fps'] / bare:.2f})"
+            f"acting frames/s: {arm} {figures[arm]['acting_fps']:.1f} vs bare env step + render {bare:.1f} "
+            f"(ratio {figures[arm]['acting_fps'] / bare:.2f})"
         )
     steps = args.frames // repeat
     updates = steps - section.seed_frames // repeat
@@ -145,7 +148,8 @@ def main() -> None:
         + evals * figures["frozen"]["eval_s"]
     )
     print(
-        f"projected wall time of one {args.frames}-frame frozen run: {projected / 60:.1f} min ({steps} acting steps, {updates} updates, {evals} evaluations)"
+        f"projected wall time of one {args.frames}-frame frozen run: {projected / 60:.1f} min "
+        f"({steps} acting steps, {updates} updates, {evals} evaluations)"
     )
     if args.run:
         ws = VectorWorkspace(args.task, mk, spaces["frozen"], agent, schedule, 0, torch.device("cpu"))
@@ -155,7 +159,8 @@ def main() -> None:
         finally:
             ws.close()
         print(
-            f"measured wall time of one {args.frames}-frame frozen run: {(time.perf_counter() - start) / 60:.1f} min, final return {result.final_return:.1f}"
+            f"measured wall time of one {args.frames}-frame frozen run: {(time.perf_counter() - start) / 60:.1f} min, "
+            f"final return {result.final_return:.1f}"
         )
 
 

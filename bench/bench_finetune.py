@@ -211,8 +211,9 @@ def main() -> None:
 
     params = FinetuneParams(**{**base, **overrides, "checkpoint_dir": str(out / "checkpoints")})
     print(
-        f"cartpole-swingup SAC benchmark: {args.frames} frames per run (action repeat {params.action_repeat}), batch {params.batch_size}, "
-        f"hidden {params.hidden_dim}, device {device}, torch threads {torch.get_num_threads()}, backbone {spec.folder} ({spec.image_size}px, k={spec.frame_stack})"
+        f"cartpole-swingup SAC benchmark: {args.frames} frames per run (action repeat {params.action_repeat}), "
+        f"batch {params.batch_size}, hidden {params.hidden_dim}, device {device}, "
+        f"torch threads {torch.get_num_threads()}, backbone {spec.folder} ({spec.image_size}px, k={spec.frame_stack})"
     )
 
     env_fps = env_baseline(params, spec.image_size, steps=200)
@@ -231,7 +232,8 @@ def main() -> None:
     )
     print(f"bare environment (random actions): {env_fps:.1f} frames/s")
     print(
-        f"bare SAC update, DrQ encoder: {drq_ups:.2f} updates/s; with the dual-path backbone: {backbone_ups:.2f} updates/s (ratio {backbone_ups / drq_ups:.2f})"
+        f"bare SAC update, DrQ encoder: {drq_ups:.2f} updates/s; "
+        f"with the dual-path backbone: {backbone_ups:.2f} updates/s (ratio {backbone_ups / drq_ups:.2f})"
     )
 
     rows = []
@@ -254,8 +256,9 @@ def main() -> None:
         rows.append((mode, result.eval["return_mean"], result.eval["return_std"], ups, act_fps, wall, projected))
         print(f"[{mode}] eval returns by frame: {curve}")
         print(
-            f"[{mode}] {t['updates']} updates at {ups:.2f} updates/s; acting {act_fps:.1f} frames/s (ratio to bare env {act_fps / env_fps:.2f}); "
-            f"{t['eval_s']:.0f} s evaluating; wall {wall:.0f} s; projected for {args.target_frames} frames: {projected / 3600:.1f} h"
+            f"[{mode}] {t['updates']} updates at {ups:.2f} updates/s; acting {act_fps:.1f} frames/s "
+            f"(ratio to bare env {act_fps / env_fps:.2f}); {t['eval_s']:.0f} s evaluating; wall {wall:.0f} s; "
+            f"projected for {args.target_frames} frames: {projected / 3600:.1f} h"
         )
 
     print("\nmode        final eval return     updates/s  acting fps   wall s   projected h @ target")

@@ -109,12 +109,12 @@ def best_rates(pairs: int, runs: list, repeats: int) -> list[tuple[float, float]
     times = [[] for _ in runs]
     cpu = [[] for _ in runs]
     for _ in range(repeats):
-        for run, spent, used in zip(runs, times, cpu):
+        for run, spent, used in zip(runs, times, cpu, strict=True):
             start, start_cpu = time.perf_counter(), time.process_time()
             run()
             spent.append(time.perf_counter() - start)
             used.append(time.process_time() - start_cpu)
-    return [(pairs / min(spent), 1e3 * min(used) / pairs) for spent, used in zip(times, cpu)]
+    return [(pairs / min(spent), 1e3 * min(used) / pairs) for spent, used in zip(times, cpu, strict=True)]
 
 
 def bare_runner(backend: FlowBackend, paths: list[Path], batch: int):
@@ -193,8 +193,9 @@ def main() -> None:
     pairs = sum(len(load_episode(p, ["frames"]).frames) - 1 for p in paths)
     print(f"{args.task}: {len(paths)} episodes, {pairs} pairs at {args.size}x{args.size}, batch {args.batch}")
     print(
-        f"{'backend':<22} {'bare pairs/s':>13} {'stage pairs/s':>14} {'ratio':>7} {'bare cpu ms/pair':>17} {'stage cpu ms/pair':>18}"
-        f" {'cpu ratio':>10} {'main/helper cpu ms/pair':>24} {'2-core ratio':>13}"
+        f"{'backend':<22} {'bare pairs/s':>13} {'stage pairs/s':>14} {'ratio':>7}"
+        f" {'bare cpu ms/pair':>17} {'stage cpu ms/pair':>18} {'cpu ratio':>10}"
+        f" {'main/helper cpu ms/pair':>24} {'2-core ratio':>13}"
     )
     for spec in args.backends.split(","):
         backend, params = make(spec, args.batch, args.device)
@@ -202,7 +203,8 @@ def main() -> None:
         bare()  # warm-up (first ptlflow calls are slow)
         out = OUT / "stage" / spec.replace(":", "-")
 
-        def stage() -> None:
+        # stage is only called within this iteration; the loop's values are bound explicitly
+        def stage(out: Path = out, params: FlowParams = params, backend: FlowBackend = backend) -> None:
             shutil.rmtree(out, ignore_errors=True)  # no reuse of finished outputs
             run_stage(folder, out, params, WeightsParams(), backend=backend).write_metrics(out.with_suffix(".json"))
 

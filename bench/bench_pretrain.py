@@ -13,7 +13,8 @@ Then, with the stage's params (``--params``, section ``pretrain``; flags overrid
 The loader is not the bottleneck when "loader / training" is well above 1 and "training / bare
 training" is close to 1.
 
-    .venv/bin/python bench/bench_pretrain.py [--steps 20] [--batch-size 16] [--workers 1] [--torch-threads 2] [--dataset data/dataset]
+    .venv/bin/python bench/bench_pretrain.py [--steps 20] [--batch-size 16] [--workers 1] [--torch-threads 2]
+        [--dataset data/dataset]
 """
 
 from __future__ import annotations
@@ -182,8 +183,8 @@ def main() -> None:
     loader_rate, read_rate = rate(samples, loader_s), rate(samples, bare_read_s)
     train_rate, bare_rate = rate(samples, train_s), rate(samples, bare_train_s)
     print(
-        f"pretrain bench: {info.image_size}px, frame_stack {params.frame_stack}, batch {batch}, workers {params.workers}, "
-        f"device {device}, torch threads {args.torch_threads}, {n_batches} batches"
+        f"pretrain bench: {info.image_size}px, frame_stack {params.frame_stack}, batch {batch}, "
+        f"workers {params.workers}, device {device}, torch threads {args.torch_threads}, {n_batches} batches"
     )
     print(f"  loader (stage)          {loader_rate:10.1f} samples/s")
     print(f"  bare tar reading        {read_rate:10.1f} samples/s   stage/bare = {loader_rate / read_rate:.3f}")

@@ -25,6 +25,7 @@ cores for 3 models, plus 6 with ``--cnn``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -95,12 +96,13 @@ def decoder_table(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> st
     err = np.linalg.norm(pred - target, axis=1)
     moving = valid & (length > BINS[0])
     cells = []
-    for lo, hi in zip(BINS[:-1], BINS[1:]):
+    for lo, hi in itertools.pairwise(BINS):
         m = valid & (length >= lo) & (length < hi)
         if m.any():
             cos = ((pred * target).sum(1)[m] / (pred_len[m] * length[m] + 1e-9)).mean()
             cells.append(
-                f"[{lo:g}, {hi:g}) px: {m.sum() / moving.sum():.0%} of moving, EPE {err[m].mean():.2f} (zero {length[m].mean():.2f}), cos {cos:.2f}"
+                f"[{lo:g}, {hi:g}) px: {m.sum() / moving.sum():.0%} of moving, "
+                f"EPE {err[m].mean():.2f} (zero {length[m].mean():.2f}), cos {cos:.2f}"
             )
     return "\n    ".join(cells)
 
@@ -212,7 +214,7 @@ def main() -> None:
         x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
         for m in ("ridge", "mlp"):
             r = r2_per_dim(x, full, ep, m, ["position"] * 3 + ["velocity"] * 2)
-            print(f"  {name} ({m}): " + ", ".join(f"{n} {v:.2f}" for n, v in zip(NAMES, r)), flush=True)
+            print(f"  {name} ({m}): " + ", ".join(f"{n} {v:.2f}" for n, v in zip(NAMES, r, strict=True)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The simulator annotator's words (pipeline/annotate/describe.py) and how much of the state they carry (information.py)."""
+"""The simulator annotator's words (pipeline/annotate/describe.py) and how much of the state they carry
+(information.py)."""
 
 from __future__ import annotations
 
@@ -90,14 +91,15 @@ def test_cartpole_words_follow_the_state(cartpole: Path, reader: PhysicsReader) 
 
     upright, down = words(0.0), words(math.pi)
     assert upright.startswith("The pole is upright") and down.startswith("The pole is hanging straight down")
-    # A positive hinge angle turns the pole's tip towards world +x (axis 0 1 0), which this camera (looking along +y) shows
-    # on the right; the two sides of a band edge get different words.
+    # A positive hinge angle turns the pole's tip towards world +x (axis 0 1 0), which this camera
+    # (looking along +y) shows on the right; the two sides of a band edge get different words.
     edge = math.radians(POLE_BANDS_DEG[0])
     assert "upright" in words(edge - 0.02) and "tilted a little to the right" in words(edge + 0.02)
     assert "tilted a little to the left" in words(-edge - 0.02)
     assert "tilted a lot to the right" in words(math.radians(50)) and "horizontal, pointing left" in words(-math.pi / 2)
     assert "hanging down, a little to the left" in words(-math.radians(160))
-    # Upright and swinging with +hinge velocity: the tip moves right, clockwise as seen; faster past FAST_SPIN (2 rad/s).
+    # Upright and swinging with +hinge velocity: the tip moves right, clockwise as seen;
+    # faster past FAST_SPIN (2 rad/s).
     assert "swinging slowly clockwise" in words(0.0, 1.0) and "swinging fast counter-clockwise" in words(0.0, -3.0)
     assert "not swinging" in words(0.0, 0.1)
     # The cart: across the frame (4 m away, 45 degree view: 1 m is ~30% of the width), and its motion.
@@ -150,7 +152,7 @@ def test_without_physics_the_words_come_from_the_episode(cartpole: Path, tmp_pat
     loose = [describe(s, None).caption for s in scenes.values()]
     # Velocities differ (finite differences vs exact) near bucket edges, the pole's angle words never do.
     assert [c.split(" and ")[0] for c in loose] == [c.split(" and ")[0] for c in exact]
-    assert sum(a == b for a, b in zip(loose, exact)) >= 0.7 * len(exact)
+    assert sum(a == b for a, b in zip(loose, exact, strict=True)) >= 0.7 * len(exact)
 
 
 def test_angular_velocity_from_orientations_is_exact_for_a_steady_spin() -> None:

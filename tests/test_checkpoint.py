@@ -266,7 +266,8 @@ def test_models_import_nothing_from_pipeline() -> None:
         "        if name == 'pipeline' or name.startswith('pipeline.'):\n"
         "            raise ImportError('models imported ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import models.actor, models.backbone, models.checkpoint, models.critic, models.heads, models.interaction, models.layers\n"
+        "import models.actor, models.backbone, models.checkpoint, models.critic, models.heads, "
+        "models.interaction, models.layers\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 

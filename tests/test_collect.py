@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -416,10 +417,8 @@ def test_killing_the_main_process_leaves_no_worker_running(tmp_path: Path) -> No
     finally:
         if main.poll() is None:
             main.kill()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(main.pid, signal.SIGKILL)  # anything left of the session (only if the test failed)
-        except ProcessLookupError:
-            pass
 
 
 def test_importing_collect_has_no_side_effect_and_make_env_sets_up_rendering_itself() -> None:
@@ -429,7 +428,8 @@ def test_importing_collect_has_no_side_effect_and_make_env_sets_up_rendering_its
         "import os, sys\n"
         "import pipeline.collect, pipeline.collect.collector, pipeline.collect.policies\n"
         "assert 'MUJOCO_GL' not in os.environ, 'import set MUJOCO_GL'\n"
-        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('mujoco', 'dm_control', 'gymnasium', 'pydantic', 'tqdm') or m.startswith('pipeline.config'))\n"
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('mujoco', 'dm_control', 'gymnasium', 'pydantic', 'tqdm') or m.startswith('pipeline.config'))\n"
         "assert not leaked, leaked\n"
         "env = pipeline.collect.make_env('cartpole-swingup', image_size=16)\n"
         "assert env.reset().frame.shape == (16, 16, 3)\n"

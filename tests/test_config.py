@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline.config import Params, ParamsError, load_params, parse_params
 from pipeline.config.base import SEED_LIMIT, Section
@@ -99,7 +100,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 def test_sections_are_immutable() -> None:
     params = Params()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="Instance is frozen"):
         params.collect.seed = 3  # type: ignore[misc]
 
 
@@ -160,7 +161,8 @@ def test_lenient_where_yaml_needs_it(tmp_path: Path) -> None:
 
 
 def _scalar_kinds(annotation: Any) -> set[type]:
-    """The plain types a field's annotation admits: ``Int | str`` -> {int, str}, ``Float | None`` -> {float, NoneType}."""
+    """The plain types a field's annotation admits: ``Int | str`` -> {int, str},
+    ``Float | None`` -> {float, NoneType}."""
     while typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
     args = typing.get_args(annotation)

@@ -1,4 +1,5 @@
-"""The episode file: schema checks from the headers, and damaged files named with the fix in every stage that reads them."""
+"""The episode file: schema checks from the headers, and damaged files named with the fix in every stage
+that reads them."""
 
 from __future__ import annotations
 
@@ -109,7 +110,10 @@ def test_a_damaged_file_is_a_user_error_naming_it_and_the_fix(tmp_path: Path, da
     folder = tmp_path / "cartpole-swingup"
     (path,) = write_folder(folder, count=1)
     DAMAGE[damage](path)
-    expected = rf"(?s){path.name}: unreadable episode file \(BadZipFile: .*Fix: rerun the collect stage .*semore collect --task cartpole-swingup --out {folder}"
+    expected = (
+        rf"(?s){path.name}: unreadable episode file \(BadZipFile: .*Fix: rerun the collect stage "
+        rf".*semore collect --task cartpole-swingup --out {folder}"
+    )
     with pytest.raises(EpisodeFileError, match=expected) as info:
         load_episode(path)
     assert isinstance(info.value, UserError) and isinstance(
@@ -138,7 +142,8 @@ def test_frames_that_disagree_with_actions_are_refused_from_the_header(tmp_path:
     _write_arrays(path, episode, frames=episode.frames[:3])  # 3 frames for 3 actions
     with pytest.raises(
         EpisodeFileError,
-        match=r"episode_000000\.npz: episode: frames has 3 entries but actions 3: an episode of T steps has T\+1 frames",
+        match=r"episode_000000\.npz: episode: frames has 3 entries but actions 3: "
+        r"an episode of T steps has T\+1 frames",
     ):
         read_header(path)
     with pytest.raises(EpisodeFileError, match="frames has 3 entries"):

@@ -190,7 +190,7 @@ def stack_ids(stack: np.ndarray) -> list[int]:
 
 def fill(buffer: ReplayBuffer, episodes: list[list[int]], terminal_last: list[bool]) -> None:
     """Episodes given as frame ids; reward of the step into frame f is f / 10."""
-    for ids, terminal in zip(episodes, terminal_last):
+    for ids, terminal in zip(episodes, terminal_last, strict=True):
         buffer.start_episode(frame(ids[0]))
         for j, f in enumerate(ids[1:], start=1):
             buffer.add_step(np.array([f / 100.0], np.float32), f / 10.0, terminal and j == len(ids) - 1, frame(f))
@@ -212,7 +212,7 @@ def test_replay_stacks_are_correct_across_episode_boundaries() -> None:
     starts = set(buffer.sample_indices(2000).tolist())
     assert starts == {0, 1, 2, 3, 5, 6, 7}
     batch = buffer.sample(256)
-    for obs, nxt, action, reward in zip(batch["obs"], batch["next_obs"], batch["action"], batch["reward"]):
+    for obs, nxt, action, reward in zip(batch["obs"], batch["next_obs"], batch["action"], batch["reward"], strict=True):
         now, after = stack_ids(obs), stack_ids(nxt)
         assert after[-1] == now[-1] + 1
         assert after == stacks[after[-1]]
@@ -240,7 +240,7 @@ def test_replay_n_step_returns_stop_at_episode_end_and_keep_termination() -> Non
     batch = buffer.sample(512)
     by_start = {}
     for obs, nxt, r, d, t in zip(
-        batch["obs"], batch["next_obs"], batch["reward"], batch["discount"], batch["terminated"]
+        batch["obs"], batch["next_obs"], batch["reward"], batch["discount"], batch["terminated"], strict=True
     ):
         by_start[stack_ids(obs)[-1]] = (stack_ids(nxt)[-1], float(r), float(d), float(t))
     # Full 3-step return inside the episode.
@@ -260,7 +260,7 @@ def test_replay_ring_never_builds_stacks_from_overwritten_frames() -> None:
     assert len(buffer) == 10 and buffer.total == 14
     held = {100 + i for i in range(4, 7)} | set(range(110, 117))
     batch = buffer.sample(512)
-    for obs, nxt in zip(batch["obs"], batch["next_obs"]):
+    for obs, nxt in zip(batch["obs"], batch["next_obs"], strict=True):
         ids, next_ids = stack_ids(obs), stack_ids(nxt)
         assert set(ids) <= held and set(next_ids) <= held
         assert ids == sorted(ids) and next_ids == sorted(next_ids)

@@ -247,7 +247,8 @@ FACTS = {
 
 @pytest.fixture(scope="module")
 def recorded_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A backbone whose checkpoint records its pretraining observations (cartpole at action repeat 8), as the pretrain stage writes it."""
+    """A backbone whose checkpoint records its pretraining observations (cartpole at action repeat 8),
+    as the pretrain stage writes it."""
     root = tmp_path_factory.mktemp("pretrain_facts")
     torch.manual_seed(123)
     save_module(root / "backbone", DualPathBackbone(**BACKBONE), BACKBONE, {"observation": FACTS})

@@ -18,7 +18,8 @@ from pipeline.sim.episodes import list_episodes, load_episode
 
 @pytest.fixture(scope="module")
 def cheetah(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 20-step cheetah-run episode at 64x64 with depth and segmentation (random policy, action repeat 4: visible motion)."""
+    """One 20-step cheetah-run episode at 64x64 with depth and segmentation
+    (random policy, action repeat 4: visible motion)."""
     from pipeline.collect import collect_task
 
     folder = tmp_path_factory.mktemp("episodes") / "cheetah-run"

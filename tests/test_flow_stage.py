@@ -156,7 +156,8 @@ def test_simulator_backend_without_depth_fails_before_any_output(tmp_path: Path)
     (tmp_path / "bare" / episode_filename(0)).rename(episodes / episode_filename(1))
     with pytest.raises(
         UserError,
-        match=r"(?s)episode_000001.npz: the episode has no depth and segmentation.*collect\.depth: true and collect\.segmentation: true",
+        match=r"(?s)episode_000001.npz: the episode has no depth and segmentation"
+        r".*collect\.depth: true and collect\.segmentation: true",
     ):
         run_flow(episodes, tmp_path / "out", tmp_path / "m.json", FlowParams(), WeightsParams())
     assert not (tmp_path / "out").exists()
@@ -278,7 +279,8 @@ def test_a_damaged_episode_found_while_loading_is_named_and_leaves_only_whole_fi
     out = tmp_path / "out"
     with pytest.raises(
         UserError,
-        match=rf"(?s){paths[2]}: unreadable episode file.*(Bad CRC-32 for file 'frames\.npy'|Error -3).*rerun the collect stage .*--task synthetic-planes",
+        match=rf"(?s){paths[2]}: unreadable episode file.*(Bad CRC-32 for file 'frames\.npy'|Error -3)"
+        r".*rerun the collect stage .*--task synthetic-planes",
     ):
         run(episodes, out, FlowParams(previews=0), WeightsParams())
     assert {p.name for p in out.iterdir()} <= {
@@ -312,7 +314,8 @@ def test_non_finite_flow_is_refused_naming_the_episode(tmp_path: Path, value: fl
     out = tmp_path / "out"
     with pytest.raises(
         UserError,
-        match=r"(?s)episode_000000\.npz: the flow backend returned non-finite flow .* for pair\(s\) 1 of this episode; its flow file was not written.*Fix:",
+        match=r"(?s)episode_000000\.npz: the flow backend returned non-finite flow .* for pair\(s\) 1 of this episode; "
+        r"its flow file was not written.*Fix:",
     ):
         run(episodes, out, FlowParams(backend="dis", previews=0), WeightsParams(), backend=Broken(value))
     assert not list(out.glob("*.npz")) and not list(out.glob(".*"))

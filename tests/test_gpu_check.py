@@ -1,4 +1,5 @@
-"""The prepared GPU check (bench/gpu_check.py, issue 17) in its CPU mode: every section measured or skipped with a reason.
+"""The prepared GPU check (bench/gpu_check.py, issue 17) in its CPU mode: every section measured or skipped,
+with a reason.
 
 The device check gets one try on a GPU machine, so its CPU mode runs here first: the same code
 paths at a tiny size, what needs CUDA skipped and saying so.

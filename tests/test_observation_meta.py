@@ -1,4 +1,5 @@
-"""The observation-facts contract (pipeline.sim.observation): written from a dataset, read back from a checkpoint, compared with a run."""
+"""The observation-facts contract (pipeline.sim.observation): written from a dataset, read back from a checkpoint,
+compared with a run."""
 
 from __future__ import annotations
 

@@ -276,7 +276,8 @@ def test_duplicates_are_equal_targets_up_to_float16_rounding() -> None:
 
 
 def _captions(copies: int = 4, distinct: int = 4, dim: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distinct * copies, dim) caption targets, each caption repeated ``copies`` times (interleaved), and caption ids."""
+    """(distinct * copies, dim) caption targets, each caption repeated ``copies`` times (interleaved),
+    and caption ids."""
     g = torch.Generator().manual_seed(3)
     base = F.normalize(torch.randn(distinct, dim, generator=g), dim=1)
     ids = torch.arange(distinct).repeat(copies)

@@ -111,7 +111,8 @@ def test_stage_writes_checkpoints_metrics_and_curves_deterministically(tmp_path:
 
     curve = (out / "plots" / "plots" / "metrics" / "loss" / "flow.tsv").read_text().splitlines()  # DVCLive
     assert curve[0] == "step\tflow" and len(curve) == 7 and curve[1].startswith("1\t")
-    # every batch held annotated frames (pretrain.annotated_per_batch), so the total over the fixed terms is logged every step
+    # every batch held annotated frames (pretrain.annotated_per_batch), so the total over the fixed terms
+    # is logged every step
     assert metrics["empty_term_steps"] == {t: 0 for t in TERMS}
     assert len((out / "plots" / "plots" / "metrics" / "loss" / "total.tsv").read_text().splitlines()) == 7
     assert set(metrics["validation_loss"]) == set(metrics["loss"]) and all(

@@ -1,4 +1,5 @@
-"""Test support for the annotate stage: a real chat-completions server on 127.0.0.1, tiny real episodes, a tiny VLM folder.
+"""Test support for the annotate stage: a real chat-completions server on 127.0.0.1, tiny real episodes,
+a tiny VLM folder.
 
 It speaks the protocol the ``openai`` annotate backend uses: ``GET /v1/models``
 and ``POST /v1/chat/completions`` with a text part and a base64 PNG
@@ -230,7 +231,8 @@ def save_tiny_vlm(folder: str | Path, seed: int | None = None) -> Path:
 
 
 def annotate(episodes: Any, out: Any, metrics: Any, params: Any, backend: Any = None) -> Any:
-    """:func:`pipeline.annotate.run.run` with a whole :class:`pipeline.config.Params` (its annotate and weights sections)."""
+    """:func:`pipeline.annotate.run.run` with a whole :class:`pipeline.config.Params`
+    (its annotate and weights sections)."""
     from pipeline.annotate.run import run
 
     return run(episodes, out, params.annotate, params.weights, metrics=metrics, backend=backend)
