@@ -9,31 +9,19 @@ import sys
 import time
 from typing import Any
 
-from gpu.harness import (
-    NEEDS_CUDA,
-    Ctx,
-    best_of,
-    cuda_sync,
-    encode_stage,
-    params_section,
-    synthetic_inputs,
-    weights_overrides,
-)
+from gpu.harness import NEEDS_CUDA, Ctx, encode_stage, synthetic_inputs
 
 
 def section_clip(ctx: Ctx) -> None:
     import numpy as np
     import torch
 
-    from pipeline.config import WeightsParams
     from pipeline.encode.clip import load_clip
 
     s = ctx.sizes
-    sync = cuda_sync(ctx)
     if ctx.tiny:
         ctx.report.skip("clip", "ViT-B-32 fp16", f"{NEEDS_CUDA} (fp16); --cpu-tiny measures {s.clip_model} in fp32")
-    section = params_section(
-        ctx,
+    section = ctx.section(
         "encode",
         clip_model=s.clip_model,
         weights="random",
@@ -42,7 +30,7 @@ def section_clip(ctx: Ctx) -> None:
         fp16=True,
         shard_maxcount=100_000,
     )
-    encoder = load_clip(section, WeightsParams(**weights_overrides(ctx)))
+    encoder = load_clip(section, ctx.weights())
     precision = "fp16" if ctx.cuda else "fp32"
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (s.clip_frames, 84, 84, 3), dtype=np.uint8)
@@ -77,15 +65,13 @@ def section_clip(ctx: Ctx) -> None:
         bare_texts()
         encoder.encode_images(frames[: s.clip_batch])
         encoder.encode_texts(texts[: s.clip_batch])
-    bi, li, bt, lt = best_of(
+    bi, li, bt, lt = ctx.best_of(
         [
             bare_images,
             lambda: out.update(img=encoder.encode_images(frames)),
             bare_texts,
             lambda: out.update(txt=encoder.encode_texts(texts)),
-        ],
-        s.repeats,
-        sync,
+        ]
     )
     n = len(frames)
     norms = np.linalg.norm(out["img"], axis=1)
@@ -108,8 +94,8 @@ def section_clip(ctx: Ctx) -> None:
     per_episode = max(2, s.clip_frames // 16)
     inputs = synthetic_inputs(ctx.work / "clip-inputs", "clipcheck", 4, per_episode - 1, 84, every_k=5)
     frames_in = 4 * per_episode
-    stage_s = best_of(
-        [lambda: encode_stage(inputs, ctx.work / f"clip-ds-{time.monotonic_ns()}", section, encoder)], s.repeats, sync
+    stage_s = ctx.best_of(
+        [lambda: encode_stage(inputs, ctx.work / f"clip-ds-{time.monotonic_ns()}", section, encoder)]
     )[0]
     ctx.report.ok(
         "clip",

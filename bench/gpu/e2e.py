@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu.harness import BUDGET, TASK, Ctx, cli, find_key, total_loss, weights_overrides, write_params
+from gpu.harness import BUDGET, TASK, Ctx, cli, find_key, total_loss, write_params
 
 
 def section_e2e(ctx: Ctx) -> None:
@@ -19,7 +19,7 @@ def section_e2e(ctx: Ctx) -> None:
     data = root / "data"
     root.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, dict[str, Any]] = {
-        "weights": weights_overrides(ctx),
+        "weights": ctx.weights_overrides(),
         "collect": {
             "tasks": [TASK],
             "episodes_per_task": 2,
@@ -84,94 +84,39 @@ def section_e2e(ctx: Ctx) -> None:
             "the GPU run uses raft_small fp16",
         )
     common = ["--log-level", "WARNING"]
-    stages = [
-        ("collect", ["--params", str(params), "collect", "--task", TASK, "--out", str(data / "episodes" / TASK)]),
-        (
-            "flow",
-            [
-                "--params",
-                str(params),
-                "flow",
-                "--episodes",
-                str(data / "episodes" / TASK),
-                "--out",
-                str(data / "flow" / TASK),
-                "--metrics",
-                str(data / "metrics" / "flow.json"),
-            ],
+    ep, m = data / "episodes" / TASK, data / "metrics"
+
+    def argv(name: str, params: Path, **flags: object) -> list[str]:
+        """``--params PARAMS STAGE --out OUT --flag value ...``: stage ``name``'s command line (without the program)."""
+        flags["out"] = data / _out_folder(name)
+        return [
+            "--params",
+            str(params),
+            name.removesuffix("-vlm"),
+            *(x for k, v in flags.items() for x in (f"--{k}", str(v))),
+        ]
+
+    stages = {
+        "collect": argv("collect", params, task=TASK),
+        "flow": argv("flow", params, episodes=ep, metrics=m / "flow.json"),
+        "annotate-vlm": argv("annotate-vlm", vlm_params, episodes=ep, metrics=m / "annotate-vlm.json"),
+        "annotate": argv("annotate", params, episodes=ep, metrics=m / "annotate.json"),
+        "encode": argv("encode", params, episodes=ep.parent, flow=data / "flow", annotations=data / "annotations"),
+        "pretrain": argv(
+            "pretrain", params, dataset=data / "dataset", metrics=m / "pretrain.json", plots=data / "plots"
         ),
-        (
-            "annotate-vlm",
-            [
-                "--params",
-                str(vlm_params),
-                "annotate",
-                "--episodes",
-                str(data / "episodes" / TASK),
-                "--out",
-                str(data / "annotations-vlm" / TASK),
-                "--metrics",
-                str(data / "metrics" / "annotate-vlm.json"),
-            ],
-        ),
-        (
-            "annotate",
-            [
-                "--params",
-                str(params),
-                "annotate",
-                "--episodes",
-                str(data / "episodes" / TASK),
-                "--out",
-                str(data / "annotations" / TASK),
-                "--metrics",
-                str(data / "metrics" / "annotate.json"),
-            ],
-        ),
-        (
-            "encode",
-            [
-                "--params",
-                str(params),
-                "encode",
-                "--episodes",
-                str(data / "episodes"),
-                "--flow",
-                str(data / "flow"),
-                "--annotations",
-                str(data / "annotations"),
-                "--out",
-                str(data / "dataset"),
-            ],
-        ),
-        (
-            "pretrain",
-            [
-                "--params",
-                str(params),
-                "pretrain",
-                "--dataset",
-                str(data / "dataset"),
-                "--out",
-                str(data / "pretrain"),
-                "--metrics",
-                str(data / "metrics" / "pretrain.json"),
-                "--plots",
-                str(data / "plots"),
-            ],
-        ),
-    ]
+    }
     from pipeline.common.device import select_device
 
     resolved = str(select_device("auto"))
     frames = 2 * (s.e2e_steps + 1)
-    for name, argv in stages:
+    for name, command in stages.items():
         if ctx.budget.spent:
             ctx.report.skip("e2e", name, BUDGET)
             continue
         start = time.perf_counter()
         try:
-            rc = cli(common + argv)
+            rc = cli(common + command)
         except Exception as exc:
             ctx.report.error("e2e", name, exc)
             break

@@ -10,19 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpu.harness import (
-    BUDGET,
-    NEEDS_CUDA,
-    TINY,
-    Ctx,
-    best_of,
-    cuda_sync,
-    episode_frames,
-    flow_stage,
-    params_section,
-    synthetic_inputs,
-    weights_overrides,
-)
+from gpu.harness import BUDGET, NEEDS_CUDA, TINY, Ctx, episode_frames, flow_stage, synthetic_inputs
 
 
 def section_flow(ctx: Ctx) -> None:
@@ -30,11 +18,9 @@ def section_flow(ctx: Ctx) -> None:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.config import WeightsParams
     from pipeline.flow.ptlflow_backend import PtlflowBackend, to_ptlflow_images
 
     s = ctx.sizes
-    sync = cuda_sync(ctx)
     for model in ("raft_small", "raft"):
         if model not in s.flow_models:
             ctx.report.skip(
@@ -61,8 +47,7 @@ def section_flow(ctx: Ctx) -> None:
                     ctx.report.skip("flow", name, BUDGET)
                     continue
                 try:
-                    section = params_section(
-                        ctx,
+                    section = ctx.section(
                         "flow",
                         backend="ptlflow",
                         model=model,
@@ -73,7 +58,7 @@ def section_flow(ctx: Ctx) -> None:
                         min_size=128,
                         previews=0,
                     )
-                    backend = PtlflowBackend.from_params(section, WeightsParams(**weights_overrides(ctx)))
+                    backend = PtlflowBackend.from_params(section, ctx.weights())
                     hw = backend.input_size(size, size)
                     inputs = []
                     for i in range(0, pairs, s.flow_batch):
@@ -104,7 +89,7 @@ def section_flow(ctx: Ctx) -> None:
 
                     if s.warm_up:
                         bare()  # the first ptlflow calls are slow (cudnn autotune, allocations)
-                    bare_s, stage_s = best_of([bare, stage], s.repeats, sync)
+                    bare_s, stage_s = ctx.best_of([bare, stage])
                     flow = torch.cat([o.float() for o in outputs])
                     checks: dict[str, Any] = {
                         "finite": bool(torch.isfinite(flow).all()),

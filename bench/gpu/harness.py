@@ -35,84 +35,47 @@ TASK = "HalfCheetah-v5"  # a gymnasium MuJoCo task: dm_control's wheel is too bi
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each measurement is: ``GPU`` for the H200, ``TINY`` for the CPU test."""
+    """How big each measurement is: the defaults are the GPU run's (``GPU``), ``TINY_SIZES`` the CPU test's."""
 
-    flow_models: tuple[str, ...]
-    flow_sizes: tuple[int, ...]
-    flow_episodes: int
-    flow_steps: int
-    flow_batch: int
-    clip_model: str
-    clip_frames: int
-    clip_batch: int
-    vlm_scale: str  # "0.5b" or "tiny"
-    vlm_frames: int
-    vlm_batch: int
-    vlm_new_tokens: int
-    openai_frames: int
-    pretrain_size: int
-    pretrain_episodes: int
-    pretrain_steps_per_episode: int
-    pretrain_batch: int
-    pretrain_timed_steps: int
-    pretrain_cli_steps: int
-    pretrain_workers: int
-    sac_batches: tuple[int, ...]
-    sac_image: int
-    sac_hidden: int
-    sac_updates: int
-    sac_compile: bool
-    online_frames: int
-    online_seed_frames: int
-    online_episode_frames: int
-    online_batch: int
-    e2e_steps: int
-    e2e_size: int
-    e2e_clip: str
-    e2e_pretrain_steps: int
-    e2e_batch: int
-    repeats: int
-    warm_up: bool  # one untimed call before timing (first ptlflow / cudnn / generate calls are slow)
+    flow_models: tuple[str, ...] = ("raft_small", "raft")
+    flow_sizes: tuple[int, ...] = (128, 256)
+    flow_episodes: int = 2
+    flow_steps: int = 48
+    flow_batch: int = 32
+    clip_model: str = "ViT-B-32"
+    clip_frames: int = 1024
+    clip_batch: int = 256
+    vlm_scale: str = "0.5b"  # "0.5b" or "tiny"
+    vlm_frames: int = 32
+    vlm_batch: int = 16
+    vlm_new_tokens: int = 32
+    openai_frames: int = 64
+    pretrain_size: int = 84
+    pretrain_episodes: int = 4
+    pretrain_steps_per_episode: int = 128
+    pretrain_batch: int = 256
+    pretrain_timed_steps: int = 10
+    pretrain_cli_steps: int = 20
+    pretrain_workers: int = 4
+    sac_batches: tuple[int, ...] = (256, 512)
+    sac_image: int = 84
+    sac_hidden: int = 1024
+    sac_updates: int = 20
+    sac_compile: bool = True
+    online_frames: int = 3000
+    online_seed_frames: int = 1000
+    online_episode_frames: int = 500
+    online_batch: int = 256
+    e2e_steps: int = 32
+    e2e_size: int = 84
+    e2e_clip: str = "ViT-B-32"
+    e2e_pretrain_steps: int = 20
+    e2e_batch: int = 32
+    repeats: int = 2
+    warm_up: bool = True  # one untimed call before timing (first ptlflow / cudnn / generate calls are slow)
 
 
-GPU = Sizes(
-    flow_models=("raft_small", "raft"),
-    flow_sizes=(128, 256),
-    flow_episodes=2,
-    flow_steps=48,
-    flow_batch=32,
-    clip_model="ViT-B-32",
-    clip_frames=1024,
-    clip_batch=256,
-    vlm_scale="0.5b",
-    vlm_frames=32,
-    vlm_batch=16,
-    vlm_new_tokens=32,
-    openai_frames=64,
-    pretrain_size=84,
-    pretrain_episodes=4,
-    pretrain_steps_per_episode=128,
-    pretrain_batch=256,
-    pretrain_timed_steps=10,
-    pretrain_cli_steps=20,
-    pretrain_workers=4,
-    sac_batches=(256, 512),
-    sac_image=84,
-    sac_hidden=1024,
-    sac_updates=20,
-    sac_compile=True,
-    online_frames=3000,
-    online_seed_frames=1000,
-    online_episode_frames=500,
-    online_batch=256,
-    e2e_steps=32,
-    e2e_size=84,
-    e2e_clip="ViT-B-32",
-    e2e_pretrain_steps=20,
-    e2e_batch=32,
-    repeats=2,
-    warm_up=True,
-)
+GPU = Sizes()
 TINY_SIZES = Sizes(
     flow_models=("raft_small",),
     flow_sizes=(128,),
@@ -182,38 +145,44 @@ class Ctx:
     budget: Budget
     params_yaml: dict[str, Any]
 
+    def sync(self) -> None:
+        """Wait for the GPU's queued work (a no-op on the CPU), so that a timer measures it."""
+        if self.cuda:
+            import torch
 
-def best_of(runs: list[Callable[[], Any]], repeats: int, sync: Callable[[], None]) -> list[float]:
-    """Least seconds of each ``run()`` over ``repeats`` rounds (runs alternate within a round)."""
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for run, spent in zip(runs, times, strict=True):
-            sync()
-            start = time.perf_counter()
-            run()
-            sync()
-            spent.append(time.perf_counter() - start)
-    return [min(t) for t in times]
+            torch.cuda.synchronize()
 
+    def best_of(self, runs: list[Callable[[], Any]], repeats: int | None = None) -> list[float]:
+        """Least seconds of each ``run()`` over ``repeats`` rounds (default ``sizes.repeats``; runs alternate
+        within a round)."""
+        times: list[list[float]] = [[] for _ in runs]
+        for _ in range(self.sizes.repeats if repeats is None else repeats):
+            for run, spent in zip(runs, times, strict=True):
+                self.sync()
+                start = time.perf_counter()
+                run()
+                self.sync()
+                spent.append(time.perf_counter() - start)
+        return [min(t) for t in times]
 
-def cuda_sync(ctx: Ctx) -> Callable[[], None]:
-    import torch
+    def section(self, name: str, **overrides: Any) -> Any:
+        """The ``name`` section of the repository's params.yaml with ``overrides``, validated."""
+        from pipeline.config import parse_params
 
-    return torch.cuda.synchronize if ctx.cuda else (lambda: None)
+        raw = copy.deepcopy(self.params_yaml)
+        raw.setdefault(name, {}).update(overrides)
+        raw.setdefault("weights", {}).update(self.weights_overrides())
+        return getattr(parse_params(raw, source="gpu_check"), name)
 
+    def weights_overrides(self) -> dict[str, Any]:
+        """The ``weights`` section's overrides: random weights where none are cached, offline, a cache of its own."""
+        return {"on_missing": "random", "offline": True, "cache_dir": str(self.work / "weights-cache")}
 
-def params_section(ctx: Ctx, name: str, **overrides: Any) -> Any:
-    """The ``name`` section of the repository's params.yaml with ``overrides``, validated."""
-    from pipeline.config import parse_params
+    def weights(self) -> Any:
+        """:meth:`weights_overrides` as a ``WeightsParams``."""
+        from pipeline.config import WeightsParams
 
-    raw = copy.deepcopy(ctx.params_yaml)
-    raw.setdefault(name, {}).update(overrides)
-    raw.setdefault("weights", {}).update(weights_overrides(ctx))
-    return getattr(parse_params(raw, source="gpu_check"), name)
-
-
-def weights_overrides(ctx: Ctx) -> dict[str, Any]:
-    return {"on_missing": "random", "offline": True, "cache_dir": str(ctx.work / "weights-cache")}
+        return WeightsParams(**self.weights_overrides())
 
 
 def write_params(ctx: Ctx, path: Path, overrides: dict[str, dict[str, Any]]) -> Path:
@@ -269,9 +238,8 @@ def flow_stage(episodes: Path, out: Path, section: Any, backend: Any) -> Any:
 
 def annotate_stage(episodes: Path, out: Path, section: Any, ctx: Ctx, backend: Any = None) -> Any:
     from pipeline.annotate.run import run
-    from pipeline.config import WeightsParams
 
-    return run(episodes, out, section, WeightsParams(**weights_overrides(ctx)), backend=backend)
+    return run(episodes, out, section, ctx.weights(), backend=backend)
 
 
 def encode_stage(inputs: tuple[Path, Path, Path], out: Path, section: Any, encoder: Any) -> Any:

@@ -15,30 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu.harness import (
-    ROOT,
-    Ctx,
-    best_of,
-    cli,
-    cuda_sync,
-    params_section,
-    synthetic_dataset,
-    total_loss,
-    weights_overrides,
-    write_params,
-)
+from gpu.harness import ROOT, Ctx, cli, synthetic_dataset, total_loss, write_params
 
 
 def section_pretrain(ctx: Ctx) -> None:
     import torch
 
     s = ctx.sizes
-    sync = cuda_sync(ctx)
     dataset = synthetic_dataset(
         ctx.work / "pretrain-ds", s.pretrain_episodes, s.pretrain_steps_per_episode, s.pretrain_size
     )
-    section = params_section(
-        ctx,
+    section = ctx.section(
         "pretrain",
         batch_size=s.pretrain_batch,
         workers=s.pretrain_workers,
@@ -110,7 +97,7 @@ def section_pretrain(ctx: Ctx) -> None:
             for _ in range(n):
                 next(it)
 
-        bare_s, stage_s, loader_s = best_of([bare, stage, loader_only], s.repeats, sync)
+        bare_s, stage_s, loader_s = ctx.best_of([bare, stage, loader_only])
         ctx.report.ok(
             "pretrain",
             f"training loop, batch {b}, {info.image_size}px, {s.pretrain_workers} loader workers, {device}",
@@ -127,7 +114,7 @@ def section_pretrain(ctx: Ctx) -> None:
     if ctx.cuda:
         torch.cuda.empty_cache()
     # the stage itself: one process, then under torchrun with one process
-    overrides = {"pretrain": section.model_dump(mode="json"), "weights": weights_overrides(ctx)}
+    overrides = {"pretrain": section.model_dump(mode="json"), "weights": ctx.weights_overrides()}
     params = write_params(ctx, ctx.work / "pretrain-params.yaml", overrides)
     runs: dict[str, Any] = {}
     for mode in ("single", "torchrun"):

@@ -12,20 +12,7 @@ import sys
 import time
 from typing import Any
 
-from gpu.harness import (
-    BUDGET,
-    COMPILE_S,
-    TASK,
-    TINY,
-    Ctx,
-    best_of,
-    cuda_sync,
-    drq_encoder,
-    env_frames_per_s,
-    find_key,
-    finetune_stage,
-    params_section,
-)
+from gpu.harness import BUDGET, COMPILE_S, TASK, TINY, Ctx, drq_encoder, env_frames_per_s, find_key, finetune_stage
 from gpu.report import DRQV2_V100_FPS, DRQV2_V100_UPS
 
 
@@ -136,9 +123,8 @@ def sac_updates(
     from pipeline.finetune.sac import SAC
 
     s = ctx.sizes
-    sync = cuda_sync(ctx)
     size, stack = s.sac_image, 3
-    section = params_section(ctx, "finetune", batch_size=batch, hidden_dim=s.sac_hidden, device="auto")
+    section = ctx.section("finetune", batch_size=batch, hidden_dim=s.sac_hidden, device="auto")
     if channels_last:
         encoder = ChannelsLast(encoder)
     agent = SAC(encoder, 6, section, ctx.device)
@@ -162,13 +148,13 @@ def sac_updates(
         with autocast():
             info.update(agent.update(buffer.sample(batch)))
 
-    sync()
+    ctx.sync()
     start = time.perf_counter()
     for _ in range(3 if ctx.cuda else 1):  # warm-up: compile, cudnn autotune, allocations
         update()
-    sync()
+    ctx.sync()
     warm = time.perf_counter() - start
-    seconds = best_of([lambda: [update() for _ in range(s.sac_updates)]], 1, sync)[0]
+    seconds = ctx.best_of([lambda: [update() for _ in range(s.sac_updates)]], 1)[0]
     finite = all(math.isfinite(v) for v in info.values())
     return s.sac_updates / seconds, warm, finite
 
@@ -202,8 +188,7 @@ def online_run(ctx: Ctx, config: dict[str, Any], best: dict[str, float]) -> None
     save_module(
         folder / "backbone", DualPathBackbone(**config), config, {"stage": "gpu_check", "note": "random weights"}
     )
-    section = params_section(
-        ctx,
+    section = ctx.section(
         "finetune",
         task=TASK,
         action_repeat=2,

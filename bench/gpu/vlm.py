@@ -13,19 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gpu.harness import (
-    NEEDS_CUDA,
-    Ctx,
-    annotate_stage,
-    best_of,
-    chat_server,
-    cuda_sync,
-    episode_frames,
-    find_key,
-    params_section,
-    synthetic_inputs,
-    weights_overrides,
-)
+from gpu.harness import NEEDS_CUDA, Ctx, annotate_stage, chat_server, episode_frames, find_key, synthetic_inputs
 
 
 def section_vlm(ctx: Ctx) -> None:
@@ -33,14 +21,13 @@ def section_vlm(ctx: Ctx) -> None:
     import torch
 
     s = ctx.sizes
-    sync = cuda_sync(ctx)
     steps = s.vlm_frames - 1
     episodes, _, _ = synthetic_inputs(ctx.work / "vlm-inputs", "vlmcheck", 1, steps, 84, every_k=4)
     episodes = episodes / "vlmcheck"
     frames = [f for e in episode_frames(episodes) for f in e]
     n = len(frames)
     try:
-        vlm_transformers(ctx, episodes, frames, sync)
+        vlm_transformers(ctx, episodes, frames)
     except Exception as exc:
         ctx.report.error("vlm", "transformers backend", exc)
     if ctx.cuda:
@@ -80,8 +67,7 @@ def section_vlm(ctx: Ctx) -> None:
 
         def stage() -> None:
             k = next(counter)
-            section = params_section(
-                ctx,
+            section = ctx.section(
                 "annotate",
                 backend="openai",
                 model=server.model,
@@ -93,7 +79,7 @@ def section_vlm(ctx: Ctx) -> None:
             )
             result["summary"] = annotate_stage(episodes, ctx.work / f"vlm-http-{k}", section, ctx)
 
-        bare_s, stage_s = best_of([bare, stage], s.repeats, sync)
+        bare_s, stage_s = ctx.best_of([bare, stage])
     stage_n = n  # the stage annotates every frame of the episode (every_k 1)
     ok = summary_metric(result.get("summary"), "ok")
     ctx.report.ok(
@@ -115,7 +101,7 @@ def summary_metric(summary: Any, key: str) -> Any:
     return find_key(metrics, key)
 
 
-def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable[[], None]) -> None:
+def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any]) -> None:
     import torch
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -131,8 +117,7 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
             f"{NEEDS_CUDA} (bf16 on CUDA; --cpu-tiny runs the library's tiny random VLM in fp32)",
         )
     label = f"random Llava {n_params / 1e9:.2f}B params, {dtype}, {s.vlm_new_tokens} new tokens"
-    section = params_section(
-        ctx,
+    section = ctx.section(
         "annotate",
         backend="transformers",
         model=str(folder),
@@ -180,7 +165,7 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
     if s.warm_up:
         bare(s.vlm_batch)()
     few = min(n, 8)  # batch 1 on a few frames only: one generate call per frame is slow
-    one_s, batched_s = best_of([bare(1, few), bare(s.vlm_batch)], s.repeats, sync)
+    one_s, batched_s = ctx.best_of([bare(1, few), bare(s.vlm_batch)])
     net = None  # free the weights before the stage loads its own copy (``bare``'s closure reads ``net``)
     if ctx.cuda:
         torch.cuda.empty_cache()
@@ -193,12 +178,11 @@ def vlm_transformers(ctx: Ctx, episodes: Path, frames: list[Any], sync: Callable
         summary["s"] = annotate_stage(episodes, ctx.work / f"vlm-tf-{k}", sec, ctx, backend=backend)
 
     from pipeline.annotate.base import create_backend
-    from pipeline.config import WeightsParams
 
-    backend = create_backend(section, WeightsParams(**weights_overrides(ctx)))
+    backend = create_backend(section, ctx.weights())
     backend_dtype = str(getattr(getattr(backend, "net", None), "dtype", None))
     try:
-        stage_s = best_of([stage], s.repeats, sync)[0]
+        stage_s = ctx.best_of([stage])[0]
     finally:
         backend.close()
     ctx.report.ok(
@@ -223,66 +207,20 @@ def build_llava(scale: str, folder: Path) -> tuple[Path, int]:
     Llama, about 0.45B parameters, bf16, built on CUDA) with its processor into ``folder``; returns it and its size."""
     import torch
 
-    from pipeline.annotate.tiny_vlm import CHAT_TEMPLATE, build_tiny_vlm
+    from pipeline.annotate.tiny_vlm import LlavaShape, build_tiny_vlm, llava_config, llava_processor
 
     model, processor = build_tiny_vlm()
+    model.generation_config.eos_token_id = None  # random weights: every answer runs to max_new_tokens
     if scale != "tiny":
-        from transformers import (
-            CLIPImageProcessor,
-            CLIPVisionConfig,
-            LlamaConfig,
-            LlavaConfig,
-            LlavaForConditionalGeneration,
-            LlavaProcessor,
-        )
+        from transformers import LlavaForConditionalGeneration
 
-        tokenizer = processor.tokenizer
-        processor = LlavaProcessor(
-            image_processor=CLIPImageProcessor(
-                size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True
-            ),
-            tokenizer=tokenizer,
-            patch_size=14,
-            vision_feature_select_strategy="default",
-            chat_template=CHAT_TEMPLATE,
-            image_token="<image>",
-            num_additional_image_tokens=1,
-        )
-        config = LlavaConfig(
-            vision_config=CLIPVisionConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                image_size=336,
-                patch_size=14,
-                projection_dim=768,
-            ),
-            text_config=LlamaConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=896,
-                intermediate_size=4864,
-                num_hidden_layers=24,
-                num_attention_heads=14,
-                num_key_value_heads=2,
-                max_position_embeddings=2048,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            ),
-            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-            vision_feature_select_strategy="default",
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        shape = LlavaShape(336, 768, 3072, 12, 12, 896, 4864, 24, 14, 2, 2048)
+        processor = llava_processor(processor.tokenizer, shape.image_size)
         torch.manual_seed(0)
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = LlavaForConditionalGeneration(config)
+            model = LlavaForConditionalGeneration(llava_config(processor.tokenizer, shape))
         model = model.to(torch.bfloat16).eval()
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = (
-            None  # random weights: every answer runs to max_new_tokens (same work per frame)
-        )
-    else:
+        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
         model.generation_config.eos_token_id = None
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)

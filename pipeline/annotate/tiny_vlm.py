@@ -14,6 +14,8 @@ vocabulary of the JSON words an annotation uses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 #: Words of the tokenizer's vocabulary (plus the special tokens below).
 VOCAB_WORDS = [
     "{",
@@ -93,19 +95,29 @@ CHAT_TEMPLATE = (
 SEED = 0
 
 
+@dataclass(frozen=True)
+class LlavaShape:
+    """Sizes of a Llava model: a CLIP vision tower over ``image_size`` px square frames (14 px patches) and a Llama
+    language model. The defaults are the tiny model's."""
+
+    image_size: int = 28
+    vision_width: int = 32
+    vision_mlp: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_width: int = 32
+    text_mlp: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    text_kv_heads: int = 2
+    max_positions: int = 512
+
+
 def build_tiny_vlm(seed: int = SEED) -> tuple["object", "object"]:  # noqa: UP037
     """Build ``(model, processor)``: a random Llava model and its processor, on the CPU, in eval mode."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
     words = list(SPECIAL_TOKENS) + [w for w in dict.fromkeys(VOCAB_WORDS) if w not in SPECIAL_TOKENS]
     vocab = {w: i for i, w in enumerate(words)}
@@ -115,11 +127,23 @@ def build_tiny_vlm(seed: int = SEED) -> tuple["object", "object"]:  # noqa: UP03
         tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
+    shape = LlavaShape()
+    processor = llava_processor(tokenizer, shape.image_size)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(llava_config(tokenizer, shape)).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, processor
+
+
+def llava_processor(tokenizer: object, image_size: int) -> object:
+    """A ``LlavaProcessor`` over ``tokenizer`` (which has an ``<image>`` token) that resizes and centre-crops frames
+    to ``image_size`` px and speaks :data:`CHAT_TEMPLATE`."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    crop = {"height": image_size, "width": image_size}
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=crop, do_center_crop=True),
         tokenizer=tokenizer,
         patch_size=14,
         vision_feature_select_strategy="default",
@@ -127,34 +151,37 @@ def build_tiny_vlm(seed: int = SEED) -> tuple["object", "object"]:  # noqa: UP03
         image_token="<image>",
         num_additional_image_tokens=1,
     )
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            projection_dim=32,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
+
+
+def llava_config(tokenizer: object, shape: LlavaShape) -> object:
+    """A ``LlavaConfig`` of ``shape`` whose vocabulary and special tokens are ``tokenizer``'s."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=shape.vision_width,
+        intermediate_size=shape.vision_mlp,
+        num_hidden_layers=shape.vision_layers,
+        num_attention_heads=shape.vision_heads,
+        image_size=shape.image_size,
+        patch_size=14,
+        projection_dim=shape.vision_width,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.text_width,
+        intermediate_size=shape.text_mlp,
+        num_hidden_layers=shape.text_layers,
+        num_attention_heads=shape.text_heads,
+        num_key_value_heads=shape.text_kv_heads,
+        max_position_embeddings=shape.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, processor
