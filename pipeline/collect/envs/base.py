@@ -68,9 +68,9 @@ class StepResult:
 class PixelEnv(abc.ABC):
     """A MuJoCo task rendered to pixels, with action repeat and a time limit in agent steps.
 
-    Subclasses set ``suite``, ``task``, ``model``, ``data``, ``action_low``, ``action_high``
-    and ``physics_timestep`` (seconds of simulated time per backend step), call
-    :meth:`_init_rendering`, and implement :meth:`_reset_physics` and :meth:`_step_physics`.
+    Subclasses set ``suite`` and implement :meth:`_load` (which sets ``model``, ``data``,
+    ``action_low``, ``action_high`` and ``physics_timestep``, seconds of simulated time per backend
+    step), :meth:`_reset_physics` and :meth:`_step_physics`; the arguments are :func:`make_env`'s.
     """
 
     suite: str
@@ -82,7 +82,19 @@ class PixelEnv(abc.ABC):
     action_high: np.ndarray  # (A,) float32
     physics_timestep: float
 
-    def __init__(self, *, action_repeat: int, episode_steps: int, seed: int) -> None:
+    def __init__(
+        self,
+        task: str,
+        *,
+        image_size: int,
+        camera: int | str,
+        action_repeat: int,
+        render_mode: str,
+        depth: bool,
+        segmentation: bool,
+        episode_steps: int,
+        seed: int,
+    ) -> None:
         if action_repeat < 1:
             raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
         if episode_steps < 1:
@@ -98,8 +110,35 @@ class PixelEnv(abc.ABC):
         #: steps several times faster.
         self.render_frames = True
         self._wrap_dims: frozenset[int] | None = None  # see _unbounded_angle_dims
+        self.task = task
+        self.camera = camera
+        self._load(task, seed)
+        try:
+            camera_id = resolve_camera(self.model, self._camera(camera), task)
+            view = self._free_camera() if camera_id < 0 else camera_id
+            self._init_rendering(image_size, view, render_mode, depth, segmentation)
+        except BaseException:
+            self._close_backend()
+            raise
 
     # -- backend hooks -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load(self, task: str, seed: int) -> None:
+        """Build the simulator for ``task``; set ``model``, ``data``, ``action_low``, ``action_high``,
+        ``physics_timestep``."""
+
+    def _camera(self, camera: int | str) -> int | str:
+        """The camera to resolve for the requested one (a backend may map a default to its own)."""
+        return camera
+
+    def _free_camera(self) -> mujoco.MjvCamera:
+        """The view of camera ``-1``: MuJoCo's default free camera of the model."""
+        import mujoco
+
+        free = mujoco.MjvCamera()
+        mujoco.mjv_defaultFreeCamera(self.model, free)
+        return free
+
     @abc.abstractmethod
     def _reset_physics(self, seed: int | None) -> None:
         """Start a new episode; ``seed`` reseeds the task's randomness (None: continue its stream)."""

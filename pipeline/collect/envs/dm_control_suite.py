@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from pipeline.collect.envs.base import PixelEnv, resolve_camera
+from pipeline.collect.envs.base import PixelEnv
 
 SUITE = "dm_control"
 
@@ -29,27 +29,12 @@ class DmControlEnv(PixelEnv):
 
     suite = SUITE
 
-    def __init__(
-        self,
-        task: str,
-        *,
-        image_size: int,
-        camera: int | str,
-        action_repeat: int,
-        render_mode: str,
-        depth: bool,
-        segmentation: bool,
-        episode_steps: int,
-        seed: int,
-    ) -> None:
-        super().__init__(action_repeat=action_repeat, episode_steps=episode_steps, seed=seed)
+    def _load(self, task: str, seed: int) -> None:
         from dm_control import suite
 
         # dm_control's XML compiler warns through absl about deprecated attributes at every load.
         logging.getLogger("absl").setLevel(logging.ERROR)
         domain, _, task_name = task.partition("-")
-        self.task = task
-        self.camera = camera
         self._env = suite.load(domain, task_name, task_kwargs={"random": seed, "time_limit": float("inf")})
         physics = self._env.physics
         self.model = physics.model.ptr
@@ -58,18 +43,6 @@ class DmControlEnv(PixelEnv):
         self.action_low = np.asarray(np.broadcast_to(spec.minimum, spec.shape), dtype=np.float32).copy()
         self.action_high = np.asarray(np.broadcast_to(spec.maximum, spec.shape), dtype=np.float32).copy()
         self.physics_timestep = float(self._env.control_timestep())
-        try:
-            camera_id = resolve_camera(self.model, camera, task)
-            free = None
-            if camera_id < 0:
-                import mujoco
-
-                free = mujoco.MjvCamera()
-                mujoco.mjv_defaultFreeCamera(self.model, free)
-            self._init_rendering(image_size, free if free is not None else camera_id, render_mode, depth, segmentation)
-        except BaseException:
-            self._close_backend()
-            raise
 
     def _reset_physics(self, seed: int | None) -> None:
         if seed is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from pipeline.collect.envs.base import PixelEnv, resolve_camera
+from pipeline.collect.envs.base import PixelEnv
 
 SUITE = "gymnasium"
 
@@ -34,24 +34,9 @@ class GymnasiumEnv(PixelEnv):
 
     suite = SUITE
 
-    def __init__(
-        self,
-        task: str,
-        *,
-        image_size: int,
-        camera: int | str,
-        action_repeat: int,
-        render_mode: str,
-        depth: bool,
-        segmentation: bool,
-        episode_steps: int,
-        seed: int,
-    ) -> None:
-        super().__init__(action_repeat=action_repeat, episode_steps=episode_steps, seed=seed)
+    def _load(self, task: str, seed: int) -> None:
         import gymnasium as gym
 
-        self.task = task
-        self.camera = camera
         self._wrapped = gym.make(task, disable_env_checker=True)
         self._env = self._wrapped.unwrapped
         self.model = self._env.model
@@ -60,21 +45,13 @@ class GymnasiumEnv(PixelEnv):
         self.action_low = np.asarray(space.low, dtype=np.float32).copy()
         self.action_high = np.asarray(space.high, dtype=np.float32).copy()
         self.physics_timestep = float(self._env.dt)
-        try:
-            if camera == 0 and self.model.ncam == 0:
-                camera = -1
-            camera_id = resolve_camera(self.model, camera, task)
-            self._init_rendering(
-                image_size, self._free_camera() if camera_id < 0 else camera_id, render_mode, depth, segmentation
-            )
-        except BaseException:
-            self._close_backend()
-            raise
+
+    def _camera(self, camera: int | str) -> int | str:
+        return -1 if camera == 0 and self.model.ncam == 0 else camera
 
     def _free_camera(self) -> mujoco.MjvCamera:
         """gymnasium's default view: a free camera with the env's ``default_camera_config``."""
-        camera = mujoco.MjvCamera()
-        mujoco.mjv_defaultFreeCamera(self.model, camera)
+        camera = super()._free_camera()
         config = getattr(self._env.mujoco_renderer, "default_cam_config", None) or {}
         for key, value in config.items():
             if isinstance(value, np.ndarray):
