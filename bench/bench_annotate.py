@@ -90,7 +90,6 @@ def main() -> None:
 
     torch.set_num_threads(args.torch_threads)
 
-    from pipeline.annotate.openai_backend import png_data_url
     from pipeline.annotate.run import run as annotate
     from pipeline.annotate.schema import annotated_steps
     from pipeline.annotate.simulator import PhysicsReader, describe
@@ -251,23 +250,10 @@ def main() -> None:
 
     if "openai" in wanted:
         with ChatServer() as server:
-            url = f"{server.base_url}/chat/completions"
             session = requests.Session()
 
             def post(frame: Any) -> None:
-                body = {
-                    "model": server.model,
-                    "messages": [
-                        {
-                            "role": "user",
-                            "content": [
-                                {"type": "text", "text": "x"},
-                                {"type": "image_url", "image_url": {"url": png_data_url(frame)}},
-                            ],
-                        }
-                    ],
-                }
-                session.post(url, json=body, timeout=60).json()
+                server.post_frame(session, frame)
 
             def bare_http() -> None:
                 with ThreadPoolExecutor(args.concurrency) as pool:

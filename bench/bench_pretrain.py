@@ -75,8 +75,7 @@ def main() -> None:
     from pipeline.config import load_params
     from pipeline.dataset import open_dataset
     from pipeline.dataset.stacked import make_loader
-    from pipeline.pretrain.losses import term_weights
-    from pipeline.pretrain.run import backbone_config
+    from pipeline.pretrain.run import backbone_config, loss_arguments
     from pipeline.pretrain.trainer import make_optimizer, train
 
     torch.set_num_threads(args.torch_threads)
@@ -133,21 +132,7 @@ def main() -> None:
             ).to(device)
             return model, make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
 
-        weights = term_weights(
-            params.weight_clip_image,
-            params.weight_clip_text,
-            params.weight_flow,
-            params.weight_reward,
-            params.weight_clip_motion,
-        )
-        kwargs = dict(
-            weights=weights,
-            clip_loss=params.clip_loss,
-            temperature=params.temperature,
-            device=device,
-            flow_input=params.flow_input,
-            show_progress=False,
-        )
+        kwargs = dict(loss_arguments(params, info, device), show_progress=False)
 
         # bare training: one in-memory batch, repeated (warm-up step excluded)
         model, optimizer = model_and_optimizer()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.datasets import write_synthetic_inputs
+from support.datasets import simulate_inputs, write_synthetic_inputs
 
-from pipeline.config import EncodeParams, WeightsParams, parse_params
+from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset import FIELDS, SPLITS, hf_features, parse_key, validate_dataset
 from pipeline.dataset.codec import decode_flow_png
 from pipeline.dataset.schema import CLIP_ROWS, FIELD_DOCS, JSON_DOCS, TEXT_ROWS, text_targets
@@ -306,31 +306,12 @@ def test_card_header_parses_and_documents_everything(dataset: Path) -> None:
 
 def test_really_collected_episodes(tmp_path: Path) -> None:
     """collect -> flow (simulator) -> annotate (simulator) -> encode, with the upstream libraries."""
-    from pipeline.annotate.run import run as annotate
-    from pipeline.collect import collect_task
-    from pipeline.flow import run_flow
-
     task = "cartpole-swingup"
-    params = parse_params(
-        {
-            "collect": {
-                "tasks": [task],
-                "episodes_per_task": 2,
-                "episode_steps": 5,
-                "image_size": 24,
-                "workers": 1,
-                "preview_episodes": 0,
-            },
-            "annotate": {"every_k": 2, "cache_dir": str(tmp_path / "cache")},
-            "encode": {"val_fraction": 0.5, "shard_maxcount": 4},
-        }
+    params, episodes, flow, notes = simulate_inputs(
+        tmp_path, task, {"episodes_per_task": 2, "episode_steps": 5, "image_size": 24}, 2
     )
-    episodes, flow, notes = tmp_path / "episodes", tmp_path / "flow", tmp_path / "annotations"
-    collect_task(task, params.collect, episodes / task)
-    run_flow(episodes / task, flow / task, tmp_path / "m" / "flow.json", params.flow, params.weights)
-    annotate(episodes / task, notes / task, params.annotate, params.weights, metrics=tmp_path / "m" / "annotate.json")
     out = tmp_path / "dataset"
-    summary = encode(episodes, flow, notes, out, params.encode, params.weights)
+    summary = encode(episodes, flow, notes, out, EncodeParams(val_fraction=0.5, shard_maxcount=4), params.weights)
     check = validate_dataset(out)
     assert check.samples == {"train": 6, "validation": 6} == {s: v["samples"] for s, v in summary.splits.items()}
     samples = _wds_samples(out, "train") + _wds_samples(out, "validation")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from support.datasets import restamp, write_synthetic_inputs
+from support.datasets import restamp, simulate_inputs, write_synthetic_inputs
 
 from models.backbone import DualPathBackbone
 from models.checkpoint import load_module, read_checkpoint_config
@@ -309,32 +309,12 @@ def test_probe_target_is_the_joint_state_a_frame_shows(dataset: Path) -> None:
 
 def test_probe_beats_the_random_backbone_on_collected_episodes(tmp_path: Path) -> None:
     """collect (dm_control) -> flow (simulator) -> annotate (simulator) -> encode -> pretrain."""
-    from pipeline.annotate.run import run as annotate
-    from pipeline.collect import collect_task
-    from pipeline.config import parse_params
-    from pipeline.flow import run_flow
-
     task = "cartpole-balance"  # the pole falls and swings: the state varies a lot
-    params = parse_params(
-        {
-            "collect": {
-                "tasks": [task],
-                "episodes_per_task": 6,
-                "episode_steps": 40,
-                "action_repeat": {task: 4},
-                "image_size": 32,
-                "workers": 1,
-                "preview_episodes": 0,
-            },
-            "annotate": {"every_k": 5, "cache_dir": str(tmp_path / "cache")},
-            "encode": {"val_fraction": 0.25, "shard_maxcount": 50},
-        }
+    collect = {"episodes_per_task": 6, "episode_steps": 40, "action_repeat": {task: 4}, "image_size": 32}
+    params, episodes, flow, notes = simulate_inputs(tmp_path, task, collect, 5)
+    build_dataset(
+        episodes, flow, notes, tmp_path / "dataset", EncodeParams(val_fraction=0.25, shard_maxcount=50), params.weights
     )
-    episodes, flow, notes = tmp_path / "episodes", tmp_path / "flow", tmp_path / "annotations"
-    collect_task(task, params.collect, episodes / task)
-    run_flow(episodes / task, flow / task, tmp_path / "m" / "flow.json", params.flow, params.weights)
-    annotate(episodes / task, notes / task, params.annotate, params.weights, metrics=tmp_path / "m" / "annotate.json")
-    build_dataset(episodes, flow, notes, tmp_path / "dataset", params.encode, params.weights)
 
     pretrain = {
         "channels": 8,

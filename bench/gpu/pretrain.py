@@ -38,28 +38,13 @@ def section_pretrain(ctx: Ctx) -> None:
         from models.heads import PretrainModel
         from pipeline.dataset import open_dataset
         from pipeline.dataset.stacked import make_loader
-        from pipeline.pretrain.losses import term_weights
-        from pipeline.pretrain.run import backbone_config
+        from pipeline.pretrain.run import backbone_config, loss_arguments
         from pipeline.pretrain.trainer import make_optimizer, train
 
         info = open_dataset(dataset)
         train_shards = info.shards["train"]
         device = ctx.device
-        weights = term_weights(
-            section.weight_clip_image,
-            section.weight_clip_text,
-            section.weight_flow,
-            section.weight_reward,
-            section.weight_clip_motion,
-        )
-        kwargs = dict(
-            weights=weights,
-            clip_loss=section.clip_loss,
-            temperature=section.temperature,
-            device=device,
-            flow_input=section.flow_input,
-            show_progress=False,
-        )
+        kwargs = dict(loss_arguments(section, info, device), show_progress=False)
 
         def fresh() -> tuple[Any, Any]:
             torch.manual_seed(section.seed)

@@ -17,7 +17,6 @@ from gpu.harness import NEEDS_CUDA, Ctx, annotate_stage, chat_server, episode_fr
 
 
 def section_vlm(ctx: Ctx) -> None:
-    import numpy as np
     import torch
 
     s = ctx.sizes
@@ -35,28 +34,13 @@ def section_vlm(ctx: Ctx) -> None:
     # the OpenAI-compatible path against a local stand-in server
     import requests
 
-    from pipeline.annotate.openai_backend import png_data_url
-
     openai_frames = frames[: s.openai_frames]
     with chat_server() as server:
-        url = f"{server.base_url}/chat/completions"
         session = requests.Session()
         concurrency = 8
 
-        def post(frame: np.ndarray) -> None:
-            body = {
-                "model": server.model,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "text", "text": "x"},
-                            {"type": "image_url", "image_url": {"url": png_data_url(frame)}},
-                        ],
-                    }
-                ],
-            }
-            session.post(url, json=body, timeout=60).json()
+        def post(frame: Any) -> None:
+            server.post_frame(session, frame)
 
         def bare() -> None:
             with ThreadPoolExecutor(concurrency) as pool:

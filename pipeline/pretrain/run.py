@@ -194,6 +194,28 @@ def clip_means(info: Dataset) -> dict[str, list[float] | None]:
     return out
 
 
+def loss_arguments(params: PretrainParams, info: Dataset, device: torch.device) -> dict[str, Any]:
+    """The loss keyword arguments of :func:`~pipeline.pretrain.trainer.train` and ``evaluate_losses``
+    (``weights`` included) that ``params`` set for the dataset ``info``."""
+    means = clip_means(info) if params.centre_clip_targets else {t: None for t in CLIP_FIELDS}
+    return dict(
+        weights=term_weights(
+            params.weight_clip_image,
+            params.weight_clip_text,
+            params.weight_flow,
+            params.weight_reward,
+            params.weight_clip_motion,
+        ),
+        clip_loss=params.clip_loss,
+        temperature=params.temperature,
+        device=device,
+        flow_input=params.flow_input,
+        centres={t: torch.tensor(m, dtype=torch.float32, device=device) for t, m in means.items() if m is not None},
+        flow_moving_threshold=params.flow_moving_threshold,
+        flow_static_share=params.flow_static_share,
+    )
+
+
 def annotated_per_process(params: PretrainParams, world_size: int) -> int:
     """Annotated frames each process's batch holds at least: ``ceil(annotated_per_batch / world_size)``
     (so the global batch holds at least ``annotated_per_batch``), 0 while the text terms are off."""
@@ -287,32 +309,15 @@ def _pretrain(
         world_size=ctx.world_size,
         annotated_per_batch=annotated_per_process(params, ctx.world_size),
     )
-    means = clip_means(info) if params.centre_clip_targets else {t: None for t in CLIP_FIELDS}
-    centres = {t: torch.tensor(m, dtype=torch.float32, device=device) for t, m in means.items() if m is not None}
-    loss_args = dict(
-        clip_loss=params.clip_loss,
-        temperature=params.temperature,
-        device=device,
-        flow_input=params.flow_input,
-        centres=centres,
-        flow_moving_threshold=params.flow_moving_threshold,
-        flow_static_share=params.flow_static_share,
-    )
-    weights = term_weights(
-        params.weight_clip_image,
-        params.weight_clip_text,
-        params.weight_flow,
-        params.weight_reward,
-        params.weight_clip_motion,
-    )
-    if not any(w > 0 for w in weights.values()):
+    loss_args = loss_arguments(params, info, device)
+    if not any(w > 0 for w in loss_args["weights"].values()):
         raise UserError("every pretrain.weight_* is 0: set at least one loss weight above 0")
     optimizer = make_optimizer(model, params.optimizer, params.lr, params.weight_decay)
     validation_curve: list[dict[str, float]] = []
 
     def validate(step: int) -> None:
         batches = make_loader(info.shards["validation"], params.frame_stack, params.batch_size, workers=0, repeat=False)
-        validation_curve.append({"step": step, **evaluate_losses(model, batches, weights=weights, **loss_args)})
+        validation_curve.append({"step": step, **evaluate_losses(model, batches, **loss_args)})
         log.info(
             "step %d validation: %s",
             step,
@@ -324,7 +329,6 @@ def _pretrain(
         loader,
         steps=params.steps,
         optimizer=optimizer,
-        weights=weights,
         ctx=ctx,
         grad_clip=params.grad_clip,
         validate=validate,
@@ -382,6 +386,8 @@ def _pretrain(
         "final_loss": metrics["loss"],
         "observation": observation_meta(params, info),
     }
+    centres = loss_args["centres"]
+    means = clip_means(info) if params.centre_clip_targets else {t: None for t in CLIP_FIELDS}
     meta["targets"] = {  # what the CLIP heads were trained to predict, reproducible from the raw clip.npy rows
         "clip_centring": "normalize(raw - mean) per field with the train split's mean; all-zero rows stay zero"
         if centres

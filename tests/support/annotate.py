@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 
 VALID_ANSWER = json.dumps(
     {
@@ -95,6 +96,15 @@ class ChatServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def post_frame(self, session: requests.Session, frame: np.ndarray) -> dict[str, Any]:
+        """One bare chat completion about ``frame`` (a one-word prompt and the PNG): the HTTP baseline of the
+        benches, no backend involved."""
+        from pipeline.annotate.openai_backend import png_data_url
+
+        image = {"type": "image_url", "image_url": {"url": png_data_url(frame)}}
+        body = {"model": self.model, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, image]}]}
+        return session.post(f"{self.base_url}/chat/completions", json=body, timeout=60).json()
 
     def start(self) -> ChatServer:
         server = self

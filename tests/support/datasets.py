@@ -278,3 +278,28 @@ def restamp(dirs: tuple[Path, Path, Path], task: str, index: int) -> None:
     body = json.loads(notes_path.read_text())
     body["source"] = {"episode": episode_path.name, "episode_sha256": digest}
     write_json_atomic(notes_path, body)
+
+
+def simulate_inputs(root: Path, task: str, collect: dict[str, Any], every_k: int) -> tuple[Any, Path, Path, Path]:
+    """Episodes, flow and annotations of ``task`` made by the real collect, flow (simulator) and annotate
+    (simulator) stages under ``root``; ``collect`` is the collect section (one worker, no previews).
+
+    Returns ``(params, episodes, flow, annotations)``: the parsed params and the three input folders
+    that the encode stage reads (one subfolder per task).
+    """
+    from pipeline.annotate.run import run as annotate
+    from pipeline.collect import collect_task
+    from pipeline.config import parse_params
+    from pipeline.flow import run_flow
+
+    params = parse_params(
+        {
+            "collect": {"tasks": [task], "workers": 1, "preview_episodes": 0, **collect},
+            "annotate": {"every_k": every_k, "cache_dir": str(root / "cache")},
+        }
+    )
+    episodes, flow, notes = root / "episodes", root / "flow", root / "annotations"
+    collect_task(task, params.collect, episodes / task)
+    run_flow(episodes / task, flow / task, root / "m" / "flow.json", params.flow, params.weights)
+    annotate(episodes / task, notes / task, params.annotate, params.weights, metrics=root / "m" / "annotate.json")
+    return params, episodes, flow, notes
