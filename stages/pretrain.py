@@ -71,10 +71,12 @@ def _relaunch(args: argparse.Namespace, nproc: int) -> None:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
+    from pipeline.common.io import check_replaceable
     from pipeline.dataset.hub import resolve_dataset
     from pipeline.pretrain.run import run as pretrain
     from pipeline.pretrain.trainer import launched_by_torchrun
 
+    check_replaceable(args.out, "pretrain")  # before a download or a relaunch: never a user's folder
     if params.pretrain.nproc > 1 and not launched_by_torchrun():
         _relaunch(args, params.pretrain.nproc)
         return

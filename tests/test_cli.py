@@ -67,3 +67,30 @@ def test_validate_prints_effective_section(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert out.startswith("flow:") and "backend:" in out
     assert main(["--params", str(ROOT / "params.yaml"), "validate", "--section", "nope"]) == 2
+
+
+#: A stage's arguments with its output folder as ``{out}`` (the inputs need not exist: the check comes first).
+_OUT_ARGS = {
+    "encode": ["--episodes", "e", "--flow", "f", "--annotations", "a", "--out", "{out}"],
+    "pretrain": ["--dataset", "d", "--out", "{out}", "--metrics", "m.json", "--plots", "plots"],
+    "finetune": ["--backbone", "b", "--out", "{out}", "--metrics", "m.json", "--plots", "plots"],
+    "evaluate": ["--backbone", "b", "--out", "{out}", "--metrics", "m.json"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(_OUT_ARGS))
+def test_an_out_that_is_a_users_folder_or_the_working_directory_is_refused_untouched(
+    stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "ideas.md").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    params = str(ROOT / "params.yaml")
+    for out, says in (("notes", "notes: not an earlier output"), (".", "working directory")):
+        argv = [a.replace("{out}", out) for a in _OUT_ARGS[stage]]
+        assert main(["--params", params, stage, *argv]) == 2
+        err = capfd.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert (tmp_path / "notes" / "ideas.md").read_text() == "mine" and (tmp_path / ".git").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "notes"]

@@ -12,6 +12,7 @@ import yaml
 from support.datasets import write_synthetic_inputs
 
 from pipeline.cli import main
+from pipeline.common.io import OUTPUT_MARKER
 from pipeline.config import EncodeParams, WeightsParams
 from pipeline.dataset import DatasetError, validate_dataset
 from pipeline.dataset.hub import HubError, pull_dataset, push_dataset, resolve_dataset
@@ -87,7 +88,8 @@ def test_push_uploads_the_whole_dataset_as_a_dataset_repo(dataset: Path) -> None
     assert kwargs == {"repo_type": "dataset", "private": True, "exist_ok": True}
     assert name2 == "upload_folder" and upload["repo_id"] == "alice/semore-cheetah" and upload["repo_type"] == "dataset"
     assert Path(upload["folder_path"]) == dataset
-    every_file = {str(p.relative_to(dataset)) for p in dataset.rglob("*") if p.is_file()}
+    every_file = {str(p.relative_to(dataset)) for p in dataset.rglob("*") if p.is_file()} - {OUTPUT_MARKER}
+    assert (dataset / OUTPUT_MARKER).is_file()  # local bookkeeping of which stage wrote the folder: not published
     assert _uploaded_files(dataset, upload) == every_file
     assert {"README.md", "stats.json", "train/shard-000000.tar", "validation/shard-000000.tar"} <= every_file
     assert "samples" in upload["commit_message"]

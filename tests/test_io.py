@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.common.io import atomic_path, npz_bytes, write_npz_atomic
+from pipeline.common.io import (
+    OUTPUT_MARKER,
+    OutputPathError,
+    atomic_path,
+    npz_bytes,
+    stale_temporaries,
+    write_npz_atomic,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_npz_bytes_are_deterministic_and_loadable(tmp_path: Path) -> None:
@@ -31,14 +43,77 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
 
-def test_atomic_path_replaces_folders(tmp_path: Path) -> None:
+def test_atomic_path_replaces_its_own_earlier_output_and_marks_it(tmp_path: Path) -> None:
     target = tmp_path / "folder"
+    for content in ("first", "second"):
+        with atomic_path(target, owner="encode") as tmp:
+            tmp.mkdir()
+            (tmp / content).write_text("y")
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "second"]
+    assert (target / OUTPUT_MARKER).read_text() == "encode\n"
+
+
+@pytest.mark.parametrize("marker", [None, "pretrain"])
+def test_a_folder_that_is_not_this_stages_output_is_refused_before_any_work(tmp_path: Path, marker: str | None) -> None:
+    target = tmp_path / "thesis"
     target.mkdir()
-    (target / "stale").write_text("x")
-    with atomic_path(target) as tmp:
+    (target / "chapter1.tex").write_text("years of work")
+    if marker:
+        (target / OUTPUT_MARKER).write_text(marker + "\n")
+    ran = []
+    with pytest.raises(OutputPathError, match=r"thesis: .*will not replace it"), atomic_path(target, owner="encode"):
+        ran.append(True)
+    assert not ran and (target / "chapter1.tex").read_text() == "years of work"
+
+
+def test_the_working_directory_and_its_parents_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / OUTPUT_MARKER).write_text("encode\n")  # even one that looks like an output
+    monkeypatch.chdir(project)
+    for out in (".", "..", str(project)):
+        with pytest.raises(OutputPathError, match="working directory"), atomic_path(out, owner="encode"):
+            pass
+    assert (project / ".git").is_dir()
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from pipeline.common.io import atomic_path
+with atomic_path(Path(sys.argv[1]), clean_stale=True, owner="encode") as tmp:
+    tmp.mkdir()
+    (tmp / "partial").write_text("half")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_writer_leaves_the_old_output_and_a_second_writer_never_deletes_a_live_ones_temporary(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "dataset"
+    with atomic_path(target, clean_stale=True, owner="encode") as tmp:
         tmp.mkdir()
-        (tmp / "fresh").write_text("y")
-    assert sorted(p.name for p in target.iterdir()) == ["fresh"]
+        (tmp / "old").write_text("finished")
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        (live,) = stale_temporaries(target)
+        with (
+            pytest.raises(OutputPathError, match="another run is writing it"),
+            atomic_path(target, clean_stale=True, owner="encode"),
+        ):
+            pass
+        assert live.is_dir()  # the live writer's temporary survived the second writer
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (target / "old").read_text() == "finished"  # the kill left the finished output in place
+    with atomic_path(target, clean_stale=True, owner="encode") as tmp:  # the lock died with the writer
+        tmp.mkdir()
+        (tmp / "new").write_text("finished")
+    assert not live.exists() and sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "new"]
 
 
 def test_object_arrays_are_refused() -> None:

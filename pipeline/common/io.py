@@ -7,6 +7,7 @@ stage (or a DVC cache) would read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.common.errors import UserError
 
 #: Fixed timestamp for every archive member: same inputs, same bytes.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -71,32 +74,118 @@ def remove_stale_temporaries_in(folder: str | Path) -> list[Path]:
     return _remove(sorted(p for p in folder.iterdir() if pattern.match(p.name)))
 
 
+#: The file a stage's output folder carries, naming the stage (``encode\n``): :func:`atomic_path`
+#: replaces an existing folder only when it carries this marker naming the same owner.
+OUTPUT_MARKER = ".semore-output"
+
+
+class OutputPathError(UserError):
+    """An output path that is not this stage's to replace (a user's folder, another stage's output,
+    the working directory) or that another run is writing now."""
+
+
+def check_replaceable(target: str | Path, owner: str | None) -> None:
+    """Refuse (:class:`OutputPathError`) unless ``target`` may be replaced by an output of ``owner``:
+    absent, an empty folder, a file (when replaced by a file), or a folder whose :data:`OUTPUT_MARKER`
+    names ``owner``. Never the working directory or a folder holding it."""
+    target = Path(target)
+    resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise OutputPathError(
+            f"{target}: the output path is the working directory or holds it; refusing to replace it. "
+            "Choose an output folder of its own (e.g. data/<stage>)"
+        )
+    if target.is_symlink() or not target.is_dir() or not any(target.iterdir()):
+        return
+    marker = target / OUTPUT_MARKER
+    found = marker.read_text().strip() if marker.is_file() else None
+    if owner is None or found != owner:
+        what = f"the {found} stage's output" if found else f"not an earlier output (no {OUTPUT_MARKER} file)"
+        raise OutputPathError(
+            f"{target}: {what}, so the {owner or 'writer'} stage will not replace it. "
+            "Choose another output path, or delete the folder yourself if it is yours to lose"
+        )
+
+
 @contextmanager
-def atomic_path(target: str | Path, *, clean_stale: bool = False) -> Iterator[Path]:
+def _writer_lock(target: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``target`` for the writer's whole run (released by the kernel if it is
+    killed); a second writer of the same target is refused rather than deleting the first one's temporary."""
+    import fcntl
+
+    path = target.parent / f".{target.name}.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputPathError(
+                f"{target}: another run is writing it now ({path} is locked); wait for it, or choose another output"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _new_temporary(target: Path) -> Path:
+    """A free ``.<name>.XXXXXXXX.tmp`` path beside ``target`` (nothing created there)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.rmdir()
+    return tmp
+
+
+def replace_into(source: Path, target: Path, owner: str | None) -> None:
+    """Rename ``source`` onto ``target``; a folder written by ``owner`` gets :data:`OUTPUT_MARKER` first.
+
+    An existing folder at ``target`` (checked again: :func:`check_replaceable`) is moved aside,
+    ``source`` renamed in, then the aside copy deleted, so no moment leaves neither in place but the
+    two renames'.
+    """
+    if source.is_dir() and owner is not None:
+        (source / OUTPUT_MARKER).write_text(owner + "\n")
+    if target.is_dir() and not target.is_symlink():
+        check_replaceable(target, owner)
+        aside = _new_temporary(target)
+        os.replace(target, aside)
+        os.replace(source, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
+@contextmanager
+def atomic_path(target: str | Path, *, clean_stale: bool = False, owner: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
-    Works for files and folders: write whatever you like at the yielded path.
-    On an exception the temporary is removed and ``target`` is left untouched.
-    A SIGKILL leaves the temporary (``.<name>.XXXXXXXX.tmp``) behind: with ``clean_stale``
-    (for a stage's own output, which has one writer) those of earlier runs are removed first.
+    Works for files and folders: write whatever you like at the yielded path. A folder written
+    with an ``owner`` (the stage's name) gets :data:`OUTPUT_MARKER`, and an existing non-empty
+    folder is replaced only if its marker names the same owner (:func:`check_replaceable`:
+    checked on entry, before any work, and again before the rename), so ``--out`` can never delete
+    a user's folder. The old folder is moved aside, the new one renamed in, then the old deleted:
+    a kill leaves the old output or the new one at ``target``, and the aside copy as a stale
+    temporary. On an exception the temporary is removed and ``target`` is left untouched.
+
+    A SIGKILL leaves the temporary (``.<name>.XXXXXXXX.tmp``) behind: with ``clean_stale`` (a
+    stage's own output) the writer holds ``.<name>.lock`` for its run, refuses to start while
+    another holds it, and removes earlier runs' temporaries, which no live writer can own.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if clean_stale:
-        remove_stale_temporaries(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp.rmdir()  # the caller creates a file or folder here
-    try:
-        yield tmp
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        raise
+    check_replaceable(target, owner)
+    with _writer_lock(target) if clean_stale else contextlib.nullcontext():
+        if clean_stale:
+            remove_stale_temporaries(target)
+        tmp = _new_temporary(target)
+        try:
+            yield tmp
+            replace_into(tmp, target, owner)
+        except BaseException:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink()
+            raise
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.common.errors import UserError
+from pipeline.common.io import check_replaceable, replace_into
 from pipeline.dataset.reader import Dataset, open_dataset, validate_dataset
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
     """
     out_dir = Path(out_dir)
     repo_id = check_repo_id(repo_id)
+    check_replaceable(out_dir, "encode")  # before the download: never a user's folder
     staging = out_dir.parent / f".{out_dir.name}.pull"
     staging.parent.mkdir(parents=True, exist_ok=True)
     if api is None:
@@ -167,9 +169,7 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
         raise _hub_failure("pull of", repo_id, exc) from exc
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's local-dir bookkeeping
     check = validate_dataset(staging)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    replace_into(staging, out_dir, "encode")  # a pulled dataset stands where the encode stage's would
     log.info(
         "pull: hf://datasets/%s -> %s (%s)",
         repo_id,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common.io import atomic_path
+from pipeline.common.io import atomic_path, check_replaceable
 from pipeline.common.logs import progress
 from pipeline.common.stage import StageSummary
 from pipeline.config import EncodeParams, WeightsParams
@@ -262,6 +262,7 @@ def run(
         EncodeInputError: missing or malformed inputs (named, with the fix), before the folder is replaced.
     """
     out = Path(out)
+    check_replaceable(out, "encode")  # before any work: never a user's folder
     inputs = discover(episodes_dir, flow_dir, annotations_dir)
     check_inputs(inputs)
     split_of = assign_splits(inputs, section.val_fraction, section.seed)
@@ -280,7 +281,7 @@ def run(
     shards: dict[str, list[ShardInfo]] = {}
     bar = progress(total=len(inputs), desc="encode", unit="episode")
     with (
-        atomic_path(out, clean_stale=True) as tmp,
+        atomic_path(out, clean_stale=True, owner="encode") as tmp,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode-samples") as pool,
     ):
         tmp.mkdir()

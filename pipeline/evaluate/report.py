@@ -257,7 +257,7 @@ def write_outputs(
         lines += _probe_tables(probe)
     if results:
         lines += _rl_tables(section, repeats, results, aggregates)
-    with atomic_path(out, clean_stale=True) as tmp:
+    with atomic_path(out, clean_stale=True, owner="evaluate") as tmp:
         tmp.mkdir()
         (tmp / "results.json").write_text(dumps_json(record))
         (tmp / "report.md").write_text("\n".join(lines))

@@ -33,6 +33,7 @@ import torch
 from pipeline.common import probe as probes
 from pipeline.common.device import select_device
 from pipeline.common.errors import UserError
+from pipeline.common.io import check_replaceable
 from pipeline.common.stage import StageSummary
 from pipeline.config.evaluate import EvaluateParams
 from pipeline.config.finetune import FinetuneParams
@@ -244,6 +245,7 @@ def run(
     ``finetune`` supplies the pixel agent's hyperparameters when ``section.arms`` has ``finetune``."""
     from pipeline.evaluate.report import write_outputs
 
+    check_replaceable(out, "evaluate")  # before any work: never a user's folder
     if section.threads:
         torch.set_num_threads(section.threads)
     device = select_device(section.device, param_key="evaluate.device")

@@ -65,7 +65,7 @@ class ResumeCheckpoint:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if agent.device.type == "cuda" else [],
         }
-        with atomic_path(self.folder) as tmp:
+        with atomic_path(self.folder, owner="finetune checkpoint") as tmp:
             tmp.mkdir()
             torch.save(payload, tmp / AGENT_FILE)
             np.savez(tmp / REPLAY_FILE, **buffer.state_dict())

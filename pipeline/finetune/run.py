@@ -17,6 +17,7 @@ import torch
 
 from pipeline.common.device import select_device
 from pipeline.common.errors import UserError
+from pipeline.common.io import check_replaceable
 from pipeline.common.stage import StageSummary
 from pipeline.config.finetune import FinetuneParams
 from pipeline.finetune.encoder import EncoderSpec, read_spec
@@ -114,7 +115,7 @@ def log_curves(folder: str | Path, evals: list[dict[str, Any]], episodes: list[d
     from pipeline.common.curves import open_live
     from pipeline.common.io import atomic_path
 
-    with atomic_path(folder) as tmp, open_live(tmp) as live:
+    with atomic_path(folder, owner="finetune plots") as tmp, open_live(tmp) as live:
         for e in evals:
             live.step = int(e["frames"])
             live.log_metric("eval/return_mean", round(float(e["return_mean"]), 4))
@@ -141,6 +142,9 @@ def run(
     """Train SAC online from the backbone under ``backbone``; write ``out/actor/``, ``out/eval_video.gif``,
     the metrics JSON (``metrics``) and the DVCLive curves (``plots``)."""
     p = section
+    check_replaceable(out, "finetune")  # before any work: never a user's folder
+    if plots is not None:
+        check_replaceable(plots, "finetune plots")
     if p.threads:
         torch.set_num_threads(p.threads)
     spec = read_spec(backbone)

@@ -349,7 +349,7 @@ class Workspace:
             seed=p.seed,
             observation_warnings=list(warnings),
         )
-        with atomic_path(out_dir, clean_stale=True) as tmp:
+        with atomic_path(out_dir, clean_stale=True, owner="finetune") as tmp:
             tmp.mkdir()
             save_module(tmp / "actor", policy.cpu(), policy_config, meta)
             if self.video:

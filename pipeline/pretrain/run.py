@@ -36,7 +36,7 @@ from models.checkpoint import save_module
 from models.heads import PretrainModel
 from pipeline.common.device import select_device
 from pipeline.common.errors import UserError
-from pipeline.common.io import atomic_path, write_json_atomic
+from pipeline.common.io import atomic_path, check_replaceable, write_json_atomic
 from pipeline.common.stage import StageSummary
 from pipeline.config import PretrainParams
 from pipeline.dataset import Dataset, open_dataset
@@ -113,7 +113,7 @@ def write_curves(folder: str | Path, history: list[dict[str, float]], validation
     from pipeline.common.curves import open_live
 
     validated = {int(r["step"]): r for r in validation}
-    with atomic_path(folder) as tmp, open_live(tmp) as live:
+    with atomic_path(folder, owner="pretrain plots") as tmp, open_live(tmp) as live:
         for record in history:
             live.step = int(record["step"])
             for name in ("total", *TERMS):
@@ -151,6 +151,8 @@ def run(
     dataset: str | Path, out: str | Path, section: PretrainParams, *, metrics: str | Path, plots: str | Path
 ) -> PretrainSummary:
     """Train the backbone on ``dataset`` and write every output (rank 0 only under DDP)."""
+    check_replaceable(out, "pretrain")  # before any work: never a user's folder
+    check_replaceable(plots, "pretrain plots")
     values = pretrain(dataset, out, metrics, plots, section)
     return PretrainSummary(stage="pretrain", out=str(out), values=values)
 
@@ -395,7 +397,7 @@ def _pretrain(
         "clip_mean": {t: (m if t in centres else None) for t, m in means.items()},
     }
     model.cpu()
-    with atomic_path(out, clean_stale=True) as tmp:
+    with atomic_path(out, clean_stale=True, owner="pretrain") as tmp:
         tmp.mkdir()
         save_module(tmp / BACKBONE_DIR, model.backbone, config, meta)
         save_module(tmp / MODEL_DIR, model, model_config, meta)
