@@ -297,3 +297,27 @@ def test_replay_memory_estimate_and_bad_input() -> None:
         buffer.add_step(np.zeros(2, np.float32), 0.0, False, frame(2, size=5))
     with pytest.raises(RuntimeError, match="no transition"):
         buffer.sample(1)
+
+
+def test_a_checkpoint_from_before_the_output_marker_is_replaced(tmp_path) -> None:
+    """A resume checkpoint written by an earlier version (no .semore-output) is the cache's own: the next
+    save replaces it instead of refusing, and a folder that is not a checkpoint is still refused."""
+    from pipeline.common.io import OUTPUT_MARKER, OutputPathError
+    from pipeline.finetune.checkpoint import AGENT_FILE, REPLAY_FILE, RUN_FILE, ResumeCheckpoint, TrainState
+
+    agent = make_agent()
+    buffer = ReplayBuffer(16, (3, 4, 4), 2, frame_stack=3)
+    buffer.start_episode(frame(1))
+    old = ResumeCheckpoint(tmp_path / "old")
+    old.folder.mkdir()
+    for name in (AGENT_FILE, REPLAY_FILE, RUN_FILE):
+        (old.folder / name).write_text("from an earlier version")
+    old.save(agent, buffer, TrainState(frame=7), np.random.default_rng(0), {"frame": 7})
+    assert old.frame() == 7 and (old.folder / OUTPUT_MARKER).read_text() == "finetune checkpoint\n"
+
+    stranger = ResumeCheckpoint(tmp_path / "notes")
+    stranger.folder.mkdir()
+    (stranger.folder / "mine.txt").write_text("keep me")
+    with pytest.raises(OutputPathError, match="no .semore-output"):
+        stranger.save(agent, buffer, TrainState(frame=7), np.random.default_rng(0), {"frame": 7})
+    assert (stranger.folder / "mine.txt").read_text() == "keep me"

@@ -111,21 +111,35 @@ def check_replaceable(target: str | Path, owner: str | None) -> None:
 @contextmanager
 def _writer_lock(target: Path) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside ``target`` for the writer's whole run (released by the kernel if it is
-    killed); a second writer of the same target is refused rather than deleting the first one's temporary."""
+    killed); a second writer of the same target is refused rather than deleting the first one's temporary.
+
+    The lock file is deleted when released (so no litter is left beside the output); a writer that
+    locked a file just deleted by the previous one sees it is no longer at the path and tries again.
+    """
     import fcntl
 
     path = target.parent / f".{target.name}.lock"
-    with open(path, "a") as handle:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise OutputPathError(
                 f"{target}: another run is writing it now ({path} is locked); wait for it, or choose another output"
             ) from None
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def _new_temporary(target: Path) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.common.io import atomic_path
+from pipeline.common.io import OUTPUT_MARKER, atomic_path
 from pipeline.finetune.replay_buffer import ReplayBuffer
 from pipeline.finetune.sac import SAC
 
@@ -40,6 +40,10 @@ class TrainState:
     next_checkpoint: int = 0
     evals: list[dict[str, Any]] = field(default_factory=list)
     episodes: list[dict[str, Any]] = field(default_factory=list)
+
+
+#: The :data:`~pipeline.common.io.OUTPUT_MARKER` owner of a checkpoint folder.
+CHECKPOINT_OWNER = "finetune checkpoint"
 
 
 class ResumeCheckpoint:
@@ -65,7 +69,10 @@ class ResumeCheckpoint:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if agent.device.type == "cuda" else [],
         }
-        with atomic_path(self.folder, owner="finetune checkpoint") as tmp:
+        if self.exists() and not (self.folder / OUTPUT_MARKER).is_file():
+            # a checkpoint written before folders carried the marker: it is this cache's, replace it
+            (self.folder / OUTPUT_MARKER).write_text(CHECKPOINT_OWNER + "\n")
+        with atomic_path(self.folder, owner=CHECKPOINT_OWNER) as tmp:
             tmp.mkdir()
             torch.save(payload, tmp / AGENT_FILE)
             np.savez(tmp / REPLAY_FILE, **buffer.state_dict())
