@@ -28,6 +28,11 @@ def run(args: argparse.Namespace, params: Params) -> None:
     from pipeline.dataset.hub import push_dataset
 
     url = push_dataset(
-        args.dataset, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message
+        args.dataset,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.message,
+        secret_envs=(params.annotate.api_key_env,),
     )
     print(url or f"pushed {args.dataset} to hf://datasets/{args.repo_id}")

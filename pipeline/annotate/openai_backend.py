@@ -13,13 +13,16 @@ with request seeds that continue past the earlier runs' seeds.
 
 The API key is read from the environment variable named by
 ``annotate.api_key_env`` (sent as ``Authorization: Bearer``; may be unset for a
-local server). Before any frame, ``GET {base_url}/models`` checks that the
+local server). The key never reaches an output: every answer, error body and error
+message is passed through :class:`~pipeline.common.secrets.Redactor` before it is stored,
+cached or logged (a server may echo the request). Before any frame, ``GET {base_url}/models`` checks that the
 server answers, accepts the key and serves ``annotate.model``.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import os
@@ -32,6 +35,7 @@ import requests
 
 from pipeline.annotate.base import Backend, FrameItem, FrameResult, result_from_text
 from pipeline.common.errors import UserError
+from pipeline.common.secrets import Redactor
 
 if TYPE_CHECKING:
     from pipeline.config import AnnotateParams, WeightsParams
@@ -83,6 +87,7 @@ class OpenAIBackend(Backend):
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
         self._api_key_env = params.api_key_env
+        self._redact = Redactor([params.api_key_env])
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
@@ -103,7 +108,8 @@ class OpenAIBackend(Backend):
             response = self._session().get(url, headers=self.headers, timeout=min(self.timeout_s, 30.0))
         except requests.RequestException as exc:
             raise UserError(
-                f"annotate.base_url = {self.base_url!r}: no server answers ({type(exc).__name__}: {exc}).\n"
+                f"annotate.base_url = {self.base_url!r}: no server answers "
+                f"({type(exc).__name__}: {self._redact(str(exc))}).\n"
                 f"  Fix: {fix}."
             ) from None
         if response.status_code in (401, 403):
@@ -154,7 +160,12 @@ class OpenAIBackend(Backend):
         }
 
     def _annotate_one(self, item: FrameItem) -> FrameResult:
-        """Query one frame with retries; always returns a result (ok, or failed with the reason)."""
+        """Query one frame with retries; always returns a result (ok, or failed with the reason), with the
+        API key redacted from its raw answer and error."""
+        result = self._query(item)
+        return dataclasses.replace(result, raw=self._redact(result.raw), error=self._redact(result.error))
+
+    def _query(self, item: FrameItem) -> FrameResult:
         url = f"{self.base_url}/chat/completions"
         image_url = png_data_url(item.image)
         session = self._session()
@@ -180,7 +191,7 @@ class OpenAIBackend(Backend):
             except requests.RequestException as exc:
                 failure = self._transport(item, None, f"request failed: {type(exc).__name__}: {exc}", calls)
                 continue
-            text = response.text
+            text = self._redact(response.text)
             if response.status_code != 200:
                 failure = self._transport(
                     item, text[:2000] or None, f"HTTP {response.status_code} from the server", calls
@@ -198,7 +209,7 @@ class OpenAIBackend(Backend):
                     calls,
                 )
                 continue
-            result = result_from_text(item, content, calls)
+            result = result_from_text(item, self._redact(content), calls)
             if result.status == "ok":
                 return result
             invalid_answers += 1

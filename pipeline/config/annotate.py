@@ -122,3 +122,17 @@ class AnnotateParams(Section):
                 "write {{ and }} for literal braces"
             ) from None
         return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.username or parts.password:
+            # a secret in params would be recorded in dvc.lock, provenance and every log line naming the URL
+            raise ValueError(
+                "holds credentials (user:password@); secrets come from the environment only: "
+                "put the key in the variable named by annotate.api_key_env and drop it from the URL"
+            )
+        return value

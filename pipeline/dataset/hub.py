@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.common.errors import UserError
 from pipeline.common.io import check_replaceable, replace_into
+from pipeline.common.secrets import Redactor, SecretInOutput
 from pipeline.dataset.reader import Dataset, open_dataset, validate_dataset
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,24 @@ def push_dataset(
     revision: str | None = None,
     commit_message: str | None = None,
     api: Any = None,
+    secret_envs: tuple[str, ...] = (),
 ) -> str:
     """Upload a validated dataset folder to the dataset repo ``repo_id``; returns the commit URL (or "").
 
     Args:
         api: an ``HfApi``-like object (tests pass a fake one); by default ``HfApi(token=$HF_TOKEN)``.
+        secret_envs: environment variables whose values must not be published (the annotate API key's);
+            the Hub token's (:data:`TOKEN_ENV`) are always checked.
 
     Raises:
         DatasetError: the folder is incomplete or corrupt (checked before anything is uploaded).
+        SecretInOutput: a file to upload holds one of those secrets (checked before anything is uploaded).
         HubError: no token, offline, or the Hub refused.
     """
     folder = Path(folder)
     repo_id = check_repo_id(repo_id)
     check = validate_dataset(folder, decode=False)
+    check_no_secrets(folder, (*secret_envs, *TOKEN_ENV))
     if api is None:
         token = _token()
         if not token:
@@ -141,6 +147,22 @@ def push_dataset(
     except _hub_errors() as exc:
         raise _hub_failure("push to", repo_id, exc) from exc
     return str(getattr(info, "commit_url", "") or "")
+
+
+def check_no_secrets(folder: Path, names: tuple[str, ...]) -> None:
+    """Refuse (:class:`SecretInOutput`) if a file that push would upload holds the value of one of the
+    environment variables ``names``."""
+    redactor = Redactor(names)
+    if not redactor:
+        return
+    for path in sorted({p for pattern in DATASET_PATTERNS for p in folder.glob(pattern) if p.is_file()}):
+        name = redactor.find_in_file(path)
+        if name is not None:
+            raise SecretInOutput(
+                f"{path}: holds the value of ${name}, a secret; refusing to push the dataset. "
+                "Rebuild the annotations and the dataset (semore annotate redacts the key now; clear "
+                "annotate.cache_dir entries made before), or rotate the key if it was ever published"
+            )
 
 
 def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = None, api: Any = None) -> Dataset:

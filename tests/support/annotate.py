@@ -44,7 +44,8 @@ VALID_ANSWER = json.dumps(
 class Action:
     """What the server does with one request.
 
-    kind: ``answer`` (200 with ``content``), ``status`` (HTTP ``code`` with a JSON error body),
+    kind: ``answer`` (200 with ``content``), ``status`` (HTTP ``code`` with a JSON error body, or ``body``
+    when it is set),
     ``malformed`` (200 with ``body`` as is), ``drop`` (close the connection without a response).
     ``delay_s`` is slept before acting.
     """
@@ -52,7 +53,7 @@ class Action:
     kind: str = "answer"
     content: str = VALID_ANSWER
     code: int = 500
-    body: str = "{not json"
+    body: str | None = None  # "malformed" default: "{not json"
     delay_s: float = 0.0
 
 
@@ -170,9 +171,10 @@ class ChatServer:
                     }
                     self._send(200, json.dumps(reply))
                 elif action.kind == "status":
-                    self._send(action.code, json.dumps({"error": {"message": f"scripted {action.code}"}}))
+                    error = json.dumps({"error": {"message": f"scripted {action.code}"}})
+                    self._send(action.code, error if action.body is None else action.body)
                 elif action.kind == "malformed":
-                    self._send(200, action.body)
+                    self._send(200, "{not json" if action.body is None else action.body)
                 elif action.kind == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
