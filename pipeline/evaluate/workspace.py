@@ -23,14 +23,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
 from pipeline.collect.envs.base import StepResult
 from pipeline.collect.envs.wrappers import ActionScale, FrameStacker
 from pipeline.config.evaluate import AgentParams
 from pipeline.evaluate.backbones import Backbone
 from pipeline.evaluate.seeding import derive_seed
-from pipeline.finetune.sac import SAC
+from pipeline.finetune.sac import SAC, IdentityEncoder
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +89,6 @@ class FeatureObserver:
 
     def encode(self, raw: list[np.ndarray]) -> np.ndarray:
         return self.backbone.features(np.stack(raw), batch=len(raw))
-
-
-class _Identity(nn.Identity):
-    """The SAC encoder slot for vector observations: features are the observation."""
-
-    def __init__(self, feature_dim: int) -> None:
-        super().__init__()
-        self.feature_dim = feature_dim
 
 
 class VectorReplay:
@@ -211,7 +202,7 @@ class VectorWorkspace:
         self.eval_envs = [env(derive_seed(seed, "eval_env", task, i + 1)) for i in range(schedule.eval_episodes)]
         self.action_dim = self.env.action_dim
         torch.manual_seed(derive_seed(seed, "agent", task))
-        self.agent = SAC(_Identity(self.observer.dim), self.action_dim, agent_params, device, train_encoder=False)
+        self.agent = SAC(IdentityEncoder(self.observer.dim), self.action_dim, agent_params, device, train_encoder=False)
         self.replay = VectorReplay(
             agent_params.replay_capacity,
             self.observer.dim,

@@ -39,6 +39,15 @@ from pipeline.config.finetune import FinetuneParams
 from pipeline.finetune.augment import random_shift
 
 
+class IdentityEncoder(nn.Identity):
+    """The encoder slot of a vector-observation agent (the state arm, frozen features): features are the
+    (B, D) float32 observation itself."""
+
+    def __init__(self, feature_dim: int) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+
+
 class SAC:
     """The agent: encoder, actor, twin critics, target critics, temperature, and their optimisers.
 
