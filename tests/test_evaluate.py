@@ -180,6 +180,7 @@ def test_the_pixel_finetune_arm_runs_when_asked(tmp_path: Path, backbone: Path, 
 def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_changes(
     tmp_path: Path, backbone: Path, torch_one_thread, monkeypatch
 ) -> None:
+    from pipeline.evaluate.group import GroupWorkspace
     from pipeline.evaluate.workspace import VectorWorkspace
 
     p = params(arms=["state", "frozen"], cache_dir=str(tmp_path / "cache"))
@@ -190,12 +191,17 @@ def test_a_rerun_reads_finished_runs_and_retrains_when_what_they_depend_on_chang
         raise AssertionError("trained a run that had finished before")
 
     monkeypatch.setattr(VectorWorkspace, "train", no_training)
+    monkeypatch.setattr(GroupWorkspace, "train", no_training)
     run(
         backbone, tmp_path / "b", p.model_copy(update={"workers": 2, "random_inits": 1, "min_final_return": -1.0})
     )  # scheduling only
     assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()
     with pytest.raises(AssertionError, match="finished before"):  # another learning rate is another run
         run(backbone, tmp_path / "c", p.model_copy(update={"agent": p.agent.model_copy(update={"lr": 3e-4})}))
+    with pytest.raises(AssertionError, match="finished before"):  # trained alone, not in its group: another run
+        run(backbone, tmp_path / "d", p.model_copy(update={"group_by": "run"}))
+    with pytest.raises(AssertionError, match="finished before"):  # a group with another member: trained again
+        run(backbone, tmp_path / "e", p.model_copy(update={"seeds": 2}))
 
 
 def test_runs_in_worker_processes_report_progress_each_under_its_own_name(
@@ -207,7 +213,7 @@ def test_runs_in_worker_processes_report_progress_each_under_its_own_name(
     from pipeline.evaluate.run import _rl_jobs
 
     caplog.set_level(logging.INFO)  # the parent's level, passed on to the workers
-    section = params(seeds=2)
+    section = params(seeds=2, group_by="run")  # one process per run (a group is one unit of work)
     backbones = load_backbones(backbone, random_inits=1, checkpoints=[], seed=0, device=torch.device("cpu"))
     jobs = _rl_jobs("state", section, backbones, {"cartpole-swingup": 8}, 24)
     with job_pool(2) as pool:

@@ -189,6 +189,12 @@ class EvaluateParams(Section):
         description="Processes running RL runs side by side (one torch thread each; on a GPU they share it, "
         "and each renders on its own CPU core); 1: in-process. Results do not depend on it.",
     )
+    group_by: Literal["task", "run"] = Field(
+        "task",
+        description="'task': the vector runs of one arm and task (every seed and backbone) train in one process "
+        "as one batched agent, environments in lockstep (pipeline/evaluate/group.py); 'run': one process per run. "
+        "Results differ only by float rounding; the grouping is part of each run's cache key.",
+    )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'.")
     threads: Int = Field(0, ge=0, description="torch CPU threads; 0: one per core.")
 

@@ -84,7 +84,7 @@ def _observer_factory(job: RLJob, section: EvaluateParams, device: torch.device)
     return partial(FeatureObserver, backbone)
 
 
-def _cache_key(job: RLJob, section: EvaluateParams, device: torch.device) -> str:
+def _cache_key(job: RLJob, section: EvaluateParams, device: torch.device, group: list[str] | None = None) -> str:
     identity = None
     if job.backbone_path is not None:
         from pipeline.finetune.encoder import read_spec
@@ -92,7 +92,37 @@ def _cache_key(job: RLJob, section: EvaluateParams, device: torch.device) -> str
         spec = read_spec(job.backbone_path)
         random_init = (job.backbone or "").startswith("random-")  # its label and the seed fix its weights
         identity = {"class": spec.class_path, "config": spec.config, "sha256": None if random_init else spec.sha256}
-    return job_key(asdict(job), identity, section.model_dump(mode="json"), device.type)
+    return job_key(asdict(job), identity, section.model_dump(mode="json"), device.type, group)
+
+
+def _schedule(job: RLJob, section: EvaluateParams) -> Schedule:
+    return Schedule(
+        section.frames,
+        section.seed_frames,
+        section.eval_every_frames,
+        section.eval_episodes,
+        section.episode_frames,
+        job.action_repeat,
+    )
+
+
+def _env_factory(job: RLJob, section: EvaluateParams) -> Any:
+    episode_steps = max(1, section.episode_frames // job.action_repeat)
+    return partial(
+        _make_env, job.task, job.image_size, section.camera, job.action_repeat, section.render_mode, episode_steps
+    )
+
+
+def _run_seed(job: RLJob, section: EvaluateParams) -> int:
+    return derive_seed(section.seed, "agent", job.label, job.seed_index)
+
+
+def _run_name(job: RLJob) -> str:
+    return f"{job.label} on {job.task} seed {job.seed_index}"
+
+
+def _record(result: Any) -> dict[str, Any]:
+    return {"curve": result.curve, "final_return": result.final_return, "speed": result.speed()}
 
 
 def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> dict[str, Any]:
@@ -106,41 +136,67 @@ def run_job(job: RLJob, section: EvaluateParams, device_name: str = "cpu") -> di
     if (cached := cache.get(key)) is not None:
         log.info("%s on %s seed %d: finished before, read from %s", job.label, job.task, job.seed_index, cache.folder)
         return {"job": job, **cached}
-    schedule = Schedule(
-        section.frames,
-        section.seed_frames,
-        section.eval_every_frames,
-        section.eval_episodes,
-        section.episode_frames,
-        job.action_repeat,
-    )
-    make_env = partial(
-        _make_env,
-        job.task,
-        job.image_size,
-        section.camera,
-        job.action_repeat,
-        section.render_mode,
-        max(1, section.episode_frames // job.action_repeat),
-    )
-    seed = derive_seed(section.seed, "agent", job.label, job.seed_index)
+    schedule, make_env = _schedule(job, section), _env_factory(job, section)
     workspace = VectorWorkspace(
         job.task,
         make_env,
         _observer_factory(job, section, device),
         section.agent,
         schedule,
-        seed,
+        _run_seed(job, section),
         device,
-        name=f"{job.label} on {job.task} seed {job.seed_index}",
+        name=_run_name(job),
     )
     try:
         result = workspace.train()
     finally:
         workspace.close()
-    record = {"curve": result.curve, "final_return": result.final_return, "speed": result.speed()}
+    record = _record(result)
     cache.put(key, record)
     return {"job": job, **record}
+
+
+def group_of(job: RLJob) -> tuple[str, str]:
+    """The group a vector run trains in under ``evaluate.group_by: task``: its arm and task."""
+    return job.arm, job.task
+
+
+def run_group(jobs: list[RLJob], section: EvaluateParams, device_name: str = "cpu") -> list[dict[str, Any]]:
+    """Train ``jobs`` (one arm and task, :func:`group_of`) as one lockstepped batched group
+    (:class:`~pipeline.evaluate.group.GroupWorkspace`); results in the order of ``jobs``.
+
+    The members of a group finish together, so each is cached with the group's composition in its key:
+    a rerun reads a finished group back, and a group with any member missing trains again whole."""
+    from pipeline.evaluate.group import GroupWorkspace, Member
+
+    device = torch.device(device_name)
+    cache = RunCache(section.cache_dir)
+    members = [f"{j.label}/{j.seed_index}/{j.backbone}" for j in jobs]
+    keys = [_cache_key(job, section, device, members) for job in jobs]
+    cached = [cache.get(key) for key in keys]
+    if all(c is not None for c in cached):
+        log.info("%s on %s: %d runs finished before, read from %s", jobs[0].arm, jobs[0].task, len(jobs), cache.folder)
+        return [{"job": job, **c} for job, c in zip(jobs, cached, strict=True)]
+    factories: dict[tuple[str | None, str | None], Any] = {}  # runs of one backbone share it (and its forwards)
+    for job in jobs:
+        if (job.backbone, job.backbone_path) not in factories:
+            factories[job.backbone, job.backbone_path] = _observer_factory(job, section, device)
+    workspace = GroupWorkspace(
+        jobs[0].task,
+        _env_factory(jobs[0], section),
+        [Member(_run_seed(j, section), factories[j.backbone, j.backbone_path], _run_name(j)) for j in jobs],
+        section.agent,
+        _schedule(jobs[0], section),
+        device,
+    )
+    try:
+        results = workspace.train()
+    finally:
+        workspace.close()
+    records = [_record(r) for r in results]
+    for key, record in zip(keys, records, strict=True):
+        cache.put(key, record)
+    return [{"job": job, **record} for job, record in zip(jobs, records, strict=True)]
 
 
 def _init_worker(threads: int, log_level: int) -> None:
@@ -171,22 +227,36 @@ def job_pool(workers: int) -> ProcessPoolExecutor | None:
 def run_jobs(
     jobs: list[RLJob], section: EvaluateParams, *, pool: ProcessPoolExecutor | None, device_name: str
 ) -> list[dict[str, Any]]:
-    """Every job, in ``pool``'s processes (in this process when None or one job); results in the order of ``jobs``."""
-    if pool is None or len(jobs) <= 1:
-        return [run_job(job, section, device_name) for job in jobs]
+    """Every job, in ``pool``'s processes (in this process when None or one unit of work); results in the order
+    of ``jobs``. A unit is one run, or with ``evaluate.group_by: task`` one group (:func:`run_group`)."""
+    if section.group_by == "task":
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(group_of(job), []).append(i)
+        units = [(run_group, [jobs[i] for i in idx], idx) for idx in groups.values()]
+    else:
+        units = [(_run_one, [job], [i]) for i, job in enumerate(jobs)]
     results: dict[int, dict[str, Any]] = {}
-    futures = {pool.submit(run_job, job, section, device_name): i for i, job in enumerate(jobs)}
-    for future in as_completed(futures):
-        i = futures[future]
-        results[i] = future.result()
-        log.info(
-            "%s on %s seed %d: final return %.1f",
-            jobs[i].label,
-            jobs[i].task,
-            jobs[i].seed_index,
-            results[i]["final_return"],
-        )
+    if pool is None or len(units) <= 1:
+        done = ((idx, fn(members, section, device_name)) for fn, members, idx in units)
+    else:
+        futures = {pool.submit(fn, members, section, device_name): idx for fn, members, idx in units}
+        done = ((futures[f], f.result()) for f in as_completed(futures))
+    for idx, unit_results in done:
+        for i, result in zip(idx, unit_results, strict=True):
+            results[i] = result
+            log.info(
+                "%s on %s seed %d: final return %.1f",
+                jobs[i].label,
+                jobs[i].task,
+                jobs[i].seed_index,
+                result["final_return"],
+            )
     return [results[i] for i in range(len(jobs))]
+
+
+def _run_one(jobs: list[RLJob], section: EvaluateParams, device_name: str) -> list[dict[str, Any]]:
+    return [run_job(jobs[0], section, device_name)]
 
 
 def finetune_params(finetune: FinetuneParams, section: EvaluateParams, task: str, action_repeat: int) -> FinetuneParams:

@@ -44,6 +44,7 @@ _NOT_IN_KEY = {
     "probe",
     "min_final_return",
     "workers",
+    "group_by",
     "device",
     "threads",
     "cache_dir",
@@ -59,6 +60,9 @@ _CODE = (
     "models/interaction.py",
     "models/layers.py",
     "pipeline/evaluate/workspace.py",
+    "pipeline/evaluate/group.py",
+    "pipeline/finetune/ensemble_sac.py",
+    "models/ensemble.py",
     "pipeline/evaluate/arms.py",
     "pipeline/evaluate/backbones.py",
     "pipeline/evaluate/seeding.py",
@@ -84,7 +88,13 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def job_key(job: dict[str, Any], backbone: dict[str, Any] | None, section: dict[str, Any], device_type: str) -> str:
+def job_key(
+    job: dict[str, Any],
+    backbone: dict[str, Any] | None,
+    section: dict[str, Any],
+    device_type: str,
+    group: list[str] | None = None,
+) -> str:
     """24 hex digits naming one run's computation.
 
     Args:
@@ -94,6 +104,8 @@ def job_key(job: dict[str, Any], backbone: dict[str, Any] | None, section: dict[
             random initialisation, which its label and the seed fix), or None for the state arm.
         section: the evaluate section as ``model_dump(mode="json")``.
         device_type: ``cpu`` or ``cuda`` (numerics differ).
+        group: the runs trained with it as one batched group (:mod:`pipeline.evaluate.group`), or None
+            for a run trained alone: batched kernels round differently, so the grouping is part of the key.
     """
     record = {
         "job": {k: v for k, v in job.items() if k != "backbone_path"},
@@ -102,6 +114,8 @@ def job_key(job: dict[str, Any], backbone: dict[str, Any] | None, section: dict[
         "device": device_type,
         "code": code_digest(),
     }
+    if group is not None:
+        record["group"] = group
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 
 
