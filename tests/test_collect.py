@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.processes import assert_workers_die_with_their_parent
 
 from pipeline.collect import collect_task, collector, make_env
 from pipeline.collect.camera import project, unproject
@@ -350,31 +348,6 @@ def test_scene_renderer_matches_mujoco_renderer() -> None:
     assert len(np.unique(ours.segmentation)) > 3
 
 
-def _children(pid: int) -> dict[int, str]:
-    """pid -> command line of the live processes whose parent is ``pid`` (Linux /proc)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found[int(entry.name)] = cmdline
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has finished: only its exit status is left to be read
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_the_main_process_leaves_no_worker_running(tmp_path: Path) -> None:
     """SIGKILL on `semore collect` mid-run (workers: 3, so 2 spawned beside the main process): its
@@ -397,28 +370,7 @@ def test_killing_the_main_process_leaves_no_worker_running(tmp_path: Path) -> No
         "--out",
         str(tmp_path / "out"),
     ]
-    main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        workers: dict[int, str] = {}
-        while len(workers) < 2 and time.monotonic() < deadline and main.poll() is None:
-            workers = {pid: cmd for pid, cmd in _children(main.pid).items() if "spawn_main" in cmd}
-            time.sleep(0.2)
-        assert len(workers) == 2, f"expected 2 spawned workers, found {workers} (exit status {main.poll()})"
-        time.sleep(3.0)  # let them build their envs and start recording
-        assert all(_alive(pid) for pid in workers)
-        os.kill(main.pid, signal.SIGKILL)
-        main.wait()
-        deadline = time.monotonic() + 5.0
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        survivors = [pid for pid in workers if _alive(pid)]
-        assert not survivors, f"workers {survivors} outlived the killed main process"
-    finally:
-        if main.poll() is None:
-            main.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(main.pid, signal.SIGKILL)  # anything left of the session (only if the test failed)
+    assert_workers_die_with_their_parent(command, workers=2)
 
 
 def test_importing_collect_has_no_side_effect_and_make_env_sets_up_rendering_itself() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from support.processes import assert_workers_die_with_their_parent
 
 from models.backbone import DualPathBackbone
 from models.checkpoint import save_module
@@ -375,3 +378,24 @@ def test_the_finetune_arm_is_checked_before_any_work(
     )
     warnings = check_observation(read_spec(recorded_backbone), arm)
     assert any("render mode" in w for w in warnings) and any("camera" in w for w in warnings)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_evaluate_stage_leaves_no_worker_running(tmp_path: Path, backbone: Path) -> None:
+    """SIGKILL on `semore evaluate` while its two pool workers train (the state arm of two tasks, runs far
+    longer than the wait): the workers end within seconds instead of training on and writing the cache."""
+    section = {
+        **TINY,
+        "tasks": ["cartpole-swingup", "cartpole-balance"],
+        "action_repeat": {"cartpole-balance": 8},
+        "arms": ["state"],
+        "frames": 10_000_000,
+        "workers": 2,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": section}))
+    command = [sys.executable, "-m", "pipeline.cli", "--params", str(params), "evaluate", "--backbone", str(backbone)]
+    command += ["--out", str(tmp_path / "evaluation"), "--metrics", str(tmp_path / "evaluate.json")]
+    assert_workers_die_with_their_parent(command, workers=2, settle_s=5.0)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -199,8 +200,11 @@ def run_group(jobs: list[RLJob], section: EvaluateParams, device_name: str = "cp
     return [{"job": job, **record} for job, record in zip(jobs, records, strict=True)]
 
 
-def _init_worker(threads: int, log_level: int) -> None:
+def _init_worker(threads: int, log_level: int, parent_pid: int) -> None:
     from pipeline.common.logs import setup_logging
+    from pipeline.common.processes import die_with_parent
+
+    die_with_parent(parent_pid)  # a killed stage must not leave its workers training and writing the cache
     from pipeline.common.rendering import setup_headless_rendering
 
     setup_headless_rendering()
@@ -209,7 +213,8 @@ def _init_worker(threads: int, log_level: int) -> None:
 
 
 def job_pool(workers: int) -> ProcessPoolExecutor | None:
-    """``workers`` spawned processes for :func:`run_jobs` (None: run in this process, when 1).
+    """``workers`` spawned processes for :func:`run_jobs` (None: run in this process, when 1), each ending
+    with this process (even a SIGKILL of it: :func:`~pipeline.common.processes.die_with_parent`).
 
     One pool serves every arm of an evaluation: each spawned process imports torch and MuJoCo
     once (about 8 s on 2 cores), not once per arm."""
@@ -220,7 +225,7 @@ def job_pool(workers: int) -> ProcessPoolExecutor | None:
         max_workers=workers,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(1, logging.getLogger().getEffectiveLevel()),
+        initargs=(1, logging.getLogger().getEffectiveLevel(), os.getpid()),
     )
 
 
