@@ -238,6 +238,7 @@ class _Recorder:
 _worker_recorder: _Recorder | None = None
 _worker_error: BaseException | None = None
 
+
 def _close_worker_recorder() -> None:
     global _worker_recorder
     if _worker_recorder is not None:
