@@ -24,9 +24,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+#: Largest response body read (bytes): an annotation is a few KiB and ``max_new_tokens`` <= 8192
+#: tokens; a larger body is refused unread (it would be stored twice: the file and the cache).
+MAX_RESPONSE_BYTES = 1 << 20
 #: HTTP statuses worth retrying: the server may answer later.
 RETRY_STATUSES = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
@@ -65,6 +70,10 @@ def message_text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text", ""), str))
     raise TypeError(f"message content is a {type(content).__name__}")
+
+
+class ResponseTooLarge(Exception):
+    """A server's response body over :data:`MAX_RESPONSE_BYTES`."""
 
 
 class OpenAIBackend(Backend):
@@ -184,24 +193,25 @@ class OpenAIBackend(Backend):
             with self._lock:
                 self.requests_sent += 1
             try:
-                response = session.post(url, json=payload, headers=self.headers, timeout=self.timeout_s)
+                status, text = self._post(session, url, payload)
             except requests.Timeout:
                 failure = self._transport(item, None, f"request timed out after {self.timeout_s:g} s", calls)
                 continue
+            except ResponseTooLarge as exc:
+                failure = self._transport(item, None, str(exc), calls)
+                break  # the same request would get the same answer
             except requests.RequestException as exc:
                 failure = self._transport(item, None, f"request failed: {type(exc).__name__}: {exc}", calls)
                 continue
-            text = self._redact(response.text)
-            if response.status_code != 200:
-                failure = self._transport(
-                    item, text[:2000] or None, f"HTTP {response.status_code} from the server", calls
-                )
-                if response.status_code in RETRY_STATUSES:
+            text = self._redact(text)
+            if status != 200:
+                failure = self._transport(item, text[:2000] or None, f"HTTP {status} from the server", calls)
+                if status in RETRY_STATUSES:
                     continue
                 break  # 400/404/...: the request itself is wrong, retrying cannot help
             try:
-                content = message_text(response.json()["choices"][0]["message"]["content"])
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                content = message_text(json.loads(text)["choices"][0]["message"]["content"])
+            except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
                 failure = self._transport(
                     item,
                     text[:2000] or None,
@@ -227,6 +237,29 @@ class OpenAIBackend(Backend):
                 failure.error,
             )
         return failure
+
+    def _post(self, session: requests.Session, url: str, payload: dict[str, Any]) -> tuple[int, str]:
+        """POST ``payload``; the status and the body text, read within ``timeout_s`` in all (a server that
+        sends a byte now and then is cut off: ``requests``' own timeout bounds each read, not the request).
+
+        Raises:
+            requests.Timeout: the response did not arrive within ``timeout_s`` (each socket read is also
+                bounded by it, so the call returns within about twice ``timeout_s``).
+            ResponseTooLarge: the body is over :data:`MAX_RESPONSE_BYTES`.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        with session.post(url, json=payload, headers=self.headers, timeout=self.timeout_s, stream=True) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge(f"response of {int(declared)} bytes refused (over {MAX_RESPONSE_BYTES})")
+            body = bytearray()
+            while chunk := response.raw.read1(65536, decode_content=True):
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise ResponseTooLarge(f"response over {MAX_RESPONSE_BYTES} bytes refused")
+                if time.monotonic() > deadline:
+                    raise requests.Timeout(f"response still arriving after {self.timeout_s:g} s")
+            return response.status_code, body.decode(response.encoding or "utf-8", errors="replace")
 
     @staticmethod
     def _transport(item: FrameItem, raw: str | None, error: str, calls: int) -> FrameResult:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,21 +109,67 @@ class Annotation(BaseModel):
 _FENCE_RE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
 
 
+#: Characters that matter when finding ``{...}`` spans: braces, and the quotes and escapes of strings.
+_SIGNIFICANT_RE = re.compile(r'[{}"\\]')
+#: Times the span scan starts again after an unclosed ``{`` or a span that is not JSON (a stray brace
+#: in prose, a broken object around a good one), at most: the scan stays a few linear passes.
+_MAX_RESCANS = 8
+
+
+def _object_spans(source: str) -> Generator[tuple[int, int], int | None, None]:
+    """``(start, end)`` of each top-level ``{...}`` span of ``source`` whose braces balance (braces inside
+    JSON strings ignored), left to right; the caller may :meth:`send` a start to rescan from after it."""
+    pos, rescans = source.find("{"), 0
+    while pos != -1:
+        depth, in_string, skip, end = 0, False, -1, -1
+        for match in _SIGNIFICANT_RE.finditer(source, pos):
+            k, c = match.start(), match.group()
+            if k <= skip:
+                continue
+            if in_string:
+                if c == "\\":
+                    skip = k + 1
+                elif c == '"':
+                    in_string = False
+            elif c == '"':
+                in_string = True
+            elif c == "{":
+                depth += 1
+            else:  # "}"
+                depth -= 1
+                if depth == 0:
+                    end = k + 1
+                    break
+        if end == -1:  # unclosed: a stray brace; try the next one
+            rescans += 1
+            pos = source.find("{", pos + 1) if rescans <= _MAX_RESCANS else -1
+            continue
+        rescan = yield pos, end
+        if rescan is not None and rescans < _MAX_RESCANS:
+            rescans += 1
+            pos = source.find("{", pos + 1)
+        else:
+            pos = source.find("{", end)
+
+
 def _candidates(text: str) -> list[Any]:
-    """Every JSON value that starts at a ``{`` of ``text`` (fenced blocks first), outermost first."""
-    decoder = json.JSONDecoder()
+    """Every JSON value held by a top-level ``{...}`` span of ``text`` (fenced blocks first), outermost first;
+    inside a span that is not JSON, the spans it holds. A few linear passes over ``text``, whatever it holds."""
     found: list[Any] = []
     sources = [m.group(1) for m in _FENCE_RE.finditer(text)] + [text]
     for source in sources:
-        pos = source.find("{")
-        while pos != -1:
+        spans = _object_spans(source)
+        rescan = None
+        while True:
             try:
-                value, end = decoder.raw_decode(source, pos)
-            except json.JSONDecodeError:
-                pos = source.find("{", pos + 1)
-                continue
-            found.append(value)
-            pos = source.find("{", end)  # skip what was consumed: nested objects are not candidates
+                start, end = spans.send(rescan)
+            except StopIteration:
+                break
+            try:
+                found.append(json.loads(source[start:end]))
+                rescan = None
+            except (json.JSONDecodeError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+                rescan = start
     return found
 
 

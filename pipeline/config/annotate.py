@@ -66,7 +66,9 @@ class AnnotateParams(Section):
         description="Environment variable that holds the API key ('openai'); may be unset for local servers.",
     )
     concurrency: Int = Field(8, ge=1, le=1024, description="Requests in flight at once ('openai').")
-    timeout_s: Float = Field(60.0, gt=0, description="Per-request timeout in seconds ('openai').")
+    timeout_s: Float = Field(
+        60.0, gt=0, description="Timeout of a whole request in seconds, response read included ('openai')."
+    )
     max_retries: Int = Field(
         3, ge=0, le=100, description="Retries per frame after a failed request or an invalid answer."
     )

@@ -47,7 +47,8 @@ class Action:
     kind: ``answer`` (200 with ``content``), ``status`` (HTTP ``code`` with a JSON error body, or ``body``
     when it is set),
     ``malformed`` (200 with ``body`` as is), ``drop`` (close the connection without a response).
-    ``delay_s`` is slept before acting.
+    ``delay_s`` is slept before acting; with ``dribble_s`` the response's bytes are sent one at a time,
+    ``dribble_s`` apart (headers first, with the full Content-Length).
     """
 
     kind: str = "answer"
@@ -55,6 +56,7 @@ class Action:
     code: int = 500
     body: str | None = None  # "malformed" default: "{not json"
     delay_s: float = 0.0
+    dribble_s: float = 0.0
 
 
 Plan = Callable[[np.ndarray, int, dict[str, Any]], Action]
@@ -116,13 +118,22 @@ class ChatServer:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
-            def _send(self, code: int, body: str) -> None:
+            def _send(self, code: int, body: str, dribble_s: float = 0.0) -> None:
                 data = body.encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if not dribble_s:
+                    self.wfile.write(data)
+                    return
+                self.wfile.flush()
+                for i in range(len(data)):
+                    if server.gone:
+                        return
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(dribble_s)
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
@@ -169,7 +180,7 @@ class ChatServer:
                             }
                         ],
                     }
-                    self._send(200, json.dumps(reply))
+                    self._send(200, json.dumps(reply), action.dribble_s)
                 elif action.kind == "status":
                     error = json.dumps({"error": {"message": f"scripted {action.code}"}})
                     self._send(action.code, error if action.body is None else action.body)
