@@ -399,3 +399,53 @@ def test_killing_the_evaluate_stage_leaves_no_worker_running(tmp_path: Path, bac
     command += ["--out", str(tmp_path / "evaluation"), "--metrics", str(tmp_path / "evaluate.json")]
     assert_workers_die_with_their_parent(command, workers=2, settle_s=5.0)
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_swapped_or_corrupted_cache_entries_are_set_aside_and_retrained(
+    tmp_path: Path, backbone: Path, torch_one_thread
+) -> None:
+    """Reliability kind 3: two finished runs' entries swapped (each file holds the other's result), one with a
+    NaN return: exit 0 with swapped results before the fix; now each is set aside and its run trains again."""
+    p = params(arms=["state", "frozen"], cache_dir=str(tmp_path / "cache"))
+    run(backbone, tmp_path / "a", p)
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    assert len(entries) == 3
+    first, second = (json.loads(e.read_text()) for e in entries[:2])
+    entries[0].write_text(json.dumps(second))
+    entries[1].write_text(json.dumps(first))
+    third = json.loads(entries[2].read_text())
+    third["curve"][-1]["return_mean"] = third["final_return"] = float("nan")
+    entries[2].write_text(json.dumps(third))
+    run(backbone, tmp_path / "b", p)
+    assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()
+    assert sorted(e.name for e in (tmp_path / "cache").glob("*.rejected")) == sorted(
+        e.name + ".rejected" for e in entries
+    )
+
+
+def test_a_cache_entry_is_checked_before_it_is_trusted(tmp_path: Path) -> None:
+    from pipeline.evaluate.cache import RunCache, code_digest
+
+    cache = RunCache(tmp_path)
+    good = {"curve": [{"frames": 0, "return_mean": 1.0, "return_std": 0.0}], "final_return": 1.0, "speed": {}}
+    cache.put("k1", good)
+    assert cache.get("k1") == good
+    bad_curves = [
+        [{"frames": 8, "return_mean": 1.0, "return_std": 0.0}],  # not from frame 0
+        [{"frames": 0, "return_mean": 1e9, "return_std": 0.0}],  # absurd
+        [{"frames": 0, "return_mean": "1.0", "return_std": 0.0}],  # not a number
+    ]
+    for i, curve in enumerate(bad_curves):
+        record = {
+            "key": f"b{i}",
+            "code": code_digest(),
+            **good,
+            "curve": curve,
+            "final_return": curve[-1]["return_mean"],
+        }
+        (tmp_path / f"b{i}.json").write_text(json.dumps(record))
+        assert cache.get(f"b{i}") is None and (tmp_path / f"b{i}.json.rejected").is_file()
+    stale = json.loads((tmp_path / "k1.json").read_text()) | {"code": "0" * 64}  # made by other code
+    (tmp_path / "k2.json").write_text(json.dumps(stale | {"key": "k2"}))
+    (tmp_path / "k3.json").write_text('{"key": "k3", "cur')  # truncated
+    assert cache.get("k2") is None and cache.get("k3") is None

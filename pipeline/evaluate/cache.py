@@ -8,14 +8,19 @@ The key hashes everything a run's result depends on, so a hit is the result the 
 compute now: the job (arm, task, action repeat, seed index, backbone label and its weights or
 architecture), the stage's params except those that only choose *which* runs exist or how they
 are scheduled, the device type, and the source of the code that computes a run. Change any of
-them and the run trains again; the stale entry stays on disk, unread.
+them and the run trains again; the stale entry stays on disk, unread. An entry is trusted only if it
+records its own key and the code's digest and holds a well-formed curve (:func:`check_record`): a copied,
+swapped, truncated or corrupted entry is set aside (``.rejected``) and its run trains again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -126,24 +131,60 @@ class RunCache:
         self.folder = Path(folder).expanduser() if folder else None
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored result (``curve``, ``final_return``, ``speed``), or None (absent, off or unreadable)."""
+        """The stored result (``curve``, ``final_return``, ``speed``), or None (absent, off, or failing
+        :func:`check_record`: that entry is set aside as ``<key>.json.rejected`` and the run trains again)."""
         if self.folder is None:
             return None
         path = self.folder / f"{key}.json"
         try:
             record = json.loads(path.read_text())
+            check_record(record, key)
             return {k: record[k] for k in ("curve", "final_return", "speed")}
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("cached run %s is unreadable (%s); running it again", path, exc)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            aside = path.with_name(path.name + ".rejected")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            log.warning("cached run %s is not to be trusted (%s); set aside as %s, running it again", path, exc, aside)
             return None
 
     def put(self, key: str, result: dict[str, Any]) -> None:
-        """Store a finished run's ``curve``, ``final_return`` and ``speed`` (atomically)."""
+        """Store a finished run's ``curve``, ``final_return`` and ``speed``, with its key and the code's digest
+        (:meth:`get` checks both), atomically."""
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        record = {k: result[k] for k in ("curve", "final_return", "speed")}
+        record = {"key": key, "code": code_digest(), **{k: result[k] for k in ("curve", "final_return", "speed")}}
         with atomic_path(self.folder / f"{key}.json") as tmp:
             tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
+
+
+#: Largest return magnitude a cached run may record: far above any benchmark task's (dm_control's are at most
+#: 1000 per episode), far below what a corrupted number looks like.
+MAX_ABS_RETURN = 1e6
+
+
+def check_record(record: Any, key: str) -> None:
+    """Raise ValueError unless ``record`` is the entry of ``key`` made by this code, with a well-formed
+    evaluation curve: frames increasing from 0, finite returns within :data:`MAX_ABS_RETURN`, the final
+    return its last point's."""
+    if not isinstance(record, dict) or record.get("key") != key:
+        raise ValueError(f"it records the key {record.get('key') if isinstance(record, dict) else None!r}")
+    if record.get("code") != code_digest():
+        raise ValueError("it was made by other code")
+    curve = record["curve"]
+    if not isinstance(curve, list) or not curve:
+        raise ValueError("its curve is empty")
+    frames = [point["frames"] for point in curve]
+    if any(type(f) is not int for f in frames) or frames[0] != 0 or frames != sorted(set(frames)):
+        raise ValueError(f"its curve's frames are not increasing from 0: {frames[:5]}")
+    for point in curve:
+        for name in ("return_mean", "return_std"):
+            value = point[name]
+            if type(value) not in (int, float) or not math.isfinite(value) or abs(value) > MAX_ABS_RETURN:
+                raise ValueError(f"its {name} at frame {point['frames']} is {value!r}")
+    if record["final_return"] != curve[-1]["return_mean"]:
+        raise ValueError("its final return is not its curve's last")
+    if not isinstance(record["speed"], dict):
+        raise ValueError("its speed figures are missing")
