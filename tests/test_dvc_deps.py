@@ -24,6 +24,8 @@ OUTPUT_NEUTRAL = {
     "pipeline/common/logs.py": "logging and progress bars",
     "pipeline/common/registry.py": "name -> backend class lookup; the classes themselves are deps",
     "pipeline/common/device.py": "picks the device a param names; the machine, not this code, decides the numerics",
+    "pipeline/common/processes.py": "ends worker processes with their parent; what they compute is elsewhere",
+    "pipeline/common/source.py": "digests of source files for cache keys; a hit returns what a rerun would compute",
 }
 
 

@@ -235,6 +235,34 @@ def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_restarts(
     assert (checkpoint / "agent.pt").is_file()  # a good checkpoint replaces the corrupt one
 
 
+@pytest.mark.parametrize("damage", ["truncated", "another key", "other code"])
+def test_a_checkpoint_that_is_not_this_runs_is_set_aside(
+    tmp_path: Path, backbone: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """Reliability kind 3: a truncated run.json (a traceback on every rerun before), a checkpoint copied under
+    another run's key, or one made by other code (resumed before): set aside, the run trains afresh."""
+    straight = run(tmp_path / "a", backbone, "straight", frames=80, video=False)
+    (checkpoint,) = (tmp_path / "a" / "ckpt").iterdir()
+    run_json = checkpoint / "run.json"
+    if damage == "truncated":
+        run_json.write_text(run_json.read_text()[:25])
+    elif damage == "another key":
+        checkpoint = checkpoint.rename(checkpoint.with_name("0123456789abcdef"))
+        monkeypatch.setattr(trainer, "run_key", lambda params, spec: "0123456789abcdef")
+        doc = json.loads((checkpoint / "run.json").read_text())
+        assert doc["key"] != "0123456789abcdef"
+    else:
+        import pipeline.finetune.checkpoint as checkpoints
+
+        monkeypatch.setattr(checkpoints, "code_digest", lambda: "0" * 64)
+    with caplog.at_level("WARNING"):
+        again = run(tmp_path / "a", backbone, "again", frames=80, video=False)
+    reason = {"truncated": "unreadable", "another key": "not '0123456789abcdef'", "other code": "other code"}[damage]
+    assert reason in caplog.text and (checkpoint.parent / f"{checkpoint.name}.corrupt-0").is_dir()
+    assert again.timing["env_frames"] == 80  # trained afresh, to the same result
+    assert again.metrics() == straight.metrics()
+
+
 # --- observation facts: the backbone's pretraining data against this run ----------------------
 FACTS = {
     "action_repeat": {"cartpole-swingup": 8},

@@ -21,11 +21,11 @@ import json
 import logging
 import math
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pipeline.common.io import atomic_path
+from pipeline.common.source import source_digest
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +80,9 @@ _CODE = (
 )
 
 
-@lru_cache(maxsize=1)
 def code_digest() -> str:
     """SHA-256 over the Python source that computes a run (paths and bytes, sorted)."""
-    root = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha256()
-    for entry in _CODE:
-        path = root / entry
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return source_digest(_CODE)
 
 
 def job_key(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.common.io import OUTPUT_MARKER, atomic_path
+from pipeline.common.source import source_digest
 from pipeline.finetune.replay_buffer import ReplayBuffer
 from pipeline.finetune.sac import SAC
 
@@ -42,6 +43,15 @@ class TrainState:
     episodes: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: Source whose change makes a resumed run another computation (repository-relative).
+CODE = ("pipeline/finetune", "models", "pipeline/collect/envs", "pipeline/collect/render.py")
+
+
+def code_digest() -> str:
+    """The digest of :data:`CODE` that a checkpoint records (``run.json``'s ``code``)."""
+    return source_digest(CODE)
+
+
 #: The :data:`~pipeline.common.io.OUTPUT_MARKER` owner of a checkpoint folder.
 CHECKPOINT_OWNER = "finetune checkpoint"
 
@@ -58,6 +68,31 @@ class ResumeCheckpoint:
     def frame(self) -> int:
         """The frame the checkpoint was taken at (from ``run.json``)."""
         return int(json.loads((self.folder / RUN_FILE).read_text())["frame"])
+
+    def mismatch(self, key: str) -> str | None:
+        """Why this checkpoint is not run ``key``'s, made by this code (None: it is): ``run.json``
+        unreadable, another key (a folder copied or renamed), or other code."""
+        try:
+            run = json.loads((self.folder / RUN_FILE).read_text())
+            frame = run["frame"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            return f"{RUN_FILE} is unreadable ({type(exc).__name__})"
+        if not isinstance(run, dict) or type(frame) is not int or frame < 0:
+            return f"{RUN_FILE} holds no frame count"
+        if run.get("key") != key:
+            return f"it is the checkpoint of run {run.get('key')!r}, not {key!r}"
+        if run.get("code") != code_digest():
+            return "it was made by other code"
+        return None
+
+    def set_aside(self, reason: str) -> Path:
+        """Move the folder to ``<name>.corrupt-<n>`` (kept for a look, never read again); returns where."""
+        aside = self._aside()
+        self.folder.rename(aside)
+        log.warning(
+            "resume checkpoint %s: %s; moved it to %s and starting this run from scratch", self.folder, reason, aside
+        )
+        return aside
 
     def save(
         self, agent: SAC, buffer: ReplayBuffer, state: TrainState, explore: np.random.Generator, run: dict[str, Any]
@@ -107,15 +142,8 @@ class ResumeCheckpoint:
             pickle.UnpicklingError,
             zipfile.BadZipFile,
         ) as exc:
-            aside = self._aside()
-            self.folder.rename(aside)
-            log.warning(
-                "resume checkpoint %s is unreadable (%s: %s); moved it to %s and starting this run from scratch",
-                self.folder,
-                type(exc).__name__,
-                str(exc).splitlines()[0][:200] if str(exc) else "",
-                aside,
-            )
+            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            self.set_aside(f"unreadable ({type(exc).__name__}: {detail})")
             return None
 
     def _aside(self) -> Path:

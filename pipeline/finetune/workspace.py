@@ -32,7 +32,7 @@ from pipeline.common import seeding
 from pipeline.common.errors import UserError
 from pipeline.common.io import atomic_path
 from pipeline.config.finetune import FinetuneParams
-from pipeline.finetune.checkpoint import ResumeCheckpoint, TrainState
+from pipeline.finetune.checkpoint import ResumeCheckpoint, TrainState, code_digest
 from pipeline.finetune.encoder import EncoderSpec, build_encoder
 from pipeline.finetune.replay_buffer import ReplayBuffer
 from pipeline.finetune.report import summarise, write_gif
@@ -108,7 +108,12 @@ class Workspace:
         p = self.p = params
         self.spec, self.device = spec, device
         self.key = run_key(p, spec)
-        self.run_info = {"key": self.key, "params": p.model_dump(mode="json"), "backbone_sha256": spec.sha256}
+        self.run_info = {
+            "key": self.key,
+            "code": code_digest(),
+            "params": p.model_dump(mode="json"),
+            "backbone_sha256": spec.sha256,
+        }
         env_kwargs = dict(
             image_size=spec.image_size,
             camera=p.camera,
@@ -167,6 +172,9 @@ class Workspace:
         """Continue from this run key's checkpoint, if there is a readable one at or before ``frames``."""
         ckpt = self.checkpoint
         if not ckpt.exists():
+            return
+        if (reason := ckpt.mismatch(self.key)) is not None:
+            ckpt.set_aside(reason)
             return
         if ckpt.frame() > self.p.frames:
             log.warning(
