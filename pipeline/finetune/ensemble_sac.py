@@ -34,7 +34,7 @@ from torch import Tensor
 
 from models.ensemble import EnsembleActor, EnsembleCritic
 from pipeline.config.evaluate import AgentParams
-from pipeline.finetune.sac import SAC, IdentityEncoder
+from pipeline.finetune.sac import SAC, IdentityEncoder, heads_state, load_heads_state
 
 
 class EnsembleSAC:
@@ -166,27 +166,9 @@ class EnsembleSAC:
     # --- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Stacked networks, temperatures, optimiser states, the agents' generators and the update counter."""
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "alpha_opt": self.alpha_opt.state_dict(),
-            "generators": [g.get_state() for g in self.generators],
-            "updates": self.updates,
-        }
+        return {**heads_state(self), "generators": [g.get_state() for g in self.generators]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        load_heads_state(self, state)
         for generator, saved in zip(self.generators, state["generators"], strict=True):
             generator.set_state(saved)
-        self.updates = int(state["updates"])

@@ -201,31 +201,33 @@ class SAC:
     # --- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Networks, temperature, optimiser states and the update counter."""
-        state = {
-            "encoder": self.encoder.state_dict(),
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "alpha_opt": self.alpha_opt.state_dict(),
-            "updates": self.updates,
-        }
+        state = {**heads_state(self), "encoder": self.encoder.state_dict()}
         if self.encoder_opt is not None:
             state["encoder_opt"] = self.encoder_opt.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.encoder.load_state_dict(state["encoder"])
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        load_heads_state(self, state)
         if self.encoder_opt is not None:
             self.encoder_opt.load_state_dict(state["encoder_opt"])
-        self.updates = int(state["updates"])
+
+
+#: What an agent's heads hold besides ``log_alpha`` and ``updates``: networks and their optimisers.
+_HEADS = ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "alpha_opt")
+
+
+def heads_state(agent: Any) -> dict[str, Any]:
+    """The actor, critics, target critics, temperature, their optimisers' states and the update counter of
+    ``agent`` (a :class:`SAC` or an ``EnsembleSAC``: same attribute names), as one checkpointable dict."""
+    state = {name: getattr(agent, name).state_dict() for name in _HEADS}
+    return {**state, "log_alpha": agent.log_alpha.detach().clone(), "updates": agent.updates}
+
+
+def load_heads_state(agent: Any, state: dict[str, Any]) -> None:
+    """Restore what :func:`heads_state` saved into ``agent``."""
+    for name in _HEADS:
+        getattr(agent, name).load_state_dict(state[name])
+    with torch.no_grad():
+        agent.log_alpha.copy_(state["log_alpha"])
+    agent.updates = int(state["updates"])
