@@ -234,3 +234,33 @@ def test_a_param_that_picks_a_backend_admits_exactly_its_registry_names(
     entries = getattr(importlib.import_module(module), name)
     annotation = Params.model_fields[section].annotation.model_fields[field].annotation
     assert set(typing.get_args(annotation)) == set(entries), f"{section}.{field}"
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path) -> None:
+    """Reliability kind 9: PyYAML keeps the last of two equal keys silently, where DVC refuses the file."""
+    from pipeline.config import ParamsError, load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("annotate:\n  every_k: 2\n  prompt: Describe {task}.\n  every_k: 3\n")
+    with pytest.raises(ParamsError, match=r"'every_k' is given twice \(lines 2 and 4\)"):
+        load_params(path)
+    path.write_text("annotate:\n  <<: {every_k: 2}\n  every_k: 3\n")  # a merged key may be overridden
+    assert load_params(path).annotate.every_k == 3
+
+
+@pytest.mark.parametrize("prompt", ["{task.__class__}", "{task[0]}", "{task:>999999999}", "{task!r}", "{}", "{0}"])
+def test_a_prompt_may_hold_only_a_plain_task_field(prompt: str) -> None:
+    """Reliability kinds 5 and 9: attribute access, indexing, conversions and format specs (padding to any width)."""
+    from pipeline.config import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=r"only \{task\} may be used, plain"):
+        parse_params({"annotate": {"prompt": f"Describe {prompt}."}})
+    assert parse_params({"annotate": {"prompt": "Describe {task} {{literally}}."}}).annotate.prompt
+
+
+def test_evaluate_episodes_shorter_than_the_action_repeat_are_refused() -> None:
+    from pipeline.config import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=r"episode_frames \(4\) is below the action repeat"):
+        parse_params({"evaluate": {"tasks": ["cartpole-swingup"], "episode_frames": 4}})
+    assert parse_params({"evaluate": {"tasks": ["cartpole-swingup"], "episode_frames": 8}}).evaluate.episode_frames == 8

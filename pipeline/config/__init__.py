@@ -126,6 +126,27 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError(_format_error(source, raw, exc)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping naming a key twice (PyYAML keeps the last silently; DVC
+    refuses the same file)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     """Read and validate ``params.yaml``; raises :class:`ParamsError` on any problem."""
     path = Path(path)
@@ -134,7 +155,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found (run from the project root or pass --params PATH)") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, source=str(path))

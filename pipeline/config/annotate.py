@@ -116,13 +116,20 @@ class AnnotateParams(Section):
     @field_validator("prompt")
     @classmethod
     def _prompt_formats(cls, value: str) -> str:
+        import string
+
         try:
-            value.format(task="task")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"not a valid template ({type(exc).__name__}: {exc}); only {{task}} may be used, "
-                "write {{ and }} for literal braces"
-            ) from None
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"not a valid template ({exc}); write {{{{ and }}}} for literal braces") from None
+        for name, spec, conversion in fields:
+            if name != "task" or spec or conversion:
+                # attribute or index access, format specs (padding to any width) and conversions are refused
+                shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(
+                    f"{shown}: only {{task}} may be used, plain (no attribute, index, conversion or format spec); "
+                    "write {{{{ and }}}} for literal braces"
+                )
         return value
 
     @field_validator("base_url")

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from pipeline.config.base import Bool, Float, Int, Section, Seed
 from pipeline.config.sac import SACParams
+from pipeline.sim.benchmark import action_repeat_for
 
 
 class AgentParams(SACParams):
@@ -207,4 +208,10 @@ class EvaluateParams(Section):
             raise ValueError(f"action_repeat names tasks not in evaluate.tasks: {unknown}")
         if any(r < 1 for r in self.action_repeat.values()):
             raise ValueError("action_repeat values must be >= 1")
+        short = {t: r for t in self.tasks if (r := action_repeat_for(t, self.action_repeat)) > self.episode_frames}
+        if short:
+            raise ValueError(
+                f"episode_frames ({self.episode_frames}) is below the action repeat of {short}: an episode would "
+                "end before its first agent step; raise episode_frames (dm_control's episodes are 1000 frames)"
+            )
         return self
