@@ -78,3 +78,34 @@ def test_a_sample_round_trips_through_the_codec() -> None:
     np.testing.assert_array_equal(out["clipimage"], clip_image)
     np.testing.assert_array_equal(out["cliptext"], clip_text)
     assert out["json"] == record
+
+
+@pytest.mark.parametrize("field", ["rgb.png", "flow.png"])
+def test_a_png_declaring_a_huge_image_is_refused_before_it_is_decoded(field: str) -> None:
+    """Reliability kind 5: a small PNG whose header declares 100000 x 100000 pixels (tens of GB decoded)."""
+    import resource
+    import time
+
+    rng = np.random.default_rng(2)
+    flow, valid = _flow(rng, 8, 8)
+    sample = encode_sample(
+        "t__ep000000__000000",
+        rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+        flow,
+        valid,
+        np.zeros(6, np.float16),
+        np.zeros((len(TEXT_ROWS), 6), np.float16),
+        {"task": "t", "step": 0, "reward": 0.5},
+    )
+    data = bytearray(sample[field])
+    data[16:24] = (100_000).to_bytes(4, "big") * 2  # IHDR width, height (the CRC no longer matches: never read)
+    sample[field] = bytes(data)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"{field} declares a 100000x100000 image"):
+        decode_sample(sample)
+    assert time.perf_counter() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing big was allocated
+    sample[field] = b"not a png at all, but long enough to hold a header"
+    with pytest.raises(ValueError, match=f"{field} is not a PNG"):
+        decode_sample(sample)

@@ -128,8 +128,29 @@ def encode_sample(
     }
 
 
+#: Most pixels a sample's PNG may declare (4096 x 4096): checked in its header before it is decoded, so a
+#: small file declaring a huge image cannot take gigabytes of memory.
+MAX_PNG_PIXELS = 4096 * 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes, field: str) -> tuple[int, int]:
+    """(width, height) that PNG ``data`` declares in its IHDR header, checked against :data:`MAX_PNG_PIXELS`.
+
+    Raises:
+        ValueError: not a PNG, or one declaring more pixels than that.
+    """
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise ValueError(f"{field} is not a PNG (no PNG signature and IHDR header)")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if width * height > MAX_PNG_PIXELS:
+        raise ValueError(f"{field} declares a {width}x{height} image, over {MAX_PNG_PIXELS} pixels; refused undecoded")
+    return width, height
+
+
 def decode_rgb(fields: dict[str, Any]) -> np.ndarray:
     """``rgb.png`` -> (H, W, 3) uint8."""
+    png_size(fields["rgb.png"], "rgb.png")
     with Image.open(io.BytesIO(fields["rgb.png"])) as image:
         return np.asarray(image.convert("RGB"))
 
@@ -143,8 +164,9 @@ def decode_flow_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """KITTI flow PNG bytes -> (flow (2, H, W) float32 pixels, valid (H, W) bool).
 
     Raises:
-        ValueError: not a 16-bit 3-channel PNG.
+        ValueError: not a 16-bit 3-channel PNG, or one declaring more than :data:`MAX_PNG_PIXELS`.
     """
+    png_size(data, "flow.png")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != 3:
         got = "undecodable bytes" if image is None else f"{image.shape} {image.dtype}"
