@@ -95,7 +95,7 @@ class GroupWorkspace:
         self.frame = 0
         self.episodes = [0] * len(members)
         self.results = [RunResult() for _ in members]
-        self._results: list[Any] = [None] * len(members)  # each member's latest training step
+        self._last_steps: list[Any] = [None] * len(members)  # each member's latest training step
 
     def close(self) -> None:
         for env in (*self.envs, *(e for envs in self.eval_envs for e in envs)):
@@ -118,7 +118,7 @@ class GroupWorkspace:
         """Start member ``i``'s next training episode; its raw observation."""
         env = self.envs[i]
         result = env.reset(seed=derive_seed(self.members[i].seed, "train_env", self.task, self.episodes[i] + 1))
-        self._results[i] = result
+        self._last_steps[i] = result
         return self.observers[i].reset(env, result)
 
     def evaluate(self) -> None:
@@ -165,10 +165,10 @@ class GroupWorkspace:
             else:
                 actions = self.agent.act(obs[:, None], sample=True)[:, 0]
             for i in range(n):
-                self._results[i] = self.envs[i].step(actions[i])
-                raw[i] = self.observers[i].step(self.envs[i], self._results[i])
+                self._last_steps[i] = self.envs[i].step(actions[i])
+                raw[i] = self.observers[i].step(self.envs[i], self._last_steps[i])
             next_obs = self.encode(self.observers, raw)
-            for i, result in enumerate(self._results):
+            for i, result in enumerate(self._last_steps):
                 self.replays[i].add(obs[i], actions[i], result.reward, result.terminated, next_obs[i])
             obs = next_obs
             self.frame += s.action_repeat
@@ -186,7 +186,7 @@ class GroupWorkspace:
                     result.update_s += (t2 - t1) / n
             if self.frame % s.eval_every_frames < s.action_repeat:
                 self.evaluate()
-            ended = [i for i, r in enumerate(self._results) if r.done]
+            ended = [i for i, r in enumerate(self._last_steps) if r.done]
             if ended and self.frame < s.frames:
                 for i in ended:
                     self.episodes[i] += 1
